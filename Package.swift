@@ -1,0 +1,46 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "vnet",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "vnet", targets: ["vnet"]),
+        .library(name: "VNetRuntime", targets: ["VNetRuntime"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+    ],
+    targets: [
+        // Tiny C target: Linux APIs Glibc does not import (epoll, mmsghdr, tun, setns).
+        .target(name: "CVNetShim"),
+        // Bytes <-> values. Pure: no Foundation, no syscalls.
+        .target(name: "VNetWire"),
+        // Preallocated frame queues and time values shared by the data path. Pure.
+        .target(name: "VNetBuffers"),
+        // DHCP, DNS and ARP responders as pure functions over wire values.
+        .target(name: "VNetServices", dependencies: ["VNetWire", "VNetBuffers"]),
+        // vnet's host on the segment: dispatch, services, UDP/ICMP NAT. Host I/O through a protocol.
+        .target(name: "VNetGateway", dependencies: ["VNetWire", "VNetServices", "VNetBuffers"]),
+        // Syscalls: epoll, sockets, tap, netns.
+        .target(name: "VNetHost", dependencies: ["CVNetShim"]),
+        // QEMU stream/dgram framing.
+        .target(name: "VNetTransport", dependencies: ["VNetWire", "VNetBuffers"]),
+        // Wiring: event loop, ports, real host sockets behind the gateway.
+        .target(name: "VNetRuntime", dependencies: [
+            "VNetWire", "VNetBuffers", "VNetServices", "VNetGateway", "VNetHost", "VNetTransport", "CVNetShim",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .executableTarget(name: "vnet", dependencies: [
+            "VNetRuntime", "VNetGateway",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .testTarget(name: "VNetWireTests", dependencies: ["VNetWire"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "VNetBuffersTests", dependencies: ["VNetBuffers"]),
+        .testTarget(name: "VNetServicesTests", dependencies: ["VNetServices", "VNetWire"]),
+        .testTarget(name: "VNetGatewayTests", dependencies: ["VNetGateway", "VNetWire", "VNetServices", "VNetBuffers"]),
+        .testTarget(name: "VNetTransportTests", dependencies: ["VNetTransport", "VNetWire", "VNetBuffers"]),
+    ]
+)

@@ -1,0 +1,140 @@
+// CVNetShim: the Linux APIs that Swift's Glibc module does not import.
+// Function-like macros (TUNSETIFF, ...) do not import into Swift, so each is wrapped in a static inline.
+#ifndef CVNETSHIM_H
+#define CVNETSHIM_H
+// No _GNU_SOURCE here: it would change struct layouts (fd_set, __SOCKADDR_ARG) against Swift's Glibc
+// module. GNU-only calls are wrapped in shim.c, which is compiled with _GNU_SOURCE.
+#include <sys/types.h>
+#include <sys/socket.h>
+#include <sys/epoll.h>
+#include <sys/ioctl.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+#include <netinet/in.h>
+#include <netinet/ip.h>
+#include <netinet/tcp.h>
+#include <linux/if_tun.h>
+#include <linux/virtio_net.h>
+#include <linux/errqueue.h>
+#include <net/if.h>
+#include <fcntl.h>
+#include <unistd.h>
+#include <errno.h>
+#include <signal.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <string.h>
+
+static inline unsigned long vnet_TUNSETIFF(void) { return TUNSETIFF; }
+static inline unsigned long vnet_TUNSETVNETHDRSZ(void) { return TUNSETVNETHDRSZ; }
+static inline unsigned long vnet_TUNSETOFFLOAD(void) { return TUNSETOFFLOAD; }
+static inline short vnet_IFF_TAP(void) { return IFF_TAP; }
+static inline short vnet_IFF_NO_PI(void) { return IFF_NO_PI; }
+static inline short vnet_IFF_VNET_HDR(void) { return IFF_VNET_HDR; }
+
+/// accept4(fd, NULL, NULL, SOCK_NONBLOCK|SOCK_CLOEXEC).
+int vnet_accept_nonblocking(int fd);
+/// setns(fd, CLONE_NEWNET) for the calling thread.
+int vnet_setns_net(int fd);
+
+/// Opens /dev/net/tun and attaches the tap `name` (created if missing). Returns the fd or -errno.
+static inline int vnet_tap_open(const char *name, int flags_extra) {
+    int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) return -errno;
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    ifr.ifr_flags = IFF_TAP | IFF_NO_PI | (short)flags_extra;
+    strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
+    if (ioctl(fd, TUNSETIFF, &ifr) < 0) { int e = errno; close(fd); return -e; }
+    return fd;
+}
+
+/// Brings an interface up and sets its MTU, using an AF_INET control socket in the current netns.
+static inline int vnet_link_up(const char *name, int mtu) {
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s < 0) return -errno;
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
+    if (mtu > 0) {
+        ifr.ifr_mtu = mtu;
+        if (ioctl(s, SIOCSIFMTU, &ifr) < 0) { int e = errno; close(s); return -e; }
+    }
+    if (ioctl(s, SIOCGIFFLAGS, &ifr) < 0) { int e = errno; close(s); return -e; }
+    ifr.ifr_flags |= IFF_UP;
+    if (ioctl(s, SIOCSIFFLAGS, &ifr) < 0) { int e = errno; close(s); return -e; }
+    close(s);
+    return 0;
+}
+
+/// Reads one IP_RECVERR error from a socket's error queue. On success fills the ICMP type/code, the
+/// offender's IPv4 address (network order, 0 if none) and returns 0; returns -errno otherwise.
+static inline int vnet_read_icmp_error(int fd, unsigned char *type, unsigned char *code,
+                                       unsigned int *offender, unsigned char *payload, int payload_cap,
+                                       int *payload_len) {
+    char control[512];
+    struct sockaddr_in from;
+    struct iovec iov = { payload, (size_t)payload_cap };
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_name = &from; msg.msg_namelen = sizeof from;
+    msg.msg_iov = &iov; msg.msg_iovlen = 1;
+    msg.msg_control = control; msg.msg_controllen = sizeof control;
+    ssize_t n = recvmsg(fd, &msg, MSG_ERRQUEUE | MSG_DONTWAIT);
+    if (n < 0) return -errno;
+    *payload_len = (int)n;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level == SOL_IP && c->cmsg_type == IP_RECVERR) {
+            struct sock_extended_err *ee = (struct sock_extended_err *)CMSG_DATA(c);
+            if (ee->ee_origin != SO_EE_ORIGIN_ICMP) return -ENOMSG;
+            *type = ee->ee_type; *code = ee->ee_code;
+            struct sockaddr_in *off = (struct sockaddr_in *)SO_EE_OFFENDER(ee);
+            *offender = off->sin_family == AF_INET ? off->sin_addr.s_addr : 0;
+            return 0;
+        }
+    }
+    return -ENOMSG;
+}
+
+/// Receives a unix-socket datagram carrying one fd (SCM_RIGHTS). Returns the fd or -errno.
+static inline int vnet_recv_fd(int sock) {
+    char byte;
+    char control[CMSG_SPACE(sizeof(int))];
+    struct iovec iov = { &byte, 1 };
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = &iov; msg.msg_iovlen = 1;
+    msg.msg_control = control; msg.msg_controllen = sizeof control;
+    if (recvmsg(sock, &msg, MSG_CMSG_CLOEXEC) < 0) return -errno;
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    if (!c || c->cmsg_type != SCM_RIGHTS) return -EBADMSG;
+    int fd; memcpy(&fd, CMSG_DATA(c), sizeof fd);
+    return fd;
+}
+/// A signalfd for SIGINT, SIGTERM, SIGHUP and SIGUSR1, which are blocked for normal delivery. SIGPIPE is ignored.
+static inline int vnet_signalfd(void) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT); sigaddset(&set, SIGTERM); sigaddset(&set, SIGHUP); sigaddset(&set, SIGUSR1);
+    if (sigprocmask(SIG_BLOCK, &set, NULL) < 0) return -errno;
+    signal(SIGPIPE, SIG_IGN);
+    int fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+    return fd < 0 ? -errno : fd;
+}
+
+/// Reads one signal from a signalfd; returns its number, or 0 when none is pending.
+static inline int vnet_signalfd_read(int fd) {
+    struct signalfd_siginfo si;
+    ssize_t n = read(fd, &si, sizeof si);
+    return n == (ssize_t)sizeof si ? (int)si.ssi_signo : 0;
+}
+
+/// Binds a unix socket with mode 0600 (umask applied around bind, so there is no window with wider mode).
+static inline int vnet_bind_private(int fd, const struct sockaddr *addr, socklen_t len) {
+    mode_t old = umask(0177);
+    int r = bind(fd, addr, len);
+    int e = errno;
+    umask(old);
+    return r < 0 ? -e : 0;
+}
+#endif

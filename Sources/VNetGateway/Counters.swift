@@ -1,0 +1,118 @@
+// Named counters for every frame the gateway drops, and for what it serves. Each drop site names exactly one
+// reason; `vnet` prints them, and the control socket (later) exports them.
+
+public enum DropReason: Int, CaseIterable, Sendable {
+    case ethernetTruncated
+    case vlanTagged
+    case notForGateway
+    case unknownEtherType
+    case ipv6Unsupported
+    case arpMalformed
+    case arpIgnored
+    case ipv4Malformed
+    case ipv4BadChecksum
+    case ipv4Fragment
+    case ipv4OptionsUnsupported
+    case martianSource
+    case martianDestination
+    case unknownIPProtocol
+    case udpMalformed
+    case udpBadChecksum
+    case udpSourcePortZero
+    case udpToUnknownLocalAddress
+    case dnsWrongPort
+    case dnsNoUpstream
+    case dhcpMalformed
+    case dhcpIgnored
+    case dhcpPoolExhausted
+    case icmpMalformed
+    case icmpBadChecksum
+    case icmpTypeIgnored
+    case hostLoopbackDisabled
+    case udpFlowTableFull
+    case icmpFlowTableFull
+    case hostSocketFailed
+    case hostSendFailed
+    case hostDatagramDropped
+    case tcpNotYetSupported
+    case txQueueFull
+
+    public var name: String {
+        switch self {
+        case .ethernetTruncated: "ethernet_truncated"
+        case .vlanTagged: "vlan_tagged"
+        case .notForGateway: "not_for_gateway"
+        case .unknownEtherType: "unknown_ethertype"
+        case .ipv6Unsupported: "ipv6_unsupported"
+        case .arpMalformed: "arp_malformed"
+        case .arpIgnored: "arp_ignored"
+        case .ipv4Malformed: "ipv4_malformed"
+        case .ipv4BadChecksum: "ipv4_bad_checksum"
+        case .ipv4Fragment: "ipv4_fragment"
+        case .ipv4OptionsUnsupported: "ipv4_options_unsupported"
+        case .martianSource: "martian_source"
+        case .martianDestination: "martian_destination"
+        case .unknownIPProtocol: "unknown_ip_protocol"
+        case .udpMalformed: "udp_malformed"
+        case .udpBadChecksum: "udp_bad_checksum"
+        case .udpSourcePortZero: "udp_source_port_zero"
+        case .udpToUnknownLocalAddress: "udp_to_unknown_local_address"
+        case .dnsWrongPort: "dns_wrong_port"
+        case .dnsNoUpstream: "dns_no_upstream"
+        case .dhcpMalformed: "dhcp_malformed"
+        case .dhcpIgnored: "dhcp_ignored"
+        case .dhcpPoolExhausted: "dhcp_pool_exhausted"
+        case .icmpMalformed: "icmp_malformed"
+        case .icmpBadChecksum: "icmp_bad_checksum"
+        case .icmpTypeIgnored: "icmp_type_ignored"
+        case .hostLoopbackDisabled: "host_loopback_disabled"
+        case .udpFlowTableFull: "udp_flow_table_full"
+        case .icmpFlowTableFull: "icmp_flow_table_full"
+        case .hostSocketFailed: "host_socket_failed"
+        case .hostSendFailed: "host_send_failed"
+        case .hostDatagramDropped: "host_datagram_dropped"
+        case .tcpNotYetSupported: "tcp_not_yet_supported"
+        case .txQueueFull: "tx_queue_full"
+        }
+    }
+}
+
+public enum ServedCounter: Int, CaseIterable, Sendable {
+    case framesFromGuest, framesToGuest, arpReplies, icmpEchoLocal, dhcpReplies, dnsQueries, dnsServfail
+    case udpFlowsOpened, udpFlowsExpired, icmpFlowsOpened, icmpFlowsExpired, icmpErrorsToGuest
+
+    public var name: String {
+        switch self {
+        case .framesFromGuest: "frames_from_guest"
+        case .framesToGuest: "frames_to_guest"
+        case .arpReplies: "arp_replies"
+        case .icmpEchoLocal: "icmp_echo_local"
+        case .dhcpReplies: "dhcp_replies"
+        case .dnsQueries: "dns_queries"
+        case .dnsServfail: "dns_servfail"
+        case .udpFlowsOpened: "udp_flows_opened"
+        case .udpFlowsExpired: "udp_flows_expired"
+        case .icmpFlowsOpened: "icmp_flows_opened"
+        case .icmpFlowsExpired: "icmp_flows_expired"
+        case .icmpErrorsToGuest: "icmp_errors_to_guest"
+        }
+    }
+}
+
+/// Fixed arrays of counters; incrementing never allocates.
+public struct GatewayCounters: Sendable {
+    public private(set) var drops = [UInt64](repeating: 0, count: DropReason.allCases.count)
+    public private(set) var served = [UInt64](repeating: 0, count: ServedCounter.allCases.count)
+
+    @inline(__always) public mutating func drop(_ r: DropReason) { drops[r.rawValue] &+= 1 }
+    @inline(__always) public mutating func count(_ c: ServedCounter) { served[c.rawValue] &+= 1 }
+    public subscript(_ r: DropReason) -> UInt64 { drops[r.rawValue] }
+    public subscript(_ c: ServedCounter) -> UInt64 { served[c.rawValue] }
+    public var totalDrops: UInt64 { drops.reduce(0, &+) }
+
+    /// Non-zero counters as `name value` lines.
+    public var report: [String] {
+        ServedCounter.allCases.filter { self[$0] > 0 }.map { "\($0.name) \(self[$0])" }
+            + DropReason.allCases.filter { self[$0] > 0 }.map { "drop_\($0.name) \(self[$0])" }
+    }
+}

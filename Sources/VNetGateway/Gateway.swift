@@ -1,0 +1,225 @@
+// VNetGateway: vnet's own host on the guest's segment.
+//
+// Theory of Operation
+// -------------------
+// The gateway owns everything a guest talks to that is not another guest: ARP for its addresses, ICMP echo,
+// DHCP, the DNS forwarder, and NAT of guest UDP and ICMP echo to host sockets. Frames arrive through
+// `handleGuestFrame(_:now:)`; replies and NAT'd traffic leave through `toGuest`, a bounded `FrameQueue`
+// the transport drains. Host sockets are reached only through `HostIO`, so tests drive the whole gateway
+// with injected frames, a fake clock and fake sockets.
+//
+// Invariants:
+// - Every frame from the guest is either served or dropped under exactly one `DropReason`.
+// - Lengths are checked by the wire layer before any field is read; bytes past an IPv4 total length
+//   (Ethernet padding) are never read or echoed; frames shorter than 60 bytes go out zero-padded.
+// - Flow tables have fixed caps. A full table refuses the new flow and counts it; existing flows go on.
+// - Time comes in as `now`; `poll(now:)` expires idle flows and DHCP holds. Nothing reads the clock.
+// - Guest traffic never reaches host loopback except through the gateway address, and only while
+//   `mapGatewayToHostLoopback` is on. vnet's own DNS upstream traffic is not guest-initiated and may use a
+//   loopback resolver either way.
+// - State is kept per guest address and MAC (flows, leases), so one gateway can later serve many guests
+//   behind a switch.
+
+import VNetBuffers
+import VNetServices
+import VNetWire
+
+public final class Gateway<Host: HostIO> {
+    public let config: GatewayConfig
+    public let host: Host
+    /// Frames for the guest, in stream framing. The transport drains it.
+    public let toGuest: FrameQueue
+    public internal(set) var counters = GatewayCounters()
+    public internal(set) var dhcp: DHCPServer
+    /// Upstream DNS resolvers (host side), tried in order; set by the runtime from resolv.conf.
+    public private(set) var dnsUpstreams: [(IPv4Address, UInt16)] = []
+
+    var udpFlows: FlowTable<UDPFlowKey, UDPFlow>
+    var icmpFlows: FlowTable<ICMPFlowKey, ICMPFlow>
+    var ipIdentification: UInt16 = 0
+    var lastSweep: Instant = .zero
+    /// Scratch for host datagrams and DHCP replies (largest UDP datagram).
+    let scratch: UnsafeMutableRawBufferPointer
+
+    public init(config: GatewayConfig, host: Host, queueCapacity: Int = 4 << 20) {
+        self.config = config
+        self.host = host
+        toGuest = FrameQueue(capacity: max(queueCapacity, 4 * (config.mtu + 18) + 65_540))
+        dhcp = DHCPServer(config: DHCPConfig(
+            network: config.network, serverAddress: config.gatewayAddress, router: config.gatewayAddress,
+            dnsServers: [config.dnsAddress], poolStart: config.dhcpStart, poolSize: config.dhcpPoolSize,
+            leaseTime: config.leaseTime, domainName: config.domainName, searchDomains: config.dnsSearch,
+            hostName: config.hostName, mtu: config.mtu))
+        udpFlows = FlowTable(capacity: config.udpFlowCapacity)
+        icmpFlows = FlowTable(capacity: config.icmpFlowCapacity)
+        scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 65_536, alignment: 16)
+        scratch.initializeMemory(as: UInt8.self, repeating: 0)
+    }
+
+    deinit {
+        for i in udpFlows.activeIndices { if let f = udpFlows[i] { host.close(f.handle) } }
+        for i in icmpFlows.activeIndices { if let f = icmpFlows[i] { host.close(f.handle) } }
+        scratch.deallocate()
+    }
+
+    public func setDNSUpstreams(_ upstreams: [(IPv4Address, UInt16)]) { dnsUpstreams = upstreams }
+
+    public var udpFlowCount: Int { udpFlows.count }
+    public var icmpFlowCount: Int { icmpFlows.count }
+
+    @inline(__always) func drop(_ r: DropReason) { counters.drop(r) }
+
+    // MARK: Guest input
+
+    /// Handles one Ethernet frame from the guest.
+    public func handleGuestFrame(_ frame: UnsafeRawBufferPointer, now: Instant) {
+        counters.count(.framesFromGuest)
+        guard let eth = try? EthernetHeader.parse(frame) else { return drop(.ethernetTruncated) }
+        guard eth.vlanTag == nil else { return drop(.vlanTagged) }
+        guard eth.destination == config.gatewayMAC || eth.destination.isBroadcast else { return drop(.notForGateway) }
+        let body = frame.slice(eth.headerLength ..< frame.count)
+        switch eth.etherType {
+        case .arp: handleARP(body, ethernet: eth)
+        case .ipv4: handleIPv4(body, ethernet: eth, now: now)
+        case .ipv6: drop(.ipv6Unsupported)
+        default: drop(.unknownEtherType)
+        }
+    }
+
+    /// Expires idle flows. Call once per loop iteration; it sweeps at most once a second.
+    public func poll(now: Instant) {
+        guard now - lastSweep >= .seconds(1) || lastSweep == .zero else { return }
+        lastSweep = now
+        sweepUDP(now: now)
+        sweepICMP(now: now)
+    }
+
+    // MARK: ARP
+
+    func handleARP(_ p: UnsafeRawBufferPointer, ethernet: EthernetHeader) {
+        guard let arp = try? ARPPacket.parse(p) else { return drop(.arpMalformed) }
+        guard arp.operation == .request, isGatewayOwned(arp.targetIP), arp.senderIP != arp.targetIP else { return drop(.arpIgnored) }
+        guard let out = toGuest.reserve(maximumLength: 14 + ARPPacket.length) else { return drop(.txQueueFull) }
+        EthernetHeader(destination: arp.senderMAC, source: config.gatewayMAC, etherType: .arp).emit(into: out)
+        ARPPacket(operation: .reply, senderMAC: config.gatewayMAC, senderIP: arp.targetIP,
+                  targetMAC: arp.senderMAC, targetIP: arp.senderIP).emit(into: out.slice(14 ..< out.count))
+        toGuest.commit(length: 14 + ARPPacket.length)
+        counters.count(.arpReplies)
+        counters.count(.framesToGuest)
+    }
+
+    /// Addresses the gateway itself answers for.
+    @inline(__always) func isGatewayOwned(_ a: IPv4Address) -> Bool { a == config.gatewayAddress || a == config.dnsAddress }
+
+    // MARK: IPv4
+
+    func handleIPv4(_ p: UnsafeRawBufferPointer, ethernet: EthernetHeader, now: Instant) {
+        guard let ip = try? IPv4Header.parse(p) else { return drop(.ipv4Malformed) }
+        guard IPv4Header.headerChecksumValid(p, headerLength: ip.headerLength) else { return drop(.ipv4BadChecksum) }
+        guard !ip.isFragment else { return drop(.ipv4Fragment) }
+        let src = ip.source
+        // A guest may only speak from its network, or from 0.0.0.0 while it has no lease (DHCP).
+        if !(config.network.contains(src) && src != config.network.broadcast && !isGatewayOwned(src)) && !src.isUnspecified {
+            return drop(.martianSource)
+        }
+        let payload = p.slice(ip.payloadRange)
+        switch ip.protocolNumber {
+        case .udp: handleUDP(payload, ip: ip, ethernet: ethernet, now: now)
+        case .icmp: handleICMP(payload, ip: ip, ethernet: ethernet, now: now)
+        case .tcp: handleTCPPlaceholder(payload, ip: ip, ethernet: ethernet)
+        default: drop(.unknownIPProtocol)
+        }
+    }
+
+    /// Where guest traffic to `dst` goes on the host, or nil (with the drop reason) when it must not leave.
+    func hostDestination(for dst: IPv4Address) -> (IPv4Address?, DropReason?) {
+        if dst == config.gatewayAddress {
+            return config.mapGatewayToHostLoopback ? (.loopback, nil) : (nil, .hostLoopbackDisabled)
+        }
+        if config.network.contains(dst) { return (nil, .udpToUnknownLocalAddress) }
+        if dst.isUnspecified || dst.isLoopback || dst.isMulticast || dst == .broadcast || dst.rawValue >> 24 == 0 {
+            return (nil, .martianDestination)
+        }
+        return (dst, nil)
+    }
+
+    /// Guest-facing source for traffic that came from `hostAddress` on behalf of a flow aimed at `guestDestination`.
+    func guestFacingSource(hostAddress: IPv4Address, flowHostDestination: IPv4Address, guestDestination: IPv4Address) -> IPv4Address {
+        if hostAddress == flowHostDestination { return guestDestination }
+        if hostAddress.isLoopback || hostAddress.isUnspecified { return config.gatewayAddress }
+        return hostAddress
+    }
+
+    // MARK: TCP (until the TCP NAT lands, refuse connections promptly instead of leaving the guest hanging)
+
+    func handleTCPPlaceholder(_ p: UnsafeRawBufferPointer, ip: IPv4Header, ethernet: EthernetHeader) {
+        drop(.tcpNotYetSupported)
+        guard let tcp = try? TCPHeader.parse(p), !tcp.flags.contains(.rst) else { return }
+        // RFC 9293 §3.10.7.1 (CLOSED): answer with RST; for a segment without ACK, <SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>.
+        var segLen = UInt32(p.count - tcp.headerLength)
+        if tcp.flags.contains(.syn) { segLen &+= 1 }
+        if tcp.flags.contains(.fin) { segLen &+= 1 }
+        let reply: TCPHeader
+        if tcp.flags.contains(.ack) {
+            reply = TCPHeader(sourcePort: tcp.destinationPort, destinationPort: tcp.sourcePort, sequence: tcp.acknowledgment,
+                              acknowledgment: 0, flags: .rst, window: 0)
+        } else {
+            reply = TCPHeader(sourcePort: tcp.destinationPort, destinationPort: tcp.sourcePort, sequence: 0,
+                              acknowledgment: tcp.sequence &+ segLen, flags: [.rst, .ack], window: 0)
+        }
+        emitIPv4(to: ethernet.source, source: ip.destination, destination: ip.source, protocolNumber: .tcp, l4Length: 20) { l4 in
+            reply.emit(into: l4, segmentLength: 20, source: ip.destination, destination: ip.source)
+        }
+    }
+
+    // MARK: Frames to the guest
+
+    @inline(__always) func nextIPIdentification() -> UInt16 {
+        ipIdentification &+= 1
+        return ipIdentification
+    }
+
+    /// Builds Ethernet + IPv4 for a packet whose layer-4 part (`l4Length` bytes) `fill` writes, and queues it.
+    /// Returns false (counted) if the queue is full.
+    @discardableResult
+    func emitIPv4(to mac: MACAddress, source: IPv4Address, destination: IPv4Address, protocolNumber: IPProtocol, ttl: UInt8 = 64,
+                  l4Length: Int, _ fill: (UnsafeMutableRawBufferPointer) -> Void) -> Bool {
+        let total = 14 + 20 + l4Length
+        guard let out = toGuest.reserve(maximumLength: total) else { drop(.txQueueFull); return false }
+        EthernetHeader(destination: mac, source: config.gatewayMAC, etherType: .ipv4).emit(into: out)
+        fill(out.slice(34 ..< total))
+        IPv4Header(totalLength: 20 + l4Length, identification: nextIPIdentification(), flagsFragmentOffset: 0x4000, ttl: ttl,
+                   protocolNumber: protocolNumber, source: source, destination: destination).emit(into: out.slice(14 ..< 34))
+        toGuest.commit(length: total)
+        counters.count(.framesToGuest)
+        return true
+    }
+
+    /// Sends a complete layer-4 message (already checksummed, in `l4`) to the guest, fragmenting it (RFC 791)
+    /// when it does not fit the MTU.
+    func emitIPv4Fragmenting(to mac: MACAddress, source: IPv4Address, destination: IPv4Address, protocolNumber: IPProtocol,
+                             l4: UnsafeRawBufferPointer) {
+        let maxPayload = (config.mtu - 20) & ~7
+        if l4.count <= config.mtu - 20 {
+            emitIPv4(to: mac, source: source, destination: destination, protocolNumber: protocolNumber, l4Length: l4.count) { out in
+                out.copy(l4, to: 0)
+            }
+            return
+        }
+        let id = nextIPIdentification()
+        var offset = 0
+        while offset < l4.count {
+            let n = min(maxPayload, l4.count - offset)
+            let more = offset + n < l4.count
+            let total = 14 + 20 + n
+            guard let out = toGuest.reserve(maximumLength: total) else { return drop(.txQueueFull) }
+            EthernetHeader(destination: mac, source: config.gatewayMAC, etherType: .ipv4).emit(into: out)
+            out.copy(l4.slice(offset ..< offset + n), to: 34)
+            IPv4Header(totalLength: 20 + n, identification: id, flagsFragmentOffset: (more ? 0x2000 : 0) | UInt16(offset / 8),
+                       ttl: 64, protocolNumber: protocolNumber, source: source, destination: destination).emit(into: out.slice(14 ..< 34))
+            toGuest.commit(length: total)
+            counters.count(.framesToGuest)
+            offset += n
+        }
+    }
+}

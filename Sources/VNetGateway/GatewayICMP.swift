@@ -1,0 +1,113 @@
+// Guest ICMP: echo to the gateway's own addresses is answered here; echo to anywhere else goes out through a
+// host ICMP echo socket per (guest address, echo identifier, destination), and its replies come back with
+// the guest's identifier restored. Other ICMP from the guest is counted and dropped.
+
+import VNetBuffers
+import VNetWire
+
+struct ICMPFlowKey: Hashable {
+    var guestAddress: IPv4Address
+    var identifier: UInt16
+    var destination: IPv4Address
+}
+
+struct ICMPFlow {
+    var key: ICMPFlowKey
+    var handle: Int32
+    var guestMAC: MACAddress
+    var hostDestination: IPv4Address
+    var lastActive: Instant
+    var ttl: UInt8
+}
+
+extension Gateway {
+    func handleICMP(_ p: UnsafeRawBufferPointer, ip: IPv4Header, ethernet: EthernetHeader, now: Instant) {
+        guard let icmp = try? ICMPv4Header.parse(p) else { return drop(.icmpMalformed) }
+        guard ICMPv4Header.checksumValid(p) else { return drop(.icmpBadChecksum) }
+        guard icmp.type == ICMPv4Header.echoRequest, icmp.code == 0 else { return drop(.icmpTypeIgnored) }
+        guard !ip.source.isUnspecified else { return drop(.martianSource) }
+        if isGatewayOwned(ip.destination) {
+            // Echo reply: same identifier, sequence and data (exactly the IP payload, never the padding).
+            counters.count(.icmpEchoLocal)
+            emitIPv4(to: ethernet.source, source: ip.destination, destination: ip.source, protocolNumber: .icmp, l4Length: p.count) { out in
+                out.copy(p, to: 0)
+                ICMPv4Header(type: ICMPv4Header.echoReply, code: 0, restOfHeader: icmp.restOfHeader).emit(into: out, messageLength: p.count)
+            }
+            return
+        }
+        let key = ICMPFlowKey(guestAddress: ip.source, identifier: icmp.identifier, destination: ip.destination)
+        var index = icmpFlows.lookup(key)
+        if index == nil {
+            let (dst, reason) = hostDestination(for: ip.destination)
+            guard let hostAddress = dst else { return drop(reason!) }
+            guard icmpFlows.count < icmpFlows.capacity else { return drop(.icmpFlowTableFull) }
+            let tagIndex = icmpFlows.nextFreeIndex!
+            guard let handle = host.openICMPEcho(destination: hostAddress, tag: FlowTag(kind: .icmp, index: tagIndex)) else {
+                return drop(.hostSocketFailed)
+            }
+            index = icmpFlows.insert(key, ICMPFlow(key: key, handle: handle, guestMAC: ethernet.source, hostDestination: hostAddress,
+                                                   lastActive: now, ttl: 64))
+            counters.count(.icmpFlowsOpened)
+        }
+        let i = index!
+        var flow = icmpFlows[i]!
+        flow.lastActive = now
+        flow.guestMAC = ethernet.source
+        if flow.ttl != ip.ttl {
+            host.setTTL(flow.handle, ttl: ip.ttl)
+            flow.ttl = ip.ttl
+        }
+        icmpFlows[i] = flow
+        if !host.sendICMPEcho(flow.handle, identifier: icmp.identifier, sequence: icmp.sequence, payload: p.slice(8 ..< p.count)) {
+            drop(.hostSendFailed)
+        }
+    }
+
+    func icmpReadable(_ i: Int, now: Instant, budget: Int = 64) {
+        guard var flow = icmpFlows[i] else { return }
+        for _ in 0 ..< budget {
+            let body = scratch.slice(8 ..< scratch.count)
+            switch host.receiveICMPEcho(flow.handle, into: body) {
+            case .echoReply(let identifier, let sequence, let n):
+                if let id = identifier, id != flow.key.identifier { continue }
+                flow.lastActive = now
+                let length = 8 + n
+                ICMPv4Header(type: ICMPv4Header.echoReply, code: 0, restOfHeader: UInt32(flow.key.identifier) << 16 | UInt32(sequence))
+                    .emit(into: scratch.slice(0 ..< length), messageLength: length)
+                emitIPv4Fragmenting(to: flow.guestMAC, source: flow.key.destination, destination: flow.key.guestAddress,
+                                    protocolNumber: .icmp, l4: UnsafeRawBufferPointer(scratch.slice(0 ..< length)))
+            case .icmpError(let type, let code, let offender, _):
+                counters.count(.icmpErrorsToGuest)
+                let source = guestFacingSource(hostAddress: offender, flowHostDestination: flow.hostDestination,
+                                               guestDestination: flow.key.destination)
+                let messageLength = 8 + 20 + 8
+                let key = flow.key
+                emitIPv4(to: flow.guestMAC, source: source, destination: key.guestAddress, protocolNumber: .icmp, l4Length: messageLength) { out in
+                    let quoted = out.slice(8 ..< messageLength)
+                    IPv4Header(totalLength: 28, identification: 0, ttl: flow.ttl, protocolNumber: .icmp,
+                               source: key.guestAddress, destination: key.destination).emit(into: quoted.slice(0 ..< 20))
+                    let e = quoted.slice(20 ..< 28)
+                    e.put8(0, ICMPv4Header.echoRequest); e.put8(1, 0); e.put16(2, 0); e.put16(4, key.identifier); e.put16(6, 0)
+                    ICMPv4Header(type: type, code: code).emit(into: out, messageLength: messageLength)
+                }
+            case .ignored, .datagram:
+                continue
+            case .wouldBlock, .failed:
+                icmpFlows[i] = flow
+                return
+            }
+        }
+        icmpFlows[i] = flow
+    }
+
+    func sweepICMP(now: Instant) {
+        for i in icmpFlows.activeIndices {
+            guard let f = icmpFlows[i] else { continue }
+            if now - f.lastActive >= config.icmpIdleTimeout {
+                host.close(f.handle)
+                icmpFlows.remove(f.key)
+                counters.count(.icmpFlowsExpired)
+            }
+        }
+    }
+}

@@ -1,0 +1,198 @@
+// Guest UDP: DHCP and DNS served by the gateway, everything else NAT'd to connected host sockets.
+//
+// A UDP flow is keyed by (guest address, guest port, destination, destination port) and owns one connected
+// host socket, so replies need no lookup: the socket's tag names the flow. DNS to the gateway's DNS address
+// is a flow like any other whose host end is the first upstream resolver; with no upstream, the guest gets
+// SERVFAIL at once. Flows expire after `udpIdleTimeout` (`dnsIdleTimeout` for DNS) without traffic.
+// The guest's TTL is carried to the host socket, and ICMP errors the host socket receives (IP_RECVERR) go
+// back to the guest as ICMP errors quoting its datagram, so traceroute and "connection refused" work.
+
+import VNetBuffers
+import VNetServices
+import VNetWire
+
+struct UDPFlowKey: Hashable {
+    var guestAddress: IPv4Address
+    var guestPort: UInt16
+    var destination: IPv4Address
+    var destinationPort: UInt16
+}
+
+struct UDPFlow {
+    var key: UDPFlowKey
+    var handle: Int32
+    var guestMAC: MACAddress
+    var hostDestination: IPv4Address
+    var lastActive: Instant
+    var ttl: UInt8
+    var isDNS: Bool
+}
+
+extension Gateway {
+    func handleUDP(_ p: UnsafeRawBufferPointer, ip: IPv4Header, ethernet: EthernetHeader, now: Instant) {
+        guard let udp = try? UDPHeader.parse(p) else { return drop(.udpMalformed) }
+        let datagram = p.slice(0 ..< udp.length)
+        guard UDPHeader.checksumValid(datagram, source: ip.source, destination: ip.destination) else { return drop(.udpBadChecksum) }
+        let payload = datagram.slice(udp.payloadRange)
+
+        if udp.destinationPort == DHCPMessage.serverPort && (ip.destination == .broadcast || ip.destination == config.gatewayAddress) {
+            return handleDHCP(payload, ethernet: ethernet, now: now)
+        }
+        guard udp.sourcePort != 0, !ip.source.isUnspecified else { return drop(.udpSourcePortZero) }
+        if ip.destination == config.dnsAddress {
+            guard udp.destinationPort == 53 else { return drop(.dnsWrongPort) }
+            return forwardUDP(payload, ip: ip, udp: udp, mac: ethernet.source, dns: true, now: now)
+        }
+        forwardUDP(payload, ip: ip, udp: udp, mac: ethernet.source, dns: false, now: now)
+    }
+
+    // MARK: DHCP
+
+    func handleDHCP(_ p: UnsafeRawBufferPointer, ethernet: EthernetHeader, now: Instant) {
+        guard let msg = try? DHCPMessage.parse(p) else { return drop(.dhcpMalformed) }
+        let out = scratch.slice(8 ..< 8 + 1024)
+        switch dhcp.handle(msg, now: now, into: out) {
+        case .ignored(.poolExhausted):
+            drop(.dhcpPoolExhausted)
+        case .ignored:
+            drop(.dhcpIgnored)
+        case .reply(let r):
+            counters.count(.dhcpReplies)
+            let dstIP = r.broadcast ? IPv4Address.broadcast : r.yourAddress
+            let dstMAC = r.broadcast ? MACAddress.broadcast : msg.clientMAC
+            sendUDPToGuest(mac: dstMAC, source: config.gatewayAddress, sourcePort: DHCPMessage.serverPort,
+                           destination: dstIP, destinationPort: DHCPMessage.clientPort, payloadLength: r.length)
+        }
+    }
+
+    /// Sends `scratch[8 ..< 8+payloadLength]` to the guest as one UDP datagram (fragmented if needed).
+    func sendUDPToGuest(mac: MACAddress, source: IPv4Address, sourcePort: UInt16, destination: IPv4Address,
+                        destinationPort: UInt16, payloadLength: Int) {
+        let length = 8 + payloadLength
+        UDPHeader(sourcePort: sourcePort, destinationPort: destinationPort, length: length)
+            .emit(into: scratch.slice(0 ..< length), source: source, destination: destination)
+        emitIPv4Fragmenting(to: mac, source: source, destination: destination, protocolNumber: .udp,
+                            l4: UnsafeRawBufferPointer(scratch.slice(0 ..< length)))
+    }
+
+    // MARK: NAT
+
+    func forwardUDP(_ payload: UnsafeRawBufferPointer, ip: IPv4Header, udp: UDPHeader, mac: MACAddress, dns: Bool, now: Instant) {
+        let key = UDPFlowKey(guestAddress: ip.source, guestPort: udp.sourcePort, destination: ip.destination, destinationPort: udp.destinationPort)
+        var index = udpFlows.lookup(key)
+        if index == nil {
+            let hostAddress: IPv4Address
+            let hostPort: UInt16
+            if dns {
+                counters.count(.dnsQueries)
+                guard let upstream = dnsUpstreams.first else { return answerDNSFailure(payload, ip: ip, udp: udp, mac: mac) }
+                (hostAddress, hostPort) = upstream
+            } else {
+                let (dst, reason) = hostDestination(for: ip.destination)
+                guard let d = dst else { return drop(reason!) }
+                hostAddress = d
+                hostPort = udp.destinationPort
+            }
+            guard udpFlows.count < udpFlows.capacity else { return drop(.udpFlowTableFull) }
+            let tagIndex = udpFlows.nextFreeIndex!
+            guard let handle = host.openUDP(destination: hostAddress, port: hostPort, tag: FlowTag(kind: .udp, index: tagIndex)) else {
+                return drop(.hostSocketFailed)
+            }
+            index = udpFlows.insert(key, UDPFlow(key: key, handle: handle, guestMAC: mac, hostDestination: hostAddress,
+                                                 lastActive: now, ttl: 64, isDNS: dns))
+            counters.count(.udpFlowsOpened)
+        } else if dns {
+            counters.count(.dnsQueries)
+        }
+        let i = index!
+        var flow = udpFlows[i]!
+        flow.lastActive = now
+        flow.guestMAC = mac
+        if flow.ttl != ip.ttl {
+            host.setTTL(flow.handle, ttl: ip.ttl)
+            flow.ttl = ip.ttl
+        }
+        udpFlows[i] = flow
+        if !host.sendUDP(flow.handle, payload) { drop(.hostSendFailed) }
+    }
+
+    func answerDNSFailure(_ payload: UnsafeRawBufferPointer, ip: IPv4Header, udp: UDPHeader, mac: MACAddress) {
+        drop(.dnsNoUpstream)
+        guard payload.count <= 1400 else { return }
+        let body = scratch.slice(8 ..< 8 + payload.count)
+        body.copy(payload, to: 0)
+        guard let n = DNSReplies.failure(body, length: payload.count, rcode: 2) else { return }
+        counters.count(.dnsServfail)
+        sendUDPToGuest(mac: mac, source: ip.destination, sourcePort: udp.destinationPort, destination: ip.source,
+                       destinationPort: udp.sourcePort, payloadLength: n)
+    }
+
+    /// Drains a readable UDP flow socket (at most `budget` datagrams, so one flow cannot starve the rest).
+    func udpReadable(_ i: Int, now: Instant, budget: Int = 64) {
+        guard var flow = udpFlows[i] else { return }
+        for _ in 0 ..< budget {
+            switch host.receiveUDP(flow.handle, into: scratch.slice(8 ..< scratch.count)) {
+            case .datagram(let n):
+                flow.lastActive = now
+                sendUDPToGuest(mac: flow.guestMAC, source: flow.key.destination, sourcePort: flow.key.destinationPort,
+                               destination: flow.key.guestAddress, destinationPort: flow.key.guestPort, payloadLength: n)
+            case .icmpError(let type, let code, let offender, let length):
+                sendICMPError(type: type, code: code,
+                              from: guestFacingSource(hostAddress: offender, flowHostDestination: flow.hostDestination,
+                                                      guestDestination: flow.key.destination),
+                              to: flow.guestMAC, quoting: flow.key, ttl: flow.ttl, payloadLength: length)
+            case .ignored, .echoReply:
+                drop(.hostDatagramDropped)
+            case .wouldBlock, .failed:
+                udpFlows[i] = flow
+                return
+            }
+        }
+        udpFlows[i] = flow
+    }
+
+    /// ICMP error to the guest quoting its datagram: the original IPv4 header and the first 8 bytes (RFC 792).
+    func sendICMPError(type: UInt8, code: UInt8, from source: IPv4Address, to mac: MACAddress, quoting key: UDPFlowKey,
+                       ttl: UInt8, payloadLength: Int) {
+        let messageLength = 8 + 20 + 8
+        counters.count(.icmpErrorsToGuest)
+        emitIPv4(to: mac, source: source, destination: key.guestAddress, protocolNumber: .icmp, l4Length: messageLength) { out in
+            let quoted = out.slice(8 ..< messageLength)
+            IPv4Header(totalLength: 20 + 8 + payloadLength, identification: 0, ttl: ttl, protocolNumber: .udp,
+                       source: key.guestAddress, destination: key.destination).emit(into: quoted.slice(0 ..< 20))
+            let u = quoted.slice(20 ..< 28)
+            u.put16(0, key.guestPort); u.put16(2, key.destinationPort); u.put16(4, UInt16(truncatingIfNeeded: 8 + payloadLength)); u.put16(6, 0)
+            ICMPv4Header(type: type, code: code).emit(into: out, messageLength: messageLength)
+        }
+    }
+
+    func sweepUDP(now: Instant) {
+        for i in udpFlows.activeIndices {
+            guard let f = udpFlows[i] else { continue }
+            let timeout = f.isDNS ? config.dnsIdleTimeout : config.udpIdleTimeout
+            if now - f.lastActive >= timeout {
+                host.close(f.handle)
+                udpFlows.remove(f.key)
+                counters.count(.udpFlowsExpired)
+            }
+        }
+    }
+
+    /// Replaces the upstream resolvers; open DNS flows to the old ones are closed so new queries follow the change.
+    public func replaceDNSUpstreams(_ upstreams: [(IPv4Address, UInt16)]) {
+        setDNSUpstreams(upstreams)
+        for i in udpFlows.activeIndices {
+            guard let f = udpFlows[i], f.isDNS else { continue }
+            host.close(f.handle)
+            udpFlows.remove(f.key)
+        }
+    }
+
+    /// Called by the event loop when a host socket registered under `tag` is readable.
+    public func hostReadable(_ tag: FlowTag, now: Instant) {
+        switch tag.kind {
+        case .udp: udpReadable(tag.index, now: now)
+        case .icmp: icmpReadable(tag.index, now: now)
+        }
+    }
+}

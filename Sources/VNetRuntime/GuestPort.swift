@@ -1,0 +1,291 @@
+// The guest's end of the data path: one QEMU (or TAP) port wired straight to the gateway.
+//
+// Theory of Operation
+// -------------------
+// A `GuestPort` owns the fds of one transport and moves frames both ways:
+// - in: everything readable is read now (stream reads are split into frames in place by `StreamDeframer`;
+//   datagram and TAP reads are one frame each), and each frame goes to `deliver`;
+// - out: `flush` drains the gateway's `FrameQueue` with as few syscalls as it can (one write of the stream
+//   bytes; one send per datagram/TAP frame). When the socket is full, EPOLLOUT is armed and the rest waits in
+//   the queue, which is bounded: the gateway counts what does not fit.
+// Stream listeners serve one QEMU at a time, like QEMU's own stream server: a second connection while one is
+// active is closed at once. A QEMU that disconnects is forgotten (its partial frame and queued output with
+// it) and the next one is accepted. In connect mode the port retries every second until QEMU listens again.
+
+import CVNetShim
+import Logging
+import VNetBuffers
+import VNetHost
+import VNetTransport
+#if canImport(Glibc)
+import Glibc
+#endif
+
+enum LoopTag: UInt8 {
+    case listener = 10, connection = 11, datagram = 12, tap = 13, signal = 14, connector = 15
+    var tag: UInt64 { UInt64(rawValue) << 56 }
+}
+
+public struct PortCounters: Sendable {
+    public var framesIn: UInt64 = 0
+    public var framesOut: UInt64 = 0
+    public var droppedShort: UInt64 = 0
+    public var droppedOversize: UInt64 = 0
+    public var desyncResets: UInt64 = 0
+    public var rejectedConnections: UInt64 = 0
+    public var connections: UInt64 = 0
+    public var sendErrors: UInt64 = 0
+}
+
+final class GuestPort {
+    enum Kind {
+        case streamListener(listenFD: Int32)
+        case streamConnector(address: SocketAddress)
+        case datagram(peer: SocketAddress?)
+        case tap
+    }
+
+    let kind: Kind
+    let epoll: Epoll
+    let mtu: Int
+    let logger: Logger
+    /// The active stream connection, datagram socket or TAP fd; -1 when none.
+    var fd: Int32 = -1
+    var connecting = false
+    var writeArmed = false
+    var reconnectAt: UInt64 = 0
+    var peer: SocketAddress?
+    let deframer: StreamDeframer
+    let frameBuffer: UnsafeMutableRawBufferPointer
+    var counters = PortCounters()
+    var boundDescription = ""
+
+    init(kind: Kind, epoll: Epoll, mtu: Int, logger: Logger) {
+        self.kind = kind
+        self.epoll = epoll
+        self.mtu = mtu
+        self.logger = logger
+        deframer = StreamDeframer(mtu: mtu)
+        frameBuffer = .allocate(byteCount: FrameLimits.qemuMaximumFrame + 1, alignment: 16)
+        if case .datagram(let p) = kind { peer = p }
+    }
+
+    deinit { frameBuffer.deallocate() }
+
+    var isConnected: Bool { fd >= 0 && !connecting }
+
+    // MARK: Stream listener
+
+    func accept(queue: FrameQueue) {
+        guard case .streamListener(let lfd) = kind else { return }
+        while let c = Sys.accept(lfd) {
+            if fd >= 0 {
+                counters.rejectedConnections &+= 1
+                logger.warning("rejected a second connection: one QEMU is already attached")
+                Sys.close(c)
+                continue
+            }
+            fd = c
+            counters.connections &+= 1
+            deframer.reset()
+            queue.removeAll()
+            try? epoll.add(c, events: Epoll.readable | Epoll.hangup, tag: LoopTag.connection.tag)
+            logger.info("QEMU connected")
+        }
+    }
+
+    func disconnect(queue: FrameQueue, reason: String, now: UInt64) {
+        guard fd >= 0 else { return }
+        epoll.remove(fd)
+        Sys.close(fd)
+        fd = -1
+        connecting = false
+        writeArmed = false
+        deframer.reset()
+        queue.removeAll()
+        logger.info("QEMU disconnected: \(reason)")
+        if case .streamConnector = kind { reconnectAt = now + 1_000_000_000 }
+    }
+
+    // MARK: Stream connector
+
+    func tryConnect(now: UInt64) {
+        guard case .streamConnector(let address) = kind, fd < 0, now >= reconnectAt else { return }
+        reconnectAt = now + 1_000_000_000
+        let family = address.family
+        guard let s = try? Sys.socket(family, Int32(SOCK_STREAM.rawValue), 0) else { return }
+        do {
+            let done = try Sys.connect(s, address)
+            fd = s
+            connecting = !done
+            try epoll.add(s, events: done ? (Epoll.readable | Epoll.hangup) : Epoll.writable, tag: LoopTag.connection.tag)
+            if done { connected() }
+        } catch {
+            Sys.close(s)
+            fd = -1
+            logger.debug("connect to \(address) failed: \(error); retrying")
+        }
+    }
+
+    func connected() {
+        connecting = false
+        counters.connections &+= 1
+        deframer.reset()
+        logger.info("connected to QEMU")
+    }
+
+    // MARK: Input
+
+    /// Reads what the transport holds and hands each frame to `deliver`. Returns false when the connection
+    /// must be dropped (EOF, error, or lost framing sync).
+    func readFrames(now: UInt64, queue: FrameQueue, _ deliver: (UnsafeRawBufferPointer) -> Void) {
+        guard fd >= 0 else { return }
+        if connecting {
+            let e = Sys.socketError(fd)
+            if e != 0 { return disconnect(queue: queue, reason: Sys.errnoString(e), now: now) }
+            connected()
+            try? epoll.modify(fd, events: Epoll.readable | Epoll.hangup, tag: LoopTag.connection.tag)
+            return
+        }
+        switch kind {
+        case .streamListener, .streamConnector:
+            for _ in 0 ..< 16 {
+                let space = deframer.readSpace
+                switch Sys.read(fd, into: space) {
+                case .done(let n):
+                    deframer.didRead(n)
+                    while true {
+                        switch deframer.next() {
+                        case .frame(let f):
+                            counters.framesIn &+= 1
+                            deliver(f)
+                            continue
+                        case .needMore:
+                            break
+                        case .desync:
+                            counters.desyncResets &+= 1
+                            syncCounters()
+                            return disconnect(queue: queue, reason: "frame length beyond QEMU's limit (lost sync)", now: now)
+                        }
+                        break
+                    }
+                    syncCounters()
+                    if n < space.count { return }
+                case .wouldBlock:
+                    return
+                case .closed:
+                    return disconnect(queue: queue, reason: "end of stream", now: now)
+                case .failed(let e):
+                    return disconnect(queue: queue, reason: Sys.errnoString(e), now: now)
+                }
+            }
+        case .datagram:
+            for _ in 0 ..< 64 {
+                var from = SocketAddress()
+                switch Sys.receiveFrom(fd, into: frameBuffer, from: &from) {
+                case .done(let n):
+                    if peer == nil, from.length > 0 {
+                        peer = from
+                        logger.info("learned QEMU's datagram address: \(from)")
+                    }
+                    switch DatagramFraming.check(received: n, truncated: n > frameBuffer.count, mtu: mtu) {
+                    case .accept:
+                        counters.framesIn &+= 1
+                        deliver(UnsafeRawBufferPointer(frameBuffer.slice(0 ..< n)))
+                    case .tooShort: counters.droppedShort &+= 1
+                    case .tooLong: counters.droppedOversize &+= 1
+                    }
+                default:
+                    return
+                }
+            }
+        case .tap:
+            for _ in 0 ..< 64 {
+                switch Sys.read(fd, into: frameBuffer) {
+                case .done(let n):
+                    switch DatagramFraming.check(received: n, truncated: false, mtu: mtu) {
+                    case .accept:
+                        counters.framesIn &+= 1
+                        deliver(UnsafeRawBufferPointer(frameBuffer.slice(0 ..< n)))
+                    case .tooShort: counters.droppedShort &+= 1
+                    case .tooLong: counters.droppedOversize &+= 1
+                    }
+                default:
+                    return
+                }
+            }
+        }
+    }
+
+    func syncCounters() {
+        counters.droppedShort = deframer.droppedShort
+        counters.droppedOversize = deframer.droppedOversize
+    }
+
+    // MARK: Output
+
+    /// Sends queued frames. Without a connected guest, queued frames are discarded.
+    func flush(queue: FrameQueue, now: UInt64) {
+        guard !queue.isEmpty else { return disarmWrite() }
+        guard isConnected else { queue.removeAll(); return }
+        switch kind {
+        case .streamListener, .streamConnector:
+            while !queue.isEmpty {
+                let pending = queue.pendingStreamBytes
+                let before = queue.frameCount
+                switch Sys.send(fd, pending) {
+                case .done(let n):
+                    queue.consumeStreamBytes(n)
+                    counters.framesOut &+= UInt64(before - queue.frameCount)
+                    if n < pending.count { return armWrite() }
+                case .wouldBlock:
+                    return armWrite()
+                case .closed, .failed:
+                    return disconnect(queue: queue, reason: "write failed", now: now)
+                }
+            }
+        case .datagram:
+            guard let p = peer else { queue.removeAll(); return }
+            while let frame = queue.firstFrame {
+                switch Sys.sendTo(fd, frame, p) {
+                case .done: counters.framesOut &+= 1; queue.removeFirstFrame()
+                case .wouldBlock: return armWrite()
+                default: counters.sendErrors &+= 1; queue.removeFirstFrame()
+                }
+            }
+        case .tap:
+            while let frame = queue.firstFrame {
+                switch Sys.write(fd, frame) {
+                case .done: counters.framesOut &+= 1; queue.removeFirstFrame()
+                case .wouldBlock: return armWrite()
+                default: counters.sendErrors &+= 1; queue.removeFirstFrame()
+                }
+            }
+        }
+        disarmWrite()
+    }
+
+    var ioTag: UInt64 {
+        switch kind {
+        case .streamListener, .streamConnector: LoopTag.connection.tag
+        case .datagram: LoopTag.datagram.tag
+        case .tap: LoopTag.tap.tag
+        }
+    }
+
+    func armWrite() {
+        guard !writeArmed, fd >= 0 else { return }
+        writeArmed = true
+        try? epoll.modify(fd, events: Epoll.readable | Epoll.writable | (isStream ? Epoll.hangup : 0), tag: ioTag)
+    }
+
+    func disarmWrite() {
+        guard writeArmed, fd >= 0 else { return }
+        writeArmed = false
+        try? epoll.modify(fd, events: Epoll.readable | (isStream ? Epoll.hangup : 0), tag: ioTag)
+    }
+
+    var isStream: Bool {
+        switch kind { case .streamListener, .streamConnector: true; default: false }
+    }
+}

@@ -1,0 +1,58 @@
+// Upstream DNS resolvers from a resolv.conf-style file, re-read when the file changes (VPNs rewrite it).
+// Only IPv4 `nameserver` lines are used (vnet's upstream sockets are IPv4 for now); others are skipped.
+
+import VNetGateway
+import VNetHost
+import VNetWire
+#if canImport(Glibc)
+import Glibc
+#endif
+
+public enum ResolvConf {
+    /// Parses `nameserver A.B.C.D` lines, in order. Comments (# ;) and other keywords are ignored.
+    public static func parse(_ text: String) -> [IPv4Address] {
+        var out: [IPv4Address] = []
+        for line in text.split(whereSeparator: { $0 == "\n" || $0 == "\r" }) {
+            let fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
+            guard fields.count >= 2, fields[0] == "nameserver" else { continue }
+            if let a = IPv4Address(fields[1]), !a.isUnspecified { out.append(a) }
+        }
+        return out
+    }
+
+    /// Reads a small text file without Foundation; nil if it cannot be opened.
+    static func readFile(_ path: String, limit: Int = 1 << 20) -> String? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { Glibc.close(fd) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while bytes.count < limit {
+            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            bytes += chunk[0 ..< n]
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+}
+
+/// Watches one resolv.conf by stat identity (device, inode, size, mtime), checked at most once a second.
+final class ResolvConfWatcher {
+    let path: String
+    var identity: [UInt64]?? = .none
+    var lastCheck: UInt64 = 0
+
+    init(path: String) { self.path = path }
+
+    /// Returns the new resolver list when the file changed since the last call (or on the first call).
+    func poll(nowNanoseconds: UInt64, force: Bool = false) -> [IPv4Address]? {
+        guard force || nowNanoseconds &- lastCheck >= 1_000_000_000 || lastCheck == 0 else { return nil }
+        lastCheck = nowNanoseconds
+        let id = Sys.fileIdentity(path)
+        if case .some(let old) = identity, old == id, !force { return nil }
+        identity = .some(id)
+        guard id != nil, let text = ResolvConf.readFile(path) else { return [] }
+        return ResolvConf.parse(text)
+    }
+}

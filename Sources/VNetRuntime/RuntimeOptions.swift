@@ -1,0 +1,35 @@
+// What `vnet user` was asked to do, after argument parsing: which transport connects QEMU, and the
+// runtime knobs that are not part of QEMU's option string.
+
+import VNetGateway
+
+public enum GuestTransport: Equatable, Sendable {
+    /// Listen on a unix stream socket (mode 0600): `-netdev stream,…,addr.type=unix` and `-netdev socket`.
+    case unixListen(path: String)
+    /// Listen on TCP: `-netdev stream,…,addr.type=inet` and `-netdev socket,connect=`.
+    case tcpListen(host: String, port: UInt16)
+    /// Connect to a listening QEMU (`server=on`), reconnecting when it goes away.
+    case connectUnix(path: String)
+    case connectTCP(host: String, port: UInt16)
+    /// One frame per datagram on a unix socket bound at `path`, or a UDP socket bound at host:port; the peer
+    /// is fixed, or learned from the first datagram.
+    case dgramUnix(path: String, peer: String?)
+    case dgramUDP(host: String, port: UInt16, peerHost: String?, peerPort: UInt16?)
+    /// A TAP device created inside a network namespace, as slirp4netns does.
+    case tap(netns: String, name: String)
+}
+
+public struct RuntimeOptions: Sendable {
+    public var gateway: GatewayConfig
+    public var transport: GuestTransport
+    public var resolvConfPath: String = "/etc/resolv.conf"
+    /// Overrides resolv.conf when set.
+    public var dnsUpstream: (address: String, port: UInt16)? = nil
+    /// True when the socket path was chosen by vnet (printed with QEMU arguments).
+    public var transportIsDefault = false
+
+    public init(gateway: GatewayConfig, transport: GuestTransport) {
+        self.gateway = gateway
+        self.transport = transport
+    }
+}

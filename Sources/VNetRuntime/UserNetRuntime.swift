@@ -1,0 +1,297 @@
+// VNetRuntime: `vnet user` wired together: one guest port, the gateway, real host sockets, one epoll loop.
+//
+// Theory of Operation
+// -------------------
+// Single thread, single epoll set. Every registered fd carries a 64-bit tag: the top byte says what it is
+// (gateway flow socket, guest listener/connection/datagram/TAP, signalfd) and the low bits name a flow
+// index, so dispatch is a switch with no lookup. Time is read once per iteration and passed down. Each
+// iteration: run timers (flow expiry, resolv.conf check, reconnect), wait for events (timeout = the next
+// timer, at most 1 s), dispatch them, then flush everything the gateway queued for the guest in one go.
+// SIGINT/SIGTERM stop the loop cleanly (the socket file is removed); SIGHUP re-reads resolv.conf; SIGUSR1
+// prints the counters to stderr.
+
+import CVNetShim
+import Logging
+import VNetBuffers
+import VNetGateway
+import VNetHost
+import VNetTransport
+import VNetWire
+#if canImport(Glibc)
+import Glibc
+#endif
+
+public struct RuntimeError: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ d: String) { description = d }
+}
+
+public final class UserNetRuntime {
+    public let options: RuntimeOptions
+    let logger: Logger
+    let epoll: Epoll
+    let host: RealHost
+    public let gateway: Gateway<RealHost>
+    let port: GuestPort
+    let signalFD: Int32
+    let resolvWatcher: ResolvConfWatcher?
+    var running = true
+    var socketPathToRemove: String?
+    /// Lines printed on stdout at start-up (also returned for tests).
+    public private(set) var startupLines: [String] = []
+
+    public init(options: RuntimeOptions, logger: Logger) throws {
+        self.options = options
+        self.logger = logger
+        // The TAP must be opened first, while no other socket exists: it switches this thread's netns.
+        var tapFD: Int32 = -1
+        if case .tap(let netns, let name) = options.transport {
+            tapFD = try UserNetRuntime.openTapInNamespace(netns: netns, name: name, mtu: options.gateway.mtu)
+        }
+        epoll = try Epoll()
+        host = RealHost(epoll: epoll)
+        gateway = Gateway(config: options.gateway, host: host)
+        let sfd = vnet_signalfd()
+        guard sfd >= 0 else { throw RuntimeError("signalfd: \(Sys.errnoString(-sfd))") }
+        signalFD = sfd
+        try epoll.add(sfd, events: Epoll.readable, tag: LoopTag.signal.tag)
+
+        if let up = options.dnsUpstream {
+            guard let a = IPv4Address(up.address) else { throw RuntimeError("--dns-upstream: '\(up.address)' is not an IPv4 address") }
+            gateway.setDNSUpstreams([(a, up.port)])
+            resolvWatcher = nil
+        } else {
+            resolvWatcher = ResolvConfWatcher(path: options.resolvConfPath)
+        }
+
+        let mtu = options.gateway.mtu
+        switch options.transport {
+        case .unixListen(let path):
+            let fd = try UserNetRuntime.listenUnix(path: path)
+            socketPathToRemove = path
+            port = GuestPort(kind: .streamListener(listenFD: fd), epoll: epoll, mtu: mtu, logger: logger)
+            try epoll.add(fd, events: Epoll.readable, tag: LoopTag.listener.tag)
+            port.boundDescription = "unix:\(path)"
+        case .tcpListen(let h, let p):
+            guard let a = IPv4Address(h) else { throw RuntimeError("--listen: '\(h)' is not an IPv4 address") }
+            let fd = try Sys.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            try Sys.setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1)
+            try Sys.bind(fd, SocketAddress(ipv4: a.rawValue, port: p))
+            try Sys.listen(fd)
+            port = GuestPort(kind: .streamListener(listenFD: fd), epoll: epoll, mtu: mtu, logger: logger)
+            try epoll.add(fd, events: Epoll.readable, tag: LoopTag.listener.tag)
+            port.boundDescription = "tcp:\(Sys.localAddress(fd)?.description ?? "\(h):\(p)")"
+        case .connectUnix(let path):
+            guard let a = SocketAddress(unixPath: path) else { throw RuntimeError("--connect: unix path too long") }
+            port = GuestPort(kind: .streamConnector(address: a), epoll: epoll, mtu: mtu, logger: logger)
+            port.boundDescription = "connect unix:\(path)"
+        case .connectTCP(let h, let p):
+            guard let a = IPv4Address(h) else { throw RuntimeError("--connect: '\(h)' is not an IPv4 address") }
+            port = GuestPort(kind: .streamConnector(address: SocketAddress(ipv4: a.rawValue, port: p)), epoll: epoll, mtu: mtu, logger: logger)
+            port.boundDescription = "connect tcp:\(h):\(p)"
+        case .dgramUnix(let path, let peerPath):
+            var peer: SocketAddress? = nil
+            if let pp = peerPath {
+                guard let pa = SocketAddress(unixPath: pp) else { throw RuntimeError("--dgram-peer: unix path too long") }
+                peer = pa
+            }
+            try UserNetRuntime.removeStaleSocket(path)
+            guard let a = SocketAddress(unixPath: path) else { throw RuntimeError("--dgram: unix path too long") }
+            let fd = try Sys.socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
+            try Sys.bindPrivate(fd, a)
+            try? Sys.setOption(fd, SOL_SOCKET, SO_SNDBUF, 1 << 20)
+            try? Sys.setOption(fd, SOL_SOCKET, SO_RCVBUF, 4 << 20)
+            socketPathToRemove = path
+            port = GuestPort(kind: .datagram(peer: peer), epoll: epoll, mtu: mtu, logger: logger)
+            port.fd = fd
+            try epoll.add(fd, events: Epoll.readable, tag: LoopTag.datagram.tag)
+            port.boundDescription = "dgram unix:\(path)"
+        case .dgramUDP(let h, let p, let ph, let pp):
+            guard let a = IPv4Address(h) else { throw RuntimeError("--dgram: '\(h)' is not an IPv4 address") }
+            var peer: SocketAddress? = nil
+            if let ph, let pp {
+                guard let pa = IPv4Address(ph) else { throw RuntimeError("--dgram-peer: '\(ph)' is not an IPv4 address") }
+                peer = SocketAddress(ipv4: pa.rawValue, port: pp)
+            }
+            let fd = try Sys.socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+            try Sys.bind(fd, SocketAddress(ipv4: a.rawValue, port: p))
+            port = GuestPort(kind: .datagram(peer: peer), epoll: epoll, mtu: mtu, logger: logger)
+            port.fd = fd
+            try epoll.add(fd, events: Epoll.readable, tag: LoopTag.datagram.tag)
+            port.boundDescription = "dgram udp:\(Sys.localAddress(fd)?.description ?? "\(h):\(p)")"
+        case .tap(let netns, let name):
+            port = GuestPort(kind: .tap, epoll: epoll, mtu: mtu, logger: logger)
+            port.fd = tapFD
+            try epoll.add(tapFD, events: Epoll.readable, tag: LoopTag.tap.tag)
+            port.boundDescription = "tap \(name) in netns \(netns)"
+        }
+    }
+
+    deinit {
+        if let p = socketPathToRemove { unlink(p) }
+    }
+
+    // MARK: Set-up helpers
+
+    /// Removes a leftover unix socket at `path` if nothing listens on it; refuses to touch anything else.
+    static func removeStaleSocket(_ path: String) throws {
+        var st = stat()
+        guard lstat(path, &st) == 0 else { return }
+        guard (st.st_mode & S_IFMT) == S_IFSOCK else { throw RuntimeError("\(path) exists and is not a socket") }
+        if let a = SocketAddress(unixPath: path), let probe = try? Sys.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0) {
+            defer { Sys.close(probe) }
+            if (try? Sys.connect(probe, a)) != nil { throw RuntimeError("\(path) is in use by another process") }
+        }
+        unlink(path)
+    }
+
+    static func listenUnix(path: String) throws -> Int32 {
+        guard let a = SocketAddress(unixPath: path) else { throw RuntimeError("socket path too long: \(path)") }
+        try removeStaleSocket(path)
+        let fd = try Sys.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        do {
+            try Sys.bindPrivate(fd, a)
+            try Sys.listen(fd)
+        } catch {
+            Sys.close(fd)
+            throw error
+        }
+        return fd
+    }
+
+    /// Creates (or attaches) the TAP `name` inside the network namespace at `netns` (a path, or a PID),
+    /// brings it up with `mtu`, and returns to the original namespace. The fd keeps working from here.
+    static func openTapInNamespace(netns: String, name: String, mtu: Int) throws -> Int32 {
+        guard !name.isEmpty, name.utf8.count < 16 else { throw RuntimeError("--tap: interface name must be 1-15 bytes") }
+        let nsPath = netns.allSatisfy(\.isNumber) ? "/proc/\(netns)/ns/net" : netns
+        let target = open(nsPath, O_RDONLY | O_CLOEXEC)
+        guard target >= 0 else { throw RuntimeError("--netns: cannot open \(nsPath): \(Sys.errnoString(errno))") }
+        defer { Glibc.close(target) }
+        let original = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC)
+        guard original >= 0 else { throw RuntimeError("cannot open own netns: \(Sys.errnoString(errno))") }
+        defer { Glibc.close(original) }
+        guard vnet_setns_net(target) == 0 else { throw RuntimeError("setns(\(nsPath)): \(Sys.errnoString(errno))") }
+        let fd = vnet_tap_open(name, 0)
+        let up = fd >= 0 ? vnet_link_up(name, Int32(mtu)) : 0
+        guard vnet_setns_net(original) == 0 else { fatalError("cannot return to the original network namespace") }
+        guard fd >= 0 else { throw RuntimeError("--tap \(name): \(Sys.errnoString(-fd))") }
+        guard up == 0 else { Glibc.close(fd); throw RuntimeError("--tap \(name): bringing it up: \(Sys.errnoString(-up))") }
+        return fd
+    }
+
+    // MARK: Loop
+
+    func describeStartup() -> [String] {
+        var lines: [String] = []
+        let c = options.gateway
+        lines.append("vnet: user network \(c.network), gateway \(c.gatewayAddress), dns \(c.dnsAddress), dhcp \(c.dhcpStart)+\(c.dhcpPoolSize), mtu \(c.mtu)")
+        lines.append("vnet: guest port: \(port.boundDescription)")
+        if c.mapGatewayToHostLoopback {
+            lines.append("vnet: guest traffic to \(c.gatewayAddress) reaches host loopback 127.0.0.1 (--no-map-host-loopback turns this off)")
+        } else {
+            lines.append("vnet: guest traffic to \(c.gatewayAddress) does not reach host loopback")
+        }
+        if let up = options.dnsUpstream {
+            lines.append("vnet: dns upstream \(up.address):\(up.port)")
+        } else {
+            lines.append("vnet: dns upstreams from \(options.resolvConfPath) (re-read on change)")
+        }
+        lines.append("vnet: icmp echo via \(host.echoMode.rawValue)")
+        return lines
+    }
+
+    func writeStdout(_ s: String) {
+        var line = s
+        line.append("\n")
+        line.withUTF8 { b in _ = Glibc.write(1, b.baseAddress, b.count) }
+    }
+
+    /// Prints the start-up lines (plus `extra`), then `vnet: ready`, then serves until a signal stops it.
+    public func run(extraStartupLines extra: [String] = []) throws {
+        startupLines = describeStartup() + extra
+        for l in startupLines { writeStdout(l) }
+        writeStdout("vnet: ready")
+        while running {
+            let now = Sys.monotonicNanoseconds()
+            let instant = Instant(nanoseconds: now)
+            gateway.poll(now: instant)
+            if let w = resolvWatcher, let servers = w.poll(nowNanoseconds: now) {
+                applyResolvers(servers)
+            }
+            port.tryConnect(now: now)
+            port.flush(queue: gateway.toGuest, now: now)
+            var timeout: Int32 = 1000
+            if case .streamConnector = port.kind, port.fd < 0 {
+                timeout = Int32(clamping: max(0, Int64(port.reconnectAt) - Int64(now)) / 1_000_000)
+            }
+            try epoll.wait(timeoutMilliseconds: timeout) { tag, events in
+                self.dispatch(tag: tag, events: events, now: Sys.monotonicNanoseconds())
+            }
+            port.flush(queue: gateway.toGuest, now: Sys.monotonicNanoseconds())
+        }
+        logger.info("stopping")
+        printCounters()
+    }
+
+    func applyResolvers(_ servers: [IPv4Address]) {
+        gateway.replaceDNSUpstreams(servers.map { ($0, 53) })
+        if servers.isEmpty {
+            logger.warning("no IPv4 nameserver in \(options.resolvConfPath): DNS queries get SERVFAIL")
+        } else {
+            logger.info("dns upstreams: \(servers.map(\.description).joined(separator: ", "))")
+        }
+    }
+
+    func dispatch(tag: UInt64, events: UInt32, now: UInt64) {
+        let instant = Instant(nanoseconds: now)
+        if let flow = FlowTag(rawValue: tag) {
+            host.eventHadError = events & Epoll.error != 0
+            gateway.hostReadable(flow, now: instant)
+            return
+        }
+        switch LoopTag(rawValue: UInt8(truncatingIfNeeded: tag >> 56)) {
+        case .listener:
+            port.accept(queue: gateway.toGuest)
+        case .connection, .datagram, .tap, .connector:
+            if events & (Epoll.readable | Epoll.hangup | Epoll.error) != 0 || port.connecting {
+                port.readFrames(now: now, queue: gateway.toGuest) { frame in
+                    self.gateway.handleGuestFrame(frame, now: instant)
+                }
+            }
+            if events & Epoll.writable != 0 { port.flush(queue: gateway.toGuest, now: now) }
+        case .signal:
+            while case let sig = vnet_signalfd_read(signalFD), sig != 0 {
+                switch sig {
+                case SIGINT, SIGTERM: running = false
+                case SIGHUP:
+                    if let w = resolvWatcher, let servers = w.poll(nowNanoseconds: now, force: true) { applyResolvers(servers) }
+                case SIGUSR1: printCounters()
+                default: break
+                }
+            }
+        case .none:
+            break
+        }
+    }
+
+    /// All counters, one `name value` per line: gateway served/dropped, then the guest port's.
+    public var counterLines: [String] {
+        let p = port.counters
+        var lines = gateway.counters.report
+        let portLines: [(String, UInt64)] = [
+            ("port_frames_in", p.framesIn), ("port_frames_out", p.framesOut),
+            ("drop_port_frame_too_short", p.droppedShort), ("drop_port_frame_too_long", p.droppedOversize),
+            ("port_desync_resets", p.desyncResets), ("port_connections", p.connections),
+            ("port_rejected_connections", p.rejectedConnections), ("drop_port_send_errors", p.sendErrors),
+            ("drop_tx_queue_refused", gateway.toGuest.refused),
+        ]
+        lines += portLines.filter { $0.1 > 0 }.map { "\($0.0) \($0.1)" }
+        return lines
+    }
+
+    func printCounters() {
+        var text = "vnet: counters\n"
+        for l in counterLines { text += "  \(l)\n" }
+        text.withUTF8 { b in _ = Glibc.write(2, b.baseAddress, b.count) }
+    }
+}

@@ -1,0 +1,43 @@
+// vnet: QEMU/KVM virtual networking. The CLI only parses arguments and wires modules together.
+//
+// Errors: bad arguments print one line, `vnet: error: …`, and exit 2; a run-time failure to start (socket in
+// use, no permission) prints one line and exits 1. Never a stack trace.
+
+import ArgumentParser
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct Vnet: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "vnet",
+        abstract: "QEMU/KVM virtual networking: user-mode networks, switches, NAT.",
+        subcommands: [UserCommand.self],
+        defaultSubcommand: nil)
+}
+
+func fail(_ message: String, code: Int32) -> Never {
+    var first = message.split(separator: "\n").first.map(String.init) ?? "failed"
+    if first.hasPrefix("Error: ") { first.removeFirst(7) }
+    let line = "vnet: error: " + first + "\n"
+    _ = line.withCString { Glibc.write(2, $0, strlen($0)) }
+    exit(code)
+}
+
+do {
+    var command = try Vnet.parseAsRoot()
+    do {
+        try command.run()
+    } catch let e as ValidationError {
+        fail(e.message, code: 2)
+    } catch {
+        fail("\(error)", code: 1)
+    }
+} catch {
+    let code = Vnet.exitCode(for: error)
+    if code == .success {
+        Vnet.exit(withError: error)  // --help, --version
+    }
+    let text = Vnet.message(for: error)
+    fail(text.isEmpty ? "invalid arguments" : text, code: 2)
+}
