@@ -34,7 +34,14 @@ public enum DropReason: Int, CaseIterable, Sendable {
     case hostSocketFailed
     case hostSendFailed
     case hostDatagramDropped
-    case tcpNotYetSupported
+    case tcpMalformed
+    case tcpBadChecksum
+    case tcpNoFlow
+    case tcpNoAck
+    case tcpBadAck
+    case tcpOutOfOrder
+    case tcpRstOutOfWindow
+    case tcpFlowTableFull
     case txQueueFull
 
     public var name: String {
@@ -71,7 +78,14 @@ public enum DropReason: Int, CaseIterable, Sendable {
         case .hostSocketFailed: "host_socket_failed"
         case .hostSendFailed: "host_send_failed"
         case .hostDatagramDropped: "host_datagram_dropped"
-        case .tcpNotYetSupported: "tcp_not_yet_supported"
+        case .tcpMalformed: "tcp_malformed"
+        case .tcpBadChecksum: "tcp_bad_checksum"
+        case .tcpNoFlow: "tcp_no_flow"
+        case .tcpNoAck: "tcp_no_ack"
+        case .tcpBadAck: "tcp_bad_ack"
+        case .tcpOutOfOrder: "tcp_out_of_order"
+        case .tcpRstOutOfWindow: "tcp_rst_out_of_window"
+        case .tcpFlowTableFull: "tcp_flow_table_full"
         case .txQueueFull: "tx_queue_full"
         }
     }
@@ -80,6 +94,7 @@ public enum DropReason: Int, CaseIterable, Sendable {
 public enum ServedCounter: Int, CaseIterable, Sendable {
     case framesFromGuest, framesToGuest, arpReplies, icmpEchoLocal, dhcpReplies, dnsQueries, dnsServfail
     case udpFlowsOpened, udpFlowsExpired, icmpFlowsOpened, icmpFlowsExpired, icmpErrorsToGuest
+    case tcpFlowsOpened, tcpFlowsClosed, tcpFlowsExpired, tcpConnectRefused, tcpRetransmits, tcpResetsFromGuest, tcpResetsToGuest
 
     public var name: String {
         switch self {
@@ -95,6 +110,13 @@ public enum ServedCounter: Int, CaseIterable, Sendable {
         case .icmpFlowsOpened: "icmp_flows_opened"
         case .icmpFlowsExpired: "icmp_flows_expired"
         case .icmpErrorsToGuest: "icmp_errors_to_guest"
+        case .tcpFlowsOpened: "tcp_flows_opened"
+        case .tcpFlowsClosed: "tcp_flows_closed"
+        case .tcpFlowsExpired: "tcp_flows_expired"
+        case .tcpConnectRefused: "tcp_connect_refused"
+        case .tcpRetransmits: "tcp_retransmits"
+        case .tcpResetsFromGuest: "tcp_resets_from_guest"
+        case .tcpResetsToGuest: "tcp_resets_to_guest"
         }
     }
 }

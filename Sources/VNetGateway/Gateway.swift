@@ -36,6 +36,13 @@ public final class Gateway<Host: HostIO> {
 
     var udpFlows: FlowTable<UDPFlowKey, UDPFlow>
     var icmpFlows: FlowTable<ICMPFlowKey, ICMPFlow>
+    var tcpFlows: FlowTable<TCPFlowKey, TCPFlow>
+    /// Flows that owe the guest an ACK at the end of the current batch.
+    var tcpAckList: [Int]
+    /// Host bytes peeked for the guest, cut into segments from here.
+    let tcpPeekBuffer: UnsafeMutableRawBufferPointer
+    let isnSecret: UInt64
+    var nextTCPDeadline: Instant = .zero
     var ipIdentification: UInt16 = 0
     var lastSweep: Instant = .zero
     /// Scratch for host datagrams and DHCP replies (largest UDP datagram).
@@ -52,6 +59,12 @@ public final class Gateway<Host: HostIO> {
             hostName: config.hostName, mtu: config.mtu))
         udpFlows = FlowTable(capacity: config.udpFlowCapacity)
         icmpFlows = FlowTable(capacity: config.icmpFlowCapacity)
+        tcpFlows = FlowTable(capacity: config.tcpFlowCapacity)
+        tcpAckList = []
+        tcpAckList.reserveCapacity(config.tcpFlowCapacity)
+        tcpPeekBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 256 * 1024, alignment: 16)
+        var rng = SystemRandomNumberGenerator()
+        isnSecret = rng.next()
         scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 65_536, alignment: 16)
         scratch.initializeMemory(as: UInt8.self, repeating: 0)
     }
@@ -59,13 +72,19 @@ public final class Gateway<Host: HostIO> {
     deinit {
         for i in udpFlows.activeIndices { if let f = udpFlows[i] { host.close(f.handle) } }
         for i in icmpFlows.activeIndices { if let f = icmpFlows[i] { host.close(f.handle) } }
+        for i in tcpFlows.activeIndices { if let f = tcpFlows[i] { host.close(f.handle) } }
         scratch.deallocate()
+        tcpPeekBuffer.deallocate()
     }
 
     public func setDNSUpstreams(_ upstreams: [(IPv4Address, UInt16)]) { dnsUpstreams = upstreams }
 
     public var udpFlowCount: Int { udpFlows.count }
     public var icmpFlowCount: Int { icmpFlows.count }
+    public var tcpFlowCount: Int { tcpFlows.count }
+
+    /// When `poll` next has work to do (the loop's epoll timeout).
+    public var nextDeadline: Instant { min(lastSweep + .seconds(1), nextTCPDeadline == .zero ? lastSweep + .seconds(1) : nextTCPDeadline) }
 
     @inline(__always) func drop(_ r: DropReason) { counters.drop(r) }
 
@@ -88,6 +107,7 @@ public final class Gateway<Host: HostIO> {
 
     /// Expires idle flows. Call once per loop iteration; it sweeps at most once a second.
     public func poll(now: Instant) {
+        tcpTimers(now: now)
         guard now - lastSweep >= .seconds(1) || lastSweep == .zero else { return }
         lastSweep = now
         sweepUDP(now: now)
@@ -126,7 +146,7 @@ public final class Gateway<Host: HostIO> {
         switch ip.protocolNumber {
         case .udp: handleUDP(payload, ip: ip, ethernet: ethernet, now: now)
         case .icmp: handleICMP(payload, ip: ip, ethernet: ethernet, now: now)
-        case .tcp: handleTCPPlaceholder(payload, ip: ip, ethernet: ethernet)
+        case .tcp: handleTCP(payload, ip: ip, ethernet: ethernet, now: now)
         default: drop(.unknownIPProtocol)
         }
     }
@@ -148,28 +168,6 @@ public final class Gateway<Host: HostIO> {
         if hostAddress == flowHostDestination { return guestDestination }
         if hostAddress.isLoopback || hostAddress.isUnspecified { return config.gatewayAddress }
         return hostAddress
-    }
-
-    // MARK: TCP (until the TCP NAT lands, refuse connections promptly instead of leaving the guest hanging)
-
-    func handleTCPPlaceholder(_ p: UnsafeRawBufferPointer, ip: IPv4Header, ethernet: EthernetHeader) {
-        drop(.tcpNotYetSupported)
-        guard let tcp = try? TCPHeader.parse(p), !tcp.flags.contains(.rst) else { return }
-        // RFC 9293 §3.10.7.1 (CLOSED): answer with RST; for a segment without ACK, <SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>.
-        var segLen = UInt32(p.count - tcp.headerLength)
-        if tcp.flags.contains(.syn) { segLen &+= 1 }
-        if tcp.flags.contains(.fin) { segLen &+= 1 }
-        let reply: TCPHeader
-        if tcp.flags.contains(.ack) {
-            reply = TCPHeader(sourcePort: tcp.destinationPort, destinationPort: tcp.sourcePort, sequence: tcp.acknowledgment,
-                              acknowledgment: 0, flags: .rst, window: 0)
-        } else {
-            reply = TCPHeader(sourcePort: tcp.destinationPort, destinationPort: tcp.sourcePort, sequence: 0,
-                              acknowledgment: tcp.sequence &+ segLen, flags: [.rst, .ack], window: 0)
-        }
-        emitIPv4(to: ethernet.source, source: ip.destination, destination: ip.source, protocolNumber: .tcp, l4Length: 20) { l4 in
-            reply.emit(into: l4, segmentLength: 20, source: ip.destination, destination: ip.source)
-        }
     }
 
     // MARK: Frames to the guest

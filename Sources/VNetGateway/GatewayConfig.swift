@@ -21,6 +21,10 @@ public struct GatewayConfig: Sendable {
     public var leaseTime: Instant.Duration = .seconds(24 * 3600)
     public var udpFlowCapacity = 4096
     public var icmpFlowCapacity = 256
+    public var tcpFlowCapacity = 16384
+    /// Established TCP flows with no traffic for this long are reset (as conntrack's 5-day default is far
+    /// longer than any guest needs, this follows libslirp's order of magnitude).
+    public var tcpIdleTimeout: Instant.Duration = .seconds(2 * 3600)
     public var udpIdleTimeout: Instant.Duration = .seconds(120)
     public var dnsIdleTimeout: Instant.Duration = .seconds(30)
     public var icmpIdleTimeout: Instant.Duration = .seconds(30)

@@ -193,6 +193,13 @@ extension Gateway {
         switch tag.kind {
         case .udp: udpReadable(tag.index, now: now)
         case .icmp: icmpReadable(tag.index, now: now)
+        case .tcp: tcpReadable(tag.index, now: now)
         }
+    }
+
+    /// Called by the event loop when a host socket registered under `tag` is writable (TCP connect done, or
+    /// send space freed).
+    public func hostWritable(_ tag: FlowTag, now: Instant) {
+        if tag.kind == .tcp { tcpWritable(tag.index, now: now) }
     }
 }

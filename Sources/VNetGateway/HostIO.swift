@@ -6,7 +6,7 @@ import VNetWire
 
 /// Identifies a flow to the event loop: kind in the high byte, index in the low 32 bits.
 public struct FlowTag: Hashable, Sendable {
-    public enum Kind: UInt8, Sendable { case udp = 1, icmp = 2 }
+    public enum Kind: UInt8, Sendable { case udp = 1, icmp = 2, tcp = 3 }
     public var kind: Kind
     public var index: Int
     public init(kind: Kind, index: Int) { self.kind = kind; self.index = index }
@@ -32,7 +32,7 @@ public enum HostReceive: Equatable, Sendable {
     case failed
 }
 
-public protocol HostIO: AnyObject {
+public protocol HostIO: AnyObject, HostTCP {
     /// A connected UDP socket to `destination:port`, registered for readability under `tag`.
     func openUDP(destination: IPv4Address, port: UInt16, tag: FlowTag) -> Int32?
     /// An ICMP echo socket (ping socket, or raw when that is all there is) aimed at `destination`.
@@ -43,4 +43,49 @@ public protocol HostIO: AnyObject {
     func receiveUDP(_ handle: Int32, into buffer: UnsafeMutableRawBufferPointer) -> HostReceive
     func receiveICMPEcho(_ handle: Int32, into buffer: UnsafeMutableRawBufferPointer) -> HostReceive
     func close(_ handle: Int32)
+}
+
+public enum TCPIOResult: Equatable, Sendable {
+    case done(Int)
+    /// Peek only: the peer closed its side and every byte before the FIN has been peeked.
+    case endOfStream
+    case wouldBlock
+    case reset
+    case failed
+}
+
+/// TCP host sockets (passt-style: no buffers of our own). Default implementations fail, so a HostIO that
+/// has no TCP (an early fake) still compiles and every TCP flow is refused with RST.
+public protocol HostTCP {
+    /// Starts a non-blocking connect; readiness (connected or failed) arrives as a writable event for `tag`.
+    func openTCP(destination: IPv4Address, port: UInt16, tag: FlowTag) -> Int32?
+    /// 0 when the connect completed, else the errno it failed with.
+    func tcpConnectError(_ handle: Int32) -> Int32
+    func tcpSend(_ handle: Int32, _ bytes: UnsafeRawBufferPointer) -> TCPIOResult
+    /// Peeks the next bytes after those already peeked (the socket keeps them until `tcpDiscard`).
+    func tcpPeek(_ handle: Int32, into buffer: UnsafeMutableRawBufferPointer) -> TCPIOResult
+    /// Drops `count` acknowledged bytes from the head of the receive queue.
+    func tcpDiscard(_ handle: Int32, count: Int)
+    /// Rewinds peeking to the head of the receive queue (retransmission).
+    func tcpRewindPeek(_ handle: Int32)
+    /// Free space in the socket's send buffer, in bytes.
+    func tcpSendSpace(_ handle: Int32) -> Int
+    func tcpShutdownWrite(_ handle: Int32)
+    /// Closes with RST (SO_LINGER 0).
+    func tcpAbort(_ handle: Int32)
+    /// Which events the loop should report for this socket.
+    func tcpSetInterest(_ handle: Int32, tag: FlowTag, readable: Bool, writable: Bool)
+}
+
+extension HostTCP {
+    public func openTCP(destination: IPv4Address, port: UInt16, tag: FlowTag) -> Int32? { nil }
+    public func tcpConnectError(_ handle: Int32) -> Int32 { 111 }
+    public func tcpSend(_ handle: Int32, _ bytes: UnsafeRawBufferPointer) -> TCPIOResult { .failed }
+    public func tcpPeek(_ handle: Int32, into buffer: UnsafeMutableRawBufferPointer) -> TCPIOResult { .failed }
+    public func tcpDiscard(_ handle: Int32, count: Int) {}
+    public func tcpRewindPeek(_ handle: Int32) {}
+    public func tcpSendSpace(_ handle: Int32) -> Int { 0 }
+    public func tcpShutdownWrite(_ handle: Int32) {}
+    public func tcpAbort(_ handle: Int32) {}
+    public func tcpSetInterest(_ handle: Int32, tag: FlowTag, readable: Bool, writable: Bool) {}
 }

@@ -25,6 +25,7 @@ public final class Epoll {
     public static let readable = UInt32(EPOLLIN.rawValue)
     public static let writable = UInt32(EPOLLOUT.rawValue)
     public static let error = UInt32(EPOLLERR.rawValue)
+    public static let edgeTriggered = UInt32(EPOLLET.rawValue)
     public static let hangup = UInt32(EPOLLHUP.rawValue) | UInt32(EPOLLRDHUP.rawValue)
 
     public func add(_ target: Int32, events mask: UInt32, tag: UInt64) throws {

@@ -141,7 +141,113 @@ public final class RealHost: HostIO {
         }
     }
 
+    // MARK: TCP
+
+    /// Whether SO_PEEK_OFF works on TCP sockets here (Linux 6.9+); probed once.
+    public let tcpPeekOffset: Bool = RealHost.probePeekOffset()
+    /// Fallback when SO_PEEK_OFF is missing: bytes already peeked per fd, and a discard buffer to skip them.
+    var fallbackPeeked: [Int32: Int] = [:]
+    lazy var discardBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: RealHost.fallbackMaximumInFlight, alignment: 16)
+    static let fallbackMaximumInFlight = 4 << 20
+    /// Forces the fallback path (tests of both paths).
+    public var forcePeekFallback = false
+    var usePeekOffset: Bool { tcpPeekOffset && !forcePeekFallback }
+
+    static func probePeekOffset() -> Bool {
+        guard let fd = try? Sys.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0) else { return false }
+        defer { Sys.close(fd) }
+        return (try? Sys.setOption(fd, SOL_SOCKET, SO_PEEK_OFF, 0)) != nil
+    }
+
+    public func openTCP(destination: IPv4Address, port: UInt16, tag: FlowTag) -> Int32? {
+        guard let fd = try? Sys.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0) else { return nil }
+        do {
+            try Sys.setOption(fd, Int32(IPPROTO_TCP), TCP_NODELAY, 1)
+            if usePeekOffset { try Sys.setOption(fd, SOL_SOCKET, SO_PEEK_OFF, 0) } else { fallbackPeeked[fd] = 0 }
+            _ = try Sys.connect(fd, SocketAddress(ipv4: destination.rawValue, port: port))
+            try epoll.add(fd, events: Epoll.writable | Epoll.edgeTriggered, tag: tag.rawValue)
+        } catch {
+            Sys.close(fd)
+            fallbackPeeked[fd] = nil
+            return nil
+        }
+        return fd
+    }
+
+    public func tcpConnectError(_ handle: Int32) -> Int32 { Sys.socketError(handle) }
+
+    public func tcpSend(_ handle: Int32, _ bytes: UnsafeRawBufferPointer) -> TCPIOResult {
+        switch Sys.send(handle, bytes) {
+        case .done(let n): return .done(n)
+        case .wouldBlock: return .wouldBlock
+        case .closed: return .reset
+        case .failed(let e): return e == ECONNRESET || e == EPIPE ? .reset : .failed
+        }
+    }
+
+    public func tcpPeek(_ handle: Int32, into buffer: UnsafeMutableRawBufferPointer) -> TCPIOResult {
+        let n: Int
+        if usePeekOffset {
+            n = recv(handle, buffer.baseAddress, buffer.count, Int32(MSG_PEEK) | Int32(MSG_DONTWAIT))
+            if n < 0 { return mapPeekError(errno) }
+        } else {
+            let skip = fallbackPeeked[handle] ?? 0
+            guard skip < RealHost.fallbackMaximumInFlight else { return .wouldBlock }
+            let room = min(buffer.count, RealHost.fallbackMaximumInFlight - skip)
+            let r = vnet_peek_skipping(handle, discardBuffer.baseAddress, skip, buffer.baseAddress, room)
+            if r < 0 { return mapPeekError(Int32(-r)) }
+            n = r
+            fallbackPeeked[handle] = skip + n
+        }
+        return n == 0 ? .endOfStream : .done(n)
+    }
+
+    func mapPeekError(_ e: Int32) -> TCPIOResult {
+        if e == EAGAIN || e == EWOULDBLOCK || e == EINTR { return .wouldBlock }
+        return e == ECONNRESET || e == EPIPE || e == ETIMEDOUT ? .reset : .failed
+    }
+
+    public func tcpDiscard(_ handle: Int32, count: Int) {
+        var left = count
+        while left > 0 {
+            let n = recv(handle, nil, left, Int32(MSG_TRUNC) | Int32(MSG_DONTWAIT))
+            if n <= 0 { break }
+            left -= n
+        }
+        if !usePeekOffset, let p = fallbackPeeked[handle] { fallbackPeeked[handle] = max(0, p - (count - left)) }
+    }
+
+    public func tcpRewindPeek(_ handle: Int32) {
+        if usePeekOffset { try? Sys.setOption(handle, SOL_SOCKET, SO_PEEK_OFF, 0) } else { fallbackPeeked[handle] = 0 }
+    }
+
+    public func tcpSendSpace(_ handle: Int32) -> Int {
+        var size: Int32 = 0
+        var len = socklen_t(MemoryLayout<Int32>.size)
+        guard getsockopt(handle, SOL_SOCKET, SO_SNDBUF, &size, &len) == 0 else { return 0 }
+        let queued = vnet_outq(handle)
+        guard queued >= 0 else { return 0 }
+        // SO_SNDBUF reports twice the payload room (bookkeeping overhead); count half of it as data room.
+        return max(0, Int(size) / 2 - Int(queued))
+    }
+
+    public func tcpShutdownWrite(_ handle: Int32) { _ = shutdown(handle, Int32(SHUT_WR)) }
+
+    public func tcpAbort(_ handle: Int32) {
+        epoll.remove(handle)
+        fallbackPeeked[handle] = nil
+        vnet_abort_close(handle)
+    }
+
+    public func tcpSetInterest(_ handle: Int32, tag: FlowTag, readable: Bool, writable: Bool) {
+        var mask = Epoll.edgeTriggered
+        if readable { mask |= Epoll.readable | Epoll.hangup }
+        if writable { mask |= Epoll.writable }
+        try? epoll.modify(handle, events: mask, tag: tag.rawValue)
+    }
+
     public func close(_ handle: Int32) {
+        fallbackPeeked[handle] = nil
         epoll.remove(handle)
         Sys.close(handle)
     }

@@ -220,9 +220,10 @@ public final class UserNetRuntime {
             }
             port.tryConnect(now: now)
             port.flush(queue: gateway.toGuest, now: now)
-            var timeout: Int32 = 1000
+            var timeout = Int32(clamping: max(0, Int64(gateway.nextDeadline.nanoseconds) - Int64(now)) / 1_000_000)
+            timeout = min(max(timeout, 1), 1000)
             if case .streamConnector = port.kind, port.fd < 0 {
-                timeout = Int32(clamping: max(0, Int64(port.reconnectAt) - Int64(now)) / 1_000_000)
+                timeout = min(timeout, Int32(clamping: max(0, Int64(port.reconnectAt) - Int64(now)) / 1_000_000))
             }
             try epoll.wait(timeoutMilliseconds: timeout) { tag, events in
                 self.dispatch(tag: tag, events: events, now: Sys.monotonicNanoseconds())
@@ -246,7 +247,8 @@ public final class UserNetRuntime {
         let instant = Instant(nanoseconds: now)
         if let flow = FlowTag(rawValue: tag) {
             host.eventHadError = events & Epoll.error != 0
-            gateway.hostReadable(flow, now: instant)
+            if events & Epoll.writable != 0 { gateway.hostWritable(flow, now: instant) }
+            if events & (Epoll.readable | Epoll.hangup | Epoll.error) != 0 { gateway.hostReadable(flow, now: instant) }
             return
         }
         switch LoopTag(rawValue: UInt8(truncatingIfNeeded: tag >> 56)) {
@@ -257,6 +259,7 @@ public final class UserNetRuntime {
                 port.readFrames(now: now, queue: gateway.toGuest) { frame in
                     self.gateway.handleGuestFrame(frame, now: instant)
                 }
+                gateway.flushPendingAcks()
             }
             if events & Epoll.writable != 0 { port.flush(queue: gateway.toGuest, now: now) }
         case .signal:

@@ -137,4 +137,31 @@ static inline int vnet_bind_private(int fd, const struct sockaddr *addr, socklen
     umask(old);
     return r < 0 ? -e : 0;
 }
+/// Bytes in a socket's send queue not yet acknowledged by the peer (SIOCOUTQ), or -errno.
+static inline int vnet_outq(int fd) {
+    int v = 0;
+    if (ioctl(fd, TIOCOUTQ, &v) < 0) return -errno;
+    return v;
+}
+
+/// Peeks up to `len` bytes after skipping `skip` bytes (for kernels without SO_PEEK_OFF on TCP): the
+/// skipped bytes land in `discard`, which must hold `skip` bytes.
+static inline ssize_t vnet_peek_skipping(int fd, void *discard, size_t skip, void *buf, size_t len) {
+    struct iovec iov[2] = { { discard, skip }, { buf, len } };
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = skip > 0 ? iov : iov + 1;
+    msg.msg_iovlen = skip > 0 ? 2 : 1;
+    ssize_t n = recvmsg(fd, &msg, MSG_PEEK | MSG_DONTWAIT);
+    if (n < 0) return -errno;
+    if ((size_t)n <= skip) return n == 0 ? 0 : -EAGAIN;
+    return n - (ssize_t)skip;
+}
+
+/// Closes a TCP socket with RST (SO_LINGER 0).
+static inline void vnet_abort_close(int fd) {
+    struct linger l = { 1, 0 };
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+    close(fd);
+}
 #endif

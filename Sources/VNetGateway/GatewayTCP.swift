@@ -1,0 +1,509 @@
+// Guest TCP translated to host sockets, without buffers of our own (the passt design, ../shared/DESIGN.md).
+//
+// Theory of Operation
+// -------------------
+// A flow is keyed by (guest address, guest port, destination, destination port) and owns one host socket.
+// Lifecycle (events, not a big state machine):
+//   guest SYN -> `connecting` (non-blocking connect) -> connect done: SYN-ACK to guest, `synAckSent`
+//   (refused: RST to guest, flow freed) -> guest ACKs our SYN: `established`.
+//   guest FIN consumed -> shutdown(SHUT_WR) on the host socket (`guestFinReceived`).
+//   host EOF after every byte was peeked -> FIN to guest (`finSent`); the guest's ACK of it -> `finAcked`.
+//   both directions closed -> socket closed, flow freed. RST maps both ways at any point.
+// Guest -> host: a segment at `rcvNxt` is written straight to the socket; only what the socket accepted is
+// acknowledged, so the socket's send buffer is the buffer. The window we advertise is the socket's free send
+// space (scaled, RFC 7323); when it is short we arm EPOLLOUT and send a window update once it drains.
+// Out-of-order segments are dropped with a duplicate ACK (the guest retransmits); overlaps are trimmed.
+// Host -> guest: bytes stay in the kernel's receive queue. We peek (SO_PEEK_OFF continues after what was
+// sent) up to the guest's window and cut MSS-sized segments; the guest's ACK discards bytes from the queue.
+// Retransmission rewinds the peek offset to the acknowledged point. Timers: RTO with exponential backoff for
+// unacknowledged data, SYN-ACK and FIN; window probes when the guest's window is zero; idle timeouts.
+// The table has a fixed cap: a full table answers a new SYN with RST and counts it.
+
+import VNetBuffers
+import VNetWire
+
+struct TCPFlowKey: Hashable {
+    var guestAddress: IPv4Address
+    var guestPort: UInt16
+    var destination: IPv4Address
+    var destinationPort: UInt16
+}
+
+struct TCPFlow {
+    enum State { case connecting, synAckSent, established }
+
+    var key: TCPFlowKey
+    var handle: Int32
+    var guestMAC: MACAddress
+    var hostDestination: IPv4Address
+    var state: State = .connecting
+    var guestFinReceived = false
+    var hostEOF = false
+    var finSent = false
+    var finAcked = false
+    /// Next sequence number expected from the guest.
+    var rcvNxt: UInt32
+    /// Our initial sequence number; the first data byte is iss + 1.
+    var iss: UInt32
+    var sndUna: UInt32
+    var sndNxt: UInt32
+    /// Bytes the guest accepts beyond sndUna.
+    var guestWindow: UInt32
+    var guestWScale: UInt8
+    var ourWScale: UInt8
+    var mss: Int
+    var lastActive: Instant
+    var rtoDeadline: Instant = .zero
+    var rto: Instant.Duration = TCPTiming.initialRTO
+    var retries = 0
+    var dupAcks = 0
+    var ackPending = false
+    var wantWritable = false
+    var lastAdvertised: UInt32 = 0
+
+    var inFlight: UInt32 { sndNxt &- sndUna }
+}
+
+enum TCPTiming {
+    static let initialRTO = Instant.Duration.milliseconds(1000)
+    static let maximumRTO = Instant.Duration.seconds(30)
+    static let maximumRetries = 10
+    static let connectTimeout = Instant.Duration.seconds(75)
+    static let closingTimeout = Instant.Duration.seconds(120)
+    /// Our window scale (RFC 7323): windows up to 8 MiB.
+    static let ourWindowScale: UInt8 = 7
+}
+
+@inline(__always) func seqLT(_ a: UInt32, _ b: UInt32) -> Bool { Int32(bitPattern: a &- b) < 0 }
+@inline(__always) func seqLE(_ a: UInt32, _ b: UInt32) -> Bool { Int32(bitPattern: a &- b) <= 0 }
+
+extension Gateway {
+    // MARK: Guest segments
+
+    func handleTCP(_ p: UnsafeRawBufferPointer, ip: IPv4Header, ethernet: EthernetHeader, now: Instant) {
+        guard let tcp = try? TCPHeader.parse(p) else { return drop(.tcpMalformed) }
+        let sum = InternetChecksum.add(p, to: InternetChecksum.pseudoHeader(source: ip.source, destination: ip.destination, protocolNumber: 6, length: p.count))
+        guard InternetChecksum.finish(sum) == 0 else { return drop(.tcpBadChecksum) }
+        guard !ip.source.isUnspecified, tcp.sourcePort != 0, tcp.destinationPort != 0 else { return drop(.martianSource) }
+        let key = TCPFlowKey(guestAddress: ip.source, guestPort: tcp.sourcePort, destination: ip.destination, destinationPort: tcp.destinationPort)
+        let payload = p.slice(tcp.headerLength ..< p.count)
+        if let i = tcpFlows.lookup(key) {
+            return segmentForFlow(i, tcp: tcp, payload: payload, mac: ethernet.source, now: now)
+        }
+        if tcp.flags.contains(.rst) { return drop(.tcpNoFlow) }
+        guard tcp.flags.contains(.syn), !tcp.flags.contains(.ack) else {
+            drop(.tcpNoFlow)
+            return sendReset(answering: tcp, payloadLength: payload.count, key: key, mac: ethernet.source)
+        }
+        openTCPFlow(key, tcp: tcp, mac: ethernet.source, now: now)
+    }
+
+    func openTCPFlow(_ key: TCPFlowKey, tcp: TCPHeader, mac: MACAddress, now: Instant) {
+        let (dst, reason) = hostDestination(for: key.destination)
+        guard let hostAddress = dst else {
+            drop(reason!)
+            return sendReset(answering: tcp, payloadLength: 0, key: key, mac: mac)
+        }
+        guard tcpFlows.count < tcpFlows.capacity else {
+            drop(.tcpFlowTableFull)
+            return sendReset(answering: tcp, payloadLength: 0, key: key, mac: mac)
+        }
+        let index = tcpFlows.nextFreeIndex!
+        guard let handle = host.openTCP(destination: hostAddress, port: key.destinationPort, tag: FlowTag(kind: .tcp, index: index)) else {
+            drop(.hostSocketFailed)
+            return sendReset(answering: tcp, payloadLength: 0, key: key, mac: mac)
+        }
+        let iss = initialSequence(for: key, now: now)
+        let guestScales = tcp.windowScale != nil
+        let guestMSS = Int(tcp.maxSegmentSize ?? 536)
+        let flow = TCPFlow(key: key, handle: handle, guestMAC: mac, hostDestination: hostAddress,
+                           rcvNxt: tcp.sequence &+ 1, iss: iss, sndUna: iss, sndNxt: iss,
+                           guestWindow: UInt32(tcp.window), guestWScale: guestScales ? min(tcp.windowScale!, 14) : 0,
+                           ourWScale: guestScales ? TCPTiming.ourWindowScale : 0,
+                           mss: max(64, min(guestMSS, config.mtu - 40)), lastActive: now)
+        _ = tcpFlows.insert(key, flow)
+        counters.count(.tcpFlowsOpened)
+    }
+
+    /// RFC 6528-style ISN: a keyed hash of the 4-tuple plus a 4 µs clock.
+    func initialSequence(for key: TCPFlowKey, now: Instant) -> UInt32 {
+        var h = Hasher()
+        h.combine(key)
+        h.combine(isnSecret)
+        return UInt32(truncatingIfNeeded: h.finalize()) &+ UInt32(truncatingIfNeeded: now.nanoseconds / 4000)
+    }
+
+    func segmentForFlow(_ i: Int, tcp: TCPHeader, payload: UnsafeRawBufferPointer, mac: MACAddress, now: Instant) {
+        guard var f = tcpFlows[i] else { return }
+        f.lastActive = now
+        f.guestMAC = mac
+        defer { if tcpFlows[i] != nil { tcpFlows[i] = f } }
+
+        if tcp.flags.contains(.rst) {
+            // RFC 5961 §3.2: accept a RST only when its sequence number is exactly the next one expected.
+            guard tcp.sequence == f.rcvNxt || f.state == .connecting else { return drop(.tcpRstOutOfWindow) }
+            counters.count(.tcpResetsFromGuest)
+            host.tcpAbort(f.handle)
+            tcpFlows.remove(f.key)
+            return
+        }
+        if tcp.flags.contains(.syn) {
+            // A retransmitted SYN: repeat our SYN-ACK if it was already sent, else wait for the connect.
+            if f.state == .synAckSent && tcp.sequence &+ 1 == f.rcvNxt { sendSynAck(&f) }
+            return
+        }
+        guard tcp.flags.contains(.ack) else { return drop(.tcpNoAck) }
+
+        if f.state == .synAckSent {
+            guard tcp.acknowledgment == f.iss &+ 1 else {
+                drop(.tcpBadAck)
+                return sendReset(answering: tcp, payloadLength: payload.count, key: f.key, mac: mac)
+            }
+            f.state = .established
+            f.sndUna = f.iss &+ 1
+            f.rtoDeadline = .zero
+            f.retries = 0
+            f.rto = TCPTiming.initialRTO
+            host.tcpSetInterest(f.handle, tag: FlowTag(kind: .tcp, index: i), readable: true, writable: false)
+        }
+        guard f.state == .established else { return }
+
+        // ACK processing.
+        let window = UInt32(tcp.window) << UInt32(f.guestWScale)
+        if seqLT(f.sndUna, tcp.acknowledgment) && seqLE(tcp.acknowledgment, f.sndNxt) {
+            var acked = tcp.acknowledgment &- f.sndUna
+            if f.finSent && tcp.acknowledgment == f.sndNxt {
+                f.finAcked = true
+                acked &-= 1
+            }
+            if acked > 0 { host.tcpDiscard(f.handle, count: Int(acked)) }
+            f.sndUna = tcp.acknowledgment
+            f.retries = 0
+            f.rto = TCPTiming.initialRTO
+            f.dupAcks = 0
+            f.rtoDeadline = .zero
+            if f.sndUna != f.sndNxt { armRTO(&f, now: now) }
+        } else if tcp.acknowledgment == f.sndUna && payload.isEmpty && !tcp.flags.contains(.fin) && f.inFlight > 0 && window == f.guestWindow {
+            f.dupAcks += 1
+            if f.dupAcks == 3 { retransmit(&f, now: now) }
+        } else if seqLT(f.sndNxt, tcp.acknowledgment) {
+            // Acknowledges data never sent: answer with an ACK (RFC 9293 §3.10.7.4) and ignore the segment.
+            drop(.tcpBadAck)
+            f.ackPending = true
+            markAckPending(i, &f)
+            return
+        }
+        if f.inFlight == 0 && f.retries > 0 {
+            // The guest answered a zero-window probe: it is alive, so the persist timer never gives up.
+            f.retries = 0
+            f.rto = TCPTiming.initialRTO
+            f.rtoDeadline = .zero
+        }
+        f.guestWindow = window
+
+        // Data and FIN.
+        var data = payload
+        var seq = tcp.sequence
+        var fin = tcp.flags.contains(.fin)
+        if !data.isEmpty || fin {
+            if seqLT(seq, f.rcvNxt) {
+                let skip = Int(f.rcvNxt &- seq)
+                if skip >= data.count + (fin ? 1 : 0) {
+                    data = UnsafeRawBufferPointer(start: nil, count: 0)
+                    fin = false
+                    markAckPending(i, &f)  // duplicate: re-acknowledge
+                } else if skip >= data.count {
+                    data = UnsafeRawBufferPointer(start: nil, count: 0)  // only the FIN is new
+                } else {
+                    data = data.slice(skip ..< data.count)
+                }
+                seq = f.rcvNxt
+            }
+            if (!data.isEmpty || fin) && seq != f.rcvNxt {
+                drop(.tcpOutOfOrder)
+                markAckPending(i, &f)
+                data = UnsafeRawBufferPointer(start: nil, count: 0)
+                fin = false
+            }
+            if !data.isEmpty && !f.guestFinReceived {
+                switch host.tcpSend(f.handle, data) {
+                case .done(let n):
+                    f.rcvNxt &+= UInt32(n)
+                    if n < data.count { fin = false; waitForSendSpace(i, &f) }
+                case .wouldBlock:
+                    fin = false
+                    waitForSendSpace(i, &f)
+                case .reset, .failed, .endOfStream:
+                    return resetFlow(i, &f)
+                }
+                markAckPending(i, &f)
+            }
+            if fin && !f.guestFinReceived {
+                f.rcvNxt &+= 1
+                f.guestFinReceived = true
+                host.tcpShutdownWrite(f.handle)
+                markAckPending(i, &f)
+            }
+        }
+        if f.guestFinReceived && f.finAcked {
+            sendPendingAck(&f)
+            closeFlow(i, &f)
+            return
+        }
+        pushHostData(i, &f, now: now)
+    }
+
+    func waitForSendSpace(_ i: Int, _ f: inout TCPFlow) {
+        guard !f.wantWritable else { return }
+        f.wantWritable = true
+        host.tcpSetInterest(f.handle, tag: FlowTag(kind: .tcp, index: i), readable: f.state == .established, writable: true)
+    }
+
+    func markAckPending(_ i: Int, _ f: inout TCPFlow) {
+        guard !f.ackPending else { return }
+        f.ackPending = true
+        tcpAckList.append(i)
+    }
+
+    /// Sends the ACKs owed to the guest. Call after a batch of guest frames: one ACK per flow per batch.
+    public func flushPendingAcks() {
+        guard !tcpAckList.isEmpty else { return }
+        for i in tcpAckList {
+            guard var f = tcpFlows[i], f.ackPending else { continue }
+            sendPendingAck(&f)
+            tcpFlows[i] = f
+        }
+        tcpAckList.removeAll(keepingCapacity: true)
+    }
+
+    func sendPendingAck(_ f: inout TCPFlow) {
+        guard f.ackPending else { return }
+        f.ackPending = false
+        emitSegment(&f, flags: .ack, sequence: f.sndNxt, payload: nil)
+    }
+
+    /// The window field we advertise: the host socket's free send space, scaled.
+    func advertisedWindow(_ f: inout TCPFlow) -> UInt16 {
+        let space = f.guestFinReceived ? 0 : max(0, host.tcpSendSpace(f.handle))
+        f.lastAdvertised = UInt32(min(space, Int(UInt32.max)))
+        let scaled = space >> Int(f.ourWScale)
+        return UInt16(min(scaled, 65535))
+    }
+
+    // MARK: Host side
+
+    /// Peeks host data into segments while the guest's window has room.
+    func pushHostData(_ i: Int, _ f: inout TCPFlow, now: Instant) {
+        guard f.state == .established, !f.finSent else { return }
+        while true {
+            let room = f.guestWindow > f.inFlight ? f.guestWindow - f.inFlight : 0
+            if room == 0 {
+                // Zero window: probe it from the RTO timer.
+                armRTO(&f, now: now)
+                return
+            }
+            let want = min(Int(room), tcpPeekBuffer.count)
+            switch host.tcpPeek(f.handle, into: tcpPeekBuffer.slice(0 ..< want)) {
+            case .done(let n):
+                var off = 0
+                while off < n {
+                    let chunk = min(f.mss, n - off)
+                    let last = off + chunk == n
+                    if !emitSegment(&f, flags: last ? [.ack, .psh] : .ack, sequence: f.sndNxt,
+                                    payload: UnsafeRawBufferPointer(tcpPeekBuffer.slice(off ..< off + chunk))) {
+                        // Queue full: forget what did not go out; it is re-peeked from sndNxt.
+                        host.tcpRewindPeek(f.handle)
+                        f.sndNxt = f.sndUna
+                        armRTO(&f, now: now)
+                        return
+                    }
+                    f.sndNxt &+= UInt32(chunk)
+                    off += chunk
+                }
+                f.ackPending = false
+                armRTO(&f, now: now)
+                if n < want { return }
+            case .endOfStream:
+                f.hostEOF = true
+                f.finSent = true
+                emitSegment(&f, flags: [.fin, .ack], sequence: f.sndNxt, payload: nil)
+                f.sndNxt &+= 1
+                f.ackPending = false
+                armRTO(&f, now: now)
+                return
+            case .wouldBlock:
+                return
+            case .reset, .failed:
+                return resetFlow(i, &f)
+            }
+        }
+    }
+
+    func tcpReadable(_ i: Int, now: Instant) {
+        guard var f = tcpFlows[i] else { return }
+        f.lastActive = now
+        pushHostData(i, &f, now: now)
+        if tcpFlows[i] != nil { tcpFlows[i] = f }
+    }
+
+    func tcpWritable(_ i: Int, now: Instant) {
+        guard var f = tcpFlows[i] else { return }
+        switch f.state {
+        case .connecting:
+            let err = host.tcpConnectError(f.handle)
+            guard err == 0 else {
+                counters.count(.tcpConnectRefused)
+                // RFC 9293: refuse the guest's SYN with <SEQ=0><ACK=SYN+1><CTL=RST,ACK>.
+                emitSegment(&f, flags: [.rst, .ack], sequence: 0, payload: nil, window: 0)
+                host.close(f.handle)
+                tcpFlows.remove(f.key)
+                return
+            }
+            sendSynAck(&f)
+            f.state = .synAckSent
+            f.rtoDeadline = .zero
+            armRTO(&f, now: now)
+            host.tcpSetInterest(f.handle, tag: FlowTag(kind: .tcp, index: i), readable: false, writable: false)
+        case .synAckSent:
+            break
+        case .established:
+            if f.wantWritable {
+                f.wantWritable = false
+                host.tcpSetInterest(f.handle, tag: FlowTag(kind: .tcp, index: i), readable: true, writable: false)
+                // Window update.
+                emitSegment(&f, flags: .ack, sequence: f.sndNxt, payload: nil)
+            }
+        }
+        tcpFlows[i] = f
+    }
+
+    func sendSynAck(_ f: inout TCPFlow) {
+        let mss = UInt16(clamping: config.mtu - 40)
+        let h = TCPHeader(sourcePort: f.key.destinationPort, destinationPort: f.key.guestPort, sequence: f.iss, acknowledgment: f.rcvNxt,
+                          // RFC 7323 §2.2: the window field of a SYN segment is never scaled.
+                          flags: [.syn, .ack], window: UInt16(min(65535, max(0, host.tcpSendSpace(f.handle)))),
+                          maxSegmentSize: mss, windowScale: f.guestWScale > 0 || f.ourWScale > 0 ? f.ourWScale : nil)
+        let len = h.emittedLength
+        emitIPv4(to: f.guestMAC, source: f.key.destination, destination: f.key.guestAddress, protocolNumber: .tcp, l4Length: len) { out in
+            h.emit(into: out, segmentLength: len, source: f.key.destination, destination: f.key.guestAddress)
+        }
+        f.sndNxt = f.iss &+ 1
+    }
+
+    /// Builds one segment for the flow (ACK always carries rcvNxt). Returns false if the queue was full.
+    @discardableResult
+    func emitSegment(_ f: inout TCPFlow, flags: TCPFlags, sequence: UInt32, payload: UnsafeRawBufferPointer?, window: UInt16? = nil) -> Bool {
+        let win = window ?? advertisedWindow(&f)
+        let h = TCPHeader(sourcePort: f.key.destinationPort, destinationPort: f.key.guestPort, sequence: sequence,
+                          acknowledgment: flags.contains(.ack) ? f.rcvNxt : 0, flags: flags, window: win)
+        let n = payload?.count ?? 0
+        let len = 20 + n
+        let src = f.key.destination, dst = f.key.guestAddress
+        return emitIPv4(to: f.guestMAC, source: src, destination: dst, protocolNumber: .tcp, l4Length: len) { out in
+            if let p = payload, n > 0 { out.copy(p, to: 20) }
+            h.emit(into: out, segmentLength: len, source: src, destination: dst)
+        }
+    }
+
+    /// A RST answering a segment that has no flow (RFC 9293 §3.10.7.1).
+    func sendReset(answering tcp: TCPHeader, payloadLength: Int, key: TCPFlowKey, mac: MACAddress) {
+        guard !tcp.flags.contains(.rst) else { return }
+        var segLen = UInt32(payloadLength)
+        if tcp.flags.contains(.syn) { segLen &+= 1 }
+        if tcp.flags.contains(.fin) { segLen &+= 1 }
+        let reply: TCPHeader
+        if tcp.flags.contains(.ack) {
+            reply = TCPHeader(sourcePort: tcp.destinationPort, destinationPort: tcp.sourcePort, sequence: tcp.acknowledgment,
+                              acknowledgment: 0, flags: .rst, window: 0)
+        } else {
+            reply = TCPHeader(sourcePort: tcp.destinationPort, destinationPort: tcp.sourcePort, sequence: 0,
+                              acknowledgment: tcp.sequence &+ segLen, flags: [.rst, .ack], window: 0)
+        }
+        counters.count(.tcpResetsToGuest)
+        emitIPv4(to: mac, source: key.destination, destination: key.guestAddress, protocolNumber: .tcp, l4Length: 20) { l4 in
+            reply.emit(into: l4, segmentLength: 20, source: key.destination, destination: key.guestAddress)
+        }
+    }
+
+    func resetFlow(_ i: Int, _ f: inout TCPFlow) {
+        counters.count(.tcpResetsToGuest)
+        emitSegment(&f, flags: [.rst, .ack], sequence: f.sndNxt, payload: nil, window: 0)
+        host.tcpAbort(f.handle)
+        tcpFlows.remove(f.key)
+    }
+
+    func closeFlow(_ i: Int, _ f: inout TCPFlow) {
+        counters.count(.tcpFlowsClosed)
+        host.close(f.handle)
+        tcpFlows.remove(f.key)
+    }
+
+    /// Starts the retransmission timer if it is not running.
+    func armRTO(_ f: inout TCPFlow, now: Instant) {
+        guard f.rtoDeadline == .zero else { return }
+        f.rtoDeadline = now + f.rto
+        noteTCPDeadline(f.rtoDeadline)
+    }
+
+    func retransmit(_ f: inout TCPFlow, now: Instant) {
+        counters.count(.tcpRetransmits)
+        host.tcpRewindPeek(f.handle)
+        f.sndNxt = f.sndUna
+        if f.finSent && !f.finAcked { f.finSent = false }
+        f.dupAcks = 0
+    }
+
+    // MARK: Timers
+
+    /// RTO, window probes and idle timeouts. Runs when the earliest deadline has passed.
+    func tcpTimers(now: Instant) {
+        guard now >= nextTCPDeadline else { return }
+        var next = now + .seconds(1)
+        for i in tcpFlows.activeIndices {
+            guard var f = tcpFlows[i] else { continue }
+            let idle = now - f.lastActive
+            let limit: Instant.Duration
+            switch f.state {
+            case .connecting, .synAckSent: limit = TCPTiming.connectTimeout
+            case .established: limit = (f.guestFinReceived || f.finSent) ? TCPTiming.closingTimeout : config.tcpIdleTimeout
+            }
+            if idle >= limit {
+                counters.count(.tcpFlowsExpired)
+                if f.state == .connecting { host.close(f.handle); tcpFlows.remove(f.key) } else { resetFlow(i, &f) }
+                continue
+            }
+            if f.rtoDeadline != .zero && now >= f.rtoDeadline {
+                f.retries += 1
+                if f.retries > TCPTiming.maximumRetries {
+                    counters.count(.tcpFlowsExpired)
+                    resetFlow(i, &f)
+                    continue
+                }
+                switch f.state {
+                case .connecting:
+                    f.rtoDeadline = .zero
+                case .synAckSent:
+                    sendSynAck(&f)
+                case .established:
+                    if f.inFlight > 0 {
+                        retransmit(&f, now: now)
+                        tcpFlows[i] = f
+                        pushHostData(i, &f, now: now)
+                        guard tcpFlows[i] != nil else { continue }
+                    } else {
+                        // Zero-window probe (RFC 9293 §3.8.6.1): an ACK below the window makes the guest restate it.
+                        emitSegment(&f, flags: .ack, sequence: f.sndUna &- 1, payload: nil)
+                    }
+                }
+                f.rto = min(Instant.Duration(nanoseconds: f.rto.nanoseconds * 2), TCPTiming.maximumRTO)
+                f.rtoDeadline = now + f.rto
+            }
+            if f.rtoDeadline != .zero && f.rtoDeadline < next { next = f.rtoDeadline }
+            tcpFlows[i] = f
+        }
+        nextTCPDeadline = next
+    }
+
+    /// Wakes the timers early (a new deadline may be sooner than the scheduled scan).
+    func noteTCPDeadline(_ d: Instant) { if d < nextTCPDeadline { nextTCPDeadline = d } }
+}
