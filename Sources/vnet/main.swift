@@ -31,6 +31,7 @@ do {
     } catch let e as ValidationError {
         fail(e.message, code: 2)
     } catch {
+        if Vnet.exitCode(for: error) == .success { Vnet.exit(withError: error) }  // --help inside a subcommand
         fail("\(error)", code: 1)
     }
 } catch {

@@ -1,0 +1,41 @@
+"""The vnet command line: bad input gets one clear line on stderr and a non-zero exit, never a trace."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+import rig
+
+CASES = [
+    (["user", "foo=1"], "unknown option 'foo'"),
+    (["user", "hostfwd=tcp::2222-:22"], "option 'hostfwd' is not supported yet"),
+    (["user", "user,id=x,restrict=on"], "option 'restrict=on' is not supported yet"),
+    (["user", "net=10.0.2.0/24,host=10.0.3.2"], "option 'host'"),
+    (["user", "dns=not-an-ip"], "option 'dns'"),
+    (["user", "--mtu", "70000"], "--mtu must be between 576 and 65520"),
+    (["user", "--listen", "127.0.0.1"], "--listen: expected HOST:PORT"),
+    (["user", "--socket", "/a", "--listen", "127.0.0.1:1"], "choose one transport"),
+    (["user", "--tap", "tap0"], "--tap and --netns go together"),
+    (["user", "--no-such-flag"], "Unknown option '--no-such-flag'"),
+    (["frobnicate"], "Unexpected argument 'frobnicate'"),
+    (["user", "--socket", "/nonexistent-dir/x.sock"], "No such file or directory"),
+]
+
+
+@pytest.mark.parametrize("args,message", CASES, ids=[" ".join(a) for a, _ in CASES])
+def test_bad_input_is_one_line_and_nonzero(args, message):
+    p = subprocess.run([str(rig.vnet_binary()), *args], capture_output=True, text=True, timeout=30,
+                       stdin=subprocess.DEVNULL)
+    assert p.returncode != 0
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1, p.stderr
+    assert lines[0].startswith("vnet: error: "), p.stderr
+    assert message in lines[0], p.stderr
+    assert p.stdout == ""
+
+
+def test_help_exits_zero():
+    p = subprocess.run([str(rig.vnet_binary()), "user", "--help"], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0 and "--socket" in p.stdout
