@@ -58,7 +58,8 @@ extension Gateway {
             drop(.dhcpIgnored)
         case .reply(let r):
             counters.count(.dhcpReplies)
-            let dstIP = r.broadcast ? IPv4Address.broadcast : r.yourAddress
+            // RFC 2131 4.1: a client with an address (ciaddr, e.g. INFORM or renewal) is answered there.
+            let dstIP = r.broadcast ? IPv4Address.broadcast : (msg.clientAddress.isUnspecified ? r.yourAddress : msg.clientAddress)
             let dstMAC = r.broadcast ? MACAddress.broadcast : msg.clientMAC
             sendUDPToGuest(mac: dstMAC, source: config.gatewayAddress, sourcePort: DHCPMessage.serverPort,
                            destination: dstIP, destinationPort: DHCPMessage.clientPort, payloadLength: r.length)
