@@ -61,6 +61,9 @@ public final class FrameQueue {
 
     public var isEmpty: Bool { head == tail }
 
+    /// Bytes a producer can still reserve (after compaction), prefixes included.
+    public var freeSpace: Int { capacity - (tail - (head - partialFrameOffset)) }
+
     /// Room for a frame of up to `maximumLength` bytes, or nil (counted) when the queue is full. The bytes
     /// returned may hold stale data: the producer writes every byte up to the length it commits.
     public func reserve(maximumLength: Int) -> UnsafeMutableRawBufferPointer? {

@@ -39,6 +39,8 @@ public final class Gateway<Host: HostIO> {
     var tcpFlows: FlowTable<TCPFlowKey, TCPFlow>
     /// Flows that owe the guest an ACK at the end of the current batch.
     var tcpAckList: [Int]
+    /// Flows waiting for room in `toGuest`.
+    var tcpQueueBlocked: [Int] = []
     /// Host bytes peeked for the guest, cut into segments from here.
     let tcpPeekBuffer: UnsafeMutableRawBufferPointer
     let isnSecret: UInt64
@@ -82,6 +84,7 @@ public final class Gateway<Host: HostIO> {
     public var udpFlowCount: Int { udpFlows.count }
     public var icmpFlowCount: Int { icmpFlows.count }
     public var tcpFlowCount: Int { tcpFlows.count }
+    public var hasFlowsBlockedOnQueue: Bool { !tcpQueueBlocked.isEmpty }
 
     /// When `poll` next has work to do (the loop's epoll timeout).
     public var nextDeadline: Instant { min(lastSweep + .seconds(1), nextTCPDeadline == .zero ? lastSweep + .seconds(1) : nextTCPDeadline) }

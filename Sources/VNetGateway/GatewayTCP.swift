@@ -7,7 +7,7 @@
 //   guest SYN -> `connecting` (non-blocking connect) -> connect done: SYN-ACK to guest, `synAckSent`
 //   (refused: RST to guest, flow freed) -> guest ACKs our SYN: `established`.
 //   guest FIN consumed -> shutdown(SHUT_WR) on the host socket (`guestFinReceived`).
-//   host EOF after every byte was peeked -> FIN to guest (`finSent`); the guest's ACK of it -> `finAcked`.
+//   host EOF after every byte was peeked (`hostEOF`, `finSeq`) -> FIN to guest; the guest's ACK of it -> `finAcked`.
 //   both directions closed -> socket closed, flow freed. RST maps both ways at any point.
 // Guest -> host: a segment at `rcvNxt` is written straight to the socket; only what the socket accepted is
 // acknowledged, so the socket's send buffer is the buffer. The window we advertise is the socket's free send
@@ -38,8 +38,9 @@ struct TCPFlow {
     var hostDestination: IPv4Address
     var state: State = .connecting
     var guestFinReceived = false
+    /// The host closed its side: every byte is before `finSeq`, and our FIN takes sequence number `finSeq`.
     var hostEOF = false
-    var finSent = false
+    var finSeq: UInt32 = 0
     var finAcked = false
     /// Next sequence number expected from the guest.
     var rcvNxt: UInt32
@@ -47,6 +48,8 @@ struct TCPFlow {
     var iss: UInt32
     var sndUna: UInt32
     var sndNxt: UInt32
+    /// The highest sequence number sent so far (sndNxt falls back below it on retransmission).
+    var sndMax: UInt32
     /// Bytes the guest accepts beyond sndUna.
     var guestWindow: UInt32
     var guestWScale: UInt8
@@ -57,11 +60,17 @@ struct TCPFlow {
     var rto: Instant.Duration = TCPTiming.initialRTO
     var retries = 0
     var dupAcks = 0
+    /// NewReno's recovery point (RFC 6582): no new fast retransmit until the guest acknowledges past it.
+    var recover: UInt32 = 0
+    /// Waiting for room in the guest queue (resumed after the next flush, not by a timer).
+    var queueBlocked = false
     var ackPending = false
     var wantWritable = false
     var lastAdvertised: UInt32 = 0
 
     var inFlight: UInt32 { sndNxt &- sndUna }
+    /// Our FIN went out and is not yet acknowledged, or will be resent.
+    var finSent: Bool { hostEOF && seqLT(finSeq, sndNxt) }
 }
 
 enum TCPTiming {
@@ -117,7 +126,7 @@ extension Gateway {
         let guestScales = tcp.windowScale != nil
         let guestMSS = Int(tcp.maxSegmentSize ?? 536)
         let flow = TCPFlow(key: key, handle: handle, guestMAC: mac, hostDestination: hostAddress,
-                           rcvNxt: tcp.sequence &+ 1, iss: iss, sndUna: iss, sndNxt: iss,
+                           rcvNxt: tcp.sequence &+ 1, iss: iss, sndUna: iss, sndNxt: iss, sndMax: iss,
                            guestWindow: UInt32(tcp.window), guestWScale: guestScales ? min(tcp.windowScale!, 14) : 0,
                            ourWScale: guestScales ? TCPTiming.ourWindowScale : 0,
                            mss: max(64, min(guestMSS, config.mtu - 40)), lastActive: now)
@@ -140,8 +149,10 @@ extension Gateway {
         defer { if tcpFlows[i] != nil { tcpFlows[i] = f } }
 
         if tcp.flags.contains(.rst) {
-            // RFC 5961 §3.2: accept a RST only when its sequence number is exactly the next one expected.
-            guard tcp.sequence == f.rcvNxt || f.state == .connecting else { return drop(.tcpRstOutOfWindow) }
+            // RFC 5961 §3.2 asks for an exact match, but the guest's RST carries its snd_nxt, which may be past
+            // data we refused for want of socket space: accept any RST inside the window we advertised.
+            let inWindow = seqLE(f.rcvNxt, tcp.sequence) && seqLE(tcp.sequence, f.rcvNxt &+ max(f.lastAdvertised, 65535))
+            guard inWindow || f.state == .connecting else { return drop(.tcpRstOutOfWindow) }
             counters.count(.tcpResetsFromGuest)
             host.tcpAbort(f.handle)
             tcpFlows.remove(f.key)
@@ -170,14 +181,22 @@ extension Gateway {
 
         // ACK processing.
         let window = UInt32(tcp.window) << UInt32(f.guestWScale)
-        if seqLT(f.sndUna, tcp.acknowledgment) && seqLE(tcp.acknowledgment, f.sndNxt) {
-            var acked = tcp.acknowledgment &- f.sndUna
-            if f.finSent && tcp.acknowledgment == f.sndNxt {
+        if seqLT(f.sndUna, tcp.acknowledgment) && seqLE(tcp.acknowledgment, f.sndMax) {
+            let ack = tcp.acknowledgment
+            // Bytes of data acknowledged (our FIN, when acknowledged, is not a byte in the socket).
+            var dataEnd = ack
+            if f.hostEOF && seqLT(f.finSeq, ack) {
+                dataEnd = f.finSeq
                 f.finAcked = true
-                acked &-= 1
             }
+            let acked = seqLT(f.sndUna, dataEnd) ? dataEnd &- f.sndUna : 0
             if acked > 0 { host.tcpDiscard(f.handle, count: Int(acked)) }
-            f.sndUna = tcp.acknowledgment
+            f.sndUna = ack
+            if seqLT(f.sndNxt, ack) {
+                // After a rewind, the guest acknowledged data sent before it: continue from there.
+                f.sndNxt = ack
+                host.tcpSetPeekOffset(f.handle, offset: 0)
+            }
             f.retries = 0
             f.rto = TCPTiming.initialRTO
             f.dupAcks = 0
@@ -185,8 +204,8 @@ extension Gateway {
             if f.sndUna != f.sndNxt { armRTO(&f, now: now) }
         } else if tcp.acknowledgment == f.sndUna && payload.isEmpty && !tcp.flags.contains(.fin) && f.inFlight > 0 && window == f.guestWindow {
             f.dupAcks += 1
-            if f.dupAcks == 3 { retransmit(&f, now: now) }
-        } else if seqLT(f.sndNxt, tcp.acknowledgment) {
+            if f.dupAcks == 3 && !seqLT(f.sndUna, f.recover) { fastRetransmit(&f) }
+        } else if seqLT(f.sndMax, tcp.acknowledgment) {
             // Acknowledges data never sent: answer with an ACK (RFC 9293 §3.10.7.4) and ignore the segment.
             drop(.tcpBadAck)
             f.ackPending = true
@@ -292,17 +311,32 @@ extension Gateway {
 
     // MARK: Host side
 
-    /// Peeks host data into segments while the guest's window has room.
+    /// Peeks host data into segments while the guest's window (and the guest queue) has room; sends our FIN
+    /// once the host side has closed and every byte before it is out.
     func pushHostData(_ i: Int, _ f: inout TCPFlow, now: Instant) {
-        guard f.state == .established, !f.finSent else { return }
+        guard f.state == .established else { return }
         while true {
+            if f.hostEOF {
+                if f.sndNxt == f.finSeq {
+                    guard emitSegment(&f, flags: [.fin, .ack], sequence: f.sndNxt, payload: nil) else { return armRTO(&f, now: now) }
+                    advanceSent(&f, by: 1)
+                    f.ackPending = false
+                    armRTO(&f, now: now)
+                }
+                if !seqLT(f.sndNxt, f.finSeq) { return }
+            }
             let room = f.guestWindow > f.inFlight ? f.guestWindow - f.inFlight : 0
             if room == 0 {
                 // Zero window: probe it from the RTO timer.
                 armRTO(&f, now: now)
                 return
             }
-            let want = min(Int(room), tcpPeekBuffer.count)
+            // Never peek more than the guest queue can take now: what is peeked must go out.
+            let perSegment = f.mss + 14 + 20 + 20 + FrameQueue.prefixLength
+            let queueRoom = (toGuest.freeSpace / perSegment) * f.mss
+            guard queueRoom > 0 else { return blockOnQueue(i, &f) }
+            var want = min(Int(room), tcpPeekBuffer.count, queueRoom)
+            if f.hostEOF { want = min(want, Int(f.finSeq &- f.sndNxt)) }
             switch host.tcpPeek(f.handle, into: tcpPeekBuffer.slice(0 ..< want)) {
             case .done(let n):
                 var off = 0
@@ -311,13 +345,11 @@ extension Gateway {
                     let last = off + chunk == n
                     if !emitSegment(&f, flags: last ? [.ack, .psh] : .ack, sequence: f.sndNxt,
                                     payload: UnsafeRawBufferPointer(tcpPeekBuffer.slice(off ..< off + chunk))) {
-                        // Queue full: forget what did not go out; it is re-peeked from sndNxt.
-                        host.tcpRewindPeek(f.handle)
-                        f.sndNxt = f.sndUna
-                        armRTO(&f, now: now)
-                        return
+                        // The queue filled up after all: peek the rest again from here later.
+                        host.tcpSetPeekOffset(f.handle, offset: Int(f.sndNxt &- f.sndUna))
+                        return blockOnQueue(i, &f)
                     }
-                    f.sndNxt &+= UInt32(chunk)
+                    advanceSent(&f, by: UInt32(chunk))
                     off += chunk
                 }
                 f.ackPending = false
@@ -325,18 +357,38 @@ extension Gateway {
                 if n < want { return }
             case .endOfStream:
                 f.hostEOF = true
-                f.finSent = true
-                emitSegment(&f, flags: [.fin, .ack], sequence: f.sndNxt, payload: nil)
-                f.sndNxt &+= 1
-                f.ackPending = false
-                armRTO(&f, now: now)
-                return
+                f.finSeq = f.sndNxt
             case .wouldBlock:
                 return
             case .reset, .failed:
                 return resetFlow(i, &f)
             }
         }
+    }
+
+    func blockOnQueue(_ i: Int, _ f: inout TCPFlow) {
+        guard !f.queueBlocked else { return }
+        f.queueBlocked = true
+        tcpQueueBlocked.append(i)
+    }
+
+    /// Lets flows that were waiting for room in the guest queue continue. Call after draining the queue.
+    public func resumeFlowsBlockedOnQueue(now: Instant) {
+        guard !tcpQueueBlocked.isEmpty else { return }
+        var budget = tcpQueueBlocked.count
+        while budget > 0, !tcpQueueBlocked.isEmpty, toGuest.freeSpace > toGuest.capacity / 4 {
+            budget -= 1
+            let i = tcpQueueBlocked.removeFirst()
+            guard var f = tcpFlows[i] else { continue }
+            f.queueBlocked = false
+            pushHostData(i, &f, now: now)
+            if tcpFlows[i] != nil { tcpFlows[i] = f }
+        }
+    }
+
+    @inline(__always) func advanceSent(_ f: inout TCPFlow, by n: UInt32) {
+        f.sndNxt &+= n
+        if seqLT(f.sndMax, f.sndNxt) { f.sndMax = f.sndNxt }
     }
 
     func tcpReadable(_ i: Int, now: Instant) {
@@ -388,6 +440,7 @@ extension Gateway {
             h.emit(into: out, segmentLength: len, source: f.key.destination, destination: f.key.guestAddress)
         }
         f.sndNxt = f.iss &+ 1
+        f.sndMax = f.sndNxt
     }
 
     /// Builds one segment for the flow (ACK always carries rcvNxt). Returns false if the queue was full.
@@ -445,12 +498,30 @@ extension Gateway {
         noteTCPDeadline(f.rtoDeadline)
     }
 
+    /// Go-back-N after a timeout: everything from sndUna is sent again.
     func retransmit(_ f: inout TCPFlow, now: Instant) {
         counters.count(.tcpRetransmits)
-        host.tcpRewindPeek(f.handle)
+        host.tcpSetPeekOffset(f.handle, offset: 0)
+        f.recover = f.sndMax
         f.sndNxt = f.sndUna
-        if f.finSent && !f.finAcked { f.finSent = false }
         f.dupAcks = 0
+    }
+
+    /// Fast retransmit (RFC 5681 §3.2): only the first unacknowledged segment goes again.
+    func fastRetransmit(_ f: inout TCPFlow) {
+        counters.count(.tcpRetransmits)
+        f.recover = f.sndMax
+        if f.hostEOF && f.sndUna == f.finSeq {
+            emitSegment(&f, flags: [.fin, .ack], sequence: f.finSeq, payload: nil)
+            return
+        }
+        host.tcpSetPeekOffset(f.handle, offset: 0)
+        var want = min(f.mss, tcpPeekBuffer.count)
+        if f.hostEOF { want = min(want, Int(f.finSeq &- f.sndUna)) }
+        if case .done(let n) = host.tcpPeek(f.handle, into: tcpPeekBuffer.slice(0 ..< want)) {
+            emitSegment(&f, flags: .ack, sequence: f.sndUna, payload: UnsafeRawBufferPointer(tcpPeekBuffer.slice(0 ..< n)))
+        }
+        host.tcpSetPeekOffset(f.handle, offset: Int(f.sndNxt &- f.sndUna))
     }
 
     // MARK: Timers

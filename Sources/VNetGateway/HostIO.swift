@@ -66,8 +66,8 @@ public protocol HostTCP {
     func tcpPeek(_ handle: Int32, into buffer: UnsafeMutableRawBufferPointer) -> TCPIOResult
     /// Drops `count` acknowledged bytes from the head of the receive queue.
     func tcpDiscard(_ handle: Int32, count: Int)
-    /// Rewinds peeking to the head of the receive queue (retransmission).
-    func tcpRewindPeek(_ handle: Int32)
+    /// Sets where the next peek starts, in bytes from the head of the receive queue (0: retransmit all).
+    func tcpSetPeekOffset(_ handle: Int32, offset: Int)
     /// Free space in the socket's send buffer, in bytes.
     func tcpSendSpace(_ handle: Int32) -> Int
     func tcpShutdownWrite(_ handle: Int32)
@@ -83,7 +83,7 @@ extension HostTCP {
     public func tcpSend(_ handle: Int32, _ bytes: UnsafeRawBufferPointer) -> TCPIOResult { .failed }
     public func tcpPeek(_ handle: Int32, into buffer: UnsafeMutableRawBufferPointer) -> TCPIOResult { .failed }
     public func tcpDiscard(_ handle: Int32, count: Int) {}
-    public func tcpRewindPeek(_ handle: Int32) {}
+    public func tcpSetPeekOffset(_ handle: Int32, offset: Int) {}
     public func tcpSendSpace(_ handle: Int32) -> Int { 0 }
     public func tcpShutdownWrite(_ handle: Int32) {}
     public func tcpAbort(_ handle: Int32) {}

@@ -217,8 +217,12 @@ public final class RealHost: HostIO {
         if !usePeekOffset, let p = fallbackPeeked[handle] { fallbackPeeked[handle] = max(0, p - (count - left)) }
     }
 
-    public func tcpRewindPeek(_ handle: Int32) {
-        if usePeekOffset { try? Sys.setOption(handle, SOL_SOCKET, SO_PEEK_OFF, 0) } else { fallbackPeeked[handle] = 0 }
+    public func tcpSetPeekOffset(_ handle: Int32, offset: Int) {
+        if usePeekOffset {
+            try? Sys.setOption(handle, SOL_SOCKET, SO_PEEK_OFF, Int32(clamping: offset))
+        } else {
+            fallbackPeeked[handle] = offset
+        }
     }
 
     public func tcpSendSpace(_ handle: Int32) -> Int {

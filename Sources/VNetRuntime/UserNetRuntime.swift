@@ -228,10 +228,20 @@ public final class UserNetRuntime {
             try epoll.wait(timeoutMilliseconds: timeout) { tag, events in
                 self.dispatch(tag: tag, events: events, now: Sys.monotonicNanoseconds())
             }
-            port.flush(queue: gateway.toGuest, now: Sys.monotonicNanoseconds())
+            flushToGuest()
         }
         logger.info("stopping")
         printCounters()
+    }
+
+    /// Drains the gateway's queue to the guest, letting flows that waited for room refill it, a few rounds.
+    func flushToGuest() {
+        for _ in 0 ..< 8 {
+            let now = Sys.monotonicNanoseconds()
+            port.flush(queue: gateway.toGuest, now: now)
+            guard !port.writeArmed, gateway.hasFlowsBlockedOnQueue else { return }
+            gateway.resumeFlowsBlockedOnQueue(now: Instant(nanoseconds: now))
+        }
     }
 
     func applyResolvers(_ servers: [IPv4Address]) {
@@ -261,7 +271,7 @@ public final class UserNetRuntime {
                 }
                 gateway.flushPendingAcks()
             }
-            if events & Epoll.writable != 0 { port.flush(queue: gateway.toGuest, now: now) }
+            if events & Epoll.writable != 0 { flushToGuest() }
         case .signal:
             while case let sig = vnet_signalfd_read(signalFD), sig != 0 {
                 switch sig {

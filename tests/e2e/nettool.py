@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""Small network helper run inside test namespaces (stdlib only).
+
+  nettool.py serve HOST PORT           TCP server: each connection sends a 9-byte request
+                                        b'S'|b'R' + 8-byte big-endian size. 'S': the server sends `size`
+                                        bytes of the test pattern and closes. 'R': it reads `size` bytes and
+                                        answers with their SHA-256 hex digest. Prints LISTENING when bound.
+  nettool.py get HOST PORT SIZE        prints the SHA-256 of the SIZE bytes received ('S' request)
+  nettool.py put HOST PORT SIZE        sends SIZE pattern bytes ('R' request), prints the server's digest
+  nettool.py parallel HOST PORT N SIZE N concurrent 'S' transfers; prints one digest per line
+  nettool.py pattern-sha SIZE          prints the SHA-256 of SIZE pattern bytes
+  nettool.py udp-refused HOST PORT     sends one datagram on a connected socket; prints REFUSED if an ICMP
+                                        port unreachable comes back within 5 s, else TIMEOUT
+"""
+
+import hashlib
+import socket
+import socketserver
+import struct
+import sys
+import threading
+
+BLOCK = hashlib.sha256(b"vnet test pattern").digest() * 2048  # 64 KiB, deterministic
+
+
+def pattern_chunks(size):
+    while size > 0:
+        n = min(size, len(BLOCK))
+        yield BLOCK[:n]
+        size -= n
+
+
+def pattern_sha(size):
+    h = hashlib.sha256()
+    for c in pattern_chunks(size):
+        h.update(c)
+    return h.hexdigest()
+
+
+def recv_exact(sock, n):
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(min(1 << 20, n - len(buf)))
+        if not chunk:
+            raise EOFError(f"connection closed after {len(buf)} of {n} bytes")
+        buf += chunk
+    return bytes(buf)
+
+
+class Handler(socketserver.BaseRequestHandler):
+    def handle(self):
+        s = self.request
+        req = recv_exact(s, 9)
+        kind, size = req[:1], struct.unpack("!Q", req[1:])[0]
+        if kind == b"S":
+            for c in pattern_chunks(size):
+                s.sendall(c)
+        elif kind == b"R":
+            h = hashlib.sha256()
+            left = size
+            while left:
+                chunk = s.recv(min(1 << 20, left))
+                if not chunk:
+                    break
+                h.update(chunk)
+                left -= len(chunk)
+            s.sendall(h.hexdigest().encode())
+
+
+class Server(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+    request_queue_size = 512
+
+
+def get(host, port, size):
+    with socket.create_connection((host, port), timeout=120) as s:
+        s.sendall(b"S" + struct.pack("!Q", size))
+        h = hashlib.sha256()
+        got = 0
+        while True:
+            chunk = s.recv(1 << 20)
+            if not chunk:
+                break
+            h.update(chunk)
+            got += len(chunk)
+        if got != size:
+            return f"SHORT {got}"
+        return h.hexdigest()
+
+
+def put(host, port, size):
+    with socket.create_connection((host, port), timeout=120) as s:
+        s.sendall(b"R" + struct.pack("!Q", size))
+        for c in pattern_chunks(size):
+            s.sendall(c)
+        return recv_exact(s, 64).decode()
+
+
+def main(argv):
+    cmd = argv[1]
+    if cmd == "serve":
+        srv = Server((argv[2], int(argv[3])), Handler)
+        print("LISTENING", flush=True)
+        srv.serve_forever()
+    elif cmd == "get":
+        print(get(argv[2], int(argv[3]), int(argv[4])))
+    elif cmd == "put":
+        print(put(argv[2], int(argv[3]), int(argv[4])))
+    elif cmd == "parallel":
+        n, size = int(argv[4]), int(argv[5])
+        results = [None] * n
+
+        def run(i):
+            try:
+                results[i] = get(argv[2], int(argv[3]), size)
+            except Exception as e:  # reported, never hidden
+                results[i] = f"ERROR {e!r}"
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        print("\n".join(results))
+    elif cmd == "pattern-sha":
+        print(pattern_sha(int(argv[2])))
+    elif cmd == "udp-refused":
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(5)
+        s.connect((argv[2], int(argv[3])))
+        s.send(b"anyone there?")
+        try:
+            s.recv(100)
+            print("REPLY")
+        except ConnectionRefusedError:
+            print("REFUSED")
+        except socket.timeout:
+            print("TIMEOUT")
+    else:
+        sys.exit(f"unknown command {cmd}")
+
+
+if __name__ == "__main__":
+    main(sys.argv)

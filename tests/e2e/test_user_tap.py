@@ -1,0 +1,119 @@
+"""`vnet user --netns … --tap tap0`: the kernel's own TCP/IP stack in a namespace is the guest.
+
+Two namespaces of the test's own: `host` (vnet runs there; its loopback also carries 192.0.2.1, a
+TEST-NET address standing in for "the internet") and `guest` (the TAP vnet creates). Nothing leaves them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+import rig
+
+HERE = Path(__file__).resolve().parent
+NETTOOL = HERE / "nettool.py"
+LONG = os.environ.get("VNET_LONG") == "1"
+BULK = (1 << 30) if LONG else (64 << 20)
+
+UDHCPC_SCRIPT = """#!/bin/sh
+case "$1" in
+deconfig) ip -4 addr flush dev "$interface"; ip link set dev "$interface" up ;;
+bound|renew)
+    ip -4 addr flush dev "$interface"
+    ip addr add "$ip/${mask:-24}" dev "$interface"
+    [ -n "$mtu" ] && ip link set dev "$interface" mtu "$mtu"
+    ip route replace default via "$router" dev "$interface"
+    echo "LEASE ip=$ip mask=$mask router=$router dns=$dns mtu=$mtu" ;;
+esac
+exit 0
+"""
+
+
+def sh(*args, check=True, timeout=60, **kw):
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout, check=check, **kw)
+
+
+def in_ns(ns, *args, **kw):
+    return sh("ip", "netns", "exec", ns, *args, **kw)
+
+
+@pytest.fixture(scope="module")
+def tap(tun_available, module_workdir, module_log_dir):
+    suffix = f"{os.getpid() % 100000}"
+    host_ns, guest_ns = f"vnh{suffix}", f"vng{suffix}"
+    made = []
+    procs = []
+    try:
+        for ns in (host_ns, guest_ns):
+            sh("ip", "netns", "add", ns)
+            made.append(ns)
+            in_ns(ns, "ip", "link", "set", "lo", "up")
+        in_ns(host_ns, "ip", "addr", "add", "192.0.2.1/32", "dev", "lo")
+        script = Path(module_workdir) / "udhcpc.sh"
+        script.write_text(UDHCPC_SCRIPT)
+        script.chmod(0o755)
+        server_port = 5001
+        server = subprocess.Popen(["ip", "netns", "exec", host_ns, sys.executable, str(NETTOOL), "serve", "0.0.0.0", str(server_port)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        procs.append(server)
+        rig.wait_for_line(server.stdout, r"LISTENING", timeout=15)
+        args = ["netns", "exec", host_ns, str(rig.vnet_binary()), "user", "--netns", f"/run/netns/{guest_ns}",
+                "--tap", "tap0", "--dns-upstream", "127.0.0.1:53", "--log-level", "info"]
+        with rig.VnetProcess(args, binary=shutil.which("ip"), log_dir=module_log_dir) as vnet:
+            out = in_ns(guest_ns, "busybox", "udhcpc", "-i", "tap0", "-q", "-n", "-f", "-t", "5", "-T", "2", "-O", "mtu",
+                        "-s", script).stdout
+            lease = dict(kv.split("=", 1) for kv in out.split("LEASE ", 1)[1].split()) if "LEASE " in out else {}
+            yield SimpleNamespace(host_ns=host_ns, guest_ns=guest_ns, vnet=vnet, lease=lease, server_port=server_port, dhcp_out=out)
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait(timeout=10)
+        for ns in made:
+            sh("ip", "netns", "del", ns, check=False)
+
+
+def test_kernel_stack_gets_a_lease(tap):
+    assert tap.lease.get("ip") == "10.0.2.15", tap.dhcp_out
+    assert tap.lease.get("router") == "10.0.2.2"
+    assert tap.lease.get("mtu") == "1500"
+    assert "10.0.2.15/24" in in_ns(tap.guest_ns, "ip", "-4", "addr", "show", "dev", "tap0").stdout
+
+
+def test_ping_gateway(tap):
+    r = in_ns(tap.guest_ns, "busybox", "ping", "-c", "2", "-W", "5", "10.0.2.2", check=False)
+    assert r.returncode == 0 and "2 packets received" in r.stdout, r.stdout + r.stderr
+
+
+def test_ping_through_icmp_nat(tap):
+    r = in_ns(tap.guest_ns, "busybox", "ping", "-c", "2", "-W", "5", "192.0.2.1", check=False)
+    assert r.returncode == 0 and "2 packets received" in r.stdout, r.stdout + r.stderr
+
+
+def test_udp_port_unreachable_comes_back(tap):
+    r = in_ns(tap.guest_ns, sys.executable, NETTOOL, "udp-refused", "192.0.2.1", "9")
+    assert r.stdout.strip() == "REFUSED"
+
+
+@pytest.mark.parametrize("direction", ["host-to-guest", "guest-to-host"])
+def test_bulk_tcp_checked_by_sha256(tap, direction):
+    expected = sh(sys.executable, NETTOOL, "pattern-sha", BULK).stdout.strip()
+    verb = "get" if direction == "host-to-guest" else "put"
+    r = in_ns(tap.guest_ns, sys.executable, NETTOOL, verb, "192.0.2.1", tap.server_port, BULK, timeout=600)
+    assert r.stdout.strip() == expected, r.stdout + r.stderr
+
+
+def test_parallel_connections_all_complete(tap):
+    n, size = 200, 1 << 20
+    expected = sh(sys.executable, NETTOOL, "pattern-sha", size).stdout.strip()
+    r = in_ns(tap.guest_ns, sys.executable, NETTOOL, "parallel", "10.0.2.2", tap.server_port, n, size, timeout=300)
+    lines = r.stdout.split()
+    assert len(lines) == n, r.stdout[-2000:] + r.stderr
+    bad = [l for l in lines if l != expected]
+    assert not bad, bad[:5]
