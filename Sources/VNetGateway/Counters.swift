@@ -43,6 +43,8 @@ public enum DropReason: Int, CaseIterable, Sendable {
     case tcpRstOutOfWindow
     case tcpFlowTableFull
     case txQueueFull
+    case restricted
+    case forwardNoGuestMAC
 
     public var name: String {
         switch self {
@@ -87,6 +89,8 @@ public enum DropReason: Int, CaseIterable, Sendable {
         case .tcpRstOutOfWindow: "tcp_rst_out_of_window"
         case .tcpFlowTableFull: "tcp_flow_table_full"
         case .txQueueFull: "tx_queue_full"
+        case .restricted: "restricted"
+        case .forwardNoGuestMAC: "forward_no_guest_mac"
         }
     }
 }
@@ -94,6 +98,7 @@ public enum DropReason: Int, CaseIterable, Sendable {
 public enum ServedCounter: Int, CaseIterable, Sendable {
     case framesFromGuest, framesToGuest, arpReplies, icmpEchoLocal, dhcpReplies, dnsQueries, dnsServfail
     case udpFlowsOpened, udpFlowsExpired, icmpFlowsOpened, icmpFlowsExpired, icmpErrorsToGuest
+    case tcpForwardsAccepted, udpForwardDatagrams
     case tcpFlowsOpened, tcpFlowsClosed, tcpFlowsExpired, tcpConnectRefused, tcpRetransmits, tcpResetsFromGuest, tcpResetsToGuest
 
     public var name: String {
@@ -110,6 +115,8 @@ public enum ServedCounter: Int, CaseIterable, Sendable {
         case .icmpFlowsOpened: "icmp_flows_opened"
         case .icmpFlowsExpired: "icmp_flows_expired"
         case .icmpErrorsToGuest: "icmp_errors_to_guest"
+        case .tcpForwardsAccepted: "tcp_forwards_accepted"
+        case .udpForwardDatagrams: "udp_forward_datagrams"
         case .tcpFlowsOpened: "tcp_flows_opened"
         case .tcpFlowsClosed: "tcp_flows_closed"
         case .tcpFlowsExpired: "tcp_flows_expired"

@@ -46,6 +46,7 @@ public final class Gateway<Host: HostIO> {
     let isnSecret: UInt64
     var nextTCPDeadline: Instant = .zero
     var ipIdentification: UInt16 = 0
+    var neighbours: [IPv4Address: MACAddress] = [:]
     var lastSweep: Instant = .zero
     /// Scratch for host datagrams and DHCP replies (largest UDP datagram).
     let scratch: UnsafeMutableRawBufferPointer
@@ -72,7 +73,7 @@ public final class Gateway<Host: HostIO> {
     }
 
     deinit {
-        for i in udpFlows.activeIndices { if let f = udpFlows[i] { host.close(f.handle) } }
+        for i in udpFlows.activeIndices { if let f = udpFlows[i], f.replyTo == nil { host.close(f.handle) } }
         for i in icmpFlows.activeIndices { if let f = icmpFlows[i] { host.close(f.handle) } }
         for i in tcpFlows.activeIndices { if let f = tcpFlows[i] { host.close(f.handle) } }
         scratch.deallocate()
@@ -132,7 +133,22 @@ public final class Gateway<Host: HostIO> {
     }
 
     /// Addresses the gateway itself answers for.
-    @inline(__always) func isGatewayOwned(_ a: IPv4Address) -> Bool { a == config.gatewayAddress || a == config.dnsAddress }
+    @inline(__always) func isGatewayOwned(_ a: IPv4Address) -> Bool { config.isVirtualAddress(a) }
+
+    /// Remembers which MAC a guest address uses (capped; used to open flows towards the guest).
+    @inline(__always) func learnNeighbour(_ ip: IPv4Address, _ mac: MACAddress) {
+        guard config.network.contains(ip), !mac.isMulticast else { return }
+        if neighbours[ip] == mac { return }
+        if neighbours[ip] == nil && neighbours.count >= GatewayConfig.neighbourCapacity { return }
+        neighbours[ip] = mac
+    }
+
+    /// The MAC of a guest address: learned from its traffic, else from its DHCP lease.
+    func guestMAC(for ip: IPv4Address) -> MACAddress? {
+        if let m = neighbours[ip] { return m }
+        for (i, s) in dhcp.slots.enumerated() where dhcp.address(ofSlot: i) == ip { return s.mac }
+        return nil
+    }
 
     // MARK: IPv4
 
@@ -145,6 +161,7 @@ public final class Gateway<Host: HostIO> {
         if !(config.network.contains(src) && src != config.network.broadcast && !isGatewayOwned(src)) && !src.isUnspecified {
             return drop(.martianSource)
         }
+        if !src.isUnspecified { learnNeighbour(src, ethernet.source) }
         let payload = p.slice(ip.payloadRange)
         switch ip.protocolNumber {
         case .udp: handleUDP(payload, ip: ip, ethernet: ethernet, now: now)

@@ -29,13 +29,72 @@ public struct GatewayConfig: Sendable {
     public var dnsIdleTimeout: Instant.Duration = .seconds(30)
     public var icmpIdleTimeout: Instant.Duration = .seconds(30)
 
+    /// libslirp's restrict=on: the guest reaches only the gateway's own services and guestfwd targets.
+    public var restricted = false
+    public var hostForwards: [HostForward] = []
+    public var guestForwards: [GuestForward] = []
+
     public init() {}
+
+    /// Addresses the gateway answers ARP for: itself, the DNS address and every guestfwd server.
+    public func isVirtualAddress(_ a: IPv4Address) -> Bool {
+        a == gatewayAddress || a == dnsAddress || guestForwards.contains { $0.serverAddress == a }
+    }
 
     /// The gateway's MAC: 52:55 followed by its IPv4 address, as libslirp does.
     public var gatewayMAC: MACAddress {
         MACAddress(rawValue: 0x5255_0000_0000 | UInt64(gatewayAddress.rawValue))
     }
 
+    public static let neighbourCapacity = 1024
     public static let minimumMTU = 576
     public static let maximumMTU = 65520
+}
+
+public enum ForwardProtocol: String, Sendable { case tcp, udp }
+
+/// `hostfwd=[tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport`: a host listener whose connections (or
+/// datagrams) go to a guest port.
+public struct HostForward: Equatable, Sendable, CustomStringConvertible {
+    public var proto: ForwardProtocol
+    /// 0.0.0.0 binds every host address, as in QEMU.
+    public var hostAddress: IPv4Address
+    public var hostPort: UInt16
+    public var guestAddress: IPv4Address
+    public var guestPort: UInt16
+
+    public init(proto: ForwardProtocol, hostAddress: IPv4Address, hostPort: UInt16, guestAddress: IPv4Address, guestPort: UInt16) {
+        self.proto = proto
+        self.hostAddress = hostAddress
+        self.hostPort = hostPort
+        self.guestAddress = guestAddress
+        self.guestPort = guestPort
+    }
+
+    public var description: String { "\(proto.rawValue) \(hostAddress):\(hostPort) -> \(guestAddress):\(guestPort)" }
+}
+
+/// `guestfwd=[tcp]:server:port-dev`: guest connections to server:port go to a host TCP service or a command.
+public struct GuestForward: Equatable, Sendable, CustomStringConvertible {
+    public enum Target: Equatable, Sendable {
+        case tcp(IPv4Address, UInt16)
+        /// Run with `/bin/sh -c`; the connection is wired to its stdin and stdout.
+        case command(String)
+    }
+    public var serverAddress: IPv4Address
+    public var serverPort: UInt16
+    public var target: Target
+
+    public init(serverAddress: IPv4Address, serverPort: UInt16, target: Target) {
+        self.serverAddress = serverAddress
+        self.serverPort = serverPort
+        self.target = target
+    }
+
+    public var description: String {
+        switch target {
+        case .tcp(let a, let p): "tcp \(serverAddress):\(serverPort) -> tcp:\(a):\(p)"
+        case .command(let c): "tcp \(serverAddress):\(serverPort) -> cmd:\(c)"
+        }
+    }
 }

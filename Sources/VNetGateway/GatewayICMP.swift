@@ -35,6 +35,7 @@ extension Gateway {
             }
             return
         }
+        guard !config.restricted else { return drop(.restricted) }
         let key = ICMPFlowKey(guestAddress: ip.source, identifier: icmp.identifier, destination: ip.destination)
         var index = icmpFlows.lookup(key)
         if index == nil {

@@ -30,7 +30,8 @@ struct TCPFlowKey: Hashable {
 }
 
 struct TCPFlow {
-    enum State { case connecting, synAckSent, established }
+    /// connecting/synAckSent: the guest opened the flow. synSent: a hostfwd client did, and we sent the SYN.
+    enum State { case connecting, synAckSent, synSent, established }
 
     var key: TCPFlowKey
     var handle: Int32
@@ -107,18 +108,51 @@ extension Gateway {
         openTCPFlow(key, tcp: tcp, mac: ethernet.source, now: now)
     }
 
-    func openTCPFlow(_ key: TCPFlowKey, tcp: TCPHeader, mac: MACAddress, now: Instant) {
-        let (dst, reason) = hostDestination(for: key.destination)
-        guard let hostAddress = dst else {
-            drop(reason!)
-            return sendReset(answering: tcp, payloadLength: 0, key: key, mac: mac)
+    enum TCPTarget {
+        case host(IPv4Address, UInt16)
+        case command(String)
+        case refused(DropReason)
+    }
+
+    /// Where a guest connection to `key.destination:port` goes on the host side.
+    func tcpTarget(for key: TCPFlowKey) -> TCPTarget {
+        for f in config.guestForwards where f.serverAddress == key.destination && f.serverPort == key.destinationPort {
+            switch f.target {
+            case .tcp(let a, let p): return .host(a, p)
+            case .command(let c): return .command(c)
+            }
         }
+        // libslirp's restrict=on: guest-initiated TCP reaches guestfwd targets only (answered with RST).
+        if config.restricted { return .refused(.restricted) }
+        if key.destination == config.dnsAddress {
+            // DNS over TCP: relayed to the first upstream resolver, like DNS over UDP.
+            guard key.destinationPort == 53, let up = dnsUpstreams.first else { return .refused(.dnsNoUpstream) }
+            return .host(up.0, up.1)
+        }
+        let (dst, reason) = hostDestination(for: key.destination)
+        guard let d = dst else { return .refused(reason!) }
+        return .host(d, key.destinationPort)
+    }
+
+    func openTCPFlow(_ key: TCPFlowKey, tcp: TCPHeader, mac: MACAddress, now: Instant) {
         guard tcpFlows.count < tcpFlows.capacity else {
             drop(.tcpFlowTableFull)
             return sendReset(answering: tcp, payloadLength: 0, key: key, mac: mac)
         }
-        let index = tcpFlows.nextFreeIndex!
-        guard let handle = host.openTCP(destination: hostAddress, port: key.destinationPort, tag: FlowTag(kind: .tcp, index: index)) else {
+        let tag = FlowTag(kind: .tcp, index: tcpFlows.nextFreeIndex!)
+        let opened: Int32?
+        var hostAddress = IPv4Address.any
+        switch tcpTarget(for: key) {
+        case .refused(let reason):
+            drop(reason)
+            return sendReset(answering: tcp, payloadLength: 0, key: key, mac: mac)
+        case .host(let a, let p):
+            hostAddress = a
+            opened = host.openTCP(destination: a, port: p, tag: tag)
+        case .command(let c):
+            opened = host.openCommand(c, tag: tag)
+        }
+        guard let handle = opened else {
             drop(.hostSocketFailed)
             return sendReset(answering: tcp, payloadLength: 0, key: key, mac: mac)
         }
@@ -132,6 +166,66 @@ extension Gateway {
                            mss: max(64, min(guestMSS, config.mtu - 40)), lastActive: now)
         _ = tcpFlows.insert(key, flow)
         counters.count(.tcpFlowsOpened)
+    }
+
+    /// A connection accepted on a hostfwd listener: vnet sends the SYN to guest:guestPort. Loopback clients
+    /// appear as the gateway address (guests drop loopback sources), everyone else keeps address and port.
+    /// Returns false (and the caller closes the socket) when the flow cannot be made.
+    public func acceptForwardedTCP(handle: Int32, from client: IPv4Address, port clientPort: UInt16,
+                                   to guest: IPv4Address, port guestPort: UInt16, now: Instant) -> Bool {
+        guard let mac = guestMAC(for: guest) else { drop(.forwardNoGuestMAC); return false }
+        let facing = client.isLoopback || client.isUnspecified ? config.gatewayAddress : client
+        let key = TCPFlowKey(guestAddress: guest, guestPort: guestPort, destination: facing, destinationPort: clientPort)
+        guard tcpFlows.lookup(key) == nil else { drop(.tcpFlowTableFull); return false }
+        guard tcpFlows.count < tcpFlows.capacity else { drop(.tcpFlowTableFull); return false }
+        let index = tcpFlows.nextFreeIndex!
+        guard host.adoptTCP(handle, tag: FlowTag(kind: .tcp, index: index)) else { drop(.hostSocketFailed); return false }
+        let iss = initialSequence(for: key, now: now)
+        var flow = TCPFlow(key: key, handle: handle, guestMAC: mac, hostDestination: client, state: .synSent,
+                           rcvNxt: 0, iss: iss, sndUna: iss, sndNxt: iss, sndMax: iss, guestWindow: 0, guestWScale: 0,
+                           ourWScale: TCPTiming.ourWindowScale, mss: config.mtu - 40, lastActive: now)
+        sendSyn(&flow)
+        armRTO(&flow, now: now)
+        _ = tcpFlows.insert(key, flow)
+        counters.count(.tcpForwardsAccepted)
+        counters.count(.tcpFlowsOpened)
+        return true
+    }
+
+    func sendSyn(_ f: inout TCPFlow) {
+        let h = TCPHeader(sourcePort: f.key.destinationPort, destinationPort: f.key.guestPort, sequence: f.iss, acknowledgment: 0,
+                          flags: .syn, window: UInt16(min(65535, max(0, host.tcpSendSpace(f.handle)))),
+                          maxSegmentSize: UInt16(clamping: config.mtu - 40), windowScale: f.ourWScale)
+        let len = h.emittedLength
+        emitIPv4(to: f.guestMAC, source: f.key.destination, destination: f.key.guestAddress, protocolNumber: .tcp, l4Length: len) { out in
+            h.emit(into: out, segmentLength: len, source: f.key.destination, destination: f.key.guestAddress)
+        }
+        f.sndNxt = f.iss &+ 1
+        f.sndMax = f.sndNxt
+    }
+
+    /// The guest answered our SYN (hostfwd): SYN-ACK -> established, RST -> the client is reset.
+    func synSentSegment(_ i: Int, _ f: inout TCPFlow, tcp: TCPHeader, now: Instant) {
+        if tcp.flags.contains(.rst) {
+            guard tcp.flags.contains(.ack), tcp.acknowledgment == f.iss &+ 1 else { return drop(.tcpRstOutOfWindow) }
+            counters.count(.tcpResetsFromGuest)
+            host.tcpAbort(f.handle)
+            tcpFlows.remove(f.key)
+            return
+        }
+        guard tcp.flags.contains(.syn), tcp.flags.contains(.ack), tcp.acknowledgment == f.iss &+ 1 else { return drop(.tcpBadAck) }
+        f.rcvNxt = tcp.sequence &+ 1
+        if let ws = tcp.windowScale { f.guestWScale = min(ws, 14) } else { f.guestWScale = 0; f.ourWScale = 0 }
+        f.mss = max(64, min(Int(tcp.maxSegmentSize ?? 536), config.mtu - 40))
+        f.guestWindow = UInt32(tcp.window)   // never scaled in a SYN
+        f.sndUna = f.iss &+ 1
+        f.state = .established
+        f.rtoDeadline = .zero
+        f.retries = 0
+        f.rto = TCPTiming.initialRTO
+        emitSegment(&f, flags: .ack, sequence: f.sndNxt, payload: nil)
+        host.tcpSetInterest(f.handle, tag: FlowTag(kind: .tcp, index: i), readable: true, writable: false)
+        pushHostData(i, &f, now: now)
     }
 
     /// RFC 6528-style ISN: a keyed hash of the 4-tuple plus a 4 µs clock.
@@ -148,6 +242,7 @@ extension Gateway {
         f.guestMAC = mac
         defer { if tcpFlows[i] != nil { tcpFlows[i] = f } }
 
+        if f.state == .synSent { return synSentSegment(i, &f, tcp: tcp, now: now) }
         if tcp.flags.contains(.rst) {
             // RFC 5961 §3.2 asks for an exact match, but the guest's RST carries its snd_nxt, which may be past
             // data we refused for want of socket space: accept any RST inside the window we advertised.
@@ -416,7 +511,7 @@ extension Gateway {
             f.rtoDeadline = .zero
             armRTO(&f, now: now)
             host.tcpSetInterest(f.handle, tag: FlowTag(kind: .tcp, index: i), readable: false, writable: false)
-        case .synAckSent:
+        case .synAckSent, .synSent:
             break
         case .established:
             if f.wantWritable {
@@ -535,7 +630,7 @@ extension Gateway {
             let idle = now - f.lastActive
             let limit: Instant.Duration
             switch f.state {
-            case .connecting, .synAckSent: limit = TCPTiming.connectTimeout
+            case .connecting, .synAckSent, .synSent: limit = TCPTiming.connectTimeout
             case .established: limit = (f.guestFinReceived || f.finSent) ? TCPTiming.closingTimeout : config.tcpIdleTimeout
             }
             if idle >= limit {
@@ -555,6 +650,8 @@ extension Gateway {
                     f.rtoDeadline = .zero
                 case .synAckSent:
                     sendSynAck(&f)
+                case .synSent:
+                    sendSyn(&f)
                 case .established:
                     if f.inFlight > 0 {
                         retransmit(&f, now: now)

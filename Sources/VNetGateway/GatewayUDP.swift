@@ -26,6 +26,8 @@ struct UDPFlow {
     var lastActive: Instant
     var ttl: UInt8
     var isDNS: Bool
+    /// hostfwd flows share the forward's listening socket and answer its client with sendto.
+    var replyTo: (IPv4Address, UInt16)? = nil
 }
 
 extension Gateway {
@@ -39,6 +41,15 @@ extension Gateway {
             return handleDHCP(payload, ethernet: ethernet, now: now)
         }
         guard udp.sourcePort != 0, !ip.source.isUnspecified else { return drop(.udpSourcePortZero) }
+        let key = UDPFlowKey(guestAddress: ip.source, guestPort: udp.sourcePort, destination: ip.destination, destinationPort: udp.destinationPort)
+        if let i = udpFlows.lookup(key), let to = udpFlows[i]?.replyTo {
+            // A reply to a hostfwd client: out through the forward's own socket.
+            udpFlows[i]!.lastActive = now
+            if !host.sendUDP(udpFlows[i]!.handle, payload, to: to.0, port: to.1) { drop(.hostSendFailed) }
+            return
+        }
+        // libslirp's restrict=on: only DHCP (and TFTP) reach the gateway; nothing is NAT'd, not even DNS.
+        guard !config.restricted else { return drop(.restricted) }
         if ip.destination == config.dnsAddress {
             guard udp.destinationPort == 53 else { return drop(.dnsWrongPort) }
             return forwardUDP(payload, ip: ip, udp: udp, mac: ethernet.source, dns: true, now: now)
@@ -167,12 +178,35 @@ extension Gateway {
         }
     }
 
+    /// A datagram from a hostfwd client (already in `scratch[8...]`, `length` bytes) for guest:guestPort.
+    /// Loopback clients appear as the gateway address, everyone else with their real address and port.
+    public func forwardedUDPDatagram(listener: Int32, from client: IPv4Address, port clientPort: UInt16,
+                                     to guest: IPv4Address, port guestPort: UInt16, length: Int, now: Instant) {
+        guard let mac = guestMAC(for: guest) else { return drop(.forwardNoGuestMAC) }
+        let facing = client.isLoopback || client.isUnspecified ? config.gatewayAddress : client
+        let key = UDPFlowKey(guestAddress: guest, guestPort: guestPort, destination: facing, destinationPort: clientPort)
+        if let i = udpFlows.lookup(key) {
+            udpFlows[i]!.lastActive = now
+            udpFlows[i]!.replyTo = (client, clientPort)
+        } else {
+            guard udpFlows.insert(key, UDPFlow(key: key, handle: listener, guestMAC: mac, hostDestination: client, lastActive: now,
+                                               ttl: 64, isDNS: false, replyTo: (client, clientPort))) != nil else {
+                return drop(.udpFlowTableFull)
+            }
+        }
+        counters.count(.udpForwardDatagrams)
+        sendUDPToGuest(mac: mac, source: facing, sourcePort: clientPort, destination: guest, destinationPort: guestPort, payloadLength: length)
+    }
+
+    /// Where a hostfwd datagram must be written before `forwardedUDPDatagram`: room for a UDP header before it.
+    public var forwardReceiveBuffer: UnsafeMutableRawBufferPointer { scratch.slice(8 ..< scratch.count) }
+
     func sweepUDP(now: Instant) {
         for i in udpFlows.activeIndices {
             guard let f = udpFlows[i] else { continue }
             let timeout = f.isDNS ? config.dnsIdleTimeout : config.udpIdleTimeout
             if now - f.lastActive >= timeout {
-                host.close(f.handle)
+                if f.replyTo == nil { host.close(f.handle) }
                 udpFlows.remove(f.key)
                 counters.count(.udpFlowsExpired)
             }
@@ -183,7 +217,7 @@ extension Gateway {
     public func replaceDNSUpstreams(_ upstreams: [(IPv4Address, UInt16)]) {
         setDNSUpstreams(upstreams)
         for i in udpFlows.activeIndices {
-            guard let f = udpFlows[i], f.isDNS else { continue }
+            guard let f = udpFlows[i], f.isDNS, f.replyTo == nil else { continue }
             host.close(f.handle)
             udpFlows.remove(f.key)
         }

@@ -54,8 +54,8 @@ public enum TCPIOResult: Equatable, Sendable {
     case failed
 }
 
-/// TCP host sockets (passt-style: no buffers of our own). Default implementations fail, so a HostIO that
-/// has no TCP (an early fake) still compiles and every TCP flow is refused with RST.
+/// TCP host sockets (passt-style: no buffers of our own) and forwarding helpers. Default implementations
+/// fail, so a HostIO without them (a small fake) still compiles and every TCP flow is refused with RST.
 public protocol HostTCP {
     /// Starts a non-blocking connect; readiness (connected or failed) arrives as a writable event for `tag`.
     func openTCP(destination: IPv4Address, port: UInt16, tag: FlowTag) -> Int32?
@@ -73,6 +73,12 @@ public protocol HostTCP {
     func tcpShutdownWrite(_ handle: Int32)
     /// Closes with RST (SO_LINGER 0).
     func tcpAbort(_ handle: Int32)
+    /// A stream wired to a child process's stdin/stdout (`guestfwd …-cmd:`), used like a connected socket.
+    func openCommand(_ command: String, tag: FlowTag) -> Int32?
+    /// Takes over an accepted connection (hostfwd) for the flow `tag`; no events until `tcpSetInterest`.
+    func adoptTCP(_ handle: Int32, tag: FlowTag) -> Bool
+    /// Sends on an unconnected (hostfwd listener) UDP socket.
+    func sendUDP(_ handle: Int32, _ payload: UnsafeRawBufferPointer, to address: IPv4Address, port: UInt16) -> Bool
     /// Which events the loop should report for this socket.
     func tcpSetInterest(_ handle: Int32, tag: FlowTag, readable: Bool, writable: Bool)
 }
@@ -88,4 +94,7 @@ extension HostTCP {
     public func tcpShutdownWrite(_ handle: Int32) {}
     public func tcpAbort(_ handle: Int32) {}
     public func tcpSetInterest(_ handle: Int32, tag: FlowTag, readable: Bool, writable: Bool) {}
+    public func openCommand(_ command: String, tag: FlowTag) -> Int32? { nil }
+    public func adoptTCP(_ handle: Int32, tag: FlowTag) -> Bool { false }
+    public func sendUDP(_ handle: Int32, _ payload: UnsafeRawBufferPointer, to address: IPv4Address, port: UInt16) -> Bool { false }
 }

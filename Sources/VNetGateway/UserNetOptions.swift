@@ -13,11 +13,12 @@ public struct UserNetOptionError: Error, Equatable, CustomStringConvertible, Sen
 public enum UserNetOptions {
     /// libslirp options that vnet recognises but does not implement yet.
     public static let notYetSupported: Set<String> = [
-        "hostfwd", "guestfwd", "tftp", "bootfile", "tftp-server-name", "smb", "smbserver", "ipv6-net", "ipv6-prefix",
+        "tftp", "bootfile", "tftp-server-name", "smb", "smbserver", "ipv6-net", "ipv6-prefix",
         "ipv6-prefixlen", "ipv6-host", "ipv6-dns", "dnssearch6", "vlan", "domainname6",
     ]
     public static let supported: Set<String> = [
         "id", "net", "host", "dhcpstart", "dns", "dnssearch", "domainname", "hostname", "restrict", "ipv4", "ipv6",
+        "hostfwd", "guestfwd",
     ]
 
     /// Splits a QemuOpts string into (key, value) pairs, honouring ",," as an escaped comma.
@@ -96,13 +97,14 @@ public enum UserNetOptions {
         var net: IPv4Network? = nil
         var host: IPv4Address? = nil, dns: IPv4Address? = nil, start: IPv4Address? = nil
         var seen: Set<String> = []
+        var hostForwards: [(ForwardProtocol, IPv4Address, UInt16, IPv4Address?, UInt16)] = []
         let pairs = text.isEmpty ? [] : try split(text)
         for (key, value) in pairs {
             if notYetSupported.contains(key) {
                 throw UserNetOptionError("option '\(key)' is not supported yet")
             }
             guard supported.contains(key) else { throw UserNetOptionError("unknown option '\(key)'") }
-            if key != "dnssearch" && seen.contains(key) { throw UserNetOptionError("option '\(key)' given twice") }
+            if !["dnssearch", "hostfwd", "guestfwd"].contains(key) && seen.contains(key) { throw UserNetOptionError("option '\(key)' given twice") }
             seen.insert(key)
             switch key {
             case "id": c.id = value
@@ -120,7 +122,11 @@ public enum UserNetOptions {
                 guard !value.isEmpty, value.utf8.count <= 255 else { throw UserNetOptionError("option 'hostname': bad host name") }
                 c.hostName = value
             case "restrict":
-                if try parseBool(key, value) { throw UserNetOptionError("option 'restrict=on' is not supported yet") }
+                c.restricted = try parseBool(key, value)
+            case "hostfwd":
+                hostForwards.append(try parseHostForward(value))
+            case "guestfwd":
+                c.guestForwards.append(try parseGuestForward(value))
             case "ipv4":
                 if !(try parseBool(key, value)) { throw UserNetOptionError("option 'ipv4=off' is not supported yet") }
             case "ipv6":
@@ -139,8 +145,67 @@ public enum UserNetOptions {
         if let h = host { c.gatewayAddress = h }
         if let d = dns { c.dnsAddress = d }
         if let s = start { c.dhcpStart = s }
+        // An empty guest address means the first DHCP address, as in QEMU.
+        c.hostForwards = hostForwards.map {
+            HostForward(proto: $0.0, hostAddress: $0.1, hostPort: $0.2, guestAddress: $0.3 ?? c.dhcpStart, guestPort: $0.4)
+        }
         try validate(c)
         return c
+    }
+
+    static func parsePort(_ key: String, _ text: Substring, allowZero: Bool) throws(UserNetOptionError) -> UInt16 {
+        guard let p = UInt16(text), allowZero || p != 0 else { throw UserNetOptionError("option '\(key)': bad port '\(text)'") }
+        return p
+    }
+
+    /// `[tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport`
+    static func parseHostForward(_ v: String) throws(UserNetOptionError) -> (ForwardProtocol, IPv4Address, UInt16, IPv4Address?, UInt16) {
+        let halves = v.split(separator: "-", maxSplits: 1, omittingEmptySubsequences: false)
+        guard halves.count == 2 else { throw UserNetOptionError("option 'hostfwd': expected [tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport, got '\(v)'") }
+        var host = halves[0].split(separator: ":", omittingEmptySubsequences: false)
+        var proto = ForwardProtocol.tcp
+        if host.count == 3 {
+            switch host[0] {
+            case "", "tcp": proto = .tcp
+            case "udp": proto = .udp
+            default: throw UserNetOptionError("option 'hostfwd': protocol must be tcp or udp, not '\(host[0])'")
+            }
+            host.removeFirst()
+        }
+        guard host.count == 2 else { throw UserNetOptionError("option 'hostfwd': bad host side '\(halves[0])'") }
+        let hostAddress = host[0].isEmpty ? IPv4Address.any : try parseAddress("hostfwd", String(host[0]))
+        let hostPort = try parsePort("hostfwd", host[1], allowZero: true)
+        let guest = halves[1].split(separator: ":", omittingEmptySubsequences: false)
+        guard guest.count == 2 else { throw UserNetOptionError("option 'hostfwd': bad guest side '\(halves[1])'") }
+        let guestAddress = guest[0].isEmpty ? nil : try parseAddress("hostfwd", String(guest[0]))
+        let guestPort = try parsePort("hostfwd", guest[1], allowZero: false)
+        return (proto, hostAddress, hostPort, guestAddress, guestPort)
+    }
+
+    /// `[tcp]:server:port-dev`, dev = `tcp:HOST:PORT` or `cmd:COMMAND`.
+    static func parseGuestForward(_ v: String) throws(UserNetOptionError) -> GuestForward {
+        guard let dash = v.firstIndex(of: "-") else { throw UserNetOptionError("option 'guestfwd': expected [tcp]:server:port-dev, got '\(v)'") }
+        var server = v[..<dash].split(separator: ":", omittingEmptySubsequences: false)
+        if server.count == 3 {
+            guard server[0] == "tcp" || server[0].isEmpty else { throw UserNetOptionError("option 'guestfwd': only tcp is supported, not '\(server[0])'") }
+            server.removeFirst()
+        }
+        guard server.count == 2 else { throw UserNetOptionError("option 'guestfwd': bad server side '\(v[..<dash])'") }
+        let address = try parseAddress("guestfwd", String(server[0]))
+        let port = try parsePort("guestfwd", server[1], allowZero: false)
+        let dev = v[v.index(after: dash)...]
+        if dev.hasPrefix("cmd:") {
+            let command = String(dev.dropFirst(4))
+            guard !command.isEmpty else { throw UserNetOptionError("option 'guestfwd': empty command") }
+            return GuestForward(serverAddress: address, serverPort: port, target: .command(command))
+        }
+        if dev.hasPrefix("tcp:") {
+            let parts = dev.dropFirst(4).split(separator: ":", omittingEmptySubsequences: false)
+            guard parts.count == 2 else { throw UserNetOptionError("option 'guestfwd': expected tcp:HOST:PORT, got '\(dev)'") }
+            return GuestForward(serverAddress: address, serverPort: port,
+                                target: .tcp(try parseAddress("guestfwd", String(parts[0])), try parsePort("guestfwd", parts[1], allowZero: false)))
+        }
+        throw UserNetOptionError("option 'guestfwd': device must be tcp:HOST:PORT or cmd:COMMAND, not '\(dev)'")
     }
 
     static func validate(_ c: GatewayConfig) throws(UserNetOptionError) {
@@ -161,6 +226,21 @@ public enum UserNetOptions {
         let pool = c.dhcpStart.rawValue ... last.rawValue
         if pool.contains(c.gatewayAddress.rawValue) || pool.contains(c.dnsAddress.rawValue) {
             throw UserNetOptionError("option 'dhcpstart': the DHCP pool overlaps the host or dns address")
+        }
+        for f in c.hostForwards {
+            guard n.contains(f.guestAddress), f.guestAddress != n.address, f.guestAddress != n.broadcast,
+                  f.guestAddress != c.gatewayAddress, f.guestAddress != c.dnsAddress else {
+                throw UserNetOptionError("option 'hostfwd': guest address \(f.guestAddress) is not a guest address in \(n)")
+            }
+        }
+        for (k, f) in c.guestForwards.enumerated() {
+            guard n.contains(f.serverAddress), f.serverAddress != n.address, f.serverAddress != n.broadcast,
+                  !pool.contains(f.serverAddress.rawValue) else {
+                throw UserNetOptionError("option 'guestfwd': \(f.serverAddress) must be a free address in \(n), outside the DHCP pool")
+            }
+            if c.guestForwards[..<k].contains(where: { $0.serverAddress == f.serverAddress && $0.serverPort == f.serverPort }) {
+                throw UserNetOptionError("option 'guestfwd': \(f.serverAddress):\(f.serverPort) given twice")
+            }
         }
     }
 }

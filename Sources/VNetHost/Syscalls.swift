@@ -145,6 +145,16 @@ public enum Sys {
         return r >= 0 ? r : nil
     }
 
+    /// accept(2) returning the peer's address too.
+    public static func accept(_ fd: Int32, from: inout SocketAddress) -> Int32? {
+        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let r = withUnsafeMutablePointer(to: &from.storage) { sp in
+            sp.withMemoryRebound(to: sockaddr.self, capacity: 1) { vnet_accept_from(fd, $0, &len) }
+        }
+        from.length = len
+        return r >= 0 ? r : nil
+    }
+
     public static func localAddress(_ fd: Int32) -> SocketAddress? {
         var a = SocketAddress()
         var len = socklen_t(MemoryLayout<sockaddr_storage>.size)

@@ -23,6 +23,8 @@ import Glibc
 
 enum LoopTag: UInt8 {
     case listener = 10, connection = 11, datagram = 12, tap = 13, signal = 14, connector = 15
+    /// hostfwd listeners; the low bits index `UserNetRuntime.forwards`.
+    case forwardTCP = 16, forwardUDP = 17
     var tag: UInt64 { UInt64(rawValue) << 56 }
 }
 

@@ -176,6 +176,38 @@ public final class RealHost: HostIO {
 
     public func tcpConnectError(_ handle: Int32) -> Int32 { Sys.socketError(handle) }
 
+    public func openCommand(_ command: String, tag: FlowTag) -> Int32? {
+        let fd = vnet_spawn_command(command)
+        guard fd >= 0 else { return nil }
+        do {
+            if usePeekOffset { try Sys.setOption(fd, SOL_SOCKET, SO_PEEK_OFF, 0) } else { fallbackPeeked[fd] = 0 }
+            // Writable at once: the loop reports it and the flow answers the guest's SYN.
+            try epoll.add(fd, events: Epoll.writable | Epoll.edgeTriggered, tag: tag.rawValue)
+        } catch {
+            Sys.close(fd)
+            return nil
+        }
+        commandHandles.insert(fd)
+        return fd
+    }
+
+    public func adoptTCP(_ handle: Int32, tag: FlowTag) -> Bool {
+        do {
+            try Sys.setNonBlocking(handle)
+            try Sys.setOption(handle, Int32(IPPROTO_TCP), TCP_NODELAY, 1)
+            if usePeekOffset { try Sys.setOption(handle, SOL_SOCKET, SO_PEEK_OFF, 0) } else { fallbackPeeked[handle] = 0 }
+            try epoll.add(handle, events: Epoll.edgeTriggered, tag: tag.rawValue)
+            return true
+        } catch {
+            return false
+        }
+    }
+
+    public func sendUDP(_ handle: Int32, _ payload: UnsafeRawBufferPointer, to address: IPv4Address, port: UInt16) -> Bool {
+        if case .done = Sys.sendTo(handle, payload, SocketAddress(ipv4: address.rawValue, port: port)) { return true }
+        return false
+    }
+
     public func tcpSend(_ handle: Int32, _ bytes: UnsafeRawBufferPointer) -> TCPIOResult {
         switch Sys.send(handle, bytes) {
         case .done(let n): return .done(n)
@@ -207,10 +239,18 @@ public final class RealHost: HostIO {
         return e == ECONNRESET || e == EPIPE || e == ETIMEDOUT ? .reset : .failed
     }
 
+    /// Command streams (unix sockets): acknowledged bytes are read into this buffer to drop them, since
+    /// MSG_TRUNC discards only on TCP.
+    var commandHandles: Set<Int32> = []
+    let discardScratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 65_536, alignment: 16)
+
     public func tcpDiscard(_ handle: Int32, count: Int) {
         var left = count
+        let isCommand = commandHandles.contains(handle)
         while left > 0 {
-            let n = recv(handle, nil, left, Int32(MSG_TRUNC) | Int32(MSG_DONTWAIT))
+            let n = isCommand
+                ? recv(handle, discardScratch.baseAddress, min(left, discardScratch.count), Int32(MSG_DONTWAIT))
+                : recv(handle, nil, left, Int32(MSG_TRUNC) | Int32(MSG_DONTWAIT))
             if n <= 0 { break }
             left -= n
         }
@@ -240,6 +280,7 @@ public final class RealHost: HostIO {
     public func tcpAbort(_ handle: Int32) {
         epoll.remove(handle)
         fallbackPeeked[handle] = nil
+        commandHandles.remove(handle)
         vnet_abort_close(handle)
     }
 
@@ -252,6 +293,7 @@ public final class RealHost: HostIO {
 
     public func close(_ handle: Int32) {
         fallbackPeeked[handle] = nil
+        commandHandles.remove(handle)
         epoll.remove(handle)
         Sys.close(handle)
     }

@@ -36,6 +36,8 @@ public final class UserNetRuntime {
     let signalFD: Int32
     let resolvWatcher: ResolvConfWatcher?
     var running = true
+    /// hostfwd rules with their listening sockets.
+    var forwards: [(rule: HostForward, fd: Int32, bound: String)] = []
     var socketPathToRemove: String?
     /// Lines printed on stdout at start-up (also returned for tests).
     public private(set) var startupLines: [String] = []
@@ -125,10 +127,58 @@ public final class UserNetRuntime {
             try epoll.add(tapFD, events: Epoll.readable, tag: LoopTag.tap.tag)
             port.boundDescription = "tap \(name) in netns \(netns)"
         }
+        try openForwards()
     }
 
     deinit {
         if let p = socketPathToRemove { unlink(p) }
+    }
+
+    /// Binds every hostfwd listener (an address of 0.0.0.0 binds all, as in QEMU).
+    func openForwards() throws {
+        for (i, rule) in options.gateway.hostForwards.enumerated() {
+            let type = rule.proto == .tcp ? Int32(SOCK_STREAM.rawValue) : Int32(SOCK_DGRAM.rawValue)
+            let fd = try Sys.socket(AF_INET, type, 0)
+            do {
+                try Sys.setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1)
+                try Sys.bind(fd, SocketAddress(ipv4: rule.hostAddress.rawValue, port: rule.hostPort))
+                if rule.proto == .tcp { try Sys.listen(fd, backlog: 128) }
+                let tag = (rule.proto == .tcp ? LoopTag.forwardTCP : LoopTag.forwardUDP).tag | UInt64(i)
+                try epoll.add(fd, events: Epoll.readable, tag: tag)
+            } catch {
+                Sys.close(fd)
+                throw RuntimeError("hostfwd \(rule.proto.rawValue):\(rule.hostAddress):\(rule.hostPort): \(error)")
+            }
+            let bound = Sys.localAddress(fd)?.description ?? "\(rule.hostAddress):\(rule.hostPort)"
+            forwards.append((rule, fd, bound))
+        }
+    }
+
+    func acceptForwards(_ i: Int, now: UInt64) {
+        guard i < forwards.count else { return }
+        let (rule, fd, _) = forwards[i]
+        let instant = Instant(nanoseconds: now)
+        if rule.proto == .tcp {
+            for _ in 0 ..< 64 {
+                var from = SocketAddress()
+                guard let c = Sys.accept(fd, from: &from) else { return }
+                guard let (a, p) = from.ipv4,
+                      gateway.acceptForwardedTCP(handle: c, from: IPv4Address(rawValue: a), port: p, to: rule.guestAddress,
+                                                 port: rule.guestPort, now: instant) else {
+                    vnet_abort_close(c)
+                    continue
+                }
+            }
+        } else {
+            for _ in 0 ..< 64 {
+                var from = SocketAddress()
+                let buf = gateway.forwardReceiveBuffer
+                guard case .done(let n) = Sys.receiveFrom(fd, into: buf, from: &from) else { return }
+                guard n <= buf.count, let (a, p) = from.ipv4 else { continue }
+                gateway.forwardedUDPDatagram(listener: fd, from: IPv4Address(rawValue: a), port: p, to: rule.guestAddress,
+                                             port: rule.guestPort, length: n, now: instant)
+            }
+        }
     }
 
     // MARK: Set-up helpers
@@ -197,6 +247,13 @@ public final class UserNetRuntime {
             lines.append("vnet: dns upstreams from \(options.resolvConfPath) (re-read on change)")
         }
         lines.append("vnet: icmp echo via \(host.echoMode.rawValue)")
+        for f in forwards {
+            lines.append("vnet: hostfwd \(f.rule.proto.rawValue) \(f.bound) -> \(f.rule.guestAddress):\(f.rule.guestPort)")
+        }
+        for g in c.guestForwards { lines.append("vnet: guestfwd \(g)") }
+        if c.restricted {
+            lines.append("vnet: restrict=on: the guest reaches only DHCP, ARP, ping of \(c.gatewayAddress)/\(c.dnsAddress), guestfwd targets and hostfwd connections")
+        }
         return lines
     }
 
@@ -264,6 +321,8 @@ public final class UserNetRuntime {
         switch LoopTag(rawValue: UInt8(truncatingIfNeeded: tag >> 56)) {
         case .listener:
             port.accept(queue: gateway.toGuest)
+        case .forwardTCP, .forwardUDP:
+            acceptForwards(Int(UInt32(truncatingIfNeeded: tag)), now: now)
         case .connection, .datagram, .tap, .connector:
             if events & (Epoll.readable | Epoll.hangup | Epoll.error) != 0 || port.connecting {
                 port.readFrames(now: now, queue: gateway.toGuest) { frame in

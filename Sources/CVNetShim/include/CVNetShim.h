@@ -34,6 +34,8 @@ static inline short vnet_IFF_VNET_HDR(void) { return IFF_VNET_HDR; }
 
 /// accept4(fd, NULL, NULL, SOCK_NONBLOCK|SOCK_CLOEXEC).
 int vnet_accept_nonblocking(int fd);
+/// accept4 with the peer's address (non-blocking, close-on-exec).
+int vnet_accept_from(int fd, struct sockaddr *addr, socklen_t *len);
 /// setns(fd, CLONE_NEWNET) for the calling thread.
 int vnet_setns_net(int fd);
 
@@ -164,4 +166,7 @@ static inline void vnet_abort_close(int fd) {
     setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
     close(fd);
 }
+/// Starts `/bin/sh -c command` with stdin and stdout on one end of a new unix stream socketpair; returns
+/// the other end (non-blocking, close-on-exec) or -errno. Children are reaped automatically (SIGCHLD ignored).
+int vnet_spawn_command(const char *command);
 #endif
