@@ -88,13 +88,56 @@ struct UserNetOptionsTests {
     }
 
     @Test("options vnet does not implement yet are refused by name",
-          arguments: ["hostfwd=tcp::2222-:22", "guestfwd=tcp:10.0.2.100:1234-cmd:cat", "tftp=/srv/tftp", "bootfile=pxelinux.0",
-                      "smb=/tmp", "ipv6-net=fec0::/64", "restrict=on", "ipv6=on", "ipv4=off", "restrict=yes"])
+          arguments: ["tftp=/srv/tftp", "bootfile=pxelinux.0", "smb=/tmp", "ipv6-net=fec0::/64", "ipv6=on", "ipv4=off"])
     func notYetSupported(option: String) throws {
         let key = String(option.split(separator: "=")[0])
         let message = try #require(parseError("user,id=n0,\(option)"))
         #expect(message.contains(key), "\(message)")
         #expect(message.contains("not supported"), "\(message)")
+    }
+
+    @Test("restrict=on|yes turns isolation on; off|no leaves it off")
+    func restrict() throws {
+        #expect(try UserNetOptions.parse("restrict=on").restricted)
+        #expect(try UserNetOptions.parse("restrict=yes").restricted)
+        #expect(try !UserNetOptions.parse("restrict=off").restricted)
+        #expect(try !UserNetOptions.parse("").restricted)
+    }
+
+    @Test("hostfwd in QEMU syntax, repeatable; an empty guest address is the first DHCP address")
+    func hostForwards() throws {
+        let c = try UserNetOptions.parse("hostfwd=tcp::2222-:22,hostfwd=udp:127.0.0.1:5353-10.0.2.20:53,hostfwd=:10.0.0.1:80-:8080")
+        #expect(c.hostForwards == [
+            HostForward(proto: .tcp, hostAddress: .any, hostPort: 2222, guestAddress: IPv4Address(10, 0, 2, 15), guestPort: 22),
+            HostForward(proto: .udp, hostAddress: .loopback, hostPort: 5353, guestAddress: IPv4Address(10, 0, 2, 20), guestPort: 53),
+            HostForward(proto: .tcp, hostAddress: IPv4Address(10, 0, 0, 1), hostPort: 80, guestAddress: IPv4Address(10, 0, 2, 15), guestPort: 8080),
+        ])
+        // The default guest address follows dhcpstart, wherever it appears in the string.
+        let d = try UserNetOptions.parse("hostfwd=tcp::1-:2,dhcpstart=10.0.2.40")
+        #expect(d.hostForwards.first?.guestAddress == IPv4Address(10, 0, 2, 40))
+    }
+
+    @Test("guestfwd in QEMU syntax with tcp: and cmd: devices; ',,' keeps a comma in the command")
+    func guestForwards() throws {
+        let c = try UserNetOptions.parse("guestfwd=tcp:10.0.2.100:1234-tcp:127.0.0.1:4321,guestfwd=:10.0.2.101:7-cmd:echo a,,b")
+        #expect(c.guestForwards == [
+            GuestForward(serverAddress: IPv4Address(10, 0, 2, 100), serverPort: 1234, target: .tcp(.loopback, 4321)),
+            GuestForward(serverAddress: IPv4Address(10, 0, 2, 101), serverPort: 7, target: .command("echo a,b")),
+        ])
+        #expect(c.isVirtualAddress(IPv4Address(10, 0, 2, 100)))
+        #expect(!c.isVirtualAddress(IPv4Address(10, 0, 2, 102)))
+    }
+
+    @Test("malformed forwards are refused with the option's name",
+          arguments: ["hostfwd=tcp::2222", "hostfwd=sctp::1-:2", "hostfwd=tcp::99999-:22", "hostfwd=tcp::1-:0",
+                      "hostfwd=tcp::1-10.0.3.5:22", "hostfwd=tcp:1.2.3:1-:2", "guestfwd=tcp:10.0.2.100:1234",
+                      "guestfwd=tcp:10.0.2.100:1234-file:/x", "guestfwd=udp:10.0.2.100:1-cmd:x", "guestfwd=tcp:10.0.2.20:1-cmd:x",
+                      "guestfwd=tcp:10.0.2.100:1-cmd:", "guestfwd=tcp:10.0.2.100:1-tcp:127.0.0.1",
+                      "guestfwd=tcp:10.0.2.100:1-cmd:a,guestfwd=tcp:10.0.2.100:1-cmd:b"])
+    func badForwards(option: String) throws {
+        let key = String(option.split(separator: "=")[0])
+        let message = try #require(parseError(option))
+        #expect(message.contains("'\(key)'"), "\(message)")
     }
 
     @Test("an unknown key is refused as unknown")

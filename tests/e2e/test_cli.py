@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 
 import pytest
@@ -10,8 +11,10 @@ import rig
 
 CASES = [
     (["user", "foo=1"], "unknown option 'foo'"),
-    (["user", "hostfwd=tcp::2222-:22"], "option 'hostfwd' is not supported yet"),
-    (["user", "user,id=x,restrict=on"], "option 'restrict=on' is not supported yet"),
+    (["user", "tftp=/srv/tftp"], "option 'tftp' is not supported yet"),
+    (["user", "user,id=x,ipv6=on"], "option 'ipv6=on' is not supported yet"),
+    (["user", "hostfwd=tcp::2222"], "option 'hostfwd'"),
+    (["user", "guestfwd=tcp:10.0.2.100:1-file:/x"], "option 'guestfwd'"),
     (["user", "net=10.0.2.0/24,host=10.0.3.2"], "option 'host'"),
     (["user", "dns=not-an-ip"], "option 'dns'"),
     (["user", "--mtu", "70000"], "--mtu must be between 576 and 65520"),
@@ -39,3 +42,16 @@ def test_bad_input_is_one_line_and_nonzero(args, message):
 def test_help_exits_zero():
     p = subprocess.run([str(rig.vnet_binary()), "user", "--help"], capture_output=True, text=True, timeout=30)
     assert p.returncode == 0 and "--socket" in p.stdout
+
+
+def test_hostfwd_on_a_busy_port_is_one_line(workdir):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        p = subprocess.run([str(rig.vnet_binary()), "user", f"hostfwd=tcp:127.0.0.1:{port}-:22", "--socket",
+                            str(workdir / "v.sock")], capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert p.returncode == 1
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"vnet: error: hostfwd tcp:127.0.0.1:{port}"), p.stderr
+    assert "Address already in use" in lines[0]
