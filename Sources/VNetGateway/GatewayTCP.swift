@@ -34,6 +34,8 @@ struct TCPFlow {
     enum State { case connecting, synAckSent, synSent, established }
 
     var key: TCPFlowKey
+    /// This flow's index in the table (its epoll tag).
+    var slot: Int = 0
     var handle: Int32
     var guestMAC: MACAddress
     var hostDestination: IPv4Address
@@ -159,7 +161,7 @@ extension Gateway {
         let iss = initialSequence(for: key, now: now)
         let guestScales = tcp.windowScale != nil
         let guestMSS = Int(tcp.maxSegmentSize ?? 536)
-        let flow = TCPFlow(key: key, handle: handle, guestMAC: mac, hostDestination: hostAddress,
+        let flow = TCPFlow(key: key, slot: tag.index, handle: handle, guestMAC: mac, hostDestination: hostAddress,
                            rcvNxt: tcp.sequence &+ 1, iss: iss, sndUna: iss, sndNxt: iss, sndMax: iss,
                            guestWindow: UInt32(tcp.window), guestWScale: guestScales ? min(tcp.windowScale!, 14) : 0,
                            ourWScale: guestScales ? TCPTiming.ourWindowScale : 0,
@@ -181,7 +183,7 @@ extension Gateway {
         let index = tcpFlows.nextFreeIndex!
         guard host.adoptTCP(handle, tag: FlowTag(kind: .tcp, index: index)) else { drop(.hostSocketFailed); return false }
         let iss = initialSequence(for: key, now: now)
-        var flow = TCPFlow(key: key, handle: handle, guestMAC: mac, hostDestination: client, state: .synSent,
+        var flow = TCPFlow(key: key, slot: index, handle: handle, guestMAC: mac, hostDestination: client, state: .synSent,
                            rcvNxt: 0, iss: iss, sndUna: iss, sndNxt: iss, sndMax: iss, guestWindow: 0, guestWScale: 0,
                            ourWScale: TCPTiming.ourWindowScale, mss: config.mtu - 40, lastActive: now)
         sendSyn(&flow)
@@ -319,6 +321,10 @@ extension Gateway {
         var data = payload
         var seq = tcp.sequence
         var fin = tcp.flags.contains(.fin)
+        if data.isEmpty && !fin && seqLT(seq, f.rcvNxt) {
+            // A zero-window probe or keep-alive (SEG.SEQ = RCV.NXT-1): RFC 9293 §3.10.7.4 answers with an ACK.
+            markAckPending(i, &f)
+        }
         if !data.isEmpty || fin {
             if seqLT(seq, f.rcvNxt) {
                 let skip = Int(f.rcvNxt &- seq)
@@ -397,9 +403,12 @@ extension Gateway {
     }
 
     /// The window field we advertise: the host socket's free send space, scaled.
+    /// When it is under one MSS, EPOLLOUT is armed so the window update goes out as soon as the host socket
+    /// drains (the guest would otherwise wait for its persist timer).
     func advertisedWindow(_ f: inout TCPFlow) -> UInt16 {
         let space = f.guestFinReceived ? 0 : max(0, host.tcpSendSpace(f.handle))
         f.lastAdvertised = UInt32(min(space, Int(UInt32.max)))
+        if space < f.mss && !f.guestFinReceived && f.state == .established { waitForSendSpace(f.slot, &f) }
         let scaled = space >> Int(f.ourWScale)
         return UInt16(min(scaled, 65535))
     }
@@ -514,10 +523,11 @@ extension Gateway {
         case .synAckSent, .synSent:
             break
         case .established:
-            if f.wantWritable {
+            // Space freed in the host socket: send a window update once it is worth one (at least an MSS);
+            // until then stay armed, and the next ACK from the host peer that frees space wakes us again.
+            if f.wantWritable && host.tcpSendSpace(f.handle) >= f.mss {
                 f.wantWritable = false
                 host.tcpSetInterest(f.handle, tag: FlowTag(kind: .tcp, index: i), readable: true, writable: false)
-                // Window update.
                 emitSegment(&f, flags: .ack, sequence: f.sndNxt, payload: nil)
             }
         }

@@ -8,6 +8,12 @@
   nettool.py get HOST PORT SIZE        prints the SHA-256 of the SIZE bytes received ('S' request)
   nettool.py put HOST PORT SIZE        sends SIZE pattern bytes ('R' request), prints the server's digest
   nettool.py parallel HOST PORT N SIZE N concurrent 'S' transfers; prints one digest per line
+  nettool.py half-close HOST PORT SIZE sends SIZE bytes, shuts its write side, prints the server's digest
+                                        (the server reads to EOF first: FIN from the client)
+  nettool.py stall-get HOST PORT SIZE SECONDS   like get, but stops reading for SECONDS after 1 MiB
+  nettool.py stall-put HOST PORT SIZE SECONDS   like put, but the server stops reading for SECONDS after 1 MiB
+  nettool.py expect-reset HOST PORT    the server resets the connection (RST); prints RESET when seen
+  nettool.py send-reset HOST PORT      connects, then aborts with RST; the server prints "EVENT reset"
   nettool.py pattern-sha SIZE          prints the SHA-256 of SIZE pattern bytes
   nettool.py udp-refused HOST PORT     sends one datagram on a connected socket; prints REFUSED if an ICMP
                                         port unreachable comes back within 5 s, else TIMEOUT
@@ -19,6 +25,9 @@ import socketserver
 import struct
 import sys
 import threading
+import time
+
+STALL = 10.0
 
 BLOCK = hashlib.sha256(b"vnet test pattern").digest() * 2048  # 64 KiB, deterministic
 
@@ -55,6 +64,37 @@ class Handler(socketserver.BaseRequestHandler):
         if kind == b"S":
             for c in pattern_chunks(size):
                 s.sendall(c)
+        elif kind == b"H":
+            h = hashlib.sha256()
+            while True:
+                chunk = s.recv(1 << 20)
+                if not chunk:
+                    break
+                h.update(chunk)
+            s.sendall(h.hexdigest().encode())
+        elif kind == b"X":
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()
+        elif kind == b"W":
+            try:
+                while s.recv(65536):
+                    pass
+                print("EVENT eof", flush=True)
+            except ConnectionResetError:
+                print("EVENT reset", flush=True)
+        elif kind == b"T":
+            h = hashlib.sha256()
+            left, stalled = size, False
+            while left:
+                if not stalled and size - left >= (1 << 20):
+                    time.sleep(STALL)
+                    stalled = True
+                chunk = s.recv(min(1 << 20, left))
+                if not chunk:
+                    break
+                h.update(chunk)
+                left -= len(chunk)
+            s.sendall(h.hexdigest().encode())
         elif kind == b"R":
             h = hashlib.sha256()
             left = size
@@ -87,6 +127,23 @@ def get(host, port, size):
         if got != size:
             return f"SHORT {got}"
         return h.hexdigest()
+
+
+def stall_get(host, port, size, seconds):
+    with socket.create_connection((host, port), timeout=120) as s:
+        s.sendall(b"S" + struct.pack("!Q", size))
+        h = hashlib.sha256()
+        got, stalled = 0, False
+        while True:
+            if not stalled and got >= (1 << 20):
+                time.sleep(seconds)
+                stalled = True
+            chunk = s.recv(1 << 16)
+            if not chunk:
+                break
+            h.update(chunk)
+            got += len(chunk)
+        return h.hexdigest() if got == size else f"SHORT {got}"
 
 
 def put(host, port, size):
@@ -122,6 +179,38 @@ def main(argv):
         for t in threads:
             t.join()
         print("\n".join(results))
+    elif cmd == "half-close":
+        with socket.create_connection((argv[2], int(argv[3])), timeout=120) as s:
+            s.sendall(b"H" + b"\0" * 8)
+            for c in pattern_chunks(int(argv[4])):
+                s.sendall(c)
+            s.shutdown(socket.SHUT_WR)
+            reply = recv_exact(s, 64).decode()
+            print(reply if s.recv(1) == b"" else "NO-EOF")
+    elif cmd == "stall-get":
+        print(stall_get(argv[2], int(argv[3]), int(argv[4]), float(argv[5])))
+    elif cmd == "stall-put":
+        size = int(argv[4])
+        with socket.create_connection((argv[2], int(argv[3])), timeout=120) as s:
+            s.sendall(b"T" + struct.pack("!Q", size))
+            for c in pattern_chunks(size):
+                s.sendall(c)
+            print(recv_exact(s, 64).decode())
+    elif cmd == "expect-reset":
+        with socket.create_connection((argv[2], int(argv[3])), timeout=30) as s:
+            s.sendall(b"X" + b"\0" * 8)
+            try:
+                data = s.recv(100)
+                print("EOF" if data == b"" else "DATA")
+            except ConnectionResetError:
+                print("RESET")
+    elif cmd == "send-reset":
+        s = socket.create_connection((argv[2], int(argv[3])), timeout=30)
+        s.sendall(b"W" + b"\0" * 8 + b"some bytes")
+        time.sleep(0.5)  # let the request reach the server before the RST (ordering, not a wait for a result)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+        print("SENT")
     elif cmd == "pattern-sha":
         print(pattern_sha(int(argv[2])))
     elif cmd == "udp-refused":

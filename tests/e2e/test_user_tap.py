@@ -61,16 +61,18 @@ def tap(tun_available, module_workdir, module_log_dir):
         script.chmod(0o755)
         server_port = 5001
         server = subprocess.Popen(["ip", "netns", "exec", host_ns, sys.executable, str(NETTOOL), "serve", "0.0.0.0", str(server_port)],
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         procs.append(server)
-        rig.wait_for_line(server.stdout, r"LISTENING", timeout=15)
+        events = rig.OutputCollector(server.stdout, Path(module_log_dir) / "nettool-server.log", "nettool server")
+        events.wait_for(r"LISTENING", 15)
         args = ["netns", "exec", host_ns, str(rig.vnet_binary()), "user", "--netns", f"/run/netns/{guest_ns}",
                 "--tap", "tap0", "--dns-upstream", "127.0.0.1:53", "--log-level", "info"]
         with rig.VnetProcess(args, binary=shutil.which("ip"), log_dir=module_log_dir) as vnet:
             out = in_ns(guest_ns, "busybox", "udhcpc", "-i", "tap0", "-q", "-n", "-f", "-t", "5", "-T", "2", "-O", "mtu",
                         "-s", script).stdout
             lease = dict(kv.split("=", 1) for kv in out.split("LEASE ", 1)[1].split()) if "LEASE " in out else {}
-            yield SimpleNamespace(host_ns=host_ns, guest_ns=guest_ns, vnet=vnet, lease=lease, server_port=server_port, dhcp_out=out)
+            yield SimpleNamespace(host_ns=host_ns, guest_ns=guest_ns, vnet=vnet, lease=lease, server_port=server_port, dhcp_out=out,
+                                  events=events)
     finally:
         for p in procs:
             p.kill()
@@ -117,3 +119,48 @@ def test_parallel_connections_all_complete(tap):
     assert len(lines) == n, r.stdout[-2000:] + r.stderr
     bad = [l for l in lines if l != expected]
     assert not bad, bad[:5]
+
+
+def test_stalled_receivers_lose_nothing(tap):
+    """Each side's reader stops for 10 s after 1 MiB, then resumes: both transfers complete intact."""
+    size = 16 << 20
+    expected = sh(sys.executable, NETTOOL, "pattern-sha", size).stdout.strip()
+    procs = [subprocess.Popen(["ip", "netns", "exec", tap.guest_ns, sys.executable, str(NETTOOL), verb, "192.0.2.1",
+                               str(tap.server_port), str(size), "10"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for verb in ("stall-get", "stall-put")]
+    outs = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert outs == [expected, expected], outs
+
+
+def test_fin_from_the_guest_side_half_close(tap):
+    size = 3 << 20
+    expected = sh(sys.executable, NETTOOL, "pattern-sha", size).stdout.strip()
+    r = in_ns(tap.guest_ns, sys.executable, NETTOOL, "half-close", "192.0.2.1", tap.server_port, size)
+    assert r.stdout.strip() == expected, r.stdout + r.stderr
+
+
+def test_fin_from_the_host_side(tap):
+    # `get` reads until EOF and checks the length: the host's FIN arrives after every byte.
+    expected = sh(sys.executable, NETTOOL, "pattern-sha", 12345).stdout.strip()
+    r = in_ns(tap.guest_ns, sys.executable, NETTOOL, "get", "10.0.2.2", tap.server_port, 12345)
+    assert r.stdout.strip() == expected
+
+
+def test_rst_from_the_host_reaches_the_guest(tap):
+    r = in_ns(tap.guest_ns, sys.executable, NETTOOL, "expect-reset", "10.0.2.2", tap.server_port)
+    assert r.stdout.strip() == "RESET", r.stdout + r.stderr
+
+
+def test_rst_from_the_guest_reaches_the_host(tap):
+    start = len(tap.events)
+    r = in_ns(tap.guest_ns, sys.executable, NETTOOL, "send-reset", "10.0.2.2", tap.server_port)
+    assert r.stdout.strip() == "SENT"
+    tap.events.wait_for(r"EVENT (reset|eof)", 15, start)
+    assert "EVENT reset" in tap.events.text[start:], tap.events.text[start:]
+
+
+def test_connection_refused_maps_to_rst(tap):
+    r = in_ns(tap.guest_ns, sys.executable, "-c",
+              "import socket\ntry:\n socket.create_connection(('192.0.2.1', 9), timeout=10); print('CONNECTED')\n"
+              "except ConnectionRefusedError: print('REFUSED')")
+    assert r.stdout.strip() == "REFUSED"
