@@ -14,7 +14,7 @@ public enum UserNetOptions {
     /// libslirp options that vnet recognises but does not implement yet.
     public static let notYetSupported: Set<String> = [
         "tftp", "bootfile", "tftp-server-name", "smb", "smbserver", "ipv6-net", "ipv6-prefix",
-        "ipv6-prefixlen", "ipv6-host", "ipv6-dns", "dnssearch6", "vlan", "domainname6",
+        "ipv6-prefixlen", "ipv6-host", "ipv6-dns", "dnssearch6",
     ]
     public static let supported: Set<String> = [
         "id", "net", "host", "dhcpstart", "dns", "dnssearch", "domainname", "hostname", "restrict", "ipv4", "ipv6",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 
@@ -55,3 +56,28 @@ def test_hostfwd_on_a_busy_port_is_one_line(workdir):
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"vnet: error: hostfwd tcp:127.0.0.1:{port}"), p.stderr
     assert "Address already in use" in lines[0]
+
+
+def readme_option_rows():
+    """(options, status) from the README's table of libslirp -netdev user options."""
+    text = (rig.REPO_ROOT / "README.md").read_text()
+    table = text.split("### libslirp `-netdev user` options", 1)[1].split("\n\n", 2)[1]
+    rows = []
+    for line in table.splitlines()[2:]:
+        cells = [c.strip() for c in line.strip("|").split(" | ")]
+        keys = [(k, v if v in ("on", "off") else "x") for k, v in re.findall(r"`([a-z0-9-]+)=([^`]*)`", cells[0])]
+        rows.append((keys, cells[1]))
+    return rows
+
+
+def test_readme_option_table_matches_the_code():
+    rows = readme_option_rows()
+    assert rows, "README option table not found"
+    for keys, status in rows:
+        for key, value in keys:
+            p = subprocess.run([str(rig.vnet_binary()), "user", f"{key}={value}", "--socket", "/nonexistent-dir/x.sock"],
+                               capture_output=True, text=True, timeout=30)
+            if status.startswith("not yet"):
+                assert f"option '{key}" in p.stderr and "not supported yet" in p.stderr, (key, p.stderr)
+            else:
+                assert "unknown option" not in p.stderr and "not supported yet" not in p.stderr, (key, p.stderr)
