@@ -151,7 +151,7 @@ public final class RealHost: HostIO {
     static let fallbackMaximumInFlight = 4 << 20
     /// Forces the fallback path (tests of both paths).
     public var forcePeekFallback = false
-    var usePeekOffset: Bool { tcpPeekOffset && !forcePeekFallback }
+    public var usePeekOffset: Bool { tcpPeekOffset && !forcePeekFallback }
 
     static func probePeekOffset() -> Bool {
         guard let fd = try? Sys.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0) else { return false }

@@ -52,6 +52,8 @@ public final class UserNetRuntime {
         }
         epoll = try Epoll()
         host = RealHost(epoll: epoll)
+        // Tests exercise both host-read paths; kernels before 6.9 take the fallback on their own.
+        if let v = getenv("VNET_FORCE_PEEK_FALLBACK"), String(cString: v) == "1" { host.forcePeekFallback = true }
         gateway = Gateway(config: options.gateway, host: host)
         let sfd = vnet_signalfd()
         guard sfd >= 0 else { throw RuntimeError("signalfd: \(Sys.errnoString(-sfd))") }
@@ -247,6 +249,8 @@ public final class UserNetRuntime {
             lines.append("vnet: dns upstreams from \(options.resolvConfPath) (re-read on change)")
         }
         lines.append("vnet: icmp echo via \(host.echoMode.rawValue)")
+        lines.append(host.usePeekOffset ? "vnet: tcp host reads via MSG_PEEK with SO_PEEK_OFF"
+                                        : "vnet: tcp host reads via MSG_PEEK with skipping (no SO_PEEK_OFF)")
         for f in forwards {
             lines.append("vnet: hostfwd \(f.rule.proto.rawValue) \(f.bound) -> \(f.rule.guestAddress):\(f.rule.guestPort)")
         }

@@ -44,9 +44,11 @@ def in_ns(ns, *args, **kw):
     return sh("ip", "netns", "exec", ns, *args, **kw)
 
 
-@pytest.fixture(scope="module")
-def tap(tun_available, module_workdir, module_log_dir):
-    suffix = f"{os.getpid() % 100000}"
+@pytest.fixture(scope="module", params=["peek-offset", "peek-fallback"])
+def tap(request, tun_available, module_workdir, module_log_dir):
+    """Both of vnet's host-read paths: SO_PEEK_OFF (Linux 6.9+) and the peek-and-skip fallback."""
+    fallback = request.param == "peek-fallback"
+    suffix = f"{os.getpid() % 100000}{'f' if fallback else 'p'}"
     host_ns, guest_ns = f"vnh{suffix}", f"vng{suffix}"
     made = []
     procs = []
@@ -56,18 +58,20 @@ def tap(tun_available, module_workdir, module_log_dir):
             made.append(ns)
             in_ns(ns, "ip", "link", "set", "lo", "up")
         in_ns(host_ns, "ip", "addr", "add", "192.0.2.1/32", "dev", "lo")
-        script = Path(module_workdir) / "udhcpc.sh"
+        script = Path(module_workdir) / f"udhcpc-{request.param}.sh"
         script.write_text(UDHCPC_SCRIPT)
         script.chmod(0o755)
         server_port = 5001
         server = subprocess.Popen(["ip", "netns", "exec", host_ns, sys.executable, str(NETTOOL), "serve", "0.0.0.0", str(server_port)],
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         procs.append(server)
-        events = rig.OutputCollector(server.stdout, Path(module_log_dir) / "nettool-server.log", "nettool server")
+        events = rig.OutputCollector(server.stdout, Path(module_log_dir) / f"nettool-server-{request.param}.log", "nettool server")
         events.wait_for(r"LISTENING", 15)
         args = ["netns", "exec", host_ns, str(rig.vnet_binary()), "user", "--netns", f"/run/netns/{guest_ns}",
                 "--tap", "tap0", "--dns-upstream", "127.0.0.1:53", "--log-level", "info"]
-        with rig.VnetProcess(args, binary=shutil.which("ip"), log_dir=module_log_dir) as vnet:
+        env = {"VNET_FORCE_PEEK_FALLBACK": "1" if fallback else "0"}
+        with rig.VnetProcess(args, binary=shutil.which("ip"), log_dir=Path(module_log_dir) / request.param, env=env) as vnet:
+            assert ("with skipping" in vnet.stdout.text) == fallback, vnet.stdout.text
             out = in_ns(guest_ns, "busybox", "udhcpc", "-i", "tap0", "-q", "-n", "-f", "-t", "5", "-T", "2", "-O", "mtu",
                         "-s", script).stdout
             lease = dict(kv.split("=", 1) for kv in out.split("LEASE ", 1)[1].split()) if "LEASE " in out else {}
