@@ -64,6 +64,7 @@ struct TCPFlow {
     var retries = 0
     var dupAcks = 0
     /// NewReno's recovery point (RFC 6582): no new fast retransmit until the guest acknowledges past it.
+    /// Starts at the ISS (RFC 6582 §3.2 step 1): 0 would block fast retransmit for half of all ISS values.
     var recover: UInt32 = 0
     /// Waiting for room in the guest queue (resumed after the next flush, not by a timer).
     var queueBlocked = false
@@ -165,7 +166,7 @@ extension Gateway {
                            rcvNxt: tcp.sequence &+ 1, iss: iss, sndUna: iss, sndNxt: iss, sndMax: iss,
                            guestWindow: UInt32(tcp.window), guestWScale: guestScales ? min(tcp.windowScale!, 14) : 0,
                            ourWScale: guestScales ? TCPTiming.ourWindowScale : 0,
-                           mss: max(64, min(guestMSS, config.mtu - 40)), lastActive: now)
+                           mss: max(64, min(guestMSS, config.mtu - 40)), lastActive: now, recover: iss)
         _ = tcpFlows.insert(key, flow)
         counters.count(.tcpFlowsOpened)
     }
@@ -185,7 +186,7 @@ extension Gateway {
         let iss = initialSequence(for: key, now: now)
         var flow = TCPFlow(key: key, slot: index, handle: handle, guestMAC: mac, hostDestination: client, state: .synSent,
                            rcvNxt: 0, iss: iss, sndUna: iss, sndNxt: iss, sndMax: iss, guestWindow: 0, guestWScale: 0,
-                           ourWScale: TCPTiming.ourWindowScale, mss: config.mtu - 40, lastActive: now)
+                           ourWScale: TCPTiming.ourWindowScale, mss: config.mtu - 40, lastActive: now, recover: iss)
         sendSyn(&flow)
         armRTO(&flow, now: now)
         _ = tcpFlows.insert(key, flow)
@@ -305,7 +306,6 @@ extension Gateway {
         } else if seqLT(f.sndMax, tcp.acknowledgment) {
             // Acknowledges data never sent: answer with an ACK (RFC 9293 §3.10.7.4) and ignore the segment.
             drop(.tcpBadAck)
-            f.ackPending = true
             markAckPending(i, &f)
             return
         }
@@ -443,12 +443,14 @@ extension Gateway {
             if f.hostEOF { want = min(want, Int(f.finSeq &- f.sndNxt)) }
             switch host.tcpPeek(f.handle, into: tcpPeekBuffer.slice(0 ..< want)) {
             case .done(let n):
+                // One window computation (two syscalls) per peek, not per segment.
+                let window = advertisedWindow(&f)
                 var off = 0
                 while off < n {
                     let chunk = min(f.mss, n - off)
                     let last = off + chunk == n
                     if !emitSegment(&f, flags: last ? [.ack, .psh] : .ack, sequence: f.sndNxt,
-                                    payload: UnsafeRawBufferPointer(tcpPeekBuffer.slice(off ..< off + chunk))) {
+                                    payload: UnsafeRawBufferPointer(tcpPeekBuffer.slice(off ..< off + chunk)), window: window) {
                         // The queue filled up after all: peek the rest again from here later.
                         host.tcpSetPeekOffset(f.handle, offset: Int(f.sndNxt &- f.sndUna))
                         return blockOnQueue(i, &f)

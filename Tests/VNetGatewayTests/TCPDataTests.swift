@@ -38,44 +38,51 @@ struct TCPDataTests {
 
     @Test("a socket that takes only part: the ACK covers what it took, the window shrinks, and drained space brings a window update")
     func partialWrite() throws {
-        let h = TCPHarness(sendCapacity: 1000)
-        var c = try h.connect(wscale: nil)   // unscaled windows: exact byte counts
+        let h = TCPHarness(sendCapacity: 3000)
+        var c = try h.connect(wscale: nil)   // unscaled windows: exact byte counts; our MSS 1460
         let s = try h.host.socket(c.handle)
-        let data = pattern(1200)
-        h.guestSends(&c, ack: c.ourSeq(0), Array(data[0 ..< 600]))
+        let data = pattern(4380)
+        h.guestSends(&c, ack: c.ourSeq(0), Array(data[0 ..< 1460]))
         h.flush()
         let a1 = try h.oneSegment()
-        #expect(a1.ack == c.guestSeq(600) && a1.tcp.window == 400)
+        #expect(a1.ack == c.guestSeq(1460) && a1.tcp.window == 1540)
+        #expect(s.interest.map { $0.writable } == false, "a window of at least an MSS needs no EPOLLOUT")
 
-        h.send(h.frame(c, ack: c.ourSeq(0), Array(data[600 ..< 1200])))
+        h.guestSends(&c, ack: c.ourSeq(0), Array(data[1460 ..< 2920]))
+        h.send(h.frame(c, ack: c.ourSeq(0), Array(data[2920 ..< 4380])))
         h.flush()
         let a2 = try h.oneSegment()
-        #expect(a2.ack == c.guestSeq(1000), "only the 400 bytes taken are acknowledged")
+        #expect(a2.ack == c.guestSeq(3000), "only the 80 bytes taken of the last segment are acknowledged")
         #expect(a2.tcp.window == 0)
-        #expect(s.written == Array(data[0 ..< 1000]))
+        #expect(s.written == Array(data[0 ..< 3000]))
         #expect(s.interest.map { $0.writable } == true, "waits for send space")
 
         // The guest's retransmission while the socket is full: nothing written, ACK unchanged, window 0.
-        c.seq = c.guestSeq(1000)
-        h.send(h.frame(c, ack: c.ourSeq(0), Array(data[1000 ..< 1200])))
+        c.seq = c.guestSeq(3000)
+        h.send(h.frame(c, ack: c.ourSeq(0), Array(data[3000 ..< 4380])))
         h.flush()
         let a3 = try h.oneSegment()
-        #expect(a3.ack == c.guestSeq(1000) && a3.tcp.window == 0)
-        #expect(s.written.count == 1000)
+        #expect(a3.ack == c.guestSeq(3000) && a3.tcp.window == 0)
+        #expect(s.written.count == 3000)
 
-        // The remote reads 700 bytes: the writable event sends a window update.
-        h.host.remoteReads(c.handle, 700)
+        // The remote reads 1000 bytes: less than an MSS of room, no update yet, still armed.
+        h.host.remoteReads(c.handle, 1000)
+        h.writable(c.tag)
+        #expect(h.drain().isEmpty)
+        #expect(s.interest.map { $0.writable } == true)
+        // Another 1000: the window update goes out.
+        h.host.remoteReads(c.handle, 1000)
         h.writable(c.tag)
         let update = try h.oneSegment("window update")
-        #expect(update.isPureAck && update.ack == c.guestSeq(1000) && update.tcp.window == 700)
+        #expect(update.isPureAck && update.ack == c.guestSeq(3000) && update.tcp.window == 2000)
         #expect(s.interest.map { $0.readable && !$0.writable } == true)
         h.writable(c.tag)
         #expect(h.drain().isEmpty, "one update per wait")
 
-        h.send(h.frame(c, ack: c.ourSeq(0), Array(data[1000 ..< 1200])))
+        h.send(h.frame(c, ack: c.ourSeq(0), Array(data[3000 ..< 4380])))
         h.flush()
         let a4 = try h.oneSegment()
-        #expect(a4.ack == c.guestSeq(1200) && a4.tcp.window == 500)
+        #expect(a4.ack == c.guestSeq(4380) && a4.tcp.window == 620)
         #expect(s.written == data)
     }
 
@@ -162,21 +169,43 @@ struct TCPDataTests {
 
     @Test("FIN with data the socket takes only part of: the FIN waits, no shutdown")
     func finWithPartialData() throws {
-        let h = TCPHarness(sendCapacity: 60)
+        let h = TCPHarness(sendCapacity: 2000)
         var c = try h.connect()
         let s = try h.host.socket(c.handle)
-        h.send(h.frame(c, ack: c.ourSeq(0), flags: [.fin, .ack], pattern(100)))
+        let data = pattern(2460)
+        h.guestSends(&c, ack: c.ourSeq(0), Array(data[0 ..< 1460]))
+        h.send(h.frame(c, ack: c.ourSeq(0), flags: [.fin, .ack], Array(data[1460...])))
         h.flush()
-        #expect(try h.oneSegment().ack == c.seq &+ 60)
+        #expect(try h.oneSegment().ack == c.seq &+ 540)
         #expect(!s.shutdownWrite)
-        c.seq &+= 60
-        h.host.remoteReads(c.handle, 60)
+        c.seq &+= 540
+        h.host.remoteReads(c.handle, 2000)
         h.writable(c.tag)
-        _ = try h.oneSegment()
-        h.send(h.frame(c, ack: c.ourSeq(0), flags: [.fin, .ack], Array(pattern(100)[60...])))
+        #expect(try h.oneSegment("window update").tcp.window == UInt16(2000 >> 7))
+        h.send(h.frame(c, ack: c.ourSeq(0), flags: [.fin, .ack], Array(data[2000...])))
         h.flush()
-        #expect(try h.oneSegment().ack == c.seq &+ 41)
-        #expect(s.shutdownWrite && s.written == pattern(100))
+        #expect(try h.oneSegment().ack == c.seq &+ 461)
+        #expect(s.shutdownWrite && s.written == data)
+    }
+
+    @Test("a zero-window probe from the guest (seq = rcvNxt - 1, no data) is answered with an ACK")
+    func guestWindowProbe() throws {
+        let h = TCPHarness()
+        var c = try h.connect()
+        h.guestSends(&c, ack: c.ourSeq(0), pattern(10))
+        h.flush()
+        _ = try h.segments()
+        let before = h.counters
+        h.send(h.frame(c, seq: c.seq &- 1, ack: c.ourSeq(0)))
+        h.flush()
+        let ack = try h.oneSegment()
+        #expect(ack.isPureAck && ack.ack == c.seq)
+        #expect(dropDelta(before, h.counters) == [:])
+        #expect(try h.host.socket(c.handle).written == pattern(10))
+        // A plain ACK at rcvNxt is not answered.
+        h.send(h.frame(c, ack: c.ourSeq(0)))
+        h.flush()
+        #expect(h.drain().isEmpty)
     }
 
     @Test("the socket failing a write resets the flow")
