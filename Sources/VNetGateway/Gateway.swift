@@ -122,6 +122,7 @@ public final class Gateway<Host: HostIO> {
 
     func handleARP(_ p: UnsafeRawBufferPointer, ethernet: EthernetHeader) {
         guard let arp = try? ARPPacket.parse(p) else { return drop(.arpMalformed) }
+        if !arp.senderIP.isUnspecified && arp.senderMAC == ethernet.source { learnNeighbour(arp.senderIP, arp.senderMAC) }
         guard arp.operation == .request, isGatewayOwned(arp.targetIP), arp.senderIP != arp.targetIP else { return drop(.arpIgnored) }
         guard let out = toGuest.reserve(maximumLength: 14 + ARPPacket.length) else { return drop(.txQueueFull) }
         EthernetHeader(destination: arp.senderMAC, source: config.gatewayMAC, etherType: .arp).emit(into: out)

@@ -73,6 +73,9 @@ struct TCPFlow {
     var lastAdvertised: UInt32 = 0
 
     var inFlight: UInt32 { sndNxt &- sndUna }
+    /// A window this small counts as closed: a window update goes out once the socket has this much room
+    /// (an MSS, but at most 8 KiB so jumbo MTUs cannot keep the window shut).
+    var windowUpdateThreshold: Int { min(mss, 8192) }
     /// Our FIN went out and is not yet acknowledged, or will be resent.
     var finSent: Bool { hostEOF && seqLT(finSeq, sndNxt) }
 }
@@ -259,6 +262,8 @@ extension Gateway {
         if tcp.flags.contains(.syn) {
             // A retransmitted SYN: repeat our SYN-ACK if it was already sent, else wait for the connect.
             if f.state == .synAckSent && tcp.sequence &+ 1 == f.rcvNxt { sendSynAck(&f) }
+            // A retransmitted SYN-ACK on a hostfwd flow means our ACK was lost: acknowledge it again.
+            if f.state == .established && tcp.sequence &+ 1 == f.rcvNxt { markAckPending(i, &f) }
             return
         }
         guard tcp.flags.contains(.ack) else { return drop(.tcpNoAck) }
@@ -408,7 +413,7 @@ extension Gateway {
     func advertisedWindow(_ f: inout TCPFlow) -> UInt16 {
         let space = f.guestFinReceived ? 0 : max(0, host.tcpSendSpace(f.handle))
         f.lastAdvertised = UInt32(min(space, Int(UInt32.max)))
-        if space < f.mss && !f.guestFinReceived && f.state == .established { waitForSendSpace(f.slot, &f) }
+        if space < f.windowUpdateThreshold && !f.guestFinReceived && f.state == .established { waitForSendSpace(f.slot, &f) }
         let scaled = space >> Int(f.ourWScale)
         return UInt16(min(scaled, 65535))
     }
@@ -527,7 +532,7 @@ extension Gateway {
         case .established:
             // Space freed in the host socket: send a window update once it is worth one (at least an MSS);
             // until then stay armed, and the next ACK from the host peer that frees space wakes us again.
-            if f.wantWritable && host.tcpSendSpace(f.handle) >= f.mss {
+            if f.wantWritable && host.tcpSendSpace(f.handle) >= f.windowUpdateThreshold {
                 f.wantWritable = false
                 host.tcpSetInterest(f.handle, tag: FlowTag(kind: .tcp, index: i), readable: true, writable: false)
                 emitSegment(&f, flags: .ack, sequence: f.sndNxt, payload: nil)
