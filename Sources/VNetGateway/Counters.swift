@@ -11,7 +11,9 @@ public enum DropReason: Int, CaseIterable, Sendable {
     case arpIgnored
     case ipv4Malformed
     case ipv4BadChecksum
-    case ipv4Fragment
+    case ipv4FragmentInvalid
+    case ipv4FragmentOverlap
+    case ipv4FragmentTimeout
     case ipv4OptionsUnsupported
     case martianSource
     case martianDestination
@@ -57,7 +59,9 @@ public enum DropReason: Int, CaseIterable, Sendable {
         case .arpIgnored: "arp_ignored"
         case .ipv4Malformed: "ipv4_malformed"
         case .ipv4BadChecksum: "ipv4_bad_checksum"
-        case .ipv4Fragment: "ipv4_fragment"
+        case .ipv4FragmentInvalid: "ipv4_fragment_invalid"
+        case .ipv4FragmentOverlap: "ipv4_fragment_overlap"
+        case .ipv4FragmentTimeout: "ipv4_fragment_timeout"
         case .ipv4OptionsUnsupported: "ipv4_options_unsupported"
         case .martianSource: "martian_source"
         case .martianDestination: "martian_destination"
@@ -98,7 +102,7 @@ public enum DropReason: Int, CaseIterable, Sendable {
 public enum ServedCounter: Int, CaseIterable, Sendable {
     case framesFromGuest, framesToGuest, arpReplies, icmpEchoLocal, dhcpReplies, dnsQueries, dnsServfail
     case udpFlowsOpened, udpFlowsExpired, icmpFlowsOpened, icmpFlowsExpired, icmpErrorsToGuest
-    case tcpForwardsAccepted, udpForwardDatagrams
+    case tcpForwardsAccepted, udpForwardDatagrams, datagramsReassembled
     case tcpFlowsOpened, tcpFlowsClosed, tcpFlowsExpired, tcpConnectRefused, tcpRetransmits, tcpResetsFromGuest, tcpResetsToGuest
 
     public var name: String {
@@ -115,6 +119,7 @@ public enum ServedCounter: Int, CaseIterable, Sendable {
         case .icmpFlowsOpened: "icmp_flows_opened"
         case .icmpFlowsExpired: "icmp_flows_expired"
         case .icmpErrorsToGuest: "icmp_errors_to_guest"
+        case .datagramsReassembled: "datagrams_reassembled"
         case .tcpForwardsAccepted: "tcp_forwards_accepted"
         case .udpForwardDatagrams: "udp_forward_datagrams"
         case .tcpFlowsOpened: "tcp_flows_opened"

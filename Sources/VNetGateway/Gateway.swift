@@ -47,6 +47,7 @@ public final class Gateway<Host: HostIO> {
     var nextTCPDeadline: Instant = .zero
     var ipIdentification: UInt16 = 0
     var neighbours: [IPv4Address: MACAddress] = [:]
+    let reassembler = Reassembler()
     var lastSweep: Instant = .zero
     /// Scratch for host datagrams and DHCP replies (largest UDP datagram).
     let scratch: UnsafeMutableRawBufferPointer
@@ -114,6 +115,8 @@ public final class Gateway<Host: HostIO> {
         tcpTimers(now: now)
         guard now - lastSweep >= .seconds(1) || lastSweep == .zero else { return }
         lastSweep = now
+        reassembler.expire(now: now)
+        for _ in reassembler.takeDrops() { drop(.ipv4FragmentTimeout) }
         sweepUDP(now: now)
         sweepICMP(now: now)
     }
@@ -156,7 +159,7 @@ public final class Gateway<Host: HostIO> {
     func handleIPv4(_ p: UnsafeRawBufferPointer, ethernet: EthernetHeader, now: Instant) {
         guard let ip = try? IPv4Header.parse(p) else { return drop(.ipv4Malformed) }
         guard IPv4Header.headerChecksumValid(p, headerLength: ip.headerLength) else { return drop(.ipv4BadChecksum) }
-        guard !ip.isFragment else { return drop(.ipv4Fragment) }
+        if ip.isFragment { return handleFragment(p, ip: ip, ethernet: ethernet, now: now) }
         let src = ip.source
         // A guest may only speak from its network, or from 0.0.0.0 while it has no lease (DHCP).
         if !(config.network.contains(src) && src != config.network.broadcast && !isGatewayOwned(src)) && !src.isUnspecified {
@@ -168,6 +171,33 @@ public final class Gateway<Host: HostIO> {
         case .udp: handleUDP(payload, ip: ip, ethernet: ethernet, now: now)
         case .icmp: handleICMP(payload, ip: ip, ethernet: ethernet, now: now)
         case .tcp: handleTCP(payload, ip: ip, ethernet: ethernet, now: now)
+        default: drop(.unknownIPProtocol)
+        }
+    }
+
+    /// Feeds a fragment to the reassembler and dispatches the datagram once it is whole.
+    func handleFragment(_ p: UnsafeRawBufferPointer, ip: IPv4Header, ethernet: EthernetHeader, now: Instant) {
+        let key = FragmentKey(source: ip.source, destination: ip.destination, protocolNumber: ip.protocolNumber.rawValue,
+                              identification: ip.identification)
+        let outcome = reassembler.add(p.slice(ip.payloadRange), offset: ip.fragmentOffset, more: ip.moreFragments, key: key, now: now)
+        for d in reassembler.takeDrops() {
+            switch d {
+            case .tooLong, .badLength: drop(.ipv4FragmentInvalid)
+            case .overlap: drop(.ipv4FragmentOverlap)
+            case .evicted, .timedOut: drop(.ipv4FragmentTimeout)
+            }
+        }
+        guard case .complete(let payload, _) = outcome else { return }
+        counters.count(.datagramsReassembled)
+        var whole = ip
+        whole.headerLength = 20
+        whole.totalLength = 20 + payload.count
+        whole.flagsFragmentOffset = 0
+        if !ip.source.isUnspecified { learnNeighbour(ip.source, ethernet.source) }
+        switch ip.protocolNumber {
+        case .udp: handleUDP(payload, ip: whole, ethernet: ethernet, now: now)
+        case .icmp: handleICMP(payload, ip: whole, ethernet: ethernet, now: now)
+        case .tcp: handleTCP(payload, ip: whole, ethernet: ethernet, now: now)
         default: drop(.unknownIPProtocol)
         }
     }

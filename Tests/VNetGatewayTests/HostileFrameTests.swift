@@ -47,8 +47,9 @@ let hostileCases: [HostileCase] = {
     add("total length 0xFFFF", .ipv4Malformed, mutated(fixChecksum: true) { $0[16] = 0xFF; $0[17] = 0xFF })
     add("total length below the header", .ipv4Malformed, mutated(fixChecksum: true) { $0[16] = 0; $0[17] = 19 })
     add("bad IPv4 header checksum", .ipv4BadChecksum, mutated { $0[24] ^= 0x40 })
-    add("fragment (MF)", .ipv4Fragment, mutated(fixChecksum: true) { $0[20] = 0x20; $0[21] = 0 })
-    add("fragment (offset)", .ipv4Fragment, mutated(fixChecksum: true) { $0[20] = 0; $0[21] = 0x10 })
+    // 41-byte payload with MF set: a non-final fragment must be a multiple of 8 bytes.
+    add("fragment (MF, odd length)", .ipv4FragmentInvalid, mutated(fixChecksum: true) { $0[20] = 0x20; $0[21] = 0 })
+    add("fragment past 65535", .ipv4FragmentInvalid, mutated(fixChecksum: true) { $0[20] = 0x1F; $0[21] = 0xFF })
     add("source outside the network", .martianSource, FrameBuilder.udpFrame(src: IPv4Address(192, 0, 2, 99), dst: externalIP, dstPort: 9, pattern(4)))
     add("source is the gateway", .martianSource, FrameBuilder.udpFrame(src: gatewayIP, dst: externalIP, dstPort: 9, pattern(4)))
     add("source is the network broadcast", .martianSource,
