@@ -146,3 +146,11 @@ def test_counters_name_what_was_served_and_dropped(net, lease):
     assert c.get("icmp_echo_local", 0) >= 3
     assert c.get("drop_dns_wrong_port", 0) >= 1
     assert c.get("frames_from_guest", 0) > 10
+
+
+def test_udp_datagram_larger_than_the_mtu_both_ways(net, lease, host):
+    """The guest fragments a 4000-byte datagram (vnet reassembles it); the echo comes back fragmented by vnet."""
+    msg = "x" * 3990 + "end-marker"
+    rc, out = net.guest.run(f"udpping 10.0.2.2 {host.udp.port} {msg}")
+    assert (rc, out) == (0, f"REPLY {msg}\n")
+    assert counters(net.vnet).get("datagrams_reassembled", 0) >= 1
