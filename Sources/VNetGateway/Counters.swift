@@ -102,7 +102,7 @@ public enum DropReason: Int, CaseIterable, Sendable {
 public enum ServedCounter: Int, CaseIterable, Sendable {
     case framesFromGuest, framesToGuest, arpReplies, icmpEchoLocal, dhcpReplies, dnsQueries, dnsServfail
     case udpFlowsOpened, udpFlowsExpired, icmpFlowsOpened, icmpFlowsExpired, icmpErrorsToGuest
-    case tcpForwardsAccepted, udpForwardDatagrams, datagramsReassembled
+    case tcpForwardsAccepted, udpForwardDatagrams, datagramsReassembled, dnsFailovers
     case tcpFlowsOpened, tcpFlowsClosed, tcpFlowsExpired, tcpConnectRefused, tcpRetransmits, tcpResetsFromGuest, tcpResetsToGuest
 
     public var name: String {
@@ -120,6 +120,7 @@ public enum ServedCounter: Int, CaseIterable, Sendable {
         case .icmpFlowsExpired: "icmp_flows_expired"
         case .icmpErrorsToGuest: "icmp_errors_to_guest"
         case .datagramsReassembled: "datagrams_reassembled"
+        case .dnsFailovers: "dns_failovers"
         case .tcpForwardsAccepted: "tcp_forwards_accepted"
         case .udpForwardDatagrams: "udp_forward_datagrams"
         case .tcpFlowsOpened: "tcp_flows_opened"

@@ -47,6 +47,7 @@ public final class Gateway<Host: HostIO> {
     var nextTCPDeadline: Instant = .zero
     var ipIdentification: UInt16 = 0
     var neighbours: [IPv4Address: MACAddress] = [:]
+    var dnsUpstreamIndex = 0
     let reassembler = Reassembler()
     var lastSweep: Instant = .zero
     /// Scratch for host datagrams and DHCP replies (largest UDP datagram).

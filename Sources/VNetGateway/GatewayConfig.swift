@@ -27,6 +27,8 @@ public struct GatewayConfig: Sendable {
     public var tcpIdleTimeout: Instant.Duration = .seconds(2 * 3600)
     public var udpIdleTimeout: Instant.Duration = .seconds(120)
     public var dnsIdleTimeout: Instant.Duration = .seconds(30)
+    /// A query unanswered this long moves later queries to the next resolver in resolv.conf.
+    public var dnsFailoverTimeout: Instant.Duration = .seconds(2)
     public var icmpIdleTimeout: Instant.Duration = .seconds(30)
 
     /// libslirp's restrict=on: the guest reaches only the gateway's own services and guestfwd targets.

@@ -28,6 +28,8 @@ struct UDPFlow {
     var isDNS: Bool
     /// hostfwd flows share the forward's listening socket and answer its client with sendto.
     var replyTo: (IPv4Address, UInt16)? = nil
+    /// DNS: when the oldest unanswered query went upstream (zero when none is outstanding).
+    var queryPendingSince: Instant = .zero
 }
 
 extension Gateway {
@@ -97,7 +99,7 @@ extension Gateway {
             let hostPort: UInt16
             if dns {
                 counters.count(.dnsQueries)
-                guard let upstream = dnsUpstreams.first else { return answerDNSFailure(payload, ip: ip, udp: udp, mac: mac) }
+                guard let upstream = currentDNSUpstream else { return answerDNSFailure(payload, ip: ip, udp: udp, mac: mac) }
                 (hostAddress, hostPort) = upstream
             } else {
                 let (dst, reason) = hostDestination(for: ip.destination)
@@ -124,8 +126,25 @@ extension Gateway {
             host.setTTL(flow.handle, ttl: ip.ttl)
             flow.ttl = ip.ttl
         }
+        if flow.isDNS && flow.queryPendingSince == .zero { flow.queryPendingSince = now }
         udpFlows[i] = flow
         if !host.sendUDP(flow.handle, payload) { drop(.hostSendFailed) }
+    }
+
+    /// The upstream new DNS flows use: the first one, or the next after one stopped answering.
+    var currentDNSUpstream: (IPv4Address, UInt16)? {
+        dnsUpstreams.isEmpty ? nil : dnsUpstreams[dnsUpstreamIndex % dnsUpstreams.count]
+    }
+
+    /// The upstream of `flow` failed (ICMP error, or no answer within `dnsFailoverTimeout`): later queries
+    /// go to the next resolver, and the flow is closed so the guest's retry opens a flow to it.
+    func failOverDNS(_ flow: UDPFlow) {
+        if dnsUpstreams.count > 1, let cur = currentDNSUpstream, cur.0 == flow.hostDestination {
+            dnsUpstreamIndex = (dnsUpstreamIndex + 1) % dnsUpstreams.count
+            counters.count(.dnsFailovers)
+        }
+        host.close(flow.handle)
+        udpFlows.remove(flow.key)
     }
 
     func answerDNSFailure(_ payload: UnsafeRawBufferPointer, ip: IPv4Header, udp: UDPHeader, mac: MACAddress) {
@@ -146,8 +165,12 @@ extension Gateway {
             switch host.receiveUDP(flow.handle, into: scratch.slice(8 ..< scratch.count)) {
             case .datagram(let n):
                 flow.lastActive = now
+                flow.queryPendingSince = .zero
                 sendUDPToGuest(mac: flow.guestMAC, source: flow.key.destination, sourcePort: flow.key.destinationPort,
                                destination: flow.key.guestAddress, destinationPort: flow.key.guestPort, payloadLength: n)
+            case .icmpError(_, _, _, _) where flow.isDNS:
+                // The resolver is unreachable: try the next one rather than relaying the error.
+                return failOverDNS(flow)
             case .icmpError(let type, let code, let offender, let length):
                 sendICMPError(type: type, code: code,
                               from: guestFacingSource(hostAddress: offender, flowHostDestination: flow.hostDestination,
@@ -204,6 +227,10 @@ extension Gateway {
     func sweepUDP(now: Instant) {
         for i in udpFlows.activeIndices {
             guard let f = udpFlows[i] else { continue }
+            if f.isDNS && f.queryPendingSince != .zero && now - f.queryPendingSince >= config.dnsFailoverTimeout {
+                failOverDNS(f)
+                continue
+            }
             let timeout = f.isDNS ? config.dnsIdleTimeout : config.udpIdleTimeout
             if now - f.lastActive >= timeout {
                 if f.replyTo == nil { host.close(f.handle) }
@@ -216,6 +243,7 @@ extension Gateway {
     /// Replaces the upstream resolvers; open DNS flows to the old ones are closed so new queries follow the change.
     public func replaceDNSUpstreams(_ upstreams: [(IPv4Address, UInt16)]) {
         setDNSUpstreams(upstreams)
+        dnsUpstreamIndex = 0
         for i in udpFlows.activeIndices {
             guard let f = udpFlows[i], f.isDNS, f.replyTo == nil else { continue }
             host.close(f.handle)

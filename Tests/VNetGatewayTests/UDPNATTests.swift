@@ -187,6 +187,10 @@ struct UDPNATTests {
         _ = h.exchange(FrameBuilder.udpFrame(dst: dnsIP, dstPort: 53, FrameBuilder.dnsQuery(id: 1)))
         _ = h.exchange(FrameBuilder.udpFrame(dst: externalIP, dstPort: 7, pattern(4)))
         let dns = h.host.opens[0]
+        // Answered, so only the idle timeout applies (an unanswered query fails over after 2 s).
+        h.host.queue(dns.handle, .datagram(FrameBuilder.dnsQuery(id: 1)))
+        h.hostReadable(dns.tag)
+        _ = h.drain()
         h.advance(.seconds(29)); h.poll()
         #expect(h.gateway.udpFlowCount == 2)
         h.advance(.seconds(1)); h.poll()
