@@ -190,13 +190,7 @@ final class GuestPort {
                         peer = from
                         logger.info("learned QEMU's datagram address: \(from)")
                     }
-                    switch DatagramFraming.check(received: n, truncated: n > frameBuffer.count, mtu: mtu) {
-                    case .accept:
-                        counters.framesIn &+= 1
-                        deliver(UnsafeRawBufferPointer(frameBuffer.slice(0 ..< n)))
-                    case .tooShort: counters.droppedShort &+= 1
-                    case .tooLong: counters.droppedOversize &+= 1
-                    }
+                    deliverWhole(received: n, truncated: n > frameBuffer.count, deliver)
                 default:
                     return
                 }
@@ -205,17 +199,23 @@ final class GuestPort {
             for _ in 0 ..< 64 {
                 switch Sys.read(fd, into: frameBuffer) {
                 case .done(let n):
-                    switch DatagramFraming.check(received: n, truncated: false, mtu: mtu) {
-                    case .accept:
-                        counters.framesIn &+= 1
-                        deliver(UnsafeRawBufferPointer(frameBuffer.slice(0 ..< n)))
-                    case .tooShort: counters.droppedShort &+= 1
-                    case .tooLong: counters.droppedOversize &+= 1
-                    }
+                    deliverWhole(received: n, truncated: false, deliver)
                 default:
                     return
                 }
             }
+        }
+    }
+
+    /// One frame per read (datagram or TAP): checked against the length rules, then delivered or counted.
+    @inline(__always)
+    func deliverWhole(received n: Int, truncated: Bool, _ deliver: (UnsafeRawBufferPointer) -> Void) {
+        switch DatagramFraming.check(received: n, truncated: truncated, mtu: mtu) {
+        case .accept:
+            counters.framesIn &+= 1
+            deliver(UnsafeRawBufferPointer(frameBuffer.slice(0 ..< n)))
+        case .tooShort: counters.droppedShort &+= 1
+        case .tooLong: counters.droppedOversize &+= 1
         }
     }
 
