@@ -29,10 +29,12 @@ extension Gateway {
         if isGatewayOwned(ip.destination) {
             // Echo reply: same identifier, sequence and data (exactly the IP payload, never the padding).
             counters.count(.icmpEchoLocal)
-            emitIPv4(to: ethernet.source, source: ip.destination, destination: ip.source, protocolNumber: .icmp, l4Length: p.count) { out in
-                out.copy(p, to: 0)
-                ICMPv4Header(type: ICMPv4Header.echoReply, code: 0, restOfHeader: icmp.restOfHeader).emit(into: out, messageLength: p.count)
-            }
+            // Built in scratch and fragmented if needed: a reassembled ping can exceed the MTU.
+            let reply = scratch.slice(0 ..< p.count)
+            reply.copy(p, to: 0)
+            ICMPv4Header(type: ICMPv4Header.echoReply, code: 0, restOfHeader: icmp.restOfHeader).emit(into: reply, messageLength: p.count)
+            emitIPv4Fragmenting(to: ethernet.source, source: ip.destination, destination: ip.source, protocolNumber: .icmp,
+                                l4: UnsafeRawBufferPointer(reply))
             return
         }
         guard !config.restricted else { return drop(.restricted) }

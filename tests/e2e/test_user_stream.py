@@ -154,3 +154,9 @@ def test_udp_datagram_larger_than_the_mtu_both_ways(net, lease, host):
     rc, out = net.guest.run(f"udpping 10.0.2.2 {host.udp.port} {msg}")
     assert (rc, out) == (0, f"REPLY {msg}\n")
     assert counters(net.vnet).get("datagrams_reassembled", 0) >= 1
+
+
+def test_large_ping_of_the_gateway(net, lease):
+    """A 4000-byte echo request arrives in fragments; the reply leaves in fragments too."""
+    rc, out = net.guest.run("ping -c1 -W5 -s 4000 10.0.2.2")
+    assert rc == 0 and "1 packets received" in out, out
