@@ -163,6 +163,7 @@ public final class RealHost: HostIO {
         guard let fd = try? Sys.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0) else { return nil }
         do {
             try Sys.setOption(fd, Int32(IPPROTO_TCP), TCP_NODELAY, 1)
+            RealHost.sizeSendBuffer(fd)
             if usePeekOffset { try Sys.setOption(fd, SOL_SOCKET, SO_PEEK_OFF, 0) } else { fallbackPeeked[fd] = 0 }
             _ = try Sys.connect(fd, SocketAddress(ipv4: destination.rawValue, port: port))
             try epoll.add(fd, events: Epoll.writable | Epoll.edgeTriggered, tag: tag.rawValue)
@@ -172,6 +173,14 @@ public final class RealHost: HostIO {
             return nil
         }
         return fd
+    }
+
+    /// The send buffer is the window we offer the guest, so it starts large (as passt does) instead of at
+    /// tcp_wmem's 16 KiB default: autotuning would never grow it, since the guest can only send what the
+    /// window allows and the socket is then never cwnd-limited. The kernel caps the value at wmem_max; the
+    /// memory is only used while data is queued.
+    static func sizeSendBuffer(_ fd: Int32) {
+        try? Sys.setOption(fd, SOL_SOCKET, SO_SNDBUF, 4 << 20)
     }
 
     public func tcpConnectError(_ handle: Int32) -> Int32 { Sys.socketError(handle) }
@@ -195,6 +204,7 @@ public final class RealHost: HostIO {
         do {
             try Sys.setNonBlocking(handle)
             try Sys.setOption(handle, Int32(IPPROTO_TCP), TCP_NODELAY, 1)
+            RealHost.sizeSendBuffer(handle)
             if usePeekOffset { try Sys.setOption(handle, SOL_SOCKET, SO_PEEK_OFF, 0) } else { fallbackPeeked[handle] = 0 }
             try epoll.add(handle, events: Epoll.edgeTriggered, tag: tag.rawValue)
             return true
