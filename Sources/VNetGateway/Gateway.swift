@@ -90,7 +90,10 @@ public final class Gateway<Host: HostIO> {
     public var hasFlowsBlockedOnQueue: Bool { !tcpQueueBlocked.isEmpty }
 
     /// When `poll` next has work to do (the loop's epoll timeout).
-    public var nextDeadline: Instant { min(lastSweep + .seconds(1), nextTCPDeadline == .zero ? lastSweep + .seconds(1) : nextTCPDeadline) }
+    public var nextDeadline: Instant {
+        let sweep = lastSweep + .seconds(1)
+        return nextTCPDeadline == .zero ? sweep : min(sweep, nextTCPDeadline)
+    }
 
     @inline(__always) func drop(_ r: DropReason) { counters.drop(r) }
 

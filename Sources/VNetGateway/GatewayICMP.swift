@@ -80,19 +80,13 @@ extension Gateway {
                 emitIPv4Fragmenting(to: flow.guestMAC, source: flow.key.destination, destination: flow.key.guestAddress,
                                     protocolNumber: .icmp, l4: UnsafeRawBufferPointer(scratch.slice(0 ..< length)))
             case .icmpError(let type, let code, let offender, _):
-                counters.count(.icmpErrorsToGuest)
-                let source = guestFacingSource(hostAddress: offender, flowHostDestination: flow.hostDestination,
-                                               guestDestination: flow.key.destination)
-                let messageLength = 8 + 20 + 8
-                let key = flow.key
-                emitIPv4(to: flow.guestMAC, source: source, destination: key.guestAddress, protocolNumber: .icmp, l4Length: messageLength) { out in
-                    let quoted = out.slice(8 ..< messageLength)
-                    IPv4Header(totalLength: 28, identification: 0, ttl: flow.ttl, protocolNumber: .icmp,
-                               source: key.guestAddress, destination: key.destination).emit(into: quoted.slice(0 ..< 20))
-                    let e = quoted.slice(20 ..< 28)
-                    e.put8(0, ICMPv4Header.echoRequest); e.put8(1, 0); e.put16(2, 0); e.put16(4, key.identifier); e.put16(6, 0)
-                    ICMPv4Header(type: type, code: code).emit(into: out, messageLength: messageLength)
-                }
+                let k = flow.key
+                sendICMPError(type: type, code: code,
+                              from: guestFacingSource(hostAddress: offender, flowHostDestination: flow.hostDestination,
+                                                      guestDestination: k.destination),
+                              to: flow.guestMAC, guest: k.guestAddress, destination: k.destination, quotedProtocol: .icmp,
+                              quotedTotalLength: 28, ttl: flow.ttl,
+                              quotedWords: (UInt16(ICMPv4Header.echoRequest) << 8, 0, k.identifier, 0))
             case .ignored, .datagram:
                 continue
             case .wouldBlock, .failed:

@@ -198,17 +198,8 @@ extension Gateway {
         return true
     }
 
-    func sendSyn(_ f: inout TCPFlow) {
-        let h = TCPHeader(sourcePort: f.key.destinationPort, destinationPort: f.key.guestPort, sequence: f.iss, acknowledgment: 0,
-                          flags: .syn, window: UInt16(min(65535, max(0, host.tcpSendSpace(f.handle)))),
-                          maxSegmentSize: UInt16(clamping: config.mtu - 40), windowScale: f.ourWScale)
-        let len = h.emittedLength
-        emitIPv4(to: f.guestMAC, source: f.key.destination, destination: f.key.guestAddress, protocolNumber: .tcp, l4Length: len) { out in
-            h.emit(into: out, segmentLength: len, source: f.key.destination, destination: f.key.guestAddress)
-        }
-        f.sndNxt = f.iss &+ 1
-        f.sndMax = f.sndNxt
-    }
+    /// Our SYN to the guest (hostfwd): offers MSS and window scale.
+    func sendSyn(_ f: inout TCPFlow) { sendHandshake(&f, flags: .syn, acknowledgment: 0) }
 
     /// The guest answered our SYN (hostfwd): SYN-ACK -> established, RST -> the client is reset.
     func synSentSegment(_ i: Int, _ f: inout TCPFlow, tcp: TCPHeader, now: Instant) {
@@ -486,15 +477,18 @@ extension Gateway {
     /// Lets flows that were waiting for room in the guest queue continue. Call after draining the queue.
     public func resumeFlowsBlockedOnQueue(now: Instant) {
         guard !tcpQueueBlocked.isEmpty else { return }
-        var budget = tcpQueueBlocked.count
-        while budget > 0, !tcpQueueBlocked.isEmpty, toGuest.freeSpace > toGuest.capacity / 4 {
-            budget -= 1
-            let i = tcpQueueBlocked.removeFirst()
+        // Flows that block again are appended behind the ones still waiting; each waiting flow gets one turn.
+        let waiting = tcpQueueBlocked.count
+        var served = 0
+        while served < waiting, toGuest.freeSpace > toGuest.capacity / 4 {
+            let i = tcpQueueBlocked[served]
+            served += 1
             guard var f = tcpFlows[i] else { continue }
             f.queueBlocked = false
             pushHostData(i, &f, now: now)
             if tcpFlows[i] != nil { tcpFlows[i] = f }
         }
+        tcpQueueBlocked.removeFirst(served)
     }
 
     @inline(__always) func advanceSent(_ f: inout TCPFlow, by n: UInt32) {
@@ -541,12 +535,15 @@ extension Gateway {
         tcpFlows[i] = f
     }
 
-    func sendSynAck(_ f: inout TCPFlow) {
-        let mss = UInt16(clamping: config.mtu - 40)
-        let h = TCPHeader(sourcePort: f.key.destinationPort, destinationPort: f.key.guestPort, sequence: f.iss, acknowledgment: f.rcvNxt,
+    /// Our SYN-ACK to the guest's SYN: window scale only when the guest offered it (RFC 7323 §2.2).
+    func sendSynAck(_ f: inout TCPFlow) { sendHandshake(&f, flags: [.syn, .ack], acknowledgment: f.rcvNxt) }
+
+    func sendHandshake(_ f: inout TCPFlow, flags: TCPFlags, acknowledgment: UInt32) {
+        let h = TCPHeader(sourcePort: f.key.destinationPort, destinationPort: f.key.guestPort, sequence: f.iss, acknowledgment: acknowledgment,
                           // RFC 7323 §2.2: the window field of a SYN segment is never scaled.
-                          flags: [.syn, .ack], window: UInt16(min(65535, max(0, host.tcpSendSpace(f.handle)))),
-                          maxSegmentSize: mss, windowScale: f.guestWScale > 0 || f.ourWScale > 0 ? f.ourWScale : nil)
+                          flags: flags, window: UInt16(min(65535, max(0, host.tcpSendSpace(f.handle)))),
+                          maxSegmentSize: UInt16(clamping: config.mtu - 40),
+                          windowScale: f.guestWScale > 0 || f.ourWScale > 0 ? f.ourWScale : nil)
         let len = h.emittedLength
         emitIPv4(to: f.guestMAC, source: f.key.destination, destination: f.key.guestAddress, protocolNumber: .tcp, l4Length: len) { out in
             h.emit(into: out, segmentLength: len, source: f.key.destination, destination: f.key.guestAddress)

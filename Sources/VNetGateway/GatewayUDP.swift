@@ -44,7 +44,8 @@ extension Gateway {
         }
         guard udp.sourcePort != 0, !ip.source.isUnspecified else { return drop(.udpSourcePortZero) }
         let key = UDPFlowKey(guestAddress: ip.source, guestPort: udp.sourcePort, destination: ip.destination, destinationPort: udp.destinationPort)
-        if let i = udpFlows.lookup(key), let to = udpFlows[i]?.replyTo {
+        let existing = udpFlows.lookup(key)
+        if let i = existing, let to = udpFlows[i]?.replyTo {
             // A reply to a hostfwd client: out through the forward's own socket.
             udpFlows[i]!.lastActive = now
             if !host.sendUDP(udpFlows[i]!.handle, payload, to: to.0, port: to.1) { drop(.hostSendFailed) }
@@ -54,9 +55,9 @@ extension Gateway {
         guard !config.restricted else { return drop(.restricted) }
         if ip.destination == config.dnsAddress {
             guard udp.destinationPort == 53 else { return drop(.dnsWrongPort) }
-            return forwardUDP(payload, ip: ip, udp: udp, mac: ethernet.source, dns: true, now: now)
+            return forwardUDP(payload, ip: ip, udp: udp, key: key, existing: existing, mac: ethernet.source, dns: true, now: now)
         }
-        forwardUDP(payload, ip: ip, udp: udp, mac: ethernet.source, dns: false, now: now)
+        forwardUDP(payload, ip: ip, udp: udp, key: key, existing: existing, mac: ethernet.source, dns: false, now: now)
     }
 
     // MARK: DHCP
@@ -91,9 +92,10 @@ extension Gateway {
 
     // MARK: NAT
 
-    func forwardUDP(_ payload: UnsafeRawBufferPointer, ip: IPv4Header, udp: UDPHeader, mac: MACAddress, dns: Bool, now: Instant) {
-        let key = UDPFlowKey(guestAddress: ip.source, guestPort: udp.sourcePort, destination: ip.destination, destinationPort: udp.destinationPort)
-        var index = udpFlows.lookup(key)
+    /// `existing` is the flow `key` already names (looked up once by the caller), if any.
+    func forwardUDP(_ payload: UnsafeRawBufferPointer, ip: IPv4Header, udp: UDPHeader, key: UDPFlowKey, existing: Int?,
+                    mac: MACAddress, dns: Bool, now: Instant) {
+        var index = existing
         if index == nil {
             let hostAddress: IPv4Address
             let hostPort: UInt16
@@ -172,10 +174,13 @@ extension Gateway {
                 // The resolver is unreachable: try the next one rather than relaying the error.
                 return failOverDNS(flow)
             case .icmpError(let type, let code, let offender, let length):
+                let k = flow.key
                 sendICMPError(type: type, code: code,
                               from: guestFacingSource(hostAddress: offender, flowHostDestination: flow.hostDestination,
-                                                      guestDestination: flow.key.destination),
-                              to: flow.guestMAC, quoting: flow.key, ttl: flow.ttl, payloadLength: length)
+                                                      guestDestination: k.destination),
+                              to: flow.guestMAC, guest: k.guestAddress, destination: k.destination, quotedProtocol: .udp,
+                              quotedTotalLength: 20 + 8 + length, ttl: flow.ttl,
+                              quotedWords: (k.guestPort, k.destinationPort, UInt16(truncatingIfNeeded: 8 + length), 0))
             case .ignored, .echoReply:
                 drop(.hostDatagramDropped)
             case .wouldBlock, .failed:
@@ -186,17 +191,19 @@ extension Gateway {
         udpFlows[i] = flow
     }
 
-    /// ICMP error to the guest quoting its datagram: the original IPv4 header and the first 8 bytes (RFC 792).
-    func sendICMPError(type: UInt8, code: UInt8, from source: IPv4Address, to mac: MACAddress, quoting key: UDPFlowKey,
-                       ttl: UInt8, payloadLength: Int) {
+    /// ICMP error to the guest quoting its packet (RFC 792): the original IPv4 header plus the first 8 bytes of
+    /// its payload, given as four 16-bit words (ports and length for UDP, type/code, id and sequence for echo).
+    func sendICMPError(type: UInt8, code: UInt8, from source: IPv4Address, to mac: MACAddress, guest: IPv4Address,
+                       destination: IPv4Address, quotedProtocol: IPProtocol, quotedTotalLength: Int, ttl: UInt8,
+                       quotedWords: (UInt16, UInt16, UInt16, UInt16)) {
         let messageLength = 8 + 20 + 8
         counters.count(.icmpErrorsToGuest)
-        emitIPv4(to: mac, source: source, destination: key.guestAddress, protocolNumber: .icmp, l4Length: messageLength) { out in
+        emitIPv4(to: mac, source: source, destination: guest, protocolNumber: .icmp, l4Length: messageLength) { out in
             let quoted = out.slice(8 ..< messageLength)
-            IPv4Header(totalLength: 20 + 8 + payloadLength, identification: 0, ttl: ttl, protocolNumber: .udp,
-                       source: key.guestAddress, destination: key.destination).emit(into: quoted.slice(0 ..< 20))
-            let u = quoted.slice(20 ..< 28)
-            u.put16(0, key.guestPort); u.put16(2, key.destinationPort); u.put16(4, UInt16(truncatingIfNeeded: 8 + payloadLength)); u.put16(6, 0)
+            IPv4Header(totalLength: quotedTotalLength, identification: 0, ttl: ttl, protocolNumber: quotedProtocol,
+                       source: guest, destination: destination).emit(into: quoted.slice(0 ..< 20))
+            let w = quoted.slice(20 ..< 28)
+            w.put16(0, quotedWords.0); w.put16(2, quotedWords.1); w.put16(4, quotedWords.2); w.put16(6, quotedWords.3)
             ICMPv4Header(type: type, code: code).emit(into: out, messageLength: messageLength)
         }
     }
