@@ -6,7 +6,9 @@
 // producer reserves room for a frame of at most N bytes, writes the frame in place, and commits its real
 // length. Each committed frame is stored behind a 4-byte big-endian length, which is exactly QEMU's stream
 // framing, so a stream transport writes the queue's bytes with one syscall and a datagram or TAP transport
-// walks it frame by frame. A full queue refuses the reservation and the producer counts a drop: a port that
+// walks it frame by frame. A queue may also keep a fixed-size header before every frame (`frameHeaderLength`,
+// the virtio-net header of a TAP opened with IFF_VNET_HDR): producers fill it only when they use an offload,
+// it is zero otherwise, and per-frame transports write it together with the frame. A full queue refuses the reservation and the producer counts a drop: a port that
 // cannot keep up loses frames instead of buffering without bound. `Instant` is monotonic time passed in by the
 // caller, so every timer is testable with a fake clock.
 
@@ -39,6 +41,8 @@ public final class FrameQueue {
     public static let minimumFrameLength = 60
 
     public let capacity: Int
+    /// Bytes kept before every frame for a per-frame transport header (0: none, as stream framing needs).
+    public let frameHeaderLength: Int
     @usableFromInline let storage: UnsafeMutableRawBufferPointer
     /// First byte not yet handed to the transport.
     @usableFromInline var head = 0
@@ -50,9 +54,10 @@ public final class FrameQueue {
     /// Reservations refused because the queue was full.
     public private(set) var refused: UInt64 = 0
 
-    public init(capacity: Int) {
-        precondition(capacity >= 4 + 65_536)
+    public init(capacity: Int, frameHeaderLength: Int = 0) {
+        precondition(capacity >= 4 + 65_536 + frameHeaderLength && frameHeaderLength >= 0 && frameHeaderLength <= 64)
         self.capacity = capacity
+        self.frameHeaderLength = frameHeaderLength
         storage = UnsafeMutableRawBufferPointer.allocate(byteCount: capacity, alignment: 16)
         storage.initializeMemory(as: UInt8.self, repeating: 0)
     }
@@ -67,7 +72,7 @@ public final class FrameQueue {
     /// Room for a frame of up to `maximumLength` bytes, or nil (counted) when the queue is full. The bytes
     /// returned may hold stale data: the producer writes every byte up to the length it commits.
     public func reserve(maximumLength: Int) -> UnsafeMutableRawBufferPointer? {
-        let need = FrameQueue.prefixLength + max(maximumLength, FrameQueue.minimumFrameLength)
+        let need = FrameQueue.prefixLength + frameHeaderLength + max(maximumLength, FrameQueue.minimumFrameLength)
         if tail + need > capacity {
             // Compact: move unsent bytes to the front.
             if head - partialFrameOffset > 0 {
@@ -82,21 +87,29 @@ public final class FrameQueue {
             }
             guard tail + need <= capacity else { refused &+= 1; return nil }
         }
-        reserved = need - FrameQueue.prefixLength
-        return UnsafeMutableRawBufferPointer(rebasing: storage[(tail + FrameQueue.prefixLength) ..< (tail + need)])
+        reserved = need - FrameQueue.prefixLength - frameHeaderLength
+        return UnsafeMutableRawBufferPointer(rebasing: storage[(tail + FrameQueue.prefixLength + frameHeaderLength) ..< (tail + need)])
+    }
+
+    /// The frame header of the current reservation (empty when `frameHeaderLength` is 0). Write it before
+    /// `commit(length:keepingFrameHeader: true)`; a plain commit zeroes it.
+    public var reservedFrameHeader: UnsafeMutableRawBufferPointer {
+        UnsafeMutableRawBufferPointer(rebasing: storage[(tail + FrameQueue.prefixLength) ..< (tail + FrameQueue.prefixLength + frameHeaderLength)])
     }
 
     /// Commits the frame written into the last reservation. Frames shorter than 60 bytes are padded with
     /// zeros, never with stale bytes.
-    public func commit(length: Int) {
+    public func commit(length: Int, keepingFrameHeader: Bool = false) {
         precondition(length <= reserved && length >= 0)
+        if frameHeaderLength > 0 && !keepingFrameHeader { reservedFrameHeader.initializeMemory(as: UInt8.self, repeating: 0) }
         var len = length
         if len < FrameQueue.minimumFrameLength {
-            let start = tail + FrameQueue.prefixLength
+            let start = tail + FrameQueue.prefixLength + frameHeaderLength
             UnsafeMutableRawBufferPointer(rebasing: storage[(start + len) ..< (start + FrameQueue.minimumFrameLength)])
                 .initializeMemory(as: UInt8.self, repeating: 0)
             len = FrameQueue.minimumFrameLength
         }
+        len += frameHeaderLength
         storage[tail] = UInt8(truncatingIfNeeded: len >> 24)
         storage[tail + 1] = UInt8(truncatingIfNeeded: len >> 16)
         storage[tail + 2] = UInt8(truncatingIfNeeded: len >> 8)
@@ -108,7 +121,8 @@ public final class FrameQueue {
 
     /// Unsent bytes in stream framing (length prefix + frame, repeated).
     public var pendingStreamBytes: UnsafeRawBufferPointer {
-        UnsafeRawBufferPointer(rebasing: storage[head ..< tail])
+        precondition(frameHeaderLength == 0, "stream framing has no per-frame header")
+        return UnsafeRawBufferPointer(rebasing: storage[head ..< tail])
     }
 
     /// Marks `n` stream bytes as sent. `n` may end inside a frame.
@@ -139,8 +153,8 @@ public final class FrameQueue {
         Int(storage[offset]) << 24 | Int(storage[offset + 1]) << 16 | Int(storage[offset + 2]) << 8 | Int(storage[offset + 3])
     }
 
-    /// The oldest unsent frame without its prefix, for per-frame transports. Never call it after a partial
-    /// stream write.
+    /// The oldest unsent frame without its prefix (with its frame header first, when the queue keeps one), for
+    /// per-frame transports. Never call it after a partial stream write.
     public var firstFrame: UnsafeRawBufferPointer? {
         guard head < tail else { return nil }
         precondition(partialFrameOffset == 0)
@@ -161,13 +175,13 @@ public final class FrameQueue {
         head = 0; tail = 0; frameCount = 0; partialFrameOffset = 0
     }
 
-    /// Calls `body` with each unsent frame, oldest first (for tests and pcap).
+    /// Calls `body` with each unsent frame (without its frame header), oldest first (for tests and pcap).
     public func forEachFrame(_ body: (UnsafeRawBufferPointer) -> Void) {
         precondition(partialFrameOffset == 0)
         var cursor = head
         while cursor < tail {
             let len = frameLength(at: cursor)
-            body(UnsafeRawBufferPointer(rebasing: storage[(cursor + 4) ..< (cursor + 4 + len)]))
+            body(UnsafeRawBufferPointer(rebasing: storage[(cursor + 4 + frameHeaderLength) ..< (cursor + 4 + len)]))
             cursor += 4 + len
         }
     }

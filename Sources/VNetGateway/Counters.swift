@@ -104,6 +104,7 @@ public enum ServedCounter: Int, CaseIterable, Sendable {
     case udpFlowsOpened, udpFlowsExpired, icmpFlowsOpened, icmpFlowsExpired, icmpErrorsToGuest
     case tcpForwardsAccepted, udpForwardDatagrams, datagramsReassembled, dnsFailovers
     case tcpFlowsOpened, tcpFlowsClosed, tcpFlowsExpired, tcpConnectRefused, tcpRetransmits, tcpResetsFromGuest, tcpResetsToGuest
+    case tcpSuperSegmentsToGuest
 
     public var name: String {
         switch self {
@@ -130,6 +131,7 @@ public enum ServedCounter: Int, CaseIterable, Sendable {
         case .tcpRetransmits: "tcp_retransmits"
         case .tcpResetsFromGuest: "tcp_resets_from_guest"
         case .tcpResetsToGuest: "tcp_resets_to_guest"
+        case .tcpSuperSegmentsToGuest: "tcp_super_segments_to_guest"
         }
     }
 }

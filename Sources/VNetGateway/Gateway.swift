@@ -50,13 +50,16 @@ public final class Gateway<Host: HostIO> {
     var dnsUpstreamIndex = 0
     let reassembler = Reassembler()
     var lastSweep: Instant = .zero
+    /// The frame being handled came with a partial layer-4 checksum (see `handleGuestFrame`).
+    var guestChecksumPartial = false
     /// Scratch for host datagrams and DHCP replies (largest UDP datagram).
     let scratch: UnsafeMutableRawBufferPointer
 
     public init(config: GatewayConfig, host: Host, queueCapacity: Int = 4 << 20) {
         self.config = config
         self.host = host
-        toGuest = FrameQueue(capacity: max(queueCapacity, 4 * (config.mtu + 18) + 65_540))
+        toGuest = FrameQueue(capacity: max(queueCapacity, 4 * (config.mtu + 18) + 65_540 + 2 * VirtioNetHeader.length),
+                             frameHeaderLength: config.guestOffloads ? VirtioNetHeader.length : 0)
         dhcp = DHCPServer(config: DHCPConfig(
             network: config.network, serverAddress: config.gatewayAddress, router: config.gatewayAddress,
             dnsServers: [config.dnsAddress], poolStart: config.dhcpStart, poolSize: config.dhcpPoolSize,
@@ -99,9 +102,13 @@ public final class Gateway<Host: HostIO> {
 
     // MARK: Guest input
 
-    /// Handles one Ethernet frame from the guest.
-    public func handleGuestFrame(_ frame: UnsafeRawBufferPointer, now: Instant) {
+    /// Handles one Ethernet frame from the guest. `checksumPartial` (a TAP's virtio-net NEEDS_CSUM) says the
+    /// layer-4 checksum holds only the pseudo-header sum: the local kernel left it for the "device" to finish,
+    /// so it is not verified.
+    public func handleGuestFrame(_ frame: UnsafeRawBufferPointer, now: Instant, checksumPartial: Bool = false) {
         counters.count(.framesFromGuest)
+        guestChecksumPartial = checksumPartial && config.guestOffloads
+        defer { guestChecksumPartial = false }
         guard let eth = try? EthernetHeader.parse(frame) else { return drop(.ethernetTruncated) }
         guard eth.vlanTag == nil else { return drop(.vlanTagged) }
         guard eth.destination == config.gatewayMAC || eth.destination.isBroadcast else { return drop(.notForGateway) }
@@ -181,6 +188,7 @@ public final class Gateway<Host: HostIO> {
 
     /// Feeds a fragment to the reassembler and dispatches the datagram once it is whole.
     func handleFragment(_ p: UnsafeRawBufferPointer, ip: IPv4Header, ethernet: EthernetHeader, now: Instant) {
+        guestChecksumPartial = false   // a checksum is never left partial across fragments
         let key = FragmentKey(source: ip.source, destination: ip.destination, protocolNumber: ip.protocolNumber.rawValue,
                               identification: ip.identification)
         let outcome = reassembler.add(p.slice(ip.payloadRange), offset: ip.fragmentOffset, more: ip.moreFragments, key: key, now: now)
@@ -234,16 +242,22 @@ public final class Gateway<Host: HostIO> {
 
     /// Builds Ethernet + IPv4 for a packet whose layer-4 part (`l4Length` bytes) `fill` writes, and queues it.
     /// Returns false (counted) if the queue is full.
+    /// `offload` (only with `config.guestOffloads`) goes into the frame's virtio-net header.
     @discardableResult
     func emitIPv4(to mac: MACAddress, source: IPv4Address, destination: IPv4Address, protocolNumber: IPProtocol, ttl: UInt8 = 64,
-                  l4Length: Int, _ fill: (UnsafeMutableRawBufferPointer) -> Void) -> Bool {
+                  l4Length: Int, offload: VirtioNetHeader? = nil, _ fill: (UnsafeMutableRawBufferPointer) -> Void) -> Bool {
         let total = 14 + 20 + l4Length
         guard let out = toGuest.reserve(maximumLength: total) else { drop(.txQueueFull); return false }
         EthernetHeader(destination: mac, source: config.gatewayMAC, etherType: .ipv4).emit(into: out)
         fill(out.slice(34 ..< total))
         IPv4Header(totalLength: 20 + l4Length, identification: nextIPIdentification(), flagsFragmentOffset: 0x4000, ttl: ttl,
                    protocolNumber: protocolNumber, source: source, destination: destination).emit(into: out.slice(14 ..< 34))
-        toGuest.commit(length: total)
+        if let o = offload {
+            o.emit(into: toGuest.reservedFrameHeader)
+            toGuest.commit(length: total, keepingFrameHeader: true)
+        } else {
+            toGuest.commit(length: total)
+        }
         counters.count(.framesToGuest)
         return true
     }

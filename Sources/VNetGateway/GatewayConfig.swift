@@ -14,6 +14,10 @@ public struct GatewayConfig: Sendable {
     public var domainName: String? = nil
     public var hostName: String? = nil
     public var mtu = 1500
+    /// The guest port carries a virtio-net header per frame (a TAP with IFF_VNET_HDR): frames from the guest may
+    /// hold partial checksums and TCP super-segments, and TCP to the guest goes out as super-segments of up to
+    /// 64 KiB with partial checksums, cut at the guest's MSS by the kernel.
+    public var guestOffloads = false
     /// Guest traffic to the gateway address reaches host loopback (QEMU's behaviour).
     public var mapGatewayToHostLoopback = true
     /// The QEMU netdev id, for messages only.

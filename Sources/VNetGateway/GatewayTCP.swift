@@ -68,6 +68,10 @@ struct TCPFlow {
     var recover: UInt32 = 0
     /// Waiting for room in the guest queue (resumed after the next flush, not by a timer).
     var queueBlocked = false
+    /// The host socket may hold bytes not yet peeked. Cleared when a peek drains it, set again by the next
+    /// readable event (edge-triggered: one per arrival), a rewind, or (peek-and-skip fallback only) a
+    /// discard, so with SO_PEEK_OFF a guest ACK never costs a peek that can only say EAGAIN.
+    var hostDataPending = true
     var ackPending = false
     var wantWritable = false
     var lastAdvertised: UInt32 = 0
@@ -98,8 +102,10 @@ extension Gateway {
 
     func handleTCP(_ p: UnsafeRawBufferPointer, ip: IPv4Header, ethernet: EthernetHeader, now: Instant) {
         guard let tcp = try? TCPHeader.parse(p) else { return drop(.tcpMalformed) }
-        let sum = InternetChecksum.add(p, to: InternetChecksum.pseudoHeader(source: ip.source, destination: ip.destination, protocolNumber: 6, length: p.count))
-        guard InternetChecksum.finish(sum) == 0 else { return drop(.tcpBadChecksum) }
+        if !guestChecksumPartial {
+            let sum = InternetChecksum.add(p, to: InternetChecksum.pseudoHeader(source: ip.source, destination: ip.destination, protocolNumber: 6, length: p.count))
+            guard InternetChecksum.finish(sum) == 0 else { return drop(.tcpBadChecksum) }
+        }
         guard !ip.source.isUnspecified, tcp.sourcePort != 0, tcp.destinationPort != 0 else { return drop(.martianSource) }
         let key = TCPFlowKey(guestAddress: ip.source, guestPort: tcp.sourcePort, destination: ip.destination, destinationPort: tcp.destinationPort)
         let payload = p.slice(tcp.headerLength ..< p.count)
@@ -284,7 +290,10 @@ extension Gateway {
                 f.finAcked = true
             }
             let acked = seqLT(f.sndUna, dataEnd) ? dataEnd &- f.sndUna : 0
-            if acked > 0 { host.tcpDiscard(f.handle, count: Int(acked)) }
+            if acked > 0 {
+                host.tcpDiscard(f.handle, count: Int(acked))
+                if !host.tcpDrainedPeekIsFinal { f.hostDataPending = true }
+            }
             f.sndUna = ack
             if seqLT(f.sndNxt, ack) {
                 // After a rewind, the guest acknowledged data sent before it: continue from there.
@@ -425,15 +434,20 @@ extension Gateway {
                 }
                 if !seqLT(f.sndNxt, f.finSeq) { return }
             }
+            guard f.hostDataPending else { return }
             let room = f.guestWindow > f.inFlight ? f.guestWindow - f.inFlight : 0
             if room == 0 {
                 // Zero window: probe it from the RTO timer.
                 armRTO(&f, now: now)
                 return
             }
-            // Never peek more than the guest queue can take now: what is peeked must go out.
-            let perSegment = f.mss + 14 + 20 + 20 + FrameQueue.prefixLength
-            let queueRoom = (toGuest.freeSpace / perSegment) * f.mss
+            // Never peek more than the guest queue can take now: what is peeked must go out. With offloads a
+            // segment is a super-segment of whole MSS-sized pieces that the kernel cuts.
+            let segmentPayload = config.guestOffloads ? superSegmentPayload(mss: f.mss) : f.mss
+            let overhead = 14 + 20 + 20 + FrameQueue.prefixLength + toGuest.frameHeaderLength
+            let free = toGuest.freeSpace
+            var queueRoom = (free / (segmentPayload + overhead)) * segmentPayload
+            if queueRoom == 0 { queueRoom = (free / (f.mss + overhead)) * f.mss }
             guard queueRoom > 0 else { return blockOnQueue(i, &f) }
             var want = min(Int(room), tcpPeekBuffer.count, queueRoom)
             if f.hostEOF { want = min(want, Int(f.finSeq &- f.sndNxt)) }
@@ -443,7 +457,7 @@ extension Gateway {
                 let window = advertisedWindow(&f)
                 var off = 0
                 while off < n {
-                    let chunk = min(f.mss, n - off)
+                    let chunk = min(segmentPayload, n - off)
                     let last = off + chunk == n
                     if !emitSegment(&f, flags: last ? [.ack, .psh] : .ack, sequence: f.sndNxt,
                                     payload: UnsafeRawBufferPointer(tcpPeekBuffer.slice(off ..< off + chunk)), window: window) {
@@ -456,11 +470,13 @@ extension Gateway {
                 }
                 f.ackPending = false
                 armRTO(&f, now: now)
-                if n < want { return }
+                // A short peek may have stopped at a FIN or a reset that came with the data (no further edge
+                // will announce them): peek once more, which says EOF, reset or EAGAIN.
             case .endOfStream:
                 f.hostEOF = true
                 f.finSeq = f.sndNxt
             case .wouldBlock:
+                f.hostDataPending = false
                 return
             case .reset, .failed:
                 return resetFlow(i, &f)
@@ -499,6 +515,7 @@ extension Gateway {
     func tcpReadable(_ i: Int, now: Instant) {
         guard var f = tcpFlows[i] else { return }
         f.lastActive = now
+        f.hostDataPending = true
         pushHostData(i, &f, now: now)
         if tcpFlows[i] != nil { tcpFlows[i] = f }
     }
@@ -561,10 +578,26 @@ extension Gateway {
         let n = payload?.count ?? 0
         let len = 20 + n
         let src = f.key.destination, dst = f.key.guestAddress
-        return emitIPv4(to: f.guestMAC, source: src, destination: dst, protocolNumber: .tcp, l4Length: len) { out in
-            if let p = payload, n > 0 { out.copy(p, to: 20) }
-            h.emit(into: out, segmentLength: len, source: src, destination: dst)
+        guard config.guestOffloads else {
+            return emitIPv4(to: f.guestMAC, source: src, destination: dst, protocolNumber: .tcp, l4Length: len) { out in
+                if let p = payload, n > 0 { out.copy(p, to: 20) }
+                h.emit(into: out, segmentLength: len, source: src, destination: dst)
+            }
         }
+        // Offloaded: the checksum is left partial for the kernel, and a segment longer than the MSS is cut there.
+        let offload = VirtioNetHeader(flags: .needsChecksum, segmentation: n > f.mss ? .tcpv4 : .unsegmented, headerLength: 54,
+                                      segmentSize: n > f.mss ? UInt16(f.mss) : 0, checksumStart: 34, checksumOffset: 16)
+        let queued = emitIPv4(to: f.guestMAC, source: src, destination: dst, protocolNumber: .tcp, l4Length: len, offload: offload) { out in
+            if let p = payload, n > 0 { out.copy(p, to: 20) }
+            h.emit(into: out, segmentLength: len, source: src, destination: dst, partialChecksum: true)
+        }
+        if queued && n > f.mss { counters.count(.tcpSuperSegmentsToGuest) }
+        return queued
+    }
+
+    /// The payload of one super-segment: as many whole MSS-sized pieces as an IPv4 datagram holds.
+    @inline(__always) func superSegmentPayload(mss: Int) -> Int {
+        max(mss, (65_535 - 40) / mss * mss)
     }
 
     /// A RST answering a segment that has no flow (RFC 9293 §3.10.7.1).
@@ -614,6 +647,7 @@ extension Gateway {
         f.recover = f.sndMax
         f.sndNxt = f.sndUna
         f.dupAcks = 0
+        f.hostDataPending = true
     }
 
     /// Fast retransmit (RFC 5681 §3.2): only the first unacknowledged segment goes again.

@@ -36,7 +36,9 @@ extension Gateway {
     func handleUDP(_ p: UnsafeRawBufferPointer, ip: IPv4Header, ethernet: EthernetHeader, now: Instant) {
         guard let udp = try? UDPHeader.parse(p) else { return drop(.udpMalformed) }
         let datagram = p.slice(0 ..< udp.length)
-        guard UDPHeader.checksumValid(datagram, source: ip.source, destination: ip.destination) else { return drop(.udpBadChecksum) }
+        guard guestChecksumPartial || UDPHeader.checksumValid(datagram, source: ip.source, destination: ip.destination) else {
+            return drop(.udpBadChecksum)
+        }
         let payload = datagram.slice(udp.payloadRange)
 
         if udp.destinationPort == DHCPMessage.serverPort && (ip.destination == .broadcast || ip.destination == config.gatewayAddress) {

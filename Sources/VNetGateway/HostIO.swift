@@ -66,6 +66,10 @@ public protocol HostTCP {
     func tcpPeek(_ handle: Int32, into buffer: UnsafeMutableRawBufferPointer) -> TCPIOResult
     /// Drops `count` acknowledged bytes from the head of the receive queue.
     func tcpDiscard(_ handle: Int32, count: Int)
+    /// True when a peek that says "would block" means the socket holds nothing unpeeked, so only a readable
+    /// event can bring more (SO_PEEK_OFF). False for a peek-and-skip fallback: its view of the socket also
+    /// moves when acknowledged bytes are discarded (a cap on bytes in flight, or a FIN behind peeked data).
+    var tcpDrainedPeekIsFinal: Bool { get }
     /// Sets where the next peek starts, in bytes from the head of the receive queue (0: retransmit all).
     func tcpSetPeekOffset(_ handle: Int32, offset: Int)
     /// Free space in the socket's send buffer, in bytes.
@@ -89,6 +93,7 @@ extension HostTCP {
     public func tcpSend(_ handle: Int32, _ bytes: UnsafeRawBufferPointer) -> TCPIOResult { .failed }
     public func tcpPeek(_ handle: Int32, into buffer: UnsafeMutableRawBufferPointer) -> TCPIOResult { .failed }
     public func tcpDiscard(_ handle: Int32, count: Int) {}
+    public var tcpDrainedPeekIsFinal: Bool { false }
     public func tcpSetPeekOffset(_ handle: Int32, offset: Int) {}
     public func tcpSendSpace(_ handle: Int32) -> Int { 0 }
     public func tcpShutdownWrite(_ handle: Int32) {}

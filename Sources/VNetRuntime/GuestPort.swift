@@ -4,7 +4,8 @@
 // -------------------
 // A `GuestPort` owns the fds of one transport and moves frames both ways:
 // - in: everything readable is read now (stream reads are split into frames in place by `StreamDeframer`;
-//   datagram and TAP reads are one frame each), and each frame goes to `deliver`;
+//   datagram and TAP reads are one frame each), and each frame goes to `deliver`, with a flag saying its
+//   layer-4 checksum is partial (only a TAP with a virtio-net header can say so);
 // - out: `flush` drains the gateway's `FrameQueue` with as few syscalls as it can (one write of the stream
 //   bytes; one send per datagram/TAP frame). When the socket is full, EPOLLOUT is armed and the rest waits in
 //   the queue, which is bounded: the gateway counts what does not fit.
@@ -17,6 +18,7 @@ import Logging
 import VNetBuffers
 import VNetHost
 import VNetTransport
+import VNetWire
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -37,6 +39,8 @@ public struct PortCounters: Sendable {
     public var rejectedConnections: UInt64 = 0
     public var connections: UInt64 = 0
     public var sendErrors: UInt64 = 0
+    /// TCP super-segments (virtio-net GSO) read from a TAP.
+    public var superSegmentsIn: UInt64 = 0
 }
 
 final class GuestPort {
@@ -44,7 +48,8 @@ final class GuestPort {
         case streamListener(listenFD: Int32)
         case streamConnector(address: SocketAddress)
         case datagram(peer: SocketAddress?)
-        case tap
+        /// With `virtioHeader`, every read and write starts with a virtio-net header (IFF_VNET_HDR).
+        case tap(virtioHeader: Bool)
     }
 
     let kind: Kind
@@ -140,7 +145,7 @@ final class GuestPort {
 
     /// Reads what the transport holds and hands each frame to `deliver`. Returns false when the connection
     /// must be dropped (EOF, error, or lost framing sync).
-    func readFrames(now: UInt64, queue: FrameQueue, _ deliver: (UnsafeRawBufferPointer) -> Void) {
+    func readFrames(now: UInt64, queue: FrameQueue, _ deliver: (UnsafeRawBufferPointer, Bool) -> Void) {
         guard fd >= 0 else { return }
         if connecting {
             let e = Sys.socketError(fd)
@@ -160,7 +165,7 @@ final class GuestPort {
                         switch deframer.next() {
                         case .frame(let f):
                             counters.framesIn &+= 1
-                            deliver(f)
+                            deliver(f, false)
                             continue
                         case .needMore:
                             break
@@ -195,11 +200,15 @@ final class GuestPort {
                     return
                 }
             }
-        case .tap:
+        case .tap(let virtioHeader):
             for _ in 0 ..< 64 {
                 switch Sys.read(fd, into: frameBuffer) {
                 case .done(let n):
-                    deliverWhole(received: n, truncated: false, deliver)
+                    if virtioHeader {
+                        deliverOffloaded(received: n, deliver)
+                    } else {
+                        deliverWhole(received: n, truncated: false, deliver)
+                    }
                 default:
                     return
                 }
@@ -209,14 +218,33 @@ final class GuestPort {
 
     /// One frame per read (datagram or TAP): checked against the length rules, then delivered or counted.
     @inline(__always)
-    func deliverWhole(received n: Int, truncated: Bool, _ deliver: (UnsafeRawBufferPointer) -> Void) {
+    func deliverWhole(received n: Int, truncated: Bool, _ deliver: (UnsafeRawBufferPointer, Bool) -> Void) {
         switch DatagramFraming.check(received: n, truncated: truncated, mtu: mtu) {
         case .accept:
             counters.framesIn &+= 1
-            deliver(UnsafeRawBufferPointer(frameBuffer.slice(0 ..< n)))
+            deliver(UnsafeRawBufferPointer(frameBuffer.slice(0 ..< n)), false)
         case .tooShort: counters.droppedShort &+= 1
         case .tooLong: counters.droppedOversize &+= 1
         }
+    }
+
+    /// A TAP read with a virtio-net header: the frame may be a TCP super-segment of up to 64 KiB (whatever the
+    /// MTU) whose checksum the kernel left partial. Other segmentation types are never enabled, so they are
+    /// dropped as oversize.
+    func deliverOffloaded(received n: Int, _ deliver: (UnsafeRawBufferPointer, Bool) -> Void) {
+        let all = UnsafeRawBufferPointer(frameBuffer.slice(0 ..< n))
+        guard let header = try? VirtioNetHeader.parse(all) else { counters.droppedShort &+= 1; return }
+        let frameLength = n - VirtioNetHeader.length
+        let limit: Int
+        switch header.segmentation {
+        case .unsegmented: limit = FrameLimits.maximumFrame(mtu: mtu)
+        case .tcpv4: limit = FrameLimits.maximumFrame(mtu: 65_535); counters.superSegmentsIn &+= 1
+        default: counters.droppedOversize &+= 1; return
+        }
+        guard frameLength >= FrameLimits.minimumFrame else { counters.droppedShort &+= 1; return }
+        guard frameLength <= limit else { counters.droppedOversize &+= 1; return }
+        counters.framesIn &+= 1
+        deliver(all.slice(VirtioNetHeader.length ..< n), header.flags.contains(.needsChecksum))
     }
 
     func syncCounters() {
@@ -256,6 +284,7 @@ final class GuestPort {
                 }
             }
         case .tap:
+            // With a virtio-net header the queue keeps it before each frame: one write sends both.
             while let frame = queue.firstFrame {
                 switch Sys.write(fd, frame) {
                 case .done: counters.framesOut &+= 1; queue.removeFirstFrame()

@@ -254,6 +254,8 @@ public final class RealHost: HostIO {
     var commandHandles: Set<Int32> = []
     let discardScratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 65_536, alignment: 16)
 
+    public var tcpDrainedPeekIsFinal: Bool { usePeekOffset }
+
     public func tcpDiscard(_ handle: Int32, count: Int) {
         var left = count
         let isCommand = commandHandles.contains(handle)

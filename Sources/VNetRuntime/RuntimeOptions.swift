@@ -27,6 +27,8 @@ public struct RuntimeOptions: Sendable {
     public var dnsUpstream: (address: String, port: UInt16)? = nil
     /// True when the socket path was chosen by vnet (printed with QEMU arguments).
     public var transportIsDefault = false
+    /// `.tap` only: open it with IFF_VNET_HDR and checksum/TSO offload (on unless --no-tap-offload).
+    public var tapOffload = true
 
     public init(gateway: GatewayConfig, transport: GuestTransport) {
         self.gateway = gateway

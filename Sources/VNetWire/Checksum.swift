@@ -71,3 +71,10 @@ public enum InternetChecksum {
         return update(c, old: UInt16(truncatingIfNeeded: old), new: UInt16(truncatingIfNeeded: new))
     }
 }
+
+extension InternetChecksum {
+    /// The value a checksum field holds when the rest is left to the reader (virtio NEEDS_CSUM, Linux
+    /// CHECKSUM_PARTIAL): the folded pseudo-header sum, not complemented.
+    @inlinable
+    public static func partial(_ sum: UInt64) -> UInt16 { ~finish(sum) }
+}

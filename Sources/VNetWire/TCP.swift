@@ -85,8 +85,11 @@ public struct TCPHeader: Hashable, Sendable {
 
     /// Writes the header and options; the checksum is computed over the header and the payload that already
     /// sits after it (`segmentLength` bytes in all).
+    /// With `partialChecksum`, the checksum field gets only the pseudo-header sum, for a reader that finishes
+    /// it (virtio-net NEEDS_CSUM); the payload is not read.
     @discardableResult
-    public func emit(into p: UnsafeMutableRawBufferPointer, segmentLength: Int, source: IPv4Address, destination: IPv4Address) -> Int {
+    public func emit(into p: UnsafeMutableRawBufferPointer, segmentLength: Int, source: IPv4Address, destination: IPv4Address,
+                     partialChecksum: Bool = false) -> Int {
         let len = emittedLength
         p.put16(0, sourcePort); p.put16(2, destinationPort); p.put32(4, sequence); p.put32(8, acknowledgment)
         p.put8(12, UInt8(len / 4) << 4); p.put8(13, flags.rawValue); p.put16(14, window); p.put16(16, 0); p.put16(18, urgentPointer)
@@ -94,9 +97,12 @@ public struct TCPHeader: Hashable, Sendable {
         if let mss = maxSegmentSize { p.put8(i, 2); p.put8(i + 1, 4); p.put16(i + 2, mss); i += 4 }
         if let ws = windowScale { p.put8(i, 1); p.put8(i + 1, 3); p.put8(i + 2, 3); p.put8(i + 3, ws); i += 4 }
         if sackPermitted { p.put8(i, 1); p.put8(i + 1, 1); p.put8(i + 2, 4); p.put8(i + 3, 2); i += 4 }
-        let s = InternetChecksum.add(UnsafeRawBufferPointer(p.slice(0 ..< segmentLength)),
-                                     to: InternetChecksum.pseudoHeader(source: source, destination: destination, protocolNumber: 6, length: segmentLength))
-        p.put16(16, InternetChecksum.finish(s))
+        let pseudo = InternetChecksum.pseudoHeader(source: source, destination: destination, protocolNumber: 6, length: segmentLength)
+        if partialChecksum {
+            p.put16(16, InternetChecksum.partial(pseudo))
+        } else {
+            p.put16(16, InternetChecksum.finish(InternetChecksum.add(UnsafeRawBufferPointer(p.slice(0 ..< segmentLength)), to: pseudo)))
+        }
         return len
     }
 }

@@ -42,6 +42,9 @@ struct UserCommand: ParsableCommand {
     @Option(name: .customLong("tap"), help: "Create a TAP device with this name inside --netns and serve it (as slirp4netns does).")
     var tapName: String?
 
+    @Flag(name: .customLong("no-tap-offload"), help: "Open --tap without IFF_VNET_HDR: no checksum or TCP segmentation offload.")
+    var noTapOffload = false
+
     @Option(name: .customLong("mtu"), help: "MTU advertised over DHCP and accepted on frames (576-65520).")
     var mtu: Int = 1500
 
@@ -114,6 +117,7 @@ struct UserCommand: ParsableCommand {
         var opts = RuntimeOptions(gateway: gw, transport: transport)
         opts.resolvConfPath = resolvConf
         opts.transportIsDefault = isDefault
+        opts.tapOffload = !noTapOffload
         if let u = dnsUpstream {
             let (h, p) = try hostPort(u, flag: "--dns-upstream")
             opts.dnsUpstream = (h, p)

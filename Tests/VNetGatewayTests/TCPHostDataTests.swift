@@ -142,11 +142,45 @@ struct TCPHostDataTests {
         _ = try h.segments()
         s.resetOnPeek = true
         h.guestAcks(c, upTo: 100)
+        h.readable(c)   // the kernel wakes the socket's reader when the reset arrives
         let rst = try h.oneSegment()
         #expect(rst.flags == [.rst, .ack] && rst.seq == c.ourSeq(100) && rst.ack == c.seq)
         #expect(s.aborted && !s.closed)
         #expect(h.gateway.tcpFlowCount == 0)
         #expect(h.counters[.tcpResetsToGuest] == 1)
+    }
+
+    @Test("SO_PEEK_OFF: once a peek drains the socket, guest ACKs cost no further peek")
+    func noPeekPerAckWhenDrained() throws {
+        let h = TCPHarness()
+        let c = try h.connect()
+        h.host.remoteSends(c.handle, pattern(3000))
+        h.readable(c)
+        #expect(try h.segments().flatMap(\.payload) == pattern(3000))
+        let peeksBefore = h.host.calls.filter { if case .peek = $0 { true } else { false } }.count
+        h.guestAcks(c, upTo: 1460)
+        h.guestAcks(c, upTo: 3000)
+        let peeksAfter = h.host.calls.filter { if case .peek = $0 { true } else { false } }.count
+        #expect(peeksAfter == peeksBefore, "no new bytes were announced, so there is nothing to peek")
+        h.host.remoteSends(c.handle, pattern(10, seed: 9))
+        h.readable(c)
+        #expect(try h.segments().flatMap(\.payload) == pattern(10, seed: 9), "the next readable event peeks again")
+    }
+
+    @Test("peek-and-skip fallback: a FIN behind peeked data is found once the guest acknowledges the data")
+    func fallbackFindsFinAfterDiscard() throws {
+        let h = TCPHarness()
+        h.host.tcpDrainedPeekIsFinal = false
+        let c = try h.connect()
+        h.host.remoteSends(c.handle, pattern(100))
+        h.readable(c)
+        #expect(try h.segments().flatMap(\.payload) == pattern(100))
+        h.host.remoteCloses(c.handle)
+        h.readable(c)   // the FIN's wakeup: the fallback still sees the 100 unacknowledged bytes first
+        #expect(try h.segments().isEmpty)
+        h.guestAcks(c, upTo: 100)   // no further wakeup comes; the discard must lead to a new peek
+        let fin = try h.oneSegment()
+        #expect(fin.flags.contains(.fin) && fin.seq == c.ourSeq(100))
     }
 
     @Test("a full guest queue blocks the flow; resuming after the drain delivers every byte once, in order")

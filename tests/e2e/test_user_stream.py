@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -46,21 +45,7 @@ def lease(net):
     return net.guest.dhcp()
 
 
-def counters(vnet) -> dict[str, int]:
-    """Asks vnet for its counters (SIGUSR1) and parses the block it prints on stderr."""
-    start = len(vnet.stderr)
-    os.kill(vnet.pid, signal.SIGUSR1)
-    vnet.wait_for_line(r"^vnet: counters$", stream="stderr", start=start)
-    rig.wait_for(lambda: "\n\n" in vnet.stderr.text[start:] or re.search(r"counters\n(  .*\n)+[^ ]", vnet.stderr.text[start:] + "x"),
-                 5, message="counter block")
-    block = vnet.stderr.text[start:].split("vnet: counters\n", 1)[1]
-    out = {}
-    for line in block.splitlines():
-        m = re.match(r"^  (\S+) (\d+)$", line)
-        if not m:
-            break
-        out[m.group(1)] = int(m.group(2))
-    return out
+counters = rig.read_counters
 
 
 def test_startup_lines(net):

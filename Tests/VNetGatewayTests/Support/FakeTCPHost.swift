@@ -169,12 +169,19 @@ final class FakeTCPHost: HostIO {
         calls.append(.peek(handle, buffer.count))
         if s.resetOnPeek { return .reset }
         let available = s.receiveQueue.count - s.peekOffset
-        guard available > 0, !buffer.isEmpty else { return s.remoteClosed && available <= 0 ? .endOfStream : .wouldBlock }
+        // Peek-and-skip (not final) only sees the FIN once every byte before it is discarded.
+        guard available > 0, !buffer.isEmpty else {
+            let finVisible = s.remoteClosed && available <= 0 && (tcpDrainedPeekIsFinal || s.receiveQueue.isEmpty)
+            return finVisible ? .endOfStream : .wouldBlock
+        }
         let n = min(available, buffer.count)
         s.receiveQueue.withUnsafeBytes { buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[s.peekOffset ..< s.peekOffset + n])) }
         s.peekOffset += n
         return .done(n)
     }
+
+    /// SO_PEEK_OFF semantics by default; false models the peek-and-skip fallback.
+    var tcpDrainedPeekIsFinal = true
 
     func tcpDiscard(_ handle: Int32, count: Int) {
         guard let s = live(handle, "tcpDiscard") else { return }

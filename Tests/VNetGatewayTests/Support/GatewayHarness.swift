@@ -67,10 +67,22 @@ func dropDelta(_ before: GatewayCounters, _ after: GatewayCounters) -> [DropReas
 }
 
 /// Empties a queue through firstFrame/removeFirstFrame.
+/// Every queued frame, oldest first, without the queue's per-frame (virtio-net) header.
 func drainFrames(_ q: FrameQueue) -> [[UInt8]] {
     var out: [[UInt8]] = []
     while let f = q.firstFrame {
-        out.append(Array(f))
+        out.append(Array(f[q.frameHeaderLength...]))
+        q.removeFirstFrame()
+    }
+    return out
+}
+
+/// Every queued frame with its virtio-net header (a queue built with `guestOffloads`).
+func drainOffloadedFrames(_ q: FrameQueue) throws -> [(header: VirtioNetHeader, frame: [UInt8])] {
+    try #require(q.frameHeaderLength == VirtioNetHeader.length)
+    var out: [(VirtioNetHeader, [UInt8])] = []
+    while let f = q.firstFrame {
+        out.append((try VirtioNetHeader.parse(f), Array(f[VirtioNetHeader.length...])))
         q.removeFirstFrame()
     }
     return out
