@@ -41,6 +41,12 @@ public final class Gateway<Host: HostIO> {
     var tcpAckList: [Int]
     /// Flows waiting for room in `toGuest`.
     var tcpQueueBlocked: [Int] = []
+    /// Flows whose offered window is under one segment, rechecked every millisecond.
+    var tcpWindowWatch: [Int] = []
+    var windowWatchDeadline: Instant = .zero
+    var windowWatchPasses: UInt32 = 0
+    /// `now` of the last `poll`, for timers armed outside it.
+    var lastPollTime: Instant = .zero
     /// Host bytes peeked for the guest, cut into segments from here.
     let tcpPeekBuffer: UnsafeMutableRawBufferPointer
     let isnSecret: UInt64
@@ -70,6 +76,7 @@ public final class Gateway<Host: HostIO> {
         tcpFlows = FlowTable(capacity: config.tcpFlowCapacity)
         tcpAckList = []
         tcpAckList.reserveCapacity(config.tcpFlowCapacity)
+        tcpWindowWatch.reserveCapacity(config.tcpFlowCapacity)
         tcpPeekBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 256 * 1024, alignment: 16)
         var rng = SystemRandomNumberGenerator()
         isnSecret = rng.next()
@@ -95,7 +102,9 @@ public final class Gateway<Host: HostIO> {
     /// When `poll` next has work to do (the loop's epoll timeout).
     public var nextDeadline: Instant {
         let sweep = lastSweep + .seconds(1)
-        return nextTCPDeadline == .zero ? sweep : min(sweep, nextTCPDeadline)
+        var next = nextTCPDeadline == .zero ? sweep : min(sweep, nextTCPDeadline)
+        if !tcpWindowWatch.isEmpty { next = min(next, windowWatchDeadline) }
+        return next
     }
 
     @inline(__always) func drop(_ r: DropReason) { counters.drop(r) }
@@ -123,6 +132,8 @@ public final class Gateway<Host: HostIO> {
 
     /// Expires idle flows. Call once per loop iteration; it sweeps at most once a second.
     public func poll(now: Instant) {
+        lastPollTime = now
+        tcpWindowWatchPass(now: now)
         tcpTimers(now: now)
         guard now - lastSweep >= .seconds(1) || lastSweep == .zero else { return }
         lastSweep = now

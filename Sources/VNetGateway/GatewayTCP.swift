@@ -79,7 +79,13 @@ struct TCPFlow {
     var inFlight: UInt32 { sndNxt &- sndUna }
     /// A window this small counts as closed: a window update goes out once the socket has this much room
     /// (an MSS, but at most 8 KiB so jumbo MTUs cannot keep the window shut).
-    var windowUpdateThreshold: Int { min(mss, 8192) }
+    /// A window update is worth sending once the window has room for a full segment (RFC 1122 §4.2.3.3,
+    /// receiver SWS avoidance): a Linux sender with a window under one MSS does not send at all.
+    var windowUpdateThreshold: Int { mss }
+    /// In `tcpWindowWatch` (checked again every millisecond until the window opens).
+    var inWindowWatch = false
+    /// The last watch pass that looked at this flow (so a slot listed twice is served once).
+    var windowWatchPass: UInt32 = 0
     /// Our FIN went out and is not yet acknowledged, or will be resent.
     var finSent: Bool { hostEOF && seqLT(finSeq, sndNxt) }
 }
@@ -378,10 +384,50 @@ extension Gateway {
         pushHostData(i, &f, now: now)
     }
 
+    /// The window we offer is under one segment: watch the host socket's send space, by EPOLLOUT and by a 1 ms
+    /// timer. EPOLLOUT alone is not enough: the kernel calls a socket writable long before it has an MSS of
+    /// room by our measure (half of SO_SNDBUF minus SIOCOUTQ), and after it has said so once it sends no
+    /// further edge, so the window update would wait for the guest's persist timer.
     func waitForSendSpace(_ i: Int, _ f: inout TCPFlow) {
         guard !f.wantWritable else { return }
         f.wantWritable = true
         host.tcpSetInterest(f.handle, tag: FlowTag(kind: .tcp, index: i), readable: f.state == .established, writable: true)
+        if !f.inWindowWatch {
+            f.inWindowWatch = true
+            if tcpWindowWatch.isEmpty { windowWatchDeadline = lastPollTime + .milliseconds(1) }
+            tcpWindowWatch.append(i)
+        }
+    }
+
+    /// Sends the window update once the host socket has room for a segment. Returns true when it went out.
+    @discardableResult
+    func sendWindowUpdateIfOpen(_ i: Int, _ f: inout TCPFlow) -> Bool {
+        guard f.wantWritable, host.tcpSendSpace(f.handle) >= f.windowUpdateThreshold else { return false }
+        f.wantWritable = false
+        host.tcpSetInterest(f.handle, tag: FlowTag(kind: .tcp, index: i), readable: true, writable: false)
+        emitSegment(&f, flags: .ack, sequence: f.sndNxt, payload: nil)
+        return true
+    }
+
+    /// The 1 ms pass over flows whose window is closed (see `waitForSendSpace`).
+    func tcpWindowWatchPass(now: Instant) {
+        guard !tcpWindowWatch.isEmpty, now >= windowWatchDeadline else { return }
+        windowWatchPasses &+= 1
+        var kept = 0
+        for j in 0 ..< tcpWindowWatch.count {
+            let i = tcpWindowWatch[j]
+            guard var f = tcpFlows[i], f.inWindowWatch, f.windowWatchPass != windowWatchPasses else { continue }
+            f.windowWatchPass = windowWatchPasses
+            if f.state != .established || !f.wantWritable || sendWindowUpdateIfOpen(i, &f) {
+                f.inWindowWatch = false
+            } else {
+                tcpWindowWatch[kept] = i
+                kept += 1
+            }
+            tcpFlows[i] = f
+        }
+        tcpWindowWatch.removeLast(tcpWindowWatch.count - kept)
+        windowWatchDeadline = now + .milliseconds(1)
     }
 
     func markAckPending(_ i: Int, _ f: inout TCPFlow) {
@@ -542,12 +588,8 @@ extension Gateway {
             break
         case .established:
             // Space freed in the host socket: send a window update once it is worth one (at least an MSS);
-            // until then stay armed, and the next ACK from the host peer that frees space wakes us again.
-            if f.wantWritable && host.tcpSendSpace(f.handle) >= f.windowUpdateThreshold {
-                f.wantWritable = false
-                host.tcpSetInterest(f.handle, tag: FlowTag(kind: .tcp, index: i), readable: true, writable: false)
-                emitSegment(&f, flags: .ack, sequence: f.sndNxt, payload: nil)
-            }
+            // until then stay armed (and watched by the 1 ms timer).
+            sendWindowUpdateIfOpen(i, &f)
         }
         tcpFlows[i] = f
     }

@@ -167,6 +167,28 @@ struct TCPDataTests {
         #expect(h.gateway.tcpFlowCount == 1, "the host side is still open")
     }
 
+    @Test("a closed window reopens by the 1 ms watch when the kernel sends no writable edge")
+    func windowWatchWithoutWritableEdge() throws {
+        let h = TCPHarness(sendCapacity: 3000)
+        var c = try h.connect(wscale: nil)
+        let data = pattern(3000)
+        h.guestSends(&c, ack: c.ourSeq(0), Array(data[0 ..< 1460]))
+        h.guestSends(&c, ack: c.ourSeq(0), Array(data[1460 ..< 2920]))
+        h.flush()
+        #expect(try h.oneSegment().tcp.window == 80)
+        h.poll()
+        h.host.remoteReads(c.handle, 2000)   // space frees, but no EPOLLOUT edge is delivered
+        h.advance(ms: 1)
+        #expect(h.gateway.nextDeadline <= h.now, "the watch is due")
+        h.poll()
+        let update = try h.oneSegment("window update from the watch")
+        #expect(update.isPureAck && update.ack == c.guestSeq(2920) && update.tcp.window == 2080)
+        h.advance(ms: 1)
+        h.poll()
+        #expect(h.drain().isEmpty, "one update; the flow left the watch")
+        #expect(h.gateway.nextDeadline.nanoseconds > h.now.nanoseconds + 500_000_000, "no 1 ms timer is left running")
+    }
+
     @Test("FIN with data the socket takes only part of: the FIN waits, no shutdown")
     func finWithPartialData() throws {
         let h = TCPHarness(sendCapacity: 2000)
