@@ -28,10 +28,12 @@ struct RunCommand: ParsableCommand {
     @Option(name: .customLong("device"), help: "The guest NIC model appended as -device MODEL,netdev=ID.")
     var device: String = "virtio-net-pci"
 
-    @Argument(parsing: .postTerminator, help: "The QEMU command line, after '--'.")
-    var qemu: [String] = []
+    /// The QEMU command line: main.swift takes everything after `vnet run … --` out before parsing (an
+    /// argument array cannot follow the option string's array).
+    nonisolated(unsafe) static var qemuCommand: [String] = []
 
     func run() throws {
+        let qemu = RunCommand.qemuCommand
         guard !qemu.isEmpty else { throw ValidationError("missing QEMU command: vnet run [OPTIONS] -- qemu-system-x86_64 ARGS…") }
         var (options, extra) = try user.makeOptions()
         guard options.transportIsDefault else {
