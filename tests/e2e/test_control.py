@@ -268,3 +268,22 @@ def test_ctl_bad_input_is_one_line_and_nonzero(net, workdir):
     r = subprocess.run([str(rig.vnet_binary()), "ctl", str(Path(workdir) / "absent.sock"), "stats"],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 1 and r.stderr.startswith("vnet: error: cannot connect to") and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_port_events_when_a_qemu_connects_and_leaves(workdir, log_dir):
+    """A second vnet (no guest): a stream client on its socket is a QEMU as far as the port can tell."""
+    sock, ctl_path = Path(workdir) / "p.sock", Path(workdir) / "p.ctl"
+    with rig.VnetProcess(["user", "--socket", sock, "--control", ctl_path], log_dir=log_dir):
+        events = RawClient(ctl_path)
+        try:
+            events.send(b'{"execute": "events"}\n')
+            assert events.line() == {"return": {}}
+            qemu = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            qemu.connect(str(sock))
+            e = events.line()
+            assert (e["event"], e["data"]["port"]) == ("PORT_CONNECTED", "guest0"), e
+            qemu.close()
+            e = events.line()
+            assert (e["event"], e["data"]["detail"]) == ("PORT_DISCONNECTED", "end of stream"), e
+        finally:
+            events.close()
