@@ -200,7 +200,10 @@ def test_runtime_pcap_start_and_stop(net):
 
 
 def test_metrics_endpoint_scrape(net):
-    prom = pytest.importorskip("prometheus_client.parser", reason="pip install prometheus-client (scripts/test does)")
+    try:
+        from prometheus_client import parser as prom
+    except ImportError:
+        pytest.fail("prometheus_client missing: pip install prometheus-client (scripts/test does)", pytrace=False)
     with urllib.request.urlopen(f"http://127.0.0.1:{net.metrics_port}/metrics", timeout=10) as r:
         assert r.status == 200
         assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
