@@ -3,6 +3,9 @@
 #include <sched.h>
 #include <sys/socket.h>
 #include <spawn.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include "CVNetShim.h"
 
 extern char **environ;
@@ -50,4 +53,49 @@ int vnet_spawn_command(const char *command) {
     int flags = fcntl(sv[0], F_GETFL);
     fcntl(sv[0], F_SETFL, flags | O_NONBLOCK);
     return sv[0];
+}
+
+int vnet_spawn_process(char *const argv[], int *pid_out) {
+    int report[2];   /* the child writes errno here if exec fails; close-on-exec closes it on success */
+    if (pipe2(report, O_CLOEXEC) < 0) return -errno;
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid < 0) { int e = errno; close(report[0]); close(report[1]); return -e; }
+    if (pid == 0) {
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);   /* vnet blocks signals for its signalfd; the child must not */
+        signal(SIGPIPE, SIG_DFL);
+        signal(SIGCHLD, SIG_DFL);
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        if (getppid() != parent) _exit(127);
+        execvp(argv[0], argv);
+        int e = errno;
+        ssize_t unused = write(report[1], &e, sizeof e);
+        (void)unused;
+        _exit(127);
+    }
+    close(report[1]);
+    int childErrno = 0;
+    ssize_t n;
+    do { n = read(report[0], &childErrno, sizeof childErrno); } while (n < 0 && errno == EINTR);
+    close(report[0]);
+    if (n == (ssize_t)sizeof childErrno) {
+        waitpid(pid, NULL, 0);
+        return -childErrno;
+    }
+    int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    if (pidfd < 0) { int e = errno; kill(pid, SIGTERM); waitpid(pid, NULL, 0); return -e; }
+    *pid_out = pid;
+    return pidfd;
+}
+
+int vnet_wait_child(int pid) {
+    int status = 0;
+    pid_t r;
+    do { r = waitpid(pid, &status, 0); } while (r < 0 && errno == EINTR);
+    if (r < 0) return -errno;
+    if (WIFEXITED(status)) return WEXITSTATUS(status);
+    if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+    return 0;
 }

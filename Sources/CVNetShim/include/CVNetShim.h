@@ -167,6 +167,12 @@ static inline int vnet_bind_private(int fd, const struct sockaddr *addr, socklen
     umask(old);
     return r < 0 ? -e : 0;
 }
+/// Bytes waiting in a socket's receive queue (SIOCINQ / FIONREAD), or -errno.
+static inline int vnet_inq(int fd) {
+    int v = 0;
+    if (ioctl(fd, FIONREAD, &v) < 0) return -errno;
+    return v;
+}
 /// Bytes in a socket's send queue not yet acknowledged by the peer (SIOCOUTQ), or -errno.
 static inline int vnet_outq(int fd) {
     int v = 0;
@@ -197,4 +203,10 @@ static inline void vnet_abort_close(int fd) {
 /// Starts `/bin/sh -c command` with stdin and stdout on one end of a new unix stream socketpair; returns
 /// the other end (non-blocking, close-on-exec) or -errno. Children are reaped automatically (SIGCHLD ignored).
 int vnet_spawn_command(const char *command);
+/// Starts argv[0] (searched in PATH) with `argv`, all signals unblocked, dying with SIGTERM when vnet dies
+/// (PR_SET_PDEATHSIG). Returns a pidfd for the child (readable once it exits) and stores its pid in `pid`,
+/// or returns -errno (exec failures included: ENOENT for a missing program).
+int vnet_spawn_process(char *const argv[], int *pid);
+/// Waits for child `pid` and returns its exit status (128+N when killed by signal N), or -errno.
+int vnet_wait_child(int pid);
 #endif
