@@ -32,8 +32,10 @@ let package = Package(
             "VNetWire", "VNetBuffers", "VNetServices", "VNetGateway", "VNetHost", "VNetTransport", "CVNetShim",
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // Kernel modes: rtnetlink (bridges, links, addresses), TAPs, kernel NAT (nftables), PCI passthrough (sysfs).
+        .target(name: "VNetKernel", dependencies: ["CVNetShim", "VNetWire", "VNetBuffers", "VNetServices", "VNetHost"]),
         .executableTarget(name: "vnet", dependencies: [
-            "VNetRuntime", "VNetGateway",
+            "VNetRuntime", "VNetGateway", "VNetKernel", "VNetServices", "VNetWire", "CVNetShim",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -41,6 +43,7 @@ let package = Package(
         .testTarget(name: "VNetBuffersTests", dependencies: ["VNetBuffers"]),
         .testTarget(name: "VNetServicesTests", dependencies: ["VNetServices", "VNetWire"]),
         .testTarget(name: "VNetGatewayTests", dependencies: ["VNetGateway", "VNetWire", "VNetServices", "VNetBuffers"]),
+        .testTarget(name: "VNetKernelTests", dependencies: ["VNetKernel", "VNetWire"]),
         .testTarget(name: "VNetTransportTests", dependencies: ["VNetTransport", "VNetWire", "VNetBuffers"]),
     ]
 )
