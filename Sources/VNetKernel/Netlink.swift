@@ -173,6 +173,14 @@ public struct NetlinkMessage: Equatable {
     public var sequence: UInt32
     public var portID: UInt32
     public var payload: ArraySlice<UInt8>
+
+    public init(type: UInt16, flags: UInt16, sequence: UInt32, portID: UInt32, payload: ArraySlice<UInt8>) {
+        self.type = type
+        self.flags = flags
+        self.sequence = sequence
+        self.portID = portID
+        self.payload = payload
+    }
 }
 
 /// Splits a received datagram into messages. Throws if any length is inconsistent.
@@ -246,6 +254,11 @@ public struct NetlinkAck: Equatable {
     /// A positive errno, or 0 for success.
     public var errno: Int32
     public var message: String?
+
+    public init(errno: Int32, message: String?) {
+        self.errno = errno
+        self.message = message
+    }
 
     public static func parse(_ m: NetlinkMessage) throws(NetlinkParseError) -> NetlinkAck {
         let p = m.payload

@@ -33,7 +33,7 @@ final class FakeSysfs {
         sysfs.onWrite = { [unowned self] path, text in self.kernel(path, text) }
     }
 
-    deinit { _ = system("rm -rf '\(root)'") }
+    deinit { removeTree(root) }
 
     func mkdirs(_ rel: String) { _ = try? makeDirectories(root + "/" + rel) }
     func touch(_ rel: String, _ text: String = "") { try? writeWholeFile(root + "/" + rel, text) }
@@ -83,13 +83,26 @@ final class FakeSysfs {
     }
 }
 
-extension String {
-    func trimmingCharacters() -> String { String(drop { $0.isWhitespace }.reversed().drop { $0.isWhitespace }.reversed()) }
+/// rm -r without following symlinks.
+func removeTree(_ path: String) {
+    var st = stat()
+    guard lstat(path, &st) == 0 else { return }
+    if (st.st_mode & S_IFMT) == S_IFDIR, let d = opendir(path) {
+        var names: [String] = []
+        while let e = readdir(d) {
+            let n = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if n != "." && n != ".." { names.append(n) }
+        }
+        closedir(d)
+        for n in names { removeTree(path + "/" + n) }
+        _ = rmdir(path)
+    } else {
+        _ = unlink(path)
+    }
 }
 
-func makeState() -> String {
-    var template = Array("/tmp/vnet-pt-state-XXXXXX".utf8CString)
-    return template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) } + "/run"
+extension String {
+    func trimmingCharacters() -> String { String(drop { $0.isWhitespace }.reversed().drop { $0.isWhitespace }.reversed()) }
 }
 
 @Suite("passthrough")
@@ -109,7 +122,7 @@ struct PassthroughTests {
         f.addDevice("0000:01:00.0", classCode: "0x020000", driver: "e1000e", group: "7", net: ["enp1s0"])
         f.addDevice("0000:02:00.0", classCode: "0x020000", driver: nil, group: "8")
         f.addDevice("0000:00:02.0", classCode: "0x030000", driver: nil, group: "1")
-        let p = PCIPassthrough(sysfs: f.sysfs, stateDirectory: makeState())
+        let p = PCIPassthrough(sysfs: f.sysfs, stateDirectory: f.root + "/vnet-state")
         let nics = p.networkDevices()
         #expect(nics.map(\.address) == ["0000:01:00.0", "0000:02:00.0"])
         #expect(nics[0].driver == "e1000e" && nics[0].iommuGroup == "7" && nics[0].interfaces == ["enp1s0"] && nics[0].vendor == "0x8086")
@@ -121,7 +134,7 @@ struct PassthroughTests {
     func iommuOff() {
         let f = FakeSysfs(iommu: false)
         f.addDevice("0000:01:00.0", classCode: "0x020000", driver: "e1000e", group: nil)
-        let p = PCIPassthrough(sysfs: f.sysfs, stateDirectory: makeState())
+        let p = PCIPassthrough(sysfs: f.sysfs, stateDirectory: f.root + "/vnet-state")
         #expect(!p.iommuEnabled)
         #expect(throws: PassthroughError.iommuOff) { try p.bind("0000:01:00.0") { _ in true } }
         #expect(PassthroughError.iommuOff.description.contains("intel_iommu=on"))
@@ -133,7 +146,7 @@ struct PassthroughTests {
     func missingPieces() {
         let f = FakeSysfs(vfioLoaded: false)
         f.addDevice("0000:01:00.0", classCode: "0x020000", driver: "e1000e", group: "7")
-        let p = PCIPassthrough(sysfs: f.sysfs, stateDirectory: makeState())
+        let p = PCIPassthrough(sysfs: f.sysfs, stateDirectory: f.root + "/vnet-state")
         #expect(throws: PassthroughError.vfioNotLoaded) { try p.bind("0000:01:00.0") { _ in true } }
         #expect(throws: PassthroughError.noSuchDevice("0000:09:00.0")) { try p.bind("0000:09:00.0") { _ in true } }
         #expect(f.writes.isEmpty)
@@ -143,7 +156,7 @@ struct PassthroughTests {
     func bindAndUnbind() throws {
         let f = FakeSysfs()
         f.addDevice("0000:01:00.0", classCode: "0x020000", driver: "e1000e", group: "7")
-        let state = makeState()
+        let state = f.root + "/vnet-state"
         let p = PCIPassthrough(sysfs: f.sysfs, stateDirectory: state)
         var asked = false
         let moved = try p.bind("0000:01:00.0") { _ in asked = true; return false }
@@ -157,7 +170,7 @@ struct PassthroughTests {
 
         f.writes = []
         let restored = try p.unbind("0000:01:00.0")
-        #expect(restored.map(\.0) == ["0000:01:00.0"] && restored.map(\.1) == ["e1000e"])
+        #expect(restored.map { $0.0 } == ["0000:01:00.0"] && restored.map { $0.1 } == ["e1000e"])
         #expect(f.driver("0000:01:00.0") == "e1000e")
         #expect(f.writes == ["bus/pci/drivers/vfio-pci/unbind <- 0000:01:00.0",
                              "bus/pci/devices/0000:01:00.0/driver_override <- \n",
@@ -172,7 +185,7 @@ struct PassthroughTests {
         f.addDevice("0000:01:00.0", classCode: "0x020000", driver: "igb", group: "9")
         f.addDevice("0000:01:00.1", classCode: "0x020000", driver: "igb", group: "9")
         f.addDevice("0000:00:1c.0", classCode: "0x060400", driver: "pcieport", group: "9")
-        let state = makeState()
+        let state = f.root + "/vnet-state"
         let p = PCIPassthrough(sysfs: f.sysfs, stateDirectory: state)
         var offered: [String] = []
         #expect(throws: PassthroughError.self) { try p.bind("0000:01:00.0") { others in offered = others.map(\.address); return false } }
@@ -193,7 +206,7 @@ struct PassthroughTests {
     func noDriver() throws {
         let f = FakeSysfs()
         f.addDevice("0000:02:00.0", classCode: "0x020000", driver: nil, group: "4")
-        let state = makeState()
+        let state = f.root + "/vnet-state"
         let p = PCIPassthrough(sysfs: f.sysfs, stateDirectory: state)
         try p.bind("0000:02:00.0") { _ in true }
         #expect(f.driver("0000:02:00.0") == "vfio-pci")
@@ -207,7 +220,7 @@ struct PassthroughTests {
         let f = FakeSysfs()
         f.addDevice("0000:01:00.0", classCode: "0x020000", driver: "e1000e", group: "7")
         f.refusing = ["vfio-pci"]
-        let p = PCIPassthrough(sysfs: f.sysfs, stateDirectory: makeState())
+        let p = PCIPassthrough(sysfs: f.sysfs, stateDirectory: f.root + "/vnet-state")
         #expect(throws: PassthroughError.didNotBind("0000:01:00.0", expected: "vfio-pci", actual: nil)) { try p.bind("0000:01:00.0") { _ in true } }
         #expect(f.writes.last == "bus/pci/drivers/vfio-pci/bind <- 0000:01:00.0")
     }
