@@ -78,7 +78,7 @@ struct NatCommand: ParsableCommand {
     func run() throws {
         guard kernel else { fail("the userspace nat mode is not in this build yet; use --kernel", code: 2) }
         let config = try makeConfig()
-        let log: (String) -> Void = { line in print(line); fflush(stdout) }
+        let log: (String) -> Void = { line in print(line); fflush(nil) }
         if undo {
             do { try kernelCall { try KernelNat.recoverStale(config, log: log) } } catch let e as KernelNat.AlreadyRunning { fail(e.description, code: 1) }
             print("vnet: nothing left of \(config.name)")
@@ -112,14 +112,14 @@ struct NatCommand: ParsableCommand {
             for m in config.portMaps { print("vnet: hostfwd \(m)") }
             print("vnet: start QEMU with: -netdev bridge,id=n0,br=\(config.bridge),helper=\"vnet tap-helper\" -device virtio-net-pci,netdev=n0")
             print("vnet: ready")
-            fflush(stdout)
+            fflush(nil)
             let sig = services.run(signalFD: sfd)
             let c = services.counters
             print("vnet: stopping (signal \(sig)); dhcp replies \(c.dhcpReplies) dropped \(c.dhcpDropped), dns forwarded \(c.dnsForwarded) "
                   + "answered \(c.dnsAnswered) dropped \(c.dnsDropped)")
             try nat.tearDown()
             print("vnet: removed what \(config.name) added")
-            fflush(stdout)
+            fflush(nil)
         }
     }
 }

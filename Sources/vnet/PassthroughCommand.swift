@@ -33,7 +33,7 @@ struct PassthroughCommand: ParsableCommand {
                 print(pad(d.address, 14) + pad(id, 11) + pad(d.driver ?? "-", 12) + pad(d.iommuGroup ?? "-", 13)
                       + (d.interfaces.isEmpty ? "-" : d.interfaces.joined(separator: ",")))
             }
-            fflush(stdout)
+            fflush(nil)
             if !p.iommuEnabled { fail(PassthroughError.iommuOff.description, code: 1) }
         }
     }
@@ -56,7 +56,7 @@ struct PassthroughCommand: ParsableCommand {
                     print("IOMMU group of \(addr) also holds:")
                     for o in others { print("  \(o.address) class 0x\(String(o.classCode, radix: 16)) driver \(o.driver ?? "none")") }
                     print("Move them to vfio-pci too? [y/N] ", terminator: "")
-                    fflush(stdout)
+                    fflush(nil)
                     let answer = readLine()?.lowercased() ?? ""
                     return answer == "y" || answer == "yes"
                 }

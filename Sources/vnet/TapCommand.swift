@@ -129,7 +129,7 @@ struct TapCommand: ParsableCommand {
                 }
                 print("vnet: tap \(name) up; start QEMU with: \(device.qemuArguments(name))")
                 print("vnet: ready")
-                fflush(stdout)
+                fflush(nil)
                 var pfd = pollfd(fd: sfd, events: Int16(POLLIN), revents: 0)
                 var sig: Int32 = 0
                 while sig == 0 {
@@ -142,7 +142,7 @@ struct TapCommand: ParsableCommand {
                 }
                 if !keep { try TapDevice.delete(name, route: route) }
                 print("vnet: stopped (signal \(sig))\(keep ? "; kept \(name)" : "; removed \(name)")")
-                fflush(stdout)
+                fflush(nil)
                 if let f = failure { throw f }
             }
         }
