@@ -142,7 +142,7 @@ def test_bridge_with_veth_vms(namespaces):
     assert re.fullmatch(rf"br0\t\t[0-9a-f]{{4}}\.{mac}\tno\t\tvm1", show[1]), show
     assert show[2] == "\t\t\t\t\t\t\tvm2", show
 
-    r = in_ns(vm1, "ping", "-c", "1", "-W", "5", "10.9.0.12", check=False)
+    r = in_ns(vm1, "busybox", "ping", "-c", "1", "-W", "5", "10.9.0.12", check=False)
     assert r.returncode == 0, r.stdout + r.stderr
 
     assert vnet(host, "bridge", "stp", "br0", "on").returncode == 0
@@ -154,7 +154,7 @@ def test_bridge_with_veth_vms(namespaces):
     assert vnet(host, "bridge", "address", "br0", "add", "10.9.0.1/24").returncode == 0
     assert "inet 10.9.0.1/24" in in_ns(host, "ip", "-4", "addr", "show", "dev", "br0").stdout
     assert vnet(host, "bridge", "address", "br0").stdout.split() == ["10.9.0.1/24"]
-    r = in_ns(vm2, "ping", "-c", "1", "-W", "5", "10.9.0.1", check=False)
+    r = in_ns(vm2, "busybox", "ping", "-c", "1", "-W", "5", "10.9.0.1", check=False)
     assert r.returncode == 0, r.stdout + r.stderr
     assert vnet(host, "bridge", "address", "br0", "del", "10.9.0.1/24").returncode == 0
     assert "10.9.0.1" not in in_ns(host, "ip", "-4", "addr", "show", "dev", "br0").stdout
@@ -169,7 +169,7 @@ def test_bridge_with_veth_vms(namespaces):
 def test_bridge_errors_are_clear(namespaces):
     ns = namespaces("e")
     assert vnet(ns, "bridge", "create", "br0").returncode == 0
-    in_ns(ns, "ip", "link", "add", "d0", "type", "dummy")
+    in_ns(ns, "ip", "link", "add", "d0", "type", "veth", "peer", "name", "d1")
     cases = [
         (["bridge", "create", "br0"], "create bridge br0: it exists already"),
         (["bridge", "addif", "br0", "nosuch0"], "interface nosuch0: no such interface"),
@@ -194,11 +194,11 @@ def test_bridge_errors_are_clear(namespaces):
 
 def test_tap_create_delete_persistent_with_options(namespaces):
     ns = namespaces("t")
-    p = vnet(ns, "tap", "create", "tap8", "--owner", "1000", "--group", "1000", "--vnet-hdr", "--multiqueue")
+    p = vnet(ns, "tap", "create", "tap8", "--owner", "4242", "--group", "4243", "--vnet-hdr", "--multiqueue")
     assert p.returncode == 0, p.stderr
     assert "ifname=tap8" in p.stdout
     d = in_ns(ns, "ip", "-d", "link", "show", "tap8").stdout
-    assert "tun type tap" in d and "multi_queue" in d and "persist on" in d and "user 1000" in d and "group 1000" in d, d
+    assert "tun type tap" in d and "multi_queue" in d and "persist on" in d and "user 4242" in d and "group 4243" in d, d
     assert "vnet_hdr on" in d, d
     p = vnet(ns, "tap", "create", "tap8")
     assert p.returncode == 1 and "it exists already" in one_error_line(p)
