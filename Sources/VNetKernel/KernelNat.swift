@@ -24,12 +24,12 @@ public struct KernelNatConfig: Sendable {
     public var gateway: IPv4Address
     public var dhcpStart: IPv4Address
     public var dhcpCount: Int
-    public var portMaps: [PortMap]
+    public var portMaps: [NftPortMap]
     public var stateDirectory: String
     public var ipForwardPath = "/proc/sys/net/ipv4/ip_forward"
 
     public init(name: String, bridge: String, network: IPv4Network, gateway: IPv4Address, dhcpStart: IPv4Address, dhcpCount: Int,
-                portMaps: [PortMap], stateDirectory: String) {
+                portMaps: [NftPortMap], stateDirectory: String) {
         self.name = name
         self.bridge = bridge
         self.network = network

@@ -15,7 +15,7 @@ import VNetWire
 import Glibc
 #endif
 
-public struct PortMap: Equatable, Sendable, CustomStringConvertible {
+public struct NftPortMap: Equatable, Sendable, CustomStringConvertible {
     public enum Proto: String, Sendable { case tcp, udp }
     public var proto: Proto
     /// nil: every host address.
@@ -38,7 +38,7 @@ public struct PortMap: Equatable, Sendable, CustomStringConvertible {
 
     /// QEMU's hostfwd syntax: `[tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport`; an empty guest address
     /// is `defaultGuest`.
-    public static func parse(_ text: String, defaultGuest: IPv4Address) throws -> PortMap {
+    public static func parse(_ text: String, defaultGuest: IPv4Address) throws -> NftPortMap {
         func bad(_ why: String) -> KernelModeError { KernelModeError("port map '\(text)': \(why)") }
         let halves = text.split(separator: "-", omittingEmptySubsequences: false)
         guard halves.count == 2 else { throw bad("expected [tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport") }
@@ -59,7 +59,7 @@ public struct PortMap: Equatable, Sendable, CustomStringConvertible {
             guest = a
         }
         guard let gp = UInt16(g[1]), gp > 0 else { throw bad("bad guest port '\(g[1])'") }
-        return PortMap(proto: proto, hostAddress: hostAddress, hostPort: hp, guestAddress: guest, guestPort: gp)
+        return NftPortMap(proto: proto, hostAddress: hostAddress, hostPort: hp, guestAddress: guest, guestPort: gp)
     }
 }
 
@@ -67,7 +67,7 @@ public enum NftRuleset {
     public static func tableName(_ networkName: String) -> String { "vnet-" + networkName }
 
     /// The whole ruleset for a NAT network on `bridge` covering `network`.
-    public static func render(networkName: String, bridge: String, network: IPv4Network, portMaps: [PortMap]) -> String {
+    public static func render(networkName: String, bridge: String, network: IPv4Network, portMaps: [NftPortMap]) -> String {
         let t = tableName(networkName)
         var s = "table ip \(t) {\n}\ndelete table ip \(t)\n"
         s += "table ip \(t) {\n"

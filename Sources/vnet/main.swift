@@ -12,7 +12,8 @@ struct Vnet: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vnet",
         abstract: "QEMU/KVM virtual networking: user-mode networks, switches, NAT.",
-        subcommands: [UserCommand.self, BridgeCommand.self, TapCommand.self, TapHelperCommand.self, NatCommand.self, PassthroughCommand.self],
+        subcommands: [UserCommand.self, SwitchCommand.self, NatCommand.self, BridgeCommand.self, TapCommand.self, TapHelperCommand.self,
+                      PassthroughCommand.self],
         defaultSubcommand: nil)
 }
 

@@ -241,8 +241,8 @@ def nat(namespaces, workdir, log_dir):
             procs.append(b)
             b.out.wait_for("LISTENING", 15)
         in_ns(router, "sh", "-c", "echo 0 > /proc/sys/net/ipv4/ip_forward")
-        args = ["netns", "exec", router, rig.vnet_binary(), "nat", "--kernel", "--name", "t1", "--net", "10.0.3.0/24",
-                "--hostfwd", "tcp::8080-:8000", "--dns-upstream", "198.51.100.2:5353", "--state-dir", state]
+        args = ["netns", "exec", router, rig.vnet_binary(), "nat", "--kernel", "--name", "t1", "--network", "10.0.3.0/24",
+                "--dhcp-range", "10.0.3.15-10.0.3.40", "--port-map", "tcp::8080-:8000", "--dns-upstream", "198.51.100.2:5353", "--state-dir", state]
         with rig.VnetProcess(args, binary=shutil.which("ip"), log_dir=log_dir, name="vnet-nat") as v:
             in_ns(router, "ip", "link", "add", "g0", "type", "veth", "peer", "name", "eth0", "netns", guest)
             assert vnet(router, "bridge", "addif", "vnet-t1", "g0").returncode == 0
@@ -285,7 +285,7 @@ def test_kernel_nat_lease_masquerade_dnat_dns_and_clean_exit(nat):
 
     # Running it again changes nothing: refused while this one runs, the ruleset untouched.
     before = in_ns(nat.router, "nft", "list", "ruleset").stdout
-    p = vnet(nat.router, "nat", "--kernel", "--name", "t1", "--net", "10.0.3.0/24", "--state-dir", nat.state)
+    p = vnet(nat.router, "nat", "--kernel", "--name", "t1", "--network", "10.0.3.0/24", "--state-dir", nat.state)
     assert p.returncode == 1 and "already running" in one_error_line(p)
     assert in_ns(nat.router, "nft", "list", "ruleset").stdout == before
 
@@ -303,7 +303,7 @@ def test_kernel_nat_killed_run_is_undone(namespaces, workdir, log_dir):
     state = Path(workdir) / "state"
     in_ns(router, "sh", "-c", "echo 0 > /proc/sys/net/ipv4/ip_forward")
     args = ["netns", "exec", router, rig.vnet_binary(), "nat", "--kernel", "--name", "k1", "--bridge", "nbr1",
-            "--net", "10.7.0.0/24", "--state-dir", state, "--resolv-conf", "/dev/null"]
+            "--network", "10.7.0.0/24", "--state-dir", state, "--resolv-conf", "/dev/null"]
     v = rig.VnetProcess(args, binary=shutil.which("ip"), log_dir=log_dir, name="vnet-nat-killed").start()
     os.kill(v.pid, signal.SIGKILL)
     v.proc.wait(timeout=10)
@@ -311,7 +311,7 @@ def test_kernel_nat_killed_run_is_undone(namespaces, workdir, log_dir):
     assert "table ip vnet-k1" in in_ns(router, "nft", "list", "tables").stdout
     record = (state / "nat-k1.state").read_text()
     assert "bridge_created=1" in record and "ip_forward_was=0" in record and "nft_table=vnet-k1" in record, record
-    p = vnet(router, "nat", "--kernel", "--name", "k1", "--bridge", "nbr1", "--net", "10.7.0.0/24", "--state-dir", state, "--undo")
+    p = vnet(router, "nat", "--kernel", "--name", "k1", "--bridge", "nbr1", "--network", "10.7.0.0/24", "--state-dir", state, "--undo")
     assert p.returncode == 0, p.stderr
     assert in_ns(router, "nft", "list", "tables").stdout.strip() == ""
     assert in_ns(router, "ip", "link", "show", "nbr1", check=False).returncode != 0
@@ -319,10 +319,15 @@ def test_kernel_nat_killed_run_is_undone(namespaces, workdir, log_dir):
     assert not (state / "nat-k1.state").exists()
 
 
-def test_nat_without_kernel_is_refused():
-    p = subprocess.run([str(rig.vnet_binary()), "nat"], capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
-    assert p.returncode == 2
-    assert p.stderr == "vnet: error: the userspace nat mode is not in this build yet; use --kernel\n"
+def test_kernel_nat_refuses_userspace_only_flags():
+    for args, message in ((["--static-lease", "52:54:00:00:00:10,192.168.122.10"], "--static-lease is not available with --kernel"),
+                          (["--port-map", "tcp::2222-web:22"], "with --kernel the VM is an address"),
+                          (["--name", "averyverylongname"], "a long --name needs --bridge")):
+        p = subprocess.run([str(rig.vnet_binary()), "nat", "--kernel", *args], capture_output=True, text=True, timeout=30,
+                           stdin=subprocess.DEVNULL)
+        assert p.returncode == 2 and message in one_error_line(p), (args, p.stderr)
+    p = subprocess.run([str(rig.vnet_binary()), "nat", "--undo"], capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert p.returncode == 2 and "go with --kernel" in one_error_line(p), p.stderr
 
 
 # --------------------------------------------------------------------------- QEMU guests on the NAT bridge
