@@ -66,3 +66,18 @@ extension String {
         return count
     }
 }
+
+@Suite("tap-helper access list")
+struct BridgeACLTests {
+    @Test("allow NAME or all admits; a deny for the bridge or all wins; comments and junk are ignored; empty denies")
+    func rules() {
+        #expect(BridgeACL.allows("br0", config: "allow br0\n"))
+        #expect(!BridgeACL.allows("br1", config: "allow br0\n"))
+        #expect(BridgeACL.allows("br1", config: "# lab\nallow all\n"))
+        #expect(!BridgeACL.allows("br0", config: "allow all\ndeny br0\n"))
+        #expect(!BridgeACL.allows("br0", config: "deny all\nallow br0\n"))
+        #expect(BridgeACL.allows("br0", config: "allow br0 # trailing comment\ngarbage line here\ninclude /x\n"))
+        #expect(!BridgeACL.allows("br0", config: ""))
+        #expect(!BridgeACL.allows("br0", config: "#allow br0\n"))
+    }
+}
