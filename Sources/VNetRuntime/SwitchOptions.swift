@@ -66,14 +66,14 @@ public struct PortMap: Equatable, Sendable, CustomStringConvertible {
         self.guestPort = guestPort
     }
 
-    public var description: String {
-        let t: String
+    public var targetDescription: String {
         switch target {
-        case .address(let a): t = a.description
-        case .hostName(let h): t = h
+        case .address(let a): a.description
+        case .hostName(let h): h
         }
-        return "\(proto.rawValue) \(hostAddress):\(hostPort) -> \(t):\(guestPort)"
     }
+
+    public var description: String { "\(proto.rawValue) \(hostAddress):\(hostPort) -> \(targetDescription):\(guestPort)" }
 
     /// Parses `[tcp|udp]:[HOSTADDR]:HOSTPORT-VM:GUESTPORT`, VM being an address or a lease host name.
     public static func parse(_ text: String) -> Result<PortMap, SwitchOptionError> {

@@ -366,7 +366,7 @@ public final class SwitchRuntime {
         for l in listeners { lines.append("vnet: listening \(l.description) (\(l.policy))") }
         for h in hubs { lines.append("vnet: datagrams \(h.description) (\(h.policy))") }
         for case let l? in links { lines.append("vnet: port \(l.switchPort): \(l.description) (\(fabric.ports[l.switchPort]?.policy.description ?? ""))") }
-        for m in portMaps { lines.append("vnet: port map \(m.map.proto.rawValue) \(m.bound) -> \(m.map)") }
+        for m in portMaps { lines.append("vnet: port map \(m.map.proto.rawValue) \(m.bound) -> \(m.map.targetDescription):\(m.map.guestPort)") }
         return lines
     }
 
@@ -596,6 +596,13 @@ public final class SwitchRuntime {
             lines.append("port\(i)_tx_packets \(k.txPackets)")
             lines.append("port\(i)_tx_bytes \(k.txBytes)")
             lines.append("port\(i)_tx_drops \(k.txDrops)")
+            if let l = links[i] {
+                if l.port.isStream { l.port.syncCounters() }
+                let t = l.port.counters
+                if t.droppedShort > 0 { lines.append("port\(i)_drop_frame_too_short \(t.droppedShort)") }
+                if t.droppedOversize > 0 { lines.append("port\(i)_drop_frame_too_long \(t.droppedOversize)") }
+                if t.sendErrors > 0 { lines.append("port\(i)_send_errors \(t.sendErrors)") }
+            }
         }
         if let gw = gateway { lines += gw.counters.report }
         return lines

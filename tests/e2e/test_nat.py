@@ -24,10 +24,17 @@ import rig
 VMS = [("vm1", "52:54:00:12:01:01"), ("vm2", "52:54:00:12:01:02"), ("vm3", "52:54:00:12:01:03")]
 
 
-def nobody_args(binary, home: Path):
+def unprivileged(workdir: Path, home: Path):
+    """How to start vnet as `nobody` (as root), or as ourselves (already unprivileged): binary, argv prefix, user."""
+    if os.getuid() != 0:
+        return rig.vnet_binary(), [], pwd.getpwuid(os.getuid())
     nobody = pwd.getpwnam("nobody")
     setpriv = shutil.which("setpriv")
     assert setpriv, "setpriv (util-linux) is needed to drop privileges"
+    os.chmod(workdir, 0o711)
+    binary = home / "vnet"
+    shutil.copy2(rig.vnet_binary(), binary)
+    os.chmod(binary, 0o755)
     os.chown(home, nobody.pw_uid, nobody.pw_gid)
     return setpriv, [f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups", "--", str(binary)], nobody
 
@@ -41,10 +48,10 @@ def nat(guest_image, module_workdir, module_log_dir):
     map_port = rig.free_tcp_port()
     with rig.HttpServer({"/": b"hello from the host\n"}) as http, \
             rig.DnsServer({"upstream.test": "192.0.2.55"}) as dns:
-        setpriv, prefix, nobody = nobody_args(rig.vnet_binary(), home)
+        launcher, prefix, nobody = unprivileged(Path(module_workdir), home)
         args = prefix + ["nat", "--socket", sock, "--leases-file", leases, "--dns-upstream", f"{dns.address}",
                          "--port-map", f"tcp:127.0.0.1:{map_port}-vm2:8080", "--domain", "vnet.test", "--log-level", "info"]
-        with rig.VnetProcess(args, log_dir=module_log_dir, binary=setpriv, env={"HOME": str(home)}) as vnet:
+        with rig.VnetProcess(args, log_dir=module_log_dir, binary=launcher, env={"HOME": str(home)}) as vnet:
             guests = []
             try:
                 for name, mac in VMS:

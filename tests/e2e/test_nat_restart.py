@@ -60,3 +60,39 @@ def test_a_corrupt_lease_file_is_an_error(module_workdir, module_log_dir):
     assert "corrupt" in r.stderr and str(bad) in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert bad.read_text() == "{not json", "the file is left as it was"
+
+
+def test_one_config_file_is_all_it_needs(module_workdir, module_log_dir):
+    d = Path(module_workdir)
+    port = rig.free_tcp_port()
+    cfg = d / "net.yaml"
+    cfg.write_text(f"""# a NAT network for a lab
+network: 10.77.0.0/24
+dhcp-range: 10.77.0.100-10.77.0.150
+static-lease: ["52:54:00:aa:00:01,10.77.0.120,db"]
+host: ["files=10.77.0.9"]
+port-map: ["tcp:127.0.0.1:{port}-db:5432"]
+socket: [{d / 'cfg.sock'}]
+leases-file: {d / 'cfg.leases'}
+dns-upstream: 127.0.0.1:9
+""")
+    with rig.VnetProcess(["nat", "--config", cfg], log_dir=module_log_dir, name="vnet-config") as vnet:
+        out = vnet.stdout.text
+        assert "vnet: nat network 10.77.0.0/24, gateway 10.77.0.1, dns 10.77.0.1, dhcp 10.77.0.100+51" in out, out
+        assert f"vnet: port map tcp 127.0.0.1:{port} -> db:5432" in out, out
+        assert f"addr.path={d / 'cfg.sock'}" in out, out
+
+
+@pytest.mark.parametrize("text,message", [
+    ("network: [1, 2\n", "not valid YAML"),
+    ("netwrok: 10.0.0.0/24\n", "unknown setting 'netwrok'"),
+    ("static-lease: ['52:54:00:aa:00:01,192.168.1.5']\n", "outside the DHCP range"),
+    ("port-map: ['tcp::99999-db:80']\n", "port map"),
+])
+def test_bad_config_files_are_one_line_errors(module_workdir, text, message):
+    cfg = Path(module_workdir) / "bad.yaml"
+    cfg.write_text(text)
+    r = subprocess.run([str(rig.vnet_binary()), "nat", "--config", str(cfg), "--socket", str(Path(module_workdir) / "bad.sock"),
+                        "--leases-file", str(Path(module_workdir) / "bad.leases")], capture_output=True, text=True, timeout=20)
+    assert r.returncode == 2, r
+    assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
