@@ -38,8 +38,10 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
             .product(name: "CoreMetrics", package: "swift-metrics"),
         ]),
+        // Kernel modes: rtnetlink (bridges, links, addresses), TAPs, kernel NAT (nftables), PCI passthrough (sysfs).
+        .target(name: "VNetKernel", dependencies: ["CVNetShim", "VNetWire", "VNetBuffers", "VNetServices", "VNetHost"]),
         .executableTarget(name: "vnet", dependencies: [
-            "VNetRuntime", "VNetGateway", "VNetSwitch", "VNetServices", "VNetWire", "VNetBuffers",
+            "VNetRuntime", "VNetGateway", "VNetSwitch", "VNetServices", "VNetWire", "VNetBuffers", "VNetKernel", "CVNetShim",
             .product(name: "Yams", package: "Yams"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
@@ -52,6 +54,7 @@ let package = Package(
         .testTarget(name: "VNetServicesTests", dependencies: ["VNetServices", "VNetWire"]),
         .testTarget(name: "VNetGatewayTests", dependencies: ["VNetGateway", "VNetWire", "VNetServices", "VNetBuffers"]),
         .testTarget(name: "VNetSwitchTests", dependencies: ["VNetSwitch", "VNetWire", "VNetBuffers"]),
+        .testTarget(name: "VNetKernelTests", dependencies: ["VNetKernel", "VNetWire"]),
         .testTarget(name: "VNetTransportTests", dependencies: ["VNetTransport", "VNetWire", "VNetBuffers"]),
         .testTarget(name: "VNetRuntimeTests", dependencies: ["VNetRuntime", "VNetHost", "VNetGateway", "VNetWire", "VNetBuffers"]),
     ]

@@ -12,7 +12,8 @@ struct Vnet: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vnet",
         abstract: "QEMU/KVM virtual networking: user-mode networks, switches, NAT.",
-        subcommands: [UserCommand.self, SwitchCommand.self, NatCommand.self, CtlCommand.self, RunCommand.self],
+        subcommands: [UserCommand.self, SwitchCommand.self, NatCommand.self, CtlCommand.self, RunCommand.self, BridgeCommand.self,
+                      TapCommand.self, TapHelperCommand.self, PassthroughCommand.self],
         defaultSubcommand: nil)
 }
 
