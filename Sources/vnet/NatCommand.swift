@@ -195,7 +195,8 @@ struct NatCommand: ParsableCommand {
 
     func runKernel() throws {
         let unsupported: [(Bool, String)] = [(configFile != nil, "--config"), (!staticLeases.isEmpty, "--static-lease"), (!hosts.isEmpty, "--host"),
-                                             (leasesFile != nil, "--leases-file"), (ports.hasPorts, "switch ports (--socket, --tap, ...)")]
+                                             (leasesFile != nil, "--leases-file"), (ports.hasPorts, "switch ports (--socket, --tap, ...)"),
+                                             (ports.controlPath != nil, "--control")]
         if let (_, flag) = unsupported.first(where: { $0.0 }) { throw ValidationError("\(flag) is not available with --kernel") }
         try KernelNatMode(name: name ?? "default", bridge: bridge, network: network ?? "192.168.122.0/24", gateway: gateway,
                           dhcpRange: dhcpRange, leaseTime: leaseTime, domain: domain, portMaps: portMaps, dnsUpstream: dnsUpstream,
