@@ -47,6 +47,12 @@ public enum DropReason: Int, CaseIterable, Sendable {
     case txQueueFull
     case restricted
     case forwardNoGuestMAC
+    case tftpMalformed
+    case tftpRefused
+    case tftpPathRefused
+    case tftpTooManyTransfers
+    case tftpUnknownTransfer
+    case tftpTimedOut
 
     public var name: String {
         switch self {
@@ -95,6 +101,12 @@ public enum DropReason: Int, CaseIterable, Sendable {
         case .txQueueFull: "tx_queue_full"
         case .restricted: "restricted"
         case .forwardNoGuestMAC: "forward_no_guest_mac"
+        case .tftpMalformed: "tftp_malformed"
+        case .tftpRefused: "tftp_refused"
+        case .tftpPathRefused: "tftp_path_refused"
+        case .tftpTooManyTransfers: "tftp_too_many_transfers"
+        case .tftpUnknownTransfer: "tftp_unknown_transfer"
+        case .tftpTimedOut: "tftp_timed_out"
         }
     }
 }
@@ -105,6 +117,7 @@ public enum ServedCounter: Int, CaseIterable, Sendable {
     case tcpForwardsAccepted, udpForwardDatagrams, datagramsReassembled, dnsFailovers
     case tcpFlowsOpened, tcpFlowsClosed, tcpFlowsExpired, tcpConnectRefused, tcpRetransmits, tcpResetsFromGuest, tcpResetsToGuest
     case tcpSuperSegmentsToGuest, dnsLocalAnswers
+    case tftpTransfersStarted, tftpTransfersCompleted, tftpBlocksSent, tftpRetransmits, tftpErrorsSent
 
     public var name: String {
         switch self {
@@ -133,6 +146,11 @@ public enum ServedCounter: Int, CaseIterable, Sendable {
         case .tcpResetsToGuest: "tcp_resets_to_guest"
         case .tcpSuperSegmentsToGuest: "tcp_super_segments_to_guest"
         case .dnsLocalAnswers: "dns_local_answers"
+        case .tftpTransfersStarted: "tftp_transfers_started"
+        case .tftpTransfersCompleted: "tftp_transfers_completed"
+        case .tftpBlocksSent: "tftp_blocks_sent"
+        case .tftpRetransmits: "tftp_retransmits"
+        case .tftpErrorsSent: "tftp_errors_sent"
         }
     }
 }

@@ -64,6 +64,8 @@ public final class Gateway<Host: HostIO> {
     var localNames: [String: IPv4Address] = [:]
     /// The frame being handled came with a partial layer-4 checksum (see `handleGuestFrame`).
     var guestChecksumPartial = false
+    /// The TFTP server (`tftp=`), once the runtime gave it a file source (see GatewayTFTP.swift).
+    var tftp: TFTPServer?
     /// Scratch for host datagrams and DHCP replies (largest UDP datagram).
     let scratch: UnsafeMutableRawBufferPointer
 
@@ -76,7 +78,7 @@ public final class Gateway<Host: HostIO> {
             network: config.network, serverAddress: config.gatewayAddress, router: config.gatewayAddress,
             dnsServers: [config.dnsAddress], poolStart: config.dhcpStart, poolSize: config.dhcpPoolSize,
             leaseTime: config.leaseTime, domainName: config.domainName, searchDomains: config.dnsSearch,
-            hostName: config.hostName, mtu: config.mtu)
+            hostName: config.hostName, mtu: config.mtu, tftpServerName: config.tftpServerName, bootfile: config.bootfile)
         dhcpConfig.staticLeases = config.staticLeases
         dhcp = DHCPServer(config: dhcpConfig)
         udpFlows = FlowTable(capacity: config.udpFlowCapacity)
@@ -96,6 +98,7 @@ public final class Gateway<Host: HostIO> {
         for i in udpFlows.activeIndices { if let f = udpFlows[i], f.replyTo == nil { host.close(f.handle) } }
         for i in icmpFlows.activeIndices { if let f = icmpFlows[i] { host.close(f.handle) } }
         for i in tcpFlows.activeIndices { if let f = tcpFlows[i] { host.close(f.handle) } }
+        tftp?.closeAll()
         scratch.deallocate()
         tcpPeekBuffer.deallocate()
     }
@@ -112,6 +115,7 @@ public final class Gateway<Host: HostIO> {
         let sweep = lastSweep + .seconds(1)
         var next = nextTCPDeadline == .zero ? sweep : min(sweep, nextTCPDeadline)
         if !tcpWindowWatch.isEmpty { next = min(next, windowWatchDeadline) }
+        if let t = tftp?.nextDeadline { next = min(next, t) }
         return next
     }
 
@@ -143,6 +147,7 @@ public final class Gateway<Host: HostIO> {
         lastPollTime = now
         tcpWindowWatchPass(now: now)
         tcpTimers(now: now)
+        tftpTimers(now: now)
         guard now - lastSweep >= .seconds(1) || lastSweep == .zero else { return }
         lastSweep = now
         reassembler.expire(now: now)

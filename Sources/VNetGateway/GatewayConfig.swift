@@ -41,6 +41,14 @@ public struct GatewayConfig: Sendable {
     /// libslirp's restrict=on: the guest reaches only the gateway's own services and guestfwd targets.
     public var restricted = false
     public var hostForwards: [HostForward] = []
+    /// `tftp=DIR`: the read-only TFTP server's root on the host (nil: no TFTP server).
+    public var tftpRoot: String? = nil
+    /// `bootfile=NAME`: DHCP option 67 and the reply's file field, with siaddr set to the gateway.
+    public var bootfile: String? = nil
+    /// `tftp-server-name=NAME`: DHCP option 66.
+    public var tftpServerName: String? = nil
+    /// Concurrent TFTP transfers at most.
+    public var tftpTransferCapacity = 16
     public var guestForwards: [GuestForward] = []
 
     public init() {}

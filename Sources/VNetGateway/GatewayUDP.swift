@@ -45,6 +45,7 @@ extension Gateway {
             return handleDHCP(payload, ethernet: ethernet, now: now)
         }
         guard udp.sourcePort != 0, !ip.source.isUnspecified else { return drop(.udpSourcePortZero) }
+        if tftp != nil && udp.destinationPort == TFTPServer.port && ip.destination == config.gatewayAddress { return handleTFTP(payload, ip: ip, udp: udp, mac: ethernet.source, now: now) }
         let key = UDPFlowKey(guestAddress: ip.source, guestPort: udp.sourcePort, destination: ip.destination, destinationPort: udp.destinationPort)
         let existing = udpFlows.lookup(key)
         if let i = existing, let to = udpFlows[i]?.replyTo {

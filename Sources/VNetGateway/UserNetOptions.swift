@@ -13,12 +13,12 @@ public struct UserNetOptionError: Error, Equatable, CustomStringConvertible, Sen
 public enum UserNetOptions {
     /// libslirp options that vnet recognises but does not implement yet.
     public static let notYetSupported: Set<String> = [
-        "tftp", "bootfile", "tftp-server-name", "smb", "smbserver", "ipv6-net", "ipv6-prefix",
+        "smb", "smbserver", "ipv6-net", "ipv6-prefix",
         "ipv6-prefixlen", "ipv6-host", "ipv6-dns", "dnssearch6",
     ]
     public static let supported: Set<String> = [
         "id", "net", "host", "dhcpstart", "dns", "dnssearch", "domainname", "hostname", "restrict", "ipv4", "ipv6",
-        "hostfwd", "guestfwd",
+        "hostfwd", "guestfwd", "tftp", "bootfile", "tftp-server-name",
     ]
 
     /// Splits a QemuOpts string into (key, value) pairs, honouring ",," as an escaped comma.
@@ -127,6 +127,20 @@ public enum UserNetOptions {
                 hostForwards.append(try parseHostForward(value))
             case "guestfwd":
                 c.guestForwards.append(try parseGuestForward(value))
+            case "tftp":
+                guard !value.isEmpty else { throw UserNetOptionError("option 'tftp': empty directory") }
+                c.tftpRoot = value
+            case "bootfile":
+                // The DHCP reply's file field holds 127 bytes and a NUL.
+                guard !value.isEmpty, value.utf8.count <= 127, !value.utf8.contains(0) else {
+                    throw UserNetOptionError("option 'bootfile': must be 1 to 127 bytes")
+                }
+                c.bootfile = value
+            case "tftp-server-name":
+                guard !value.isEmpty, value.utf8.count <= 255, !value.utf8.contains(0) else {
+                    throw UserNetOptionError("option 'tftp-server-name': must be 1 to 255 bytes")
+                }
+                c.tftpServerName = value
             case "ipv4":
                 if !(try parseBool(key, value)) { throw UserNetOptionError("option 'ipv4=off' is not supported yet") }
             case "ipv6":

@@ -64,6 +64,7 @@ public final class UserNetRuntime {
         // Tests exercise both host-read paths; kernels before 6.9 take the fallback on their own.
         if let v = getenv("VNET_FORCE_PEEK_FALLBACK"), String(cString: v) == "1" { host.forcePeekFallback = true }
         gateway = Gateway(config: gatewayConfig, host: host)
+        if let root = gatewayConfig.tftpRoot { gateway.enableTFTP(files: try HostTFTPFiles(directory: root)) }
         let sfd = vnet_signalfd()
         guard sfd >= 0 else { throw RuntimeError("signalfd: \(Sys.errnoString(-sfd))") }
         signalFD = sfd
@@ -294,6 +295,8 @@ public final class UserNetRuntime {
             lines.append("vnet: hostfwd \(f.rule.proto.rawValue) \(f.bound) -> \(f.rule.guestAddress):\(f.rule.guestPort)")
         }
         for g in c.guestForwards { lines.append("vnet: guestfwd \(g)") }
+        if let root = c.tftpRoot { lines.append("vnet: tftp \(c.gatewayAddress):69 serves \(root) read-only") }
+        if let b = c.bootfile { lines.append("vnet: dhcp bootfile \(b) from \(c.gatewayAddress)") }
         if c.restricted {
             lines.append("vnet: restrict=on: the guest reaches only DHCP, ARP, ping of \(c.gatewayAddress)/\(c.dnsAddress), guestfwd targets and hostfwd connections")
         }

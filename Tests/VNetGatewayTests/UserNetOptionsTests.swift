@@ -88,7 +88,7 @@ struct UserNetOptionsTests {
     }
 
     @Test("options vnet does not implement yet are refused by name",
-          arguments: ["tftp=/srv/tftp", "bootfile=pxelinux.0", "smb=/tmp", "ipv6-net=fec0::/64", "ipv6=on", "ipv4=off"])
+          arguments: ["smb=/tmp", "ipv6-net=fec0::/64", "ipv6=on", "ipv4=off"])
     func notYetSupported(option: String) throws {
         let key = String(option.split(separator: "=")[0])
         let message = try #require(parseError("user,id=n0,\(option)"))
