@@ -186,3 +186,21 @@ struct UserNetOptionsTests {
         #expect(c.mtu == 9000 && !c.mapGatewayToHostLoopback && c.id == "x")
     }
 }
+
+@Suite("UserNetOptions TFTP")
+struct UserNetOptionsTFTPTests {
+    @Test("tftp=, bootfile= and tftp-server-name= are kept; ',,' escapes a comma in the directory")
+    func tftpOptions() throws {
+        let c = try UserNetOptions.parse("user,tftp=/srv/a,,b,bootfile=boot.ipxe,tftp-server-name=10.0.2.2")
+        #expect(c.tftpRoot == "/srv/a,b")
+        #expect(c.bootfile == "boot.ipxe")
+        #expect(c.tftpServerName == "10.0.2.2")
+        #expect(try UserNetOptions.parse("").tftpRoot == nil)
+    }
+
+    @Test("empty or oversized values are refused", arguments: ["tftp=", "bootfile=", "tftp-server-name=",
+                                                               "bootfile=" + String(repeating: "b", count: 128)])
+    func bad(option: String) {
+        #expect(throws: UserNetOptionError.self) { try UserNetOptions.parse(option) }
+    }
+}
