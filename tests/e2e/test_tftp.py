@@ -57,9 +57,10 @@ def fetch(g, name: str, block: int | None = None, local: str = "/tmp/got") -> tu
 
 
 def test_dhcp_carries_boot_fields(tftp_guest):
-    m = re.search(r"^BOOT (.*)$", tftp_guest.dhcp, re.M)
-    assert m, tftp_guest.dhcp
-    facts = dict(kv.split("=", 1) for kv in m.group(1).split())
+    # The script runs for "deconfig" first (no lease yet); the last line is the bound lease.
+    lines = re.findall(r"^BOOT (.*)$", tftp_guest.dhcp, re.M)
+    assert lines, tftp_guest.dhcp
+    facts = dict(kv.split("=", 1) for kv in lines[-1].split())
     assert facts["siaddr"] == "10.0.2.2"
     assert facts["boot_file"] == "big.bin"
     assert facts["bootfile"] == "big.bin"
