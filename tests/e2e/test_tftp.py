@@ -88,3 +88,4 @@ def test_traversal_and_missing_are_refused(tftp_guest, name):
     assert "error" in out.lower() or "not found" in out.lower() or "violation" in out.lower(), out
     rc, contents = g.run("cat /tmp/refused 2>/dev/null")
     assert "secret" not in contents and "root:" not in contents
+
