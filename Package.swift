@@ -40,7 +40,7 @@ let package = Package(
         .testTarget(name: "VNetWireTests", dependencies: ["VNetWire"], resources: [.copy("Fixtures")]),
         .testTarget(name: "VNetBuffersTests", dependencies: ["VNetBuffers"]),
         .testTarget(name: "VNetServicesTests", dependencies: ["VNetServices", "VNetWire"]),
-        .testTarget(name: "VNetGatewayTests", dependencies: ["VNetGateway", "VNetWire", "VNetServices", "VNetBuffers"]),
+        .testTarget(name: "VNetGatewayTests", dependencies: ["VNetGateway", "VNetWire", "VNetServices", "VNetBuffers", "VNetTransport"]),
         .testTarget(name: "VNetTransportTests", dependencies: ["VNetTransport", "VNetWire", "VNetBuffers"]),
     ]
 )

@@ -47,6 +47,7 @@ public enum DropReason: Int, CaseIterable, Sendable {
     case txQueueFull
     case restricted
     case forwardNoGuestMAC
+    case egressDenied
 
     public var name: String {
         switch self {
@@ -95,6 +96,7 @@ public enum DropReason: Int, CaseIterable, Sendable {
         case .txQueueFull: "tx_queue_full"
         case .restricted: "restricted"
         case .forwardNoGuestMAC: "forward_no_guest_mac"
+        case .egressDenied: "egress_denied"
         }
     }
 }

@@ -228,12 +228,15 @@ public final class Gateway<Host: HostIO> {
     /// Where guest traffic to `dst` goes on the host, or nil (with the drop reason) when it must not leave.
     func hostDestination(for dst: IPv4Address) -> (IPv4Address?, DropReason?) {
         if dst == config.gatewayAddress {
-            return config.mapGatewayToHostLoopback ? (.loopback, nil) : (nil, .hostLoopbackDisabled)
+            guard config.mapGatewayToHostLoopback else { return (nil, .hostLoopbackDisabled) }
+            return config.egress.permits(.loopback) ? (.loopback, nil) : (nil, .egressDenied)
         }
         if config.network.contains(dst) { return (nil, .udpToUnknownLocalAddress) }
         if dst.isUnspecified || dst.isLoopback || dst.isMulticast || dst == .broadcast || dst.rawValue >> 24 == 0 {
             return (nil, .martianDestination)
         }
+        // --deny/--allow (EgressPolicy.swift): 169.254.0.0/16 (cloud metadata) is denied by default.
+        guard config.egress.permits(dst) else { return (nil, .egressDenied) }
         return (dst, nil)
     }
 

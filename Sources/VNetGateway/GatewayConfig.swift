@@ -35,6 +35,8 @@ public struct GatewayConfig: Sendable {
     public var dnsFailoverTimeout: Instant.Duration = .seconds(2)
     public var icmpIdleTimeout: Instant.Duration = .seconds(30)
 
+    /// Which host addresses guest-initiated flows may reach (`--deny`/`--allow`; link-local denied by default).
+    public var egress = EgressPolicy()
     /// libslirp's restrict=on: the guest reaches only the gateway's own services and guestfwd targets.
     public var restricted = false
     public var hostForwards: [HostForward] = []

@@ -144,7 +144,8 @@ extension Gateway {
         if config.restricted { return .refused(.restricted) }
         if key.destination == config.dnsAddress {
             // DNS over TCP: relayed to the first upstream resolver, like DNS over UDP.
-            guard key.destinationPort == 53, let up = currentDNSUpstream else { return .refused(.dnsNoUpstream) }
+            guard key.destinationPort == 53 else { return .refused(.dnsWrongPort) }
+            guard let up = currentDNSUpstream else { return .refused(.dnsNoUpstream) }
             return .host(up.0, up.1)
         }
         let (dst, reason) = hostDestination(for: key.destination)

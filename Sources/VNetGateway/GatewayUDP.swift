@@ -107,7 +107,13 @@ extension Gateway {
                 (hostAddress, hostPort) = upstream
             } else {
                 let (dst, reason) = hostDestination(for: ip.destination)
-                guard let d = dst else { return drop(reason!) }
+                guard let d = dst else {
+                    if reason == .egressDenied {
+                        sendAdministrativelyProhibited(ip: ip, mac: mac, quotedWords: (udp.sourcePort, udp.destinationPort,
+                                                                                       UInt16(truncatingIfNeeded: udp.length), udp.checksum))
+                    }
+                    return drop(reason!)
+                }
                 hostAddress = d
                 hostPort = udp.destinationPort
             }

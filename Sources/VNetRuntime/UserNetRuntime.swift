@@ -250,6 +250,7 @@ public final class UserNetRuntime {
         } else {
             lines.append("vnet: guest traffic to \(c.gatewayAddress) does not reach host loopback")
         }
+        lines.append("vnet: egress: " + c.egress.summary)
         if let up = options.dnsUpstream {
             lines.append("vnet: dns upstream \(up.address):\(up.port)")
         } else {
