@@ -44,6 +44,8 @@ public enum DropReason: Int, CaseIterable, Sendable {
     case tcpOutOfOrder
     case tcpRstOutOfWindow
     case tcpFlowTableFull
+    case tcpHalfOpenFull
+    case dnsFlowTableFull
     case txQueueFull
     case restricted
     case forwardNoGuestMAC
@@ -93,6 +95,8 @@ public enum DropReason: Int, CaseIterable, Sendable {
         case .tcpOutOfOrder: "tcp_out_of_order"
         case .tcpRstOutOfWindow: "tcp_rst_out_of_window"
         case .tcpFlowTableFull: "tcp_flow_table_full"
+        case .tcpHalfOpenFull: "tcp_half_open_full"
+        case .dnsFlowTableFull: "dns_flow_table_full"
         case .txQueueFull: "tx_queue_full"
         case .restricted: "restricted"
         case .forwardNoGuestMAC: "forward_no_guest_mac"

@@ -37,6 +37,10 @@ public final class Gateway<Host: HostIO> {
     var udpFlows: FlowTable<UDPFlowKey, UDPFlow>
     var icmpFlows: FlowTable<ICMPFlowKey, ICMPFlow>
     var tcpFlows: FlowTable<TCPFlowKey, TCPFlow>
+    /// TCP flows not yet established (capped by `config.tcpHalfOpenCapacity`).
+    var tcpHalfOpenCount = 0
+    /// UDP flows to the DNS address (capped by `config.dnsFlowCapacity`).
+    var dnsFlowCount = 0
     /// Flows that owe the guest an ACK at the end of the current batch.
     var tcpAckList: [Int]
     /// Flows waiting for room in `toGuest`.
@@ -54,7 +58,7 @@ public final class Gateway<Host: HostIO> {
     var ipIdentification: UInt16 = 0
     var neighbours: [IPv4Address: MACAddress] = [:]
     var dnsUpstreamIndex = 0
-    let reassembler = Reassembler()
+    let reassembler: Reassembler
     var lastSweep: Instant = .zero
     /// The frame being handled came with a partial layer-4 checksum (see `handleGuestFrame`).
     var guestChecksumPartial = false
@@ -74,6 +78,7 @@ public final class Gateway<Host: HostIO> {
         udpFlows = FlowTable(capacity: config.udpFlowCapacity)
         icmpFlows = FlowTable(capacity: config.icmpFlowCapacity)
         tcpFlows = FlowTable(capacity: config.tcpFlowCapacity)
+        reassembler = Reassembler(slotCount: max(1, config.fragmentSlots), timeout: config.fragmentTimeout)
         tcpAckList = []
         tcpAckList.reserveCapacity(config.tcpFlowCapacity)
         tcpWindowWatch.reserveCapacity(config.tcpFlowCapacity)
@@ -97,6 +102,8 @@ public final class Gateway<Host: HostIO> {
     public var udpFlowCount: Int { udpFlows.count }
     public var icmpFlowCount: Int { icmpFlows.count }
     public var tcpFlowCount: Int { tcpFlows.count }
+    public var tcpHalfOpenFlowCount: Int { tcpHalfOpenCount }
+    public var dnsFlowOpenCount: Int { dnsFlowCount }
     public var hasFlowsBlockedOnQueue: Bool { !tcpQueueBlocked.isEmpty }
 
     /// When `poll` next has work to do (the loop's epoll timeout).

@@ -66,6 +66,9 @@ struct UserCommand: ParsableCommand {
     @Flag(name: .customLong("allow-link-local"), help: "Let the guest reach 169.254.0.0/16 (link-local, cloud metadata).")
     var allowLinkLocal = false
 
+    @Option(name: .customLong("limit"), help: ArgumentHelp("Set a limit (repeatable): \(GatewayLimit.allCases.map(\.rawValue).joined(separator: ", ")) (seconds).", valueName: "NAME=N"))
+    var limits: [String] = []
+
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "notice"
 
@@ -82,6 +85,15 @@ struct UserCommand: ParsableCommand {
         gw.mtu = mtu
         gw.mapGatewayToHostLoopback = !noMapHostLoopback
         if allowLinkLocal { gw.egress.allowLinkLocal() }
+        for text in limits {
+            let parts = text.split(separator: "=", maxSplits: 1).map(String.init)
+            guard parts.count == 2, let l = GatewayLimit(rawValue: parts[0]) else {
+                throw ValidationError("--limit: '\(text)' is not NAME=N with NAME one of \(GatewayLimit.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            guard let v = Int(parts[1]), gw.setLimit(l, v) else {
+                throw ValidationError("--limit \(l.rawValue) must be a number from \(l.range.lowerBound) to \(l.range.upperBound)")
+            }
+        }
         for (flag, list) in [("--deny", deny), ("--allow", allow)] {
             for text in list {
                 if text.contains(":") { throw ValidationError("\(flag) \(text): IPv6 is not supported yet") }

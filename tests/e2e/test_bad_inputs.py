@@ -198,9 +198,32 @@ def link(vnet):
     q.close()
 
 
-def test_startup_names_the_egress_policy(vnet):
+def test_startup_names_the_egress_policy_and_limits(vnet):
     text = vnet.proc.stdout.text
     assert "vnet: egress: deny 169.254.0.0/16" in text and "169.254.169.254 (cloud metadata) is denied" in text, text
+    assert "vnet: limits: tcp-flows 16384, tcp-half-open 1024, udp-flows 4096" in text, text
+
+
+def test_case_20_udp_sweep_hits_the_limit_logged_once_per_interval(workdir, log_dir, servers):
+    """A UDP sweep past --limit udp-flows=4: the rest is dropped and counted, the healthy flow (opened first)
+    keeps working, and the log says so once for the interval, not once per datagram."""
+    sock = workdir / "sweep.sock"
+    with rig.VnetProcess(["user", "--socket", sock, "--limit", "udp-flows=4"], log_dir=log_dir) as proc:
+        v = SimpleNamespace(proc=proc, sock=sock)
+        assert "udp-flows 4," in proc.stdout.text
+        q = connect(v)
+        h = Healthy(q, servers)
+        h.check()
+        for port in range(20000, 20200):
+            q.send(eth(IP(src=GUEST_IP, dst=GW_IP) / UDP(sport=40030, dport=port) / Raw(b"sweep")))
+        h.check()
+        c = counters(v)
+        assert c.get("drop_udp_flow_table_full") == 200 - 3, c
+        line = proc.wait_for_line(r"limit reached: udp_flow_table_full x(\d+)", timeout=15, stream="stderr")
+        assert int(line.group(1)) == 197
+        h.check()
+        assert proc.stderr.text.count("limit reached: udp_flow_table_full") == 1
+        q.close()
 
 
 class Healthy:

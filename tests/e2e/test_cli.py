@@ -25,6 +25,8 @@ CASES = [
     (["user", "--deny", "10.1.2.3/8"], "--deny: '10.1.2.3/8' is not an IPv4 prefix"),
     (["user", "--allow", "300.0.0.0/8"], "--allow: '300.0.0.0/8' is not an IPv4 prefix"),
     (["user", "--allow", "fd00:ec2::254"], "--allow fd00:ec2::254: IPv6 is not supported yet"),
+    (["user", "--limit", "foo=1"], "--limit: 'foo=1' is not NAME=N"),
+    (["user", "--limit", "tcp-half-open=0"], "--limit tcp-half-open must be a number from 1 to 65536"),
     (["user", "--no-such-flag"], "Unknown option '--no-such-flag'"),
     (["frobnicate"], "Unexpected argument 'frobnicate'"),
     (["user", "--socket", "/nonexistent-dir/x.sock"], "No such file or directory"),
