@@ -11,6 +11,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
     ],
     targets: [
         // Tiny C target: Linux APIs Glibc does not import (epoll, mmsghdr, tun, setns).
@@ -23,17 +24,20 @@ let package = Package(
         .target(name: "VNetServices", dependencies: ["VNetWire", "VNetBuffers"]),
         // vnet's host on the segment: dispatch, services, UDP/ICMP NAT. Host I/O through a protocol.
         .target(name: "VNetGateway", dependencies: ["VNetWire", "VNetServices", "VNetBuffers"]),
+        // The learning L2 switch: forwarding database, VLANs, ports. Pure.
+        .target(name: "VNetSwitch", dependencies: ["VNetWire", "VNetBuffers"]),
         // Syscalls: epoll, sockets, tap, netns.
         .target(name: "VNetHost", dependencies: ["CVNetShim"]),
         // QEMU stream/dgram framing.
         .target(name: "VNetTransport", dependencies: ["VNetWire", "VNetBuffers"]),
         // Wiring: event loop, ports, real host sockets behind the gateway.
         .target(name: "VNetRuntime", dependencies: [
-            "VNetWire", "VNetBuffers", "VNetServices", "VNetGateway", "VNetHost", "VNetTransport", "CVNetShim",
+            "VNetWire", "VNetBuffers", "VNetServices", "VNetGateway", "VNetHost", "VNetTransport", "VNetSwitch", "CVNetShim",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "vnet", dependencies: [
-            "VNetRuntime", "VNetGateway",
+            "VNetRuntime", "VNetGateway", "VNetSwitch", "VNetServices", "VNetWire", "VNetBuffers",
+            .product(name: "Yams", package: "Yams"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -41,6 +45,7 @@ let package = Package(
         .testTarget(name: "VNetBuffersTests", dependencies: ["VNetBuffers"]),
         .testTarget(name: "VNetServicesTests", dependencies: ["VNetServices", "VNetWire"]),
         .testTarget(name: "VNetGatewayTests", dependencies: ["VNetGateway", "VNetWire", "VNetServices", "VNetBuffers", "VNetTransport"]),
+        .testTarget(name: "VNetSwitchTests", dependencies: ["VNetSwitch", "VNetWire", "VNetBuffers"]),
         .testTarget(name: "VNetTransportTests", dependencies: ["VNetTransport", "VNetWire", "VNetBuffers"]),
     ]
 )

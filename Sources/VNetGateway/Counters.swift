@@ -110,7 +110,7 @@ public enum ServedCounter: Int, CaseIterable, Sendable {
     case udpFlowsOpened, udpFlowsExpired, icmpFlowsOpened, icmpFlowsExpired, icmpErrorsToGuest
     case tcpForwardsAccepted, udpForwardDatagrams, datagramsReassembled, dnsFailovers
     case tcpFlowsOpened, tcpFlowsClosed, tcpFlowsExpired, tcpConnectRefused, tcpRetransmits, tcpResetsFromGuest, tcpResetsToGuest
-    case tcpSuperSegmentsToGuest
+    case tcpSuperSegmentsToGuest, dnsLocalAnswers
 
     public var name: String {
         switch self {
@@ -138,6 +138,7 @@ public enum ServedCounter: Int, CaseIterable, Sendable {
         case .tcpResetsFromGuest: "tcp_resets_from_guest"
         case .tcpResetsToGuest: "tcp_resets_to_guest"
         case .tcpSuperSegmentsToGuest: "tcp_super_segments_to_guest"
+        case .dnsLocalAnswers: "dns_local_answers"
         }
     }
 }

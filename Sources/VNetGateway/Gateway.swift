@@ -60,6 +60,8 @@ public final class Gateway<Host: HostIO> {
     var dnsUpstreamIndex = 0
     let reassembler: Reassembler
     var lastSweep: Instant = .zero
+    /// Names answered locally (see GatewayLocalNames.swift).
+    var localNames: [String: IPv4Address] = [:]
     /// The frame being handled came with a partial layer-4 checksum (see `handleGuestFrame`).
     var guestChecksumPartial = false
     /// Scratch for host datagrams and DHCP replies (largest UDP datagram).
@@ -70,11 +72,13 @@ public final class Gateway<Host: HostIO> {
         self.host = host
         toGuest = FrameQueue(capacity: max(queueCapacity, 4 * (config.mtu + 18) + 65_540 + 2 * VirtioNetHeader.length),
                              frameHeaderLength: config.guestOffloads ? VirtioNetHeader.length : 0)
-        dhcp = DHCPServer(config: DHCPConfig(
+        var dhcpConfig = DHCPConfig(
             network: config.network, serverAddress: config.gatewayAddress, router: config.gatewayAddress,
             dnsServers: [config.dnsAddress], poolStart: config.dhcpStart, poolSize: config.dhcpPoolSize,
             leaseTime: config.leaseTime, domainName: config.domainName, searchDomains: config.dnsSearch,
-            hostName: config.hostName, mtu: config.mtu))
+            hostName: config.hostName, mtu: config.mtu)
+        dhcpConfig.staticLeases = config.staticLeases
+        dhcp = DHCPServer(config: dhcpConfig)
         udpFlows = FlowTable(capacity: config.udpFlowCapacity)
         icmpFlows = FlowTable(capacity: config.icmpFlowCapacity)
         tcpFlows = FlowTable(capacity: config.tcpFlowCapacity)

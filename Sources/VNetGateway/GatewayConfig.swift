@@ -2,6 +2,7 @@
 // 10.0.2.0/24, gateway ("host") 10.0.2.2, DNS 10.0.2.3, DHCP from 10.0.2.15, MTU 1500.
 
 import VNetBuffers
+import VNetServices
 import VNetWire
 
 public struct GatewayConfig: Sendable {
@@ -18,6 +19,8 @@ public struct GatewayConfig: Sendable {
     /// hold partial checksums and TCP super-segments, and TCP to the guest goes out as super-segments of up to
     /// 64 KiB with partial checksums, cut at the guest's MSS by the kernel.
     public var guestOffloads = false
+    /// Fixed DHCP bindings (`vnet nat --static-lease`); each address lies in the pool.
+    public var staticLeases: [DHCPStaticLease] = []
     /// Guest traffic to the gateway address reaches host loopback (QEMU's behaviour).
     public var mapGatewayToHostLoopback = true
     /// The QEMU netdev id, for messages only.

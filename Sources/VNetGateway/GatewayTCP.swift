@@ -142,7 +142,7 @@ extension Gateway {
         }
         // libslirp's restrict=on: guest-initiated TCP reaches guestfwd targets only (answered with RST).
         if config.restricted { return .refused(.restricted) }
-        if key.destination == config.dnsAddress {
+        if key.destination == config.dnsAddress && (key.destinationPort == 53 || config.dnsAddress != config.gatewayAddress) {
             // DNS over TCP: relayed to the first upstream resolver, like DNS over UDP.
             guard key.destinationPort == 53 else { return .refused(.dnsWrongPort) }
             guard let up = currentDNSUpstream else { return .refused(.dnsNoUpstream) }

@@ -55,8 +55,9 @@ extension Gateway {
         }
         // libslirp's restrict=on: only DHCP (and TFTP) reach the gateway; nothing is NAT'd, not even DNS.
         guard !config.restricted else { return drop(.restricted) }
-        if ip.destination == config.dnsAddress {
+        if ip.destination == config.dnsAddress && (udp.destinationPort == 53 || config.dnsAddress != config.gatewayAddress) {
             guard udp.destinationPort == 53 else { return drop(.dnsWrongPort) }
+            if answerLocalName(payload, ip: ip, udp: udp, mac: ethernet.source) { return }
             return forwardUDP(payload, ip: ip, udp: udp, key: key, existing: existing, mac: ethernet.source, dns: true, now: now)
         }
         forwardUDP(payload, ip: ip, udp: udp, key: key, existing: existing, mac: ethernet.source, dns: false, now: now)

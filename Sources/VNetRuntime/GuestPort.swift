@@ -125,7 +125,7 @@ final class GuestPort {
             let done = try Sys.connect(s, address)
             fd = s
             connecting = !done
-            try epoll.add(s, events: done ? (Epoll.readable | Epoll.hangup) : Epoll.writable, tag: LoopTag.connection.tag)
+            try epoll.add(s, events: done ? (Epoll.readable | Epoll.hangup) : Epoll.writable, tag: ioTag)
             if done { connected() }
         } catch {
             Sys.close(s)
@@ -151,7 +151,7 @@ final class GuestPort {
             let e = Sys.socketError(fd)
             if e != 0 { return disconnect(queue: queue, reason: Sys.errnoString(e), now: now) }
             connected()
-            try? epoll.modify(fd, events: Epoll.readable | Epoll.hangup, tag: LoopTag.connection.tag)
+            try? epoll.modify(fd, events: Epoll.readable | Epoll.hangup, tag: ioTag)
             return
         }
         switch kind {
@@ -218,11 +218,12 @@ final class GuestPort {
 
     /// One frame per read (datagram or TAP): checked against the length rules, then delivered or counted.
     @inline(__always)
-    func deliverWhole(received n: Int, truncated: Bool, _ deliver: (UnsafeRawBufferPointer, Bool) -> Void) {
+    func deliverWhole(received n: Int, truncated: Bool, from buffer: UnsafeMutableRawBufferPointer? = nil,
+                      _ deliver: (UnsafeRawBufferPointer, Bool) -> Void) {
         switch DatagramFraming.check(received: n, truncated: truncated, mtu: mtu) {
         case .accept:
             counters.framesIn &+= 1
-            deliver(UnsafeRawBufferPointer(frameBuffer.slice(0 ..< n)), false)
+            deliver(UnsafeRawBufferPointer((buffer ?? frameBuffer).slice(0 ..< n)), false)
         case .tooShort: counters.droppedShort &+= 1
         case .tooLong: counters.droppedOversize &+= 1
         }
@@ -296,11 +297,15 @@ final class GuestPort {
         disarmWrite()
     }
 
+    /// The epoll tag of this port's fd when a runtime other than `vnet user`'s owns it.
+    var tagOverride: UInt64? = nil
+
     var ioTag: UInt64 {
+        if let t = tagOverride { return t }
         switch kind {
-        case .streamListener, .streamConnector: LoopTag.connection.tag
-        case .datagram: LoopTag.datagram.tag
-        case .tap: LoopTag.tap.tag
+        case .streamListener, .streamConnector: return LoopTag.connection.tag
+        case .datagram: return LoopTag.datagram.tag
+        case .tap: return LoopTag.tap.tag
         }
     }
 

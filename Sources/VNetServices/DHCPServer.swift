@@ -12,6 +12,9 @@
 // lease but keeps the MAC. The table has a fixed cap by construction: more MACs than slots get no offer,
 // and the caller counts that. Replies carry subnet mask, router, DNS, lease/renewal times, broadcast,
 // interface MTU, and, when configured, domain name, search list (RFC 3397) and host name.
+// Static leases pin a MAC to a pool address that no other MAC is ever offered; the client's host name
+// (option 12, cleaned to one DNS label) or the static lease's is kept with the binding for DNS.
+// `generation` changes whenever the set of bindings does, so a caller can persist them (`leases`/`restore`).
 
 import VNetBuffers
 import VNetWire
@@ -31,6 +34,8 @@ public struct DHCPConfig: Sendable {
     public var mtu: Int
     public var tftpServerName: String?
     public var bootfile: String?
+    /// Fixed MAC -> address (+ host name) bindings; each address must lie in the pool.
+    public var staticLeases: [DHCPStaticLease] = []
 
     public init(network: IPv4Network, serverAddress: IPv4Address, router: IPv4Address, dnsServers: [IPv4Address],
                 poolStart: IPv4Address, poolSize: Int = 16, leaseTime: Instant.Duration = .seconds(24 * 3600),
@@ -50,6 +55,35 @@ public struct DHCPConfig: Sendable {
         self.mtu = mtu
         self.tftpServerName = tftpServerName
         self.bootfile = bootfile
+    }
+}
+
+/// A fixed binding: `mac` always gets `address` (inside the pool), and `hostName` as its DNS name.
+public struct DHCPStaticLease: Equatable, Sendable {
+    public var mac: MACAddress
+    public var address: IPv4Address
+    public var hostName: String?
+    public init(mac: MACAddress, address: IPv4Address, hostName: String? = nil) {
+        self.mac = mac
+        self.address = address
+        self.hostName = hostName
+    }
+}
+
+/// One binding, as `leases(now:)` lists it and the state file stores it.
+public struct DHCPLease: Equatable, Sendable {
+    public var mac: MACAddress
+    public var address: IPv4Address
+    public var hostName: String?
+    /// Seconds of lease left (0 when expired).
+    public var remainingSeconds: UInt64
+    public var isStatic: Bool
+    public init(mac: MACAddress, address: IPv4Address, hostName: String?, remainingSeconds: UInt64, isStatic: Bool) {
+        self.mac = mac
+        self.address = address
+        self.hostName = hostName
+        self.remainingSeconds = remainingSeconds
+        self.isStatic = isStatic
     }
 }
 
@@ -79,14 +113,94 @@ public struct DHCPServer: Sendable {
         public var mac: MACAddress?
         public var expires: Instant
         public var bound: Bool
+        /// The client's host name (option 12, cleaned) or the static lease's.
+        public var hostName: String? = nil
     }
 
     public let config: DHCPConfig
     public private(set) var slots: [Slot]
+    /// Bumped whenever a binding is made, renewed with a new name, released or declined (for persistence
+    /// and lease events).
+    public private(set) var generation: UInt64 = 0
+    /// The static lease of each MAC, and the slots static leases reserve.
+    let staticByMAC: [MACAddress: DHCPStaticLease]
+    let reservedSlots: Set<Int>
 
     public init(config: DHCPConfig) {
         self.config = config
         slots = Array(repeating: Slot(mac: nil, expires: .zero, bound: false), count: config.poolSize)
+        var byMAC: [MACAddress: DHCPStaticLease] = [:]
+        var reserved = Set<Int>()
+        let start = Int64(config.poolStart.rawValue)
+        for l in config.staticLeases {
+            let d = Int(Int64(l.address.rawValue) - start)
+            guard d >= 0 && d < config.poolSize else { continue }   // validated by the caller; ignored here
+            byMAC[l.mac] = l
+            reserved.insert(d)
+        }
+        staticByMAC = byMAC
+        reservedSlots = reserved
+    }
+
+    /// Keeps a host name usable as a DNS label: letters, digits and '-', at most 63 bytes; nil when nothing is left.
+    public static func cleanHostName(_ name: String?) -> String? {
+        guard let n = name else { return nil }
+        var out = ""
+        for u in n.unicodeScalars {
+            if out.utf8.count >= 63 { break }
+            if (u >= "a" && u <= "z") || (u >= "A" && u <= "Z") || (u >= "0" && u <= "9") || u == "-" {
+                out.unicodeScalars.append(u)
+            } else if u == "." {
+                break   // a fully qualified name: keep its first label
+            }
+        }
+        while out.hasPrefix("-") { out.removeFirst() }
+        while out.hasSuffix("-") { out.removeLast() }
+        return out.isEmpty ? nil : out.lowercased()
+    }
+
+    /// Every MAC the pool remembers (expired ones too, with 0 seconds left), static leases first.
+    public func leases(now: Instant) -> [DHCPLease] {
+        var out: [DHCPLease] = []
+        for (i, s) in slots.enumerated() {
+            guard let mac = s.mac, mac != .zero, s.bound || reservedSlots.contains(i) else { continue }
+            let left = s.bound && s.expires > now ? (s.expires - now).seconds : 0
+            out.append(DHCPLease(mac: mac, address: address(ofSlot: i), hostName: s.hostName, remainingSeconds: left,
+                                 isStatic: staticByMAC[mac] != nil))
+        }
+        for l in config.staticLeases where !out.contains(where: { $0.mac == l.mac }) {
+            out.append(DHCPLease(mac: l.mac, address: l.address, hostName: l.hostName, remainingSeconds: 0, isStatic: true))
+        }
+        return out.sorted { $0.address.rawValue < $1.address.rawValue }
+    }
+
+    /// The name and address of every live binding (for DNS).
+    public func boundNames(now: Instant) -> [(String, IPv4Address)] {
+        var out: [(String, IPv4Address)] = []
+        for (i, s) in slots.enumerated() where s.bound && s.expires > now {
+            if let h = s.hostName { out.append((h, address(ofSlot: i))) }
+        }
+        for l in config.staticLeases {
+            if let h = l.hostName, !out.contains(where: { $0.0 == h }) { out.append((h, l.address)) }
+        }
+        return out
+    }
+
+    /// Puts back bindings saved by an earlier run (addresses outside the pool, or that a static lease now
+    /// reserves for another MAC, are skipped). Returns how many were restored.
+    @discardableResult
+    public mutating func restore(_ saved: [DHCPLease], now: Instant) -> Int {
+        var n = 0
+        for l in saved {
+            guard let i = slotIndex(of: l.address), l.mac != .zero, !l.mac.isMulticast else { continue }
+            if let st = staticByMAC[l.mac], st.address != l.address { continue }
+            if reservedSlots.contains(i) && staticByMAC[l.mac] == nil { continue }
+            guard !slots.contains(where: { $0.mac == l.mac }) else { continue }
+            slots[i] = Slot(mac: l.mac, expires: now + .seconds(l.remainingSeconds), bound: l.remainingSeconds > 0,
+                            hostName: Self.cleanHostName(l.hostName))
+            n += 1
+        }
+        return n
     }
 
     /// The address of slot `i`.
@@ -98,6 +212,8 @@ public struct DHCPServer: Sendable {
     }
 
     func isFree(_ i: Int, for mac: MACAddress, now: Instant) -> Bool {
+        if let st = staticByMAC[mac] { return slotIndex(of: st.address) == i }
+        if reservedSlots.contains(i) { return false }
         let s = slots[i]
         return s.mac == nil || s.mac == mac || s.expires <= now
     }
@@ -109,11 +225,12 @@ public struct DHCPServer: Sendable {
     }
 
     func chooseSlot(for mac: MACAddress, requested: IPv4Address?, now: Instant) -> Int? {
-        if let i = slots.firstIndex(where: { $0.mac == mac }) { return i }
+        if let st = staticByMAC[mac] { return slotIndex(of: st.address) }
+        if let i = slots.firstIndex(where: { $0.mac == mac }), !reservedSlots.contains(i) { return i }
         if let r = requested, let i = slotIndex(of: r), isFree(i, for: mac, now: now) { return i }
-        if let i = slots.firstIndex(where: { $0.mac == nil }) { return i }
+        if let i = slots.indices.first(where: { slots[$0].mac == nil && !reservedSlots.contains($0) }) { return i }
         var best: Int? = nil
-        for (i, s) in slots.enumerated() where s.expires <= now {
+        for (i, s) in slots.enumerated() where s.expires <= now && !reservedSlots.contains(i) {
             if best == nil || s.expires < slots[best!].expires { best = i }
         }
         return best
@@ -129,7 +246,7 @@ public struct DHCPServer: Sendable {
             if !(slots[i].mac == m.clientMAC && slots[i].bound && slots[i].expires > now) {
                 slots[i] = Slot(mac: m.clientMAC, expires: now + config.offerHold, bound: false)
             }
-            return write(.offer, to: m, address: address(ofSlot: i), into: buffer)
+            return write(.offer, to: m, address: address(ofSlot: i), into: buffer, clientName: staticByMAC[m.clientMAC]?.hostName)
         case .request:
             if let sid = m.serverIdentifier, sid != config.serverAddress { return .ignored(.otherServer) }
             let wanted = m.requestedAddress ?? (m.clientAddress.isUnspecified ? nil : m.clientAddress)
@@ -138,18 +255,22 @@ public struct DHCPServer: Sendable {
             }
             // A MAC holds at most one slot: forget any other it had.
             for j in slots.indices where j != i && slots[j].mac == m.clientMAC { slots[j] = Slot(mac: nil, expires: .zero, bound: false) }
-            slots[i] = Slot(mac: m.clientMAC, expires: now + config.leaseTime, bound: true)
-            return write(.ack, to: m, address: w, into: buffer)
+            let name = staticByMAC[m.clientMAC]?.hostName ?? Self.cleanHostName(m.hostName) ?? (slots[i].mac == m.clientMAC ? slots[i].hostName : nil)
+            if !(slots[i].mac == m.clientMAC && slots[i].bound && slots[i].hostName == name) { generation &+= 1 }
+            slots[i] = Slot(mac: m.clientMAC, expires: now + config.leaseTime, bound: true, hostName: name)
+            return write(.ack, to: m, address: w, into: buffer, clientName: staticByMAC[m.clientMAC]?.hostName)
         case .release:
             if let i = slotIndex(of: m.clientAddress), slots[i].mac == m.clientMAC {
                 slots[i].expires = now
                 slots[i].bound = false
+                generation &+= 1
             }
             return .ignored(.unsupportedType)
         case .decline:
             // The client found the address in use: keep it out of the pool for a lease time.
             if let r = m.requestedAddress, let i = slotIndex(of: r), slots[i].mac == m.clientMAC {
                 slots[i] = Slot(mac: MACAddress.zero, expires: now + config.leaseTime, bound: false)
+                generation &+= 1
             }
             return .ignored(.unsupportedType)
         case .inform:
@@ -160,7 +281,7 @@ public struct DHCPServer: Sendable {
     }
 
     func write(_ type: DHCPMessageType, to m: DHCPMessage, address: IPv4Address, into buffer: UnsafeMutableRawBufferPointer,
-               inform: Bool = false) -> DHCPOutcome {
+               inform: Bool = false, clientName: String? = nil) -> DHCPOutcome {
         var w = DHCPWriter(replyTo: m, into: buffer, yourAddress: address,
                            serverAddress: config.bootfile != nil ? config.serverAddress : .any, bootfile: config.bootfile)
         w.option(DHCPOption.messageType, [type.rawValue])
@@ -186,7 +307,7 @@ public struct DHCPServer: Sendable {
             if !config.searchDomains.isEmpty, let enc = DNSNameEncoding.encode(config.searchDomains) {
                 w.option(DHCPOption.domainSearch, enc)
             }
-            if let h = config.hostName, !h.isEmpty { w.option(DHCPOption.hostName, Array(h.utf8)) }
+            if let h = clientName ?? config.hostName, !h.isEmpty { w.option(DHCPOption.hostName, Array(h.utf8)) }
             if let t = config.tftpServerName, !t.isEmpty { w.option(DHCPOption.tftpServerName, Array(t.utf8)) }
             if let b = config.bootfile, !b.isEmpty { w.option(DHCPOption.bootfileName, Array(b.utf8)) }
         }

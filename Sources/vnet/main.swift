@@ -12,7 +12,7 @@ struct Vnet: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vnet",
         abstract: "QEMU/KVM virtual networking: user-mode networks, switches, NAT.",
-        subcommands: [UserCommand.self],
+        subcommands: [UserCommand.self, SwitchCommand.self, NatCommand.self],
         defaultSubcommand: nil)
 }
 

@@ -51,6 +51,27 @@ static inline int vnet_tap_open(const char *name, int flags_extra) {
     return fd;
 }
 
+/// Joins the IPv4 multicast group `group` (network order) on the interface holding `local` (network order).
+/// Returns 0 or -1 with errno set.
+static inline int vnet_mcast_join(int fd, uint32_t group, uint32_t local) {
+    struct ip_mreq m;
+    memset(&m, 0, sizeof m);
+    m.imr_multiaddr.s_addr = group;
+    m.imr_interface.s_addr = local;
+    return setsockopt(fd, IPPROTO_IP, IP_ADD_MEMBERSHIP, &m, sizeof m);
+}
+
+/// Makes `fd` send multicast out of the interface holding `local` (network order), looped back to local
+/// members (other QEMUs on this host), TTL 1. Returns 0 or -1 with errno set.
+static inline int vnet_mcast_sender(int fd, uint32_t local) {
+    struct in_addr a;
+    a.s_addr = local;
+    if (setsockopt(fd, IPPROTO_IP, IP_MULTICAST_IF, &a, sizeof a) < 0) return -1;
+    unsigned char loop = 1, ttl = 1;
+    if (setsockopt(fd, IPPROTO_IP, IP_MULTICAST_LOOP, &loop, sizeof loop) < 0) return -1;
+    return setsockopt(fd, IPPROTO_IP, IP_MULTICAST_TTL, &ttl, sizeof ttl);
+}
+
 /// Turns on what the kernel may hand a TAP opened with IFF_VNET_HDR: partial checksums and TCPv4
 /// super-segments (TUN_F_CSUM | TUN_F_TSO4). Returns 0 or -errno.
 static inline int vnet_tap_enable_offload(int fd) {

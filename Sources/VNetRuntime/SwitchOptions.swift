@@ -1,0 +1,200 @@
+// What `vnet switch` and `vnet nat` were asked to do, after argument and config-file parsing.
+
+import VNetBuffers
+import VNetGateway
+import VNetServices
+import VNetSwitch
+import VNetWire
+
+/// One way peers join the switch. Listeners and hubs make a switch port per peer; the others are one port.
+public enum SwitchEndpoint: Equatable, Sendable, CustomStringConvertible {
+    /// QEMU stream clients on a unix socket (mode 0600): one port per connection.
+    case unixListen(path: String)
+    /// QEMU stream (or `-netdev socket,connect=`) clients on TCP: one port per connection.
+    case tcpListen(host: String, port: UInt16)
+    /// A QEMU that listens (`server=on`): vnet connects and reconnects; one port.
+    case connectUnix(path: String)
+    case connectTCP(host: String, port: UInt16)
+    /// Datagram peers (`-netdev dgram`), one port per peer address, learned from its first datagram.
+    case dgramUnix(path: String)
+    case dgramUDP(host: String, port: UInt16)
+    /// A `-netdev socket,mcast=GROUP:PORT,localaddr=ADDR` group: one port for the whole group.
+    case mcast(group: String, port: UInt16, localAddress: String)
+    /// A TAP device created inside a network namespace.
+    case tap(netns: String, name: String)
+
+    public var description: String {
+        switch self {
+        case .unixListen(let p): "unix:\(p)"
+        case .tcpListen(let h, let p): "tcp:\(h):\(p)"
+        case .connectUnix(let p): "connect unix:\(p)"
+        case .connectTCP(let h, let p): "connect tcp:\(h):\(p)"
+        case .dgramUnix(let p): "dgram unix:\(p)"
+        case .dgramUDP(let h, let p): "dgram udp:\(h):\(p)"
+        case .mcast(let g, let p, let l): "mcast \(g):\(p) localaddr \(l)"
+        case .tap(let ns, let n): "tap \(n) in netns \(ns)"
+        }
+    }
+}
+
+public struct SwitchPortSpec: Equatable, Sendable {
+    public var endpoint: SwitchEndpoint
+    public var vlan: VLANPolicy
+    public init(endpoint: SwitchEndpoint, vlan: VLANPolicy = .access(VLANPolicy.defaultVLAN)) {
+        self.endpoint = endpoint
+        self.vlan = vlan
+    }
+}
+
+/// A port map of `vnet nat`: host address:port to a VM chosen by address or by its lease host name.
+public struct PortMap: Equatable, Sendable, CustomStringConvertible {
+    public enum Target: Equatable, Sendable {
+        case address(IPv4Address)
+        case hostName(String)
+    }
+    public var proto: ForwardProtocol
+    public var hostAddress: IPv4Address
+    public var hostPort: UInt16
+    public var target: Target
+    public var guestPort: UInt16
+
+    public init(proto: ForwardProtocol, hostAddress: IPv4Address, hostPort: UInt16, target: Target, guestPort: UInt16) {
+        self.proto = proto
+        self.hostAddress = hostAddress
+        self.hostPort = hostPort
+        self.target = target
+        self.guestPort = guestPort
+    }
+
+    public var targetDescription: String {
+        switch target {
+        case .address(let a): a.description
+        case .hostName(let h): h
+        }
+    }
+
+    public var description: String { "\(proto.rawValue) \(hostAddress):\(hostPort) -> \(targetDescription):\(guestPort)" }
+
+    /// Parses `[tcp|udp]:[HOSTADDR]:HOSTPORT-VM:GUESTPORT`, VM being an address or a lease host name.
+    public static func parse(_ text: String) -> Result<PortMap, SwitchOptionError> {
+        let bad = SwitchOptionError("port map '\(text)': expected [tcp|udp]:[HOSTADDR]:HOSTPORT-VM:GUESTPORT (VM: an address or a host name)")
+        guard let dash = text.firstIndex(of: "-") else { return .failure(bad) }
+        let left = text[..<dash].split(separator: ":", omittingEmptySubsequences: false).map(String.init)
+        let right = text[text.index(after: dash)...].split(separator: ":", omittingEmptySubsequences: false).map(String.init)
+        guard left.count == 3, right.count == 2 else { return .failure(bad) }
+        let proto: ForwardProtocol
+        switch left[0] {
+        case "", "tcp": proto = .tcp
+        case "udp": proto = .udp
+        default: return .failure(bad)
+        }
+        let hostAddress: IPv4Address
+        if left[1].isEmpty { hostAddress = IPv4Address(0, 0, 0, 0) } else {   // as hostfwd: every address
+            guard let a = IPv4Address(left[1]) else { return .failure(bad) }
+            hostAddress = a
+        }
+        guard let hp = UInt16(left[2]), hp > 0, let gp = UInt16(right[1]), gp > 0, !right[0].isEmpty else { return .failure(bad) }
+        let target: Target
+        if let a = IPv4Address(right[0]) {
+            target = .address(a)
+        } else {
+            guard let n = DHCPServer.cleanHostName(right[0]), n == right[0].lowercased() else { return .failure(bad) }
+            target = .hostName(n)
+        }
+        return .success(PortMap(proto: proto, hostAddress: hostAddress, hostPort: hp, target: target, guestPort: gp))
+    }
+}
+
+public struct SwitchOptionError: Error, CustomStringConvertible, Equatable {
+    public var description: String
+    public init(_ d: String) { description = d }
+}
+
+public struct SwitchOptions: Sendable {
+    public var ports: [SwitchPortSpec] = []
+    public var maximumPorts = 64
+    public var macQuotaPerPort = 256
+    public var fdbCapacity = 8192
+    public var ageingSeconds: UInt64 = 300
+    public var mtu = 1500
+    /// `vnet nat`: the built-in gateway (DHCP, DNS, NAT) on the segment, and where it sits.
+    public var gateway: GatewayConfig? = nil
+    public var gatewayVLAN: UInt16 = VLANPolicy.defaultVLAN
+    public var portMaps: [PortMap] = []
+    /// Extra names the gateway's DNS answers (beside lease host names, which they override).
+    public var staticNames: [String: IPv4Address] = [:]
+    /// Where DHCP leases persist across restarts (nil: not kept).
+    public var leasesFile: String? = nil
+    public var resolvConfPath = "/etc/resolv.conf"
+    public var dnsUpstream: (address: String, port: UInt16)? = nil
+    /// Paths vnet chose itself (printed with QEMU arguments).
+    public var socketIsDefault = false
+
+    public init() {}
+}
+
+extension SwitchPortSpec {
+    /// Parses one port flag's value: `ADDRESS[,vlan=N | ,trunk=A:B-C[,native=N]]` plus, for `--mcast`,
+    /// `localaddr=IP` and, for `--tap`, `netns=PATH|PID`. `flag` is the flag name without dashes.
+    public static func parse(flag: String, _ value: String) -> Result<SwitchPortSpec, SwitchOptionError> {
+        var parts = value.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+        guard let address = parts.first, !address.isEmpty else { return .failure(SwitchOptionError("--\(flag) '\(value)': no address")) }
+        parts.removeFirst()
+        var kv: [String: String] = [:]
+        for p in parts {
+            guard let eq = p.firstIndex(of: "="), !p[..<eq].isEmpty else {
+                return .failure(SwitchOptionError("--\(flag) '\(value)': expected key=value after the address, got '\(p)'"))
+            }
+            let k = String(p[..<eq])
+            guard kv[k] == nil else { return .failure(SwitchOptionError("--\(flag) '\(value)': '\(k)' given twice")) }
+            kv[k] = String(p[p.index(after: eq)...])
+        }
+        let known: Set<String> = flag == "mcast" ? ["vlan", "trunk", "native", "localaddr"]
+                               : flag == "tap" ? ["vlan", "trunk", "native", "netns"] : ["vlan", "trunk", "native"]
+        if let unknown = kv.keys.sorted().first(where: { !known.contains($0) }) {
+            return .failure(SwitchOptionError("--\(flag) '\(value)': unknown option '\(unknown)' (known: \(known.sorted().joined(separator: ", ")))"))
+        }
+        let policy: VLANPolicy
+        switch VLANPolicy.parse(access: kv["vlan"], trunk: kv["trunk"], native: kv["native"]) {
+        case .success(let p): policy = p
+        case .failure(let e): return .failure(SwitchOptionError("--\(flag) '\(value)': \(e)"))
+        }
+        func hostPort(_ s: String) -> (String, UInt16)? {
+            guard let c = s.lastIndex(of: ":"), let p = UInt16(s[s.index(after: c)...]) else { return nil }
+            let h = String(s[..<c])
+            return (h.isEmpty ? "127.0.0.1" : h, p)
+        }
+        let endpoint: SwitchEndpoint
+        switch flag {
+        case "socket":
+            endpoint = .unixListen(path: address)
+        case "listen":
+            guard let (h, p) = hostPort(address) else { return .failure(SwitchOptionError("--listen '\(address)': expected HOST:PORT")) }
+            endpoint = .tcpListen(host: h, port: p)
+        case "connect":
+            if address.hasPrefix("unix:") {
+                endpoint = .connectUnix(path: String(address.dropFirst(5)))
+            } else {
+                guard let (h, p) = hostPort(address), p > 0 else { return .failure(SwitchOptionError("--connect '\(address)': expected unix:PATH or HOST:PORT")) }
+                endpoint = .connectTCP(host: h, port: p)
+            }
+        case "dgram":
+            if address.hasPrefix("unix:") || address.contains("/") {
+                endpoint = .dgramUnix(path: address.hasPrefix("unix:") ? String(address.dropFirst(5)) : address)
+            } else {
+                guard let (h, p) = hostPort(address) else { return .failure(SwitchOptionError("--dgram '\(address)': expected PATH or HOST:PORT")) }
+                endpoint = .dgramUDP(host: h, port: p)
+            }
+        case "mcast":
+            guard let (g, p) = hostPort(address), p > 0 else { return .failure(SwitchOptionError("--mcast '\(address)': expected GROUP:PORT")) }
+            endpoint = .mcast(group: g, port: p, localAddress: kv["localaddr"] ?? "127.0.0.1")
+        case "tap":
+            guard let ns = kv["netns"], !ns.isEmpty else { return .failure(SwitchOptionError("--tap '\(value)': netns=PATH|PID is required")) }
+            guard address.utf8.count < 16 else { return .failure(SwitchOptionError("--tap '\(address)': interface names have at most 15 bytes")) }
+            endpoint = .tap(netns: ns, name: address)
+        default:
+            return .failure(SwitchOptionError("unknown port kind --\(flag)"))
+        }
+        return .success(SwitchPortSpec(endpoint: endpoint, vlan: policy))
+    }
+}

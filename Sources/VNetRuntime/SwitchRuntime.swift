@@ -1,0 +1,616 @@
+// `vnet switch` and `vnet nat`: many peers on one learning switch, optionally with the built-in gateway.
+//
+// Theory of Operation
+// -------------------
+// One thread, one epoll set, as in `UserNetRuntime`. Every peer is a `Link`: a `GuestPort` (stream
+// connection, stream connector, datagram peer, multicast group or TAP) plus the switch port it feeds and the
+// output `FrameQueue` the switch fills for it. Tags: the top byte says what an fd is (`SwitchTag`), the low
+// bits name a link, listener or hub; gateway flow sockets keep the gateway's own `FlowTag`s.
+//   - in: a readable link's frames go to `L2Switch.receive`, which copies each into the queues of the ports it
+//     goes out of, or hands it to the gateway (the switch's local sink) synchronously;
+//   - out: after every batch, frames the gateway queued are moved into the switch, but only while the port a
+//     unicast frame is for has room, so a slow VM pushes back on the gateway's TCP flows instead of losing
+//     their segments; then every link's queue is flushed to its peer.
+// Stream listeners and datagram hubs make a port per peer up to the switch's port limit (a peer beyond it is
+// refused and counted); a peer that leaves is removed and its MACs forgotten. Connectors and multicast
+// groups hold their port for life; a reconnect forgets the port's MACs. Multicast echo: vnet sends to the group
+// from a second socket, so its own datagrams (looped back to every local member) are recognised by source
+// port and dropped. `vnet nat` also keeps DHCP leases in a state file (written atomically on change), and
+// publishes lease host names to the gateway's DNS.
+
+import CVNetShim
+import Logging
+import VNetBuffers
+import VNetGateway
+import VNetHost
+import VNetServices
+import VNetSwitch
+import VNetTransport
+import VNetWire
+#if canImport(Glibc)
+import Glibc
+#endif
+
+enum SwitchTag: UInt8 {
+    case listener = 20, link = 21, hub = 22, signal = 23, mcast = 24, portMapTCP = 25, portMapUDP = 26
+    func tag(_ low: Int = 0) -> UInt64 { UInt64(rawValue) << 56 | UInt64(UInt32(truncatingIfNeeded: low)) }
+}
+
+public final class SwitchRuntime {
+    final class Link {
+        let port: GuestPort
+        let queue: FrameQueue
+        var switchPort: Int
+        let description: String
+        /// Set for datagram-hub peers: the hub they belong to (they share its fd).
+        let hub: Int?
+        init(port: GuestPort, queue: FrameQueue, switchPort: Int, description: String, hub: Int? = nil) {
+            self.port = port
+            self.queue = queue
+            self.switchPort = switchPort
+            self.description = description
+            self.hub = hub
+        }
+    }
+
+    struct Listener {
+        let fd: Int32
+        let policy: VLANPolicy
+        let description: String
+    }
+
+    struct Hub {
+        let fd: Int32
+        let policy: VLANPolicy
+        let description: String
+        var peers: [(address: SocketAddress, link: Int)] = []
+    }
+
+    struct MulticastGroup {
+        let receiveFD: Int32
+        let link: Int
+        /// The port of vnet's sending socket: datagrams from it are vnet's own, looped back.
+        let ownSourcePort: UInt16
+    }
+
+    public let options: SwitchOptions
+    let logger: Logger
+    let epoll: Epoll
+    public let fabric: L2Switch
+    let host: RealHost?
+    public let gateway: Gateway<RealHost>?
+    var gatewaySwitchPort = -1
+    var links: [Link?]
+    var listeners: [Listener] = []
+    var hubs: [Hub] = []
+    var groups: [MulticastGroup] = []
+    var portMaps: [(map: PortMap, fd: Int32, bound: String)] = []
+    let signalFD: Int32
+    let resolvWatcher: ResolvConfWatcher?
+    var running = true
+    var pathsToRemove: [String] = []
+    let receiveBuffer: UnsafeMutableRawBufferPointer
+    var lastExpiry: UInt64 = 0
+    var savedGeneration: UInt64 = 0
+    var publishedNames: [String: IPv4Address] = [:]
+    public private(set) var refusedPeers: UInt64 = 0
+    public private(set) var startupLines: [String] = []
+    static let linkQueueCapacity = 1 << 20
+
+    public init(options: SwitchOptions, logger: Logger) throws {
+        self.options = options
+        self.logger = logger
+        // TAPs first: opening them switches this thread's netns while no other socket exists.
+        var tapFDs: [Int: Int32] = [:]
+        for (i, spec) in options.ports.enumerated() {
+            if case .tap(let ns, let name) = spec.endpoint {
+                tapFDs[i] = try UserNetRuntime.openTapInNamespace(netns: ns, name: name, mtu: options.mtu, offload: false)
+            }
+        }
+        epoll = try Epoll()
+        fabric = L2Switch(maximumPorts: options.maximumPorts, fdbCapacity: options.fdbCapacity, macQuotaPerPort: options.macQuotaPerPort,
+                          ageingTime: .seconds(options.ageingSeconds), mtu: options.mtu)
+        links = Array(repeating: nil, count: options.maximumPorts)
+        receiveBuffer = .allocate(byteCount: FrameLimits.qemuMaximumFrame + 1, alignment: 16)
+        if var g = options.gateway {
+            g.guestOffloads = false
+            g.mtu = options.mtu
+            let h = RealHost(epoll: epoll)
+            host = h
+            gateway = Gateway(config: g, host: h)
+        } else {
+            host = nil
+            gateway = nil
+        }
+        resolvWatcher = options.gateway != nil && options.dnsUpstream == nil ? ResolvConfWatcher(path: options.resolvConfPath) : nil
+        let sfd = vnet_signalfd()
+        guard sfd >= 0 else { throw RuntimeError("signalfd: \(Sys.errnoString(-sfd))") }
+        signalFD = sfd
+        try epoll.add(sfd, events: Epoll.readable, tag: SwitchTag.signal.tag())
+        if let gw = gateway {
+            if let up = options.dnsUpstream {
+                guard let a = IPv4Address(up.address) else { throw RuntimeError("--dns-upstream: '\(up.address)' is not an IPv4 address") }
+                gw.setDNSUpstreams([(a, up.port)])
+            }
+            guard let p = fabric.addPort(name: "gateway", policy: .access(options.gatewayVLAN), sink: .local) else {
+                throw RuntimeError("no switch port left for the gateway")
+            }
+            gatewaySwitchPort = p
+            try loadLeases()
+        }
+        for (i, spec) in options.ports.enumerated() {
+            try open(spec, tapFD: tapFDs[i])
+        }
+        try openPortMaps()
+    }
+
+    deinit {
+        for p in pathsToRemove { unlink(p) }
+        receiveBuffer.deallocate()
+    }
+
+    // MARK: Set-up
+
+    func open(_ spec: SwitchPortSpec, tapFD: Int32?) throws {
+        let mtu = options.mtu
+        switch spec.endpoint {
+        case .unixListen(let path):
+            let fd = try UserNetRuntime.listenUnix(path: path)
+            pathsToRemove.append(path)
+            try addListener(fd, spec)
+        case .tcpListen(let h, let p):
+            guard let a = IPv4Address(h) else { throw RuntimeError("--listen: '\(h)' is not an IPv4 address") }
+            let fd = try Sys.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            try Sys.setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1)
+            try Sys.bind(fd, SocketAddress(ipv4: a.rawValue, port: p))
+            try Sys.listen(fd)
+            try addListener(fd, spec, description: "tcp:\(Sys.localAddress(fd)?.description ?? "\(h):\(p)")")
+        case .connectUnix(let path):
+            guard let a = SocketAddress(unixPath: path) else { throw RuntimeError("--connect: unix path too long") }
+            _ = try addLink(GuestPort(kind: .streamConnector(address: a), epoll: epoll, mtu: mtu, logger: logger), spec.vlan, spec.endpoint.description)
+        case .connectTCP(let h, let p):
+            guard let a = IPv4Address(h) else { throw RuntimeError("--connect: '\(h)' is not an IPv4 address") }
+            let gp = GuestPort(kind: .streamConnector(address: SocketAddress(ipv4: a.rawValue, port: p)), epoll: epoll, mtu: mtu, logger: logger)
+            _ = try addLink(gp, spec.vlan, spec.endpoint.description)
+        case .dgramUnix(let path):
+            try UserNetRuntime.removeStaleSocket(path)
+            guard let a = SocketAddress(unixPath: path) else { throw RuntimeError("--dgram: unix path too long") }
+            let fd = try Sys.socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
+            try Sys.bindPrivate(fd, a)
+            pathsToRemove.append(path)
+            try addHub(fd, spec)
+        case .dgramUDP(let h, let p):
+            guard let a = IPv4Address(h) else { throw RuntimeError("--dgram: '\(h)' is not an IPv4 address") }
+            let fd = try Sys.socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+            try Sys.bind(fd, SocketAddress(ipv4: a.rawValue, port: p))
+            try addHub(fd, spec, description: "dgram udp:\(Sys.localAddress(fd)?.description ?? "\(h):\(p)")")
+        case .mcast(let g, let p, let l):
+            try openMulticast(group: g, port: p, localAddress: l, spec)
+        case .tap(let ns, let name):
+            guard let fd = tapFD else { throw RuntimeError("--tap \(name): not opened") }
+            let gp = GuestPort(kind: .tap(virtioHeader: false), epoll: epoll, mtu: mtu, logger: logger)
+            gp.fd = fd
+            let i = try addLink(gp, spec.vlan, "tap \(name) in netns \(ns)")
+            try epoll.add(fd, events: Epoll.readable, tag: SwitchTag.link.tag(i))
+        }
+    }
+
+    func addListener(_ fd: Int32, _ spec: SwitchPortSpec, description: String? = nil) throws {
+        let i = listeners.count
+        listeners.append(Listener(fd: fd, policy: spec.vlan, description: description ?? spec.endpoint.description))
+        try epoll.add(fd, events: Epoll.readable, tag: SwitchTag.listener.tag(i))
+    }
+
+    func addHub(_ fd: Int32, _ spec: SwitchPortSpec, description: String? = nil) throws {
+        try? Sys.setOption(fd, SOL_SOCKET, SO_SNDBUF, 1 << 20)
+        try? Sys.setOption(fd, SOL_SOCKET, SO_RCVBUF, 4 << 20)
+        let i = hubs.count
+        hubs.append(Hub(fd: fd, policy: spec.vlan, description: description ?? spec.endpoint.description))
+        try epoll.add(fd, events: Epoll.readable, tag: SwitchTag.hub.tag(i))
+    }
+
+    /// A link holds a switch port and an output queue; nil when the switch is full.
+    func addLink(_ port: GuestPort, _ policy: VLANPolicy, _ description: String, hub: Int? = nil) throws -> Int {
+        let queue = FrameQueue(capacity: SwitchRuntime.linkQueueCapacity)
+        guard let sp = fabric.addPort(name: description, policy: policy, sink: .queue(queue)) else {
+            refusedPeers &+= 1
+            throw RuntimeError("the switch is full (\(options.maximumPorts) ports)")
+        }
+        links[sp] = Link(port: port, queue: queue, switchPort: sp, description: description, hub: hub)
+        port.boundDescription = description
+        port.tagOverride = hub.map { SwitchTag.hub.tag($0) } ?? SwitchTag.link.tag(sp)
+        return sp
+    }
+
+    func removeLink(_ i: Int, reason: String) {
+        guard let l = links[i] else { return }
+        if l.hub == nil, l.port.fd >= 0 {
+            epoll.remove(l.port.fd)
+            Sys.close(l.port.fd)
+            l.port.fd = -1
+        }
+        if let h = l.hub { hubs[h].peers.removeAll { $0.link == i } }
+        fabric.removePort(l.switchPort)
+        links[i] = nil
+        logger.info("port \(i) (\(l.description)) left: \(reason)")
+    }
+
+    func openMulticast(group: String, port: UInt16, localAddress: String, _ spec: SwitchPortSpec) throws {
+        guard let g = IPv4Address(group), g.isMulticast else { throw RuntimeError("--mcast: '\(group)' is not an IPv4 multicast group") }
+        guard let l = IPv4Address(localAddress) else { throw RuntimeError("--mcast: localaddr '\(localAddress)' is not an IPv4 address") }
+        let rfd = try Sys.socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        try Sys.setOption(rfd, SOL_SOCKET, SO_REUSEADDR, 1)
+        try Sys.bind(rfd, SocketAddress(ipv4: g.rawValue, port: port))
+        guard vnet_mcast_join(rfd, g.rawValue.bigEndian, l.rawValue.bigEndian) == 0 else {
+            throw RuntimeError("--mcast \(group): joining the group on \(localAddress): \(Sys.errnoString(errno))")
+        }
+        let sfd = try Sys.socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        guard vnet_mcast_sender(sfd, l.rawValue.bigEndian) == 0 else {
+            throw RuntimeError("--mcast \(group): sending socket on \(localAddress): \(Sys.errnoString(errno))")
+        }
+        try Sys.bind(sfd, SocketAddress(ipv4: l.rawValue, port: 0))
+        let own = Sys.localAddress(sfd)?.ipv4?.port ?? 0
+        let gp = GuestPort(kind: .datagram(peer: SocketAddress(ipv4: g.rawValue, port: port)), epoll: epoll, mtu: options.mtu, logger: logger)
+        gp.fd = sfd
+        let i = try addLink(gp, spec.vlan, "mcast \(group):\(port) localaddr \(localAddress)")
+        try epoll.add(sfd, events: Epoll.readable, tag: SwitchTag.link.tag(i))   // for EPOLLOUT when the queue waits
+        groups.append(MulticastGroup(receiveFD: rfd, link: i, ownSourcePort: own))
+        try epoll.add(rfd, events: Epoll.readable, tag: SwitchTag.mcast.tag(groups.count - 1))
+    }
+
+    func openPortMaps() throws {
+        for (i, m) in options.portMaps.enumerated() {
+            let type = m.proto == .tcp ? Int32(SOCK_STREAM.rawValue) : Int32(SOCK_DGRAM.rawValue)
+            let fd = try Sys.socket(AF_INET, type, 0)
+            do {
+                try Sys.setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1)
+                try Sys.bind(fd, SocketAddress(ipv4: m.hostAddress.rawValue, port: m.hostPort))
+                if m.proto == .tcp { try Sys.listen(fd, backlog: 128) }
+                try epoll.add(fd, events: Epoll.readable, tag: (m.proto == .tcp ? SwitchTag.portMapTCP : SwitchTag.portMapUDP).tag(i))
+            } catch {
+                Sys.close(fd)
+                throw RuntimeError("port map \(m): \(error)")
+            }
+            portMaps.append((m, fd, Sys.localAddress(fd)?.description ?? "\(m.hostAddress):\(m.hostPort)"))
+        }
+    }
+
+    /// The VM a port map points at now: its address, or its lease host name's current address.
+    func resolve(_ target: PortMap.Target, now: Instant) -> IPv4Address? {
+        switch target {
+        case .address(let a): return a
+        case .hostName(let n):
+            return gateway?.dhcp.boundNames(now: now).first { $0.0 == n }?.1
+        }
+    }
+
+    func acceptPortMap(_ i: Int, now: UInt64) {
+        guard i < portMaps.count, let gw = gateway else { return }
+        let (map, fd, _) = portMaps[i]
+        let instant = Instant(nanoseconds: now)
+        let target = resolve(map.target, now: instant)
+        if map.proto == .tcp {
+            for _ in 0 ..< 64 {
+                var from = SocketAddress()
+                guard let c = Sys.accept(fd, from: &from) else { return }
+                guard let to = target, let (a, p) = from.ipv4,
+                      gw.acceptForwardedTCP(handle: c, from: IPv4Address(rawValue: a), port: p, to: to, port: map.guestPort, now: instant) else {
+                    if target == nil { logger.notice("port map \(map): no VM holds that name now; connection refused") }
+                    vnet_abort_close(c)
+                    continue
+                }
+            }
+        } else {
+            for _ in 0 ..< 64 {
+                var from = SocketAddress()
+                let buf = gw.forwardReceiveBuffer
+                guard case .done(let n) = Sys.receiveFrom(fd, into: buf, from: &from) else { return }
+                guard n <= buf.count, let to = target, let (a, p) = from.ipv4 else { continue }
+                gw.forwardedUDPDatagram(listener: fd, from: IPv4Address(rawValue: a), port: p, to: to, port: map.guestPort, length: n, now: instant)
+            }
+        }
+    }
+
+    // MARK: Leases
+
+    func loadLeases() throws {
+        guard let path = options.leasesFile, let gw = gateway else { return }
+        let saved: [DHCPLease]
+        do {
+            guard let s = try LeaseFile.read(path: path) else { return }
+            saved = s
+        } catch {
+            throw RuntimeError("\(error)")
+        }
+        let n = gw.restoreLeases(saved, now: Instant(nanoseconds: Sys.monotonicNanoseconds()))
+        savedGeneration = gw.dhcp.generation
+        logger.info("restored \(n) of \(saved.count) leases from \(path)")
+    }
+
+    /// Writes the lease file when the bindings changed, and republishes lease names to DNS.
+    func leasesChanged(now: Instant) {
+        guard let gw = gateway, gw.dhcp.generation != savedGeneration else { return }
+        savedGeneration = gw.dhcp.generation
+        if let path = options.leasesFile {
+            do {
+                try LeaseFile.write(gw.dhcp.leases(now: now), path: path)
+            } catch {
+                logger.error("cannot save leases to \(path): \(error)")
+            }
+        }
+        publishLeaseNames(now: now)
+    }
+
+    func publishLeaseNames(now: Instant) {
+        guard let gw = gateway else { return }
+        var current: [String: IPv4Address] = [:]
+        for (n, a) in gw.dhcp.boundNames(now: now) { current[n] = a }
+        for (n, a) in options.staticNames { current[n] = a }
+        guard current != publishedNames else { return }
+        gw.setLeaseNames(current)
+        publishedNames = current
+    }
+
+    // MARK: Loop
+
+    public func describeStartup() -> [String] {
+        var lines: [String] = []
+        if let g = gateway?.config {
+            lines.append("vnet: nat network \(g.network), gateway \(g.gatewayAddress), dns \(g.dnsAddress), dhcp \(g.dhcpStart)+\(g.dhcpPoolSize), mtu \(options.mtu)")
+            lines.append("vnet: guest traffic to \(g.gatewayAddress) reaches host loopback 127.0.0.1"
+                         + (g.mapGatewayToHostLoopback ? "" : " (off)"))
+            if let f = options.leasesFile { lines.append("vnet: leases kept in \(f)") }
+        } else {
+            lines.append("vnet: switch, \(options.maximumPorts) ports, mtu \(options.mtu)")
+        }
+        for l in listeners { lines.append("vnet: listening \(l.description) (\(l.policy))") }
+        for h in hubs { lines.append("vnet: datagrams \(h.description) (\(h.policy))") }
+        for case let l? in links { lines.append("vnet: port \(l.switchPort): \(l.description) (\(fabric.ports[l.switchPort]?.policy.description ?? ""))") }
+        for m in portMaps { lines.append("vnet: port map \(m.map.proto.rawValue) \(m.bound) -> \(m.map.targetDescription):\(m.map.guestPort)") }
+        return lines
+    }
+
+    func writeStdout(_ s: String) {
+        var line = s
+        line.append("\n")
+        line.withUTF8 { b in _ = Glibc.write(1, b.baseAddress, b.count) }
+    }
+
+    public func run(extraStartupLines extra: [String] = []) throws {
+        startupLines = describeStartup() + extra
+        for l in startupLines { writeStdout(l) }
+        writeStdout("vnet: ready")
+        publishLeaseNames(now: Instant(nanoseconds: Sys.monotonicNanoseconds()))
+        while running {
+            let now = Sys.monotonicNanoseconds()
+            let instant = Instant(nanoseconds: now)
+            if let gw = gateway {
+                gw.poll(now: instant)
+                if let w = resolvWatcher, let servers = w.poll(nowNanoseconds: now) { gw.replaceDNSUpstreams(servers.map { ($0, 53) }) }
+                leasesChanged(now: instant)
+            }
+            if now &- lastExpiry >= 1_000_000_000 {
+                lastExpiry = now
+                fabric.expire(now: instant)
+            }
+            var timeout: Int32 = 1000
+            for case let l? in links {
+                if case .streamConnector = l.port.kind {
+                    if l.port.fd < 0 {
+                        l.port.tryConnect(now: now)
+                        if l.port.fd >= 0 {
+                            if !l.port.connecting { fabric.forgetMACs(of: l.switchPort) }
+                        } else {
+                            timeout = min(timeout, Int32(clamping: max(0, Int64(l.port.reconnectAt) - Int64(now)) / 1_000_000))
+                        }
+                    }
+                }
+            }
+            pump(now: now)
+            if let gw = gateway {
+                let t = Int32(clamping: max(0, Int64(gw.nextDeadline.nanoseconds) - Int64(now)) / 1_000_000)
+                timeout = min(timeout, t)
+            }
+            timeout = max(timeout, 1)
+            try epoll.wait(timeoutMilliseconds: timeout) { tag, events in
+                self.dispatch(tag: tag, events: events, now: Sys.monotonicNanoseconds())
+            }
+            pump(now: Sys.monotonicNanoseconds())
+        }
+        logger.info("stopping")
+        if let gw = gateway, let path = options.leasesFile {
+            try? LeaseFile.write(gw.dhcp.leases(now: Instant(nanoseconds: Sys.monotonicNanoseconds())), path: path)
+        }
+        printCounters()
+    }
+
+    /// Moves the gateway's frames into the switch (while their ports have room), then flushes every link.
+    func pump(now: UInt64) {
+        for _ in 0 ..< 8 {
+            drainGateway(now: now)
+            for case let l? in links where !l.queue.isEmpty || l.port.writeArmed {
+                l.port.flush(queue: l.queue, now: now)
+                if l.hub == nil, l.port.fd < 0, case .streamListener = l.port.kind { removeLink(l.switchPort, reason: "write failed") }
+            }
+            guard let gw = gateway, gw.hasFlowsBlockedOnQueue || !gw.toGuest.isEmpty else { return }
+            let before = gw.toGuest.frameCount
+            gw.resumeFlowsBlockedOnQueue(now: Instant(nanoseconds: now))
+            drainGateway(now: now)
+            if gw.toGuest.frameCount >= before && !gw.toGuest.isEmpty { return }   // waiting for a slow port
+        }
+    }
+
+    func drainGateway(now: UInt64) {
+        guard let gw = gateway else { return }
+        let instant = Instant(nanoseconds: now)
+        while let frame = gw.toGuest.firstFrame {
+            guard frame.count >= 14 else { gw.toGuest.removeFirstFrame(); continue }
+            let dst = MACAddress(reading: frame, at: 0)
+            guard fabric.hasRoom(for: frame.count, destination: dst, from: gatewaySwitchPort, now: instant) else { return }
+            fabric.receive(from: gatewaySwitchPort, frame: frame, now: instant)
+            gw.toGuest.removeFirstFrame()
+        }
+    }
+
+    @inline(__always)
+    func deliverLocal(_ frame: UnsafeRawBufferPointer, now: Instant) {
+        gateway?.handleGuestFrame(frame, now: now)
+    }
+
+    func readLink(_ i: Int, now: UInt64) {
+        guard let l = links[i] else { return }
+        let instant = Instant(nanoseconds: now)
+        let wasConnected = l.port.isConnected
+        l.port.readFrames(now: now, queue: l.queue) { frame, _ in
+            self.fabric.receive(from: l.switchPort, frame: frame, now: instant) { self.deliverLocal($0, now: instant) }
+        }
+        gateway?.flushPendingAcks()
+        if l.port.fd < 0 {
+            if case .streamConnector = l.port.kind {
+                fabric.forgetMACs(of: l.switchPort)
+            } else {
+                removeLink(i, reason: "disconnected")
+            }
+        } else if !wasConnected && l.port.isConnected {
+            fabric.forgetMACs(of: l.switchPort)
+        }
+    }
+
+    func accept(_ li: Int) {
+        let listener = listeners[li]
+        while let c = Sys.accept(listener.fd) {
+            let gp = GuestPort(kind: .streamListener(listenFD: -1), epoll: epoll, mtu: options.mtu, logger: logger)
+            gp.fd = c
+            do {
+                let i = try addLink(gp, listener.policy, "\(listener.description) peer")
+                try epoll.add(c, events: Epoll.readable | Epoll.hangup, tag: SwitchTag.link.tag(i))
+                logger.info("port \(i): a peer connected on \(listener.description)")
+            } catch {
+                logger.warning("refused a peer on \(listener.description): \(error)")
+                Sys.close(c)
+            }
+        }
+    }
+
+    func readHub(_ h: Int, now: UInt64) {
+        let instant = Instant(nanoseconds: now)
+        for _ in 0 ..< 64 {
+            var from = SocketAddress()
+            guard case .done(let n) = Sys.receiveFrom(hubs[h].fd, into: receiveBuffer, from: &from) else { return }
+            guard from.length > 0 else { continue }
+            var link = hubs[h].peers.first { SwitchRuntime.same($0.address, from) }?.link
+            if link == nil {
+                let gp = GuestPort(kind: .datagram(peer: from), epoll: epoll, mtu: options.mtu, logger: logger)
+                gp.fd = hubs[h].fd
+                guard let i = try? addLink(gp, hubs[h].policy, "\(hubs[h].description) peer \(from)", hub: h) else { continue }
+                hubs[h].peers.append((from, i))
+                link = i
+                logger.info("port \(i): datagram peer \(from) on \(hubs[h].description)")
+            }
+            guard let i = link, let l = links[i] else { continue }
+            l.port.deliverWhole(received: n, truncated: n > receiveBuffer.count - 1, from: receiveBuffer) { frame, _ in
+                self.fabric.receive(from: l.switchPort, frame: frame, now: instant) { self.deliverLocal($0, now: instant) }
+            }
+        }
+        gateway?.flushPendingAcks()
+    }
+
+    func readMulticast(_ g: Int, now: UInt64) {
+        let group = groups[g]
+        guard let l = links[group.link] else { return }
+        let instant = Instant(nanoseconds: now)
+        for _ in 0 ..< 64 {
+            var from = SocketAddress()
+            guard case .done(let n) = Sys.receiveFrom(group.receiveFD, into: receiveBuffer, from: &from) else { break }
+            if let (_, p) = from.ipv4, p == group.ownSourcePort { continue }   // our own datagram, looped back
+            l.port.deliverWhole(received: n, truncated: n > receiveBuffer.count - 1, from: receiveBuffer) { frame, _ in
+                self.fabric.receive(from: l.switchPort, frame: frame, now: instant) { self.deliverLocal($0, now: instant) }
+            }
+        }
+        gateway?.flushPendingAcks()
+    }
+
+    static func same(_ a: SocketAddress, _ b: SocketAddress) -> Bool {
+        guard a.length == b.length else { return false }
+        var x = a.storage, y = b.storage
+        return withUnsafeBytes(of: &x) { xa in withUnsafeBytes(of: &y) { ya in memcmp(xa.baseAddress!, ya.baseAddress!, Int(a.length)) == 0 } }
+    }
+
+    func dispatch(tag: UInt64, events: UInt32, now: UInt64) {
+        let instant = Instant(nanoseconds: now)
+        if let flow = FlowTag(rawValue: tag), let gw = gateway, let h = host {
+            h.eventHadError = events & Epoll.error != 0
+            if events & Epoll.writable != 0 { gw.hostWritable(flow, now: instant) }
+            if events & (Epoll.readable | Epoll.hangup | Epoll.error) != 0 { gw.hostReadable(flow, now: instant) }
+            return
+        }
+        let low = Int(UInt32(truncatingIfNeeded: tag))
+        switch SwitchTag(rawValue: UInt8(truncatingIfNeeded: tag >> 56)) {
+        case .listener: accept(low)
+        case .link:
+            guard low < links.count, let l = links[low] else { return }
+            if events & (Epoll.readable | Epoll.hangup | Epoll.error) != 0 || l.port.connecting { readLink(low, now: now) }
+            if events & Epoll.writable != 0, let l2 = links[low], !l2.port.connecting { l2.port.flush(queue: l2.queue, now: now) }
+        case .hub:
+            if events & (Epoll.readable | Epoll.error) != 0 { readHub(low, now: now) }
+            if events & Epoll.writable != 0, low < hubs.count {
+                for p in hubs[low].peers { if let l = links[p.link] { l.port.flush(queue: l.queue, now: now) } }
+            }
+        case .mcast: readMulticast(low, now: now)
+        case .portMapTCP, .portMapUDP: acceptPortMap(low, now: now)
+        case .signal:
+            while case let sig = vnet_signalfd_read(signalFD), sig != 0 {
+                switch sig {
+                case SIGINT, SIGTERM: running = false
+                case SIGUSR1: printCounters()
+                case SIGHUP:
+                    if let w = resolvWatcher, let gw = gateway, let s = w.poll(nowNanoseconds: now, force: true) {
+                        gw.replaceDNSUpstreams(s.map { ($0, 53) })
+                    }
+                default: break
+                }
+            }
+        case .none: break
+        }
+    }
+
+    // MARK: Status
+
+    /// Counters, one `name value` per line: the switch, each port, then the gateway's.
+    public var counterLines: [String] {
+        var lines: [String] = []
+        let c = fabric.counters
+        for r in SwitchDropReason.allCases where c[r] > 0 { lines.append("switch_drop_\(r.name) \(c[r])") }
+        lines.append("switch_forwarded \(c.forwarded)")
+        lines.append("switch_flooded \(c.flooded)")
+        if c.learnRefusedTableFull > 0 { lines.append("switch_learn_refused_table_full \(c.learnRefusedTableFull)") }
+        if c.learnRefusedPortQuota > 0 { lines.append("switch_learn_refused_port_quota \(c.learnRefusedPortQuota)") }
+        if refusedPeers > 0 { lines.append("switch_refused_peers \(refusedPeers)") }
+        lines.append("switch_macs \(fabric.fdb.count)")
+        for (i, p) in fabric.ports.enumerated() {
+            guard let p else { continue }
+            let k = p.counters
+            lines.append("port\(i)_rx_packets \(k.rxPackets)")
+            lines.append("port\(i)_rx_bytes \(k.rxBytes)")
+            lines.append("port\(i)_rx_drops \(k.rxDrops)")
+            lines.append("port\(i)_tx_packets \(k.txPackets)")
+            lines.append("port\(i)_tx_bytes \(k.txBytes)")
+            lines.append("port\(i)_tx_drops \(k.txDrops)")
+            if let l = links[i] {
+                if l.port.isStream { l.port.syncCounters() }
+                let t = l.port.counters
+                if t.droppedShort > 0 { lines.append("port\(i)_drop_frame_too_short \(t.droppedShort)") }
+                if t.droppedOversize > 0 { lines.append("port\(i)_drop_frame_too_long \(t.droppedOversize)") }
+                if t.sendErrors > 0 { lines.append("port\(i)_send_errors \(t.sendErrors)") }
+            }
+        }
+        if let gw = gateway { lines += gw.counters.report }
+        return lines
+    }
+
+    func printCounters() {
+        var text = "vnet: counters\n"
+        for l in counterLines { text += "  \(l)\n" }
+        text.withUTF8 { b in _ = Glibc.write(2, b.baseAddress, b.count) }
+    }
+}

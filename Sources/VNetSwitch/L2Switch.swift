@@ -1,0 +1,208 @@
+// The switch fabric: ports, forwarding, flooding, VLAN tagging and per-port counters.
+//
+// Theory of Operation
+// -------------------
+// A port is a slot with a VLAN policy, counters and a sink: either an output `FrameQueue` that a transport
+// drains (QEMU stream/dgram peers, TAP), or the local sink, a closure the caller passes in (the built-in
+// gateway of `vnet nat`, which takes frames synchronously). `receive` handles one frame from one port:
+//   1. parse the Ethernet header (a runt or a truncated tag is dropped and counted);
+//   2. classify it into a VLAN by the ingress port's policy (a VLAN the port does not carry: dropped);
+//   3. learn its source MAC (group sources are never learned; a full table or an exhausted port quota
+//      only means no learning: the frame still goes on);
+//   4. unicast to a known MAC: to that port only (never back out of the ingress port); broadcast,
+//      multicast and unknown unicast: flooded to every other port that carries the VLAN;
+//   5. on each egress port the frame is written tagged or untagged as that port's policy says.
+// A full egress queue drops the frame for that port only and counts it there. Nothing allocates per frame.
+
+import VNetBuffers
+import VNetWire
+
+public struct SwitchPortCounters: Equatable, Sendable {
+    public var rxPackets: UInt64 = 0
+    public var rxBytes: UInt64 = 0
+    public var rxDrops: UInt64 = 0
+    public var txPackets: UInt64 = 0
+    public var txBytes: UInt64 = 0
+    public var txDrops: UInt64 = 0
+    public init() {}
+}
+
+public enum SwitchDropReason: Int, CaseIterable, Sendable {
+    case malformed, vlanNotCarried, egressQueueFull, noSuchPort
+
+    public var name: String {
+        switch self {
+        case .malformed: "malformed"
+        case .vlanNotCarried: "vlan_not_carried"
+        case .egressQueueFull: "egress_queue_full"
+        case .noSuchPort: "no_such_port"
+        }
+    }
+}
+
+public struct SwitchCounters: Equatable, Sendable {
+    public var drops = [UInt64](repeating: 0, count: SwitchDropReason.allCases.count)
+    public var flooded: UInt64 = 0
+    public var forwarded: UInt64 = 0
+    public var learnRefusedTableFull: UInt64 = 0
+    public var learnRefusedPortQuota: UInt64 = 0
+    public var macMoves: UInt64 = 0
+    public subscript(_ r: SwitchDropReason) -> UInt64 { drops[r.rawValue] }
+}
+
+public final class L2Switch {
+    public enum Sink {
+        case queue(FrameQueue)
+        /// Frames go to the closure passed to `receive` (the built-in gateway).
+        case local
+    }
+
+    public struct Port {
+        public var policy: VLANPolicy
+        public let sink: Sink
+        public var counters = SwitchPortCounters()
+        public var name: String
+    }
+
+    public let maximumPorts: Int
+    public private(set) var ports: [Port?]
+    public private(set) var fdb: ForwardingDatabase
+    public private(set) var counters = SwitchCounters()
+    /// Largest frame accepted (MTU + Ethernet header + one tag).
+    public let maximumFrame: Int
+
+    public init(maximumPorts: Int = 64, fdbCapacity: Int = 8192, macQuotaPerPort: Int = 256,
+                ageingTime: Instant.Duration = .seconds(300), mtu: Int = 1500) {
+        self.maximumPorts = max(1, maximumPorts)
+        ports = Array(repeating: nil, count: self.maximumPorts)
+        fdb = ForwardingDatabase(capacity: fdbCapacity, perPortQuota: macQuotaPerPort, maximumPorts: self.maximumPorts,
+                                 ageingTime: ageingTime)
+        maximumFrame = mtu + 18
+    }
+
+    public var portCount: Int { ports.reduce(0) { $0 + ($1 == nil ? 0 : 1) } }
+
+    /// Adds a port; nil when the switch is full (the caller refuses the peer and says so).
+    public func addPort(name: String, policy: VLANPolicy, sink: Sink) -> Int? {
+        guard let i = ports.firstIndex(where: { $0 == nil }) else { return nil }
+        ports[i] = Port(policy: policy, sink: sink, name: name)
+        return i
+    }
+
+    /// Removes a port and forgets the MACs learned on it.
+    public func removePort(_ i: Int) {
+        guard i >= 0 && i < ports.count, ports[i] != nil else { return }
+        ports[i] = nil
+        fdb.forget(port: i)
+    }
+
+    /// Forgets the MACs of a port that stays (its peer went away and may come back).
+    public func forgetMACs(of i: Int) { fdb.forget(port: i) }
+
+    public func expire(now: Instant) { fdb.expire(now: now) }
+
+    @inline(__always) func drop(_ r: SwitchDropReason) { counters.drops[r.rawValue] &+= 1 }
+
+    /// Handles one frame that arrived on `ingress`. `local` takes frames for the local sink.
+    public func receive(from ingress: Int, frame: UnsafeRawBufferPointer, now: Instant,
+                        local: (UnsafeRawBufferPointer) -> Void = { _ in }) {
+        guard ingress >= 0 && ingress < ports.count, ports[ingress] != nil else { return drop(.noSuchPort) }
+        ports[ingress]!.counters.rxPackets &+= 1
+        ports[ingress]!.counters.rxBytes &+= UInt64(frame.count)
+        guard frame.count >= 14, frame.count <= maximumFrame, let eth = try? EthernetHeader.parse(frame) else {
+            ports[ingress]!.counters.rxDrops &+= 1
+            return drop(.malformed)
+        }
+        guard let vlan = ports[ingress]!.policy.ingressVLAN(tag: eth.vlanTag) else {
+            ports[ingress]!.counters.rxDrops &+= 1
+            return drop(.vlanNotCarried)
+        }
+        switch fdb.learn(eth.source, vlan: vlan, port: ingress, now: now) {
+        case .tableFull: counters.learnRefusedTableFull &+= 1
+        case .portQuotaExceeded: counters.learnRefusedPortQuota &+= 1
+        case .moved: counters.macMoves &+= 1
+        case .learned, .refreshed, .groupSource: break
+        }
+        let priority = (eth.vlanTag ?? 0) & 0xF000
+        if !eth.destination.isMulticast, let out = fdb.lookup(eth.destination, vlan: vlan, now: now) {
+            guard out != ingress else { return }   // the destination is on the segment it came from
+            counters.forwarded &+= 1
+            send(frame, tagged: eth.vlanTag != nil, vlan: vlan, priority: priority, to: out, local: local)
+            return
+        }
+        counters.flooded &+= 1
+        for out in 0 ..< ports.count where out != ingress && ports[out] != nil {
+            send(frame, tagged: eth.vlanTag != nil, vlan: vlan, priority: priority, to: out, local: local)
+        }
+    }
+
+    /// Writes `frame` out of port `out` if that port carries `vlan`, tagging or untagging it as needed.
+    @inline(__always)
+    func send(_ frame: UnsafeRawBufferPointer, tagged: Bool, vlan: UInt16, priority: UInt16, to out: Int,
+              local: (UnsafeRawBufferPointer) -> Void) {
+        let (member, wantTag) = ports[out]!.policy.egress(vlan: vlan)
+        guard member else { return }
+        let outLength = frame.count + (wantTag == tagged ? 0 : (wantTag ? 4 : -4))
+        switch ports[out]!.sink {
+        case .local:
+            if wantTag == tagged {
+                local(frame)
+            } else {
+                // The local sink takes untagged frames only (the gateway sits on an access VLAN).
+                guard !wantTag else { return }
+                withUnsafeTemporaryAllocation(byteCount: outLength, alignment: 16) { buf in
+                    rewrite(frame, tagged: tagged, into: buf, wantTag: false, tci: 0)
+                    local(UnsafeRawBufferPointer(buf))
+                }
+            }
+        case .queue(let q):
+            guard let buf = q.reserve(maximumLength: outLength) else {
+                ports[out]!.counters.txDrops &+= 1
+                return drop(.egressQueueFull)
+            }
+            rewrite(frame, tagged: tagged, into: buf, wantTag: wantTag, tci: priority | vlan)
+            q.commit(length: outLength)
+        }
+        ports[out]!.counters.txPackets &+= 1
+        ports[out]!.counters.txBytes &+= UInt64(outLength)
+    }
+
+    /// Copies `frame` into `buf`, adding, keeping (with `tci`) or removing its 802.1Q tag.
+    @inline(__always)
+    func rewrite(_ frame: UnsafeRawBufferPointer, tagged: Bool, into buf: UnsafeMutableRawBufferPointer, wantTag: Bool, tci: UInt16) {
+        guard let dst = buf.baseAddress, let src = frame.baseAddress else { return }
+        switch (tagged, wantTag) {
+        case (false, false):
+            dst.copyMemory(from: src, byteCount: frame.count)
+        case (true, true):
+            dst.copyMemory(from: src, byteCount: frame.count)
+            buf.put16(14, tci)
+        case (false, true):
+            dst.copyMemory(from: src, byteCount: 12)
+            buf.put16(12, EtherType.vlan.rawValue)
+            buf.put16(14, tci)
+            (dst + 16).copyMemory(from: src + 12, byteCount: frame.count - 12)
+        case (true, false):
+            dst.copyMemory(from: src, byteCount: 12)
+            (dst + 12).copyMemory(from: src + 16, byteCount: frame.count - 16)
+        }
+    }
+
+    /// Whether a frame to a known unicast `destination` from `ingress` finds room in its port's queue now.
+    /// Lets a producer that can wait (the gateway) hold frames back instead of having them dropped.
+    public func hasRoom(for frameLength: Int, destination: MACAddress, from ingress: Int, now: Instant) -> Bool {
+        guard ingress >= 0 && ingress < ports.count, let p = ports[ingress], let vlan = p.policy.ingressVLAN(tag: nil) else { return true }
+        let need = frameLength + 4 + FrameQueue.prefixLength + 64
+        if !destination.isMulticast, let out = fdb.lookup(destination, vlan: vlan, now: now) {
+            if case .queue(let q) = ports[out]?.sink { return q.freeSpace >= need }
+            return true
+        }
+        // Flooded frames are few (ARP, DHCP broadcasts); one stalled peer must not hold them back for all.
+        return true
+    }
+
+    /// The port a MAC is learned on, for status output.
+    public func port(of mac: MACAddress, vlan: UInt16 = VLANPolicy.defaultVLAN, now: Instant) -> Int? {
+        fdb.lookup(mac, vlan: vlan, now: now)
+    }
+}

@@ -1,0 +1,253 @@
+// `vnet nat`: libvirt's default network, rootless: the switch of `vnet switch` plus the built-in gateway on
+// 192.168.122.1/24 (DHCP range, static leases, persistent leases, DNS names for leases, NAT to host
+// sockets, port maps to a VM by address or host name). Flags, or one YAML file (`--config`), or both: the
+// file is read first, flags given on the command line override its scalars and add to its lists.
+
+import ArgumentParser
+import Foundation
+import Logging
+import VNetBuffers
+import VNetGateway
+import VNetRuntime
+import VNetServices
+import VNetSwitch
+import VNetWire
+import Yams
+
+struct NatCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "nat",
+        abstract: "A NAT network for several VMs (libvirt's default network, rootless): switch + DHCP + DNS + NAT + port maps.",
+        discussion: """
+        Defaults: network 192.168.122.0/24, gateway and DNS 192.168.122.1, DHCP 192.168.122.2-192.168.122.254, \
+        leases kept in $XDG_STATE_HOME/vnet/NAME.leases (~/.local/state/vnet; /var/lib/vnet as root). Guest \
+        traffic to the gateway address reaches host loopback. Port maps: [tcp|udp]:[HOSTADDR]:HOSTPORT-VM:GUESTPORT \
+        where VM is an address or a lease host name. The config file (YAML) takes the same names as the long \
+        flags, with lists for repeatable ones, e.g. 'static-lease: ["52:54:00:00:00:10,192.168.122.10,web"]'.
+        """)
+
+    @Option(name: .customLong("config"), help: "A YAML file with any of these settings (same names as the flags).")
+    var configFile: String?
+
+    @Option(name: .customLong("name"), help: "The network's name: default socket and lease file names (default 'default').")
+    var name: String?
+
+    @Option(name: .customLong("network"), help: "Subnet, CIDR (default 192.168.122.0/24).")
+    var network: String?
+
+    @Option(name: .customLong("gateway"), help: "The gateway's (and DNS's) address (default: the first host, .1).")
+    var gateway: String?
+
+    @Option(name: .customLong("dhcp-range"), help: "FIRST-LAST addresses handed out (default: .2 to the last host).")
+    var dhcpRange: String?
+
+    @Option(name: .customLong("lease-time"), help: "DHCP lease time in seconds (default 3600).")
+    var leaseTime: UInt64?
+
+    @Option(name: .customLong("static-lease"), help: "MAC,IP[,HOSTNAME]: a fixed address (inside the DHCP range). Repeatable.")
+    var staticLeases: [String] = []
+
+    @Option(name: .customLong("host"), help: "NAME=IP: an extra DNS name answered by the gateway. Repeatable.")
+    var hosts: [String] = []
+
+    @Option(name: .customLong("port-map"), help: "[tcp|udp]:[HOSTADDR]:HOSTPORT-VM:GUESTPORT (VM: address or lease host name). Repeatable.")
+    var portMaps: [String] = []
+
+    @Option(name: .customLong("leases-file"), help: "Where leases persist across restarts.")
+    var leasesFile: String?
+
+    @Option(name: .customLong("domain"), help: "DNS domain given over DHCP; lease names also answer under it.")
+    var domain: String?
+
+    @Option(name: .customLong("dns-upstream"), help: "Forward DNS to ADDR:PORT instead of resolv.conf's servers.")
+    var dnsUpstream: String?
+
+    @Option(name: .customLong("resolv-conf"), help: "Read upstream DNS servers from this file (default /etc/resolv.conf).")
+    var resolvConf: String?
+
+    @Flag(name: .customLong("kernel"), help: "Kernel NAT mode (bridge + nftables); needs root.")
+    var kernel = false
+
+    @OptionGroup var ports: SwitchPortFlags
+
+    func run() throws {
+        if kernel { throw ValidationError("the kernel nat mode is not in this build yet") }
+        guard Logger.Level(rawValue: ports.logLevel) != nil else { throw ValidationError("--log-level: unknown level '\(ports.logLevel)'") }
+        let file = try configFile.map(NatConfigFile.load) ?? NatConfigFile()
+        var o = SwitchOptions()
+        let netName = name ?? file.string("name") ?? "default"
+        guard !netName.isEmpty, !netName.contains("/") else { throw ValidationError("--name must be a plain name") }
+        var portFlags = ports
+        let lists: [(String, WritableKeyPath<SwitchPortFlags, [String]>)] = [
+            ("socket", \.sockets), ("listen", \.listens), ("connect", \.connects), ("dgram", \.dgrams), ("mcast", \.mcasts), ("tap", \.taps)]
+        for (key, keyPath) in lists {
+            portFlags[keyPath: keyPath] = try file.list(key) + portFlags[keyPath: keyPath]
+        }
+        if let m = try file.int("mtu"), ports.mtu == 1500 { portFlags.mtu = m }
+        var extra = try portFlags.apply(to: &o, defaultName: netName)
+
+        // Addressing.
+        let netText = network ?? file.string("network") ?? "192.168.122.0/24"
+        let cidr = netText.split(separator: "/").map(String.init)
+        let parsedNet: IPv4Network? = cidr.count == 2 ? IPv4Address(cidr[0]).flatMap { a in
+            Int(cidr[1]).flatMap { (8 ... 30).contains($0) ? IPv4Network(address: a, prefixLength: $0) : nil }
+        } : nil
+        guard let net = parsedNet, net.prefixLength <= 30 else { throw ValidationError("--network '\(netText)': expected a CIDR such as 192.168.122.0/24 (/8 to /30)") }
+        let base = net.address.rawValue & net.netmask.rawValue
+        let gwText = gateway ?? file.string("gateway")
+        let gw = try gwText.map { t -> IPv4Address in
+            guard let a = IPv4Address(t) else { throw ValidationError("--gateway '\(t)' is not an IPv4 address") }
+            return a
+        } ?? IPv4Address(rawValue: base | 1)
+        guard net.contains(gw), gw != net.broadcast, gw.rawValue != base else { throw ValidationError("--gateway \(gw) is not a host address of \(net)") }
+        var first = IPv4Address(rawValue: gw.rawValue == base | 1 ? base | 2 : base | 1)
+        var last = IPv4Address(rawValue: net.broadcast.rawValue - 1)
+        if let r = dhcpRange ?? file.string("dhcp-range") {
+            let parts = r.split(separator: "-").map(String.init)
+            guard parts.count == 2, let a = IPv4Address(parts[0]), let b = IPv4Address(parts[1]), a.rawValue <= b.rawValue else {
+                throw ValidationError("--dhcp-range '\(r)': expected FIRST-LAST")
+            }
+            first = a
+            last = b
+        }
+        guard net.contains(first), net.contains(last), first.rawValue > base, last.rawValue < net.broadcast.rawValue else {
+            throw ValidationError("--dhcp-range \(first)-\(last) is not inside \(net)")
+        }
+        guard !(first.rawValue ... last.rawValue).contains(gw.rawValue) else {
+            throw ValidationError("--dhcp-range \(first)-\(last) contains the gateway \(gw)")
+        }
+        guard last.rawValue - first.rawValue < 65_536 else { throw ValidationError("--dhcp-range: at most 65536 addresses") }
+
+        var g = GatewayConfig()
+        g.network = net
+        g.gatewayAddress = gw
+        g.dnsAddress = gw
+        g.dhcpStart = first
+        g.dhcpPoolSize = Int(last.rawValue - first.rawValue) + 1
+        let fileLeaseTime = try file.uint("lease-time")
+        g.leaseTime = .seconds(leaseTime ?? fileLeaseTime ?? 3600)
+        g.domainName = domain ?? file.string("domain")
+        g.mtu = o.mtu
+        g.id = netName
+
+        var statics: [DHCPStaticLease] = []
+        for s in try file.list("static-lease") + staticLeases {
+            let p = s.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+            guard p.count == 2 || p.count == 3, let mac = MACAddress(p[0]), !mac.isMulticast, let a = IPv4Address(p[1]) else {
+                throw ValidationError("--static-lease '\(s)': expected MAC,IP[,HOSTNAME]")
+            }
+            guard (first.rawValue ... last.rawValue).contains(a.rawValue) else {
+                throw ValidationError("--static-lease '\(s)': \(a) is outside the DHCP range \(first)-\(last)")
+            }
+            var host: String? = nil
+            if p.count == 3 {
+                guard let h = DHCPServer.cleanHostName(p[2]), h == p[2].lowercased() else {
+                    throw ValidationError("--static-lease '\(s)': '\(p[2])' is not a valid host name (letters, digits, '-')")
+                }
+                host = h
+            }
+            guard !statics.contains(where: { $0.mac == mac || $0.address == a }) else {
+                throw ValidationError("--static-lease '\(s)': that MAC or address is already bound")
+            }
+            statics.append(DHCPStaticLease(mac: mac, address: a, hostName: host))
+        }
+        g.staticLeases = statics
+        o.gateway = g
+
+        for h in try file.list("host") + hosts {
+            guard let eq = h.firstIndex(of: "="), let n = DHCPServer.cleanHostName(String(h[..<eq])),
+                  let a = IPv4Address(String(h[h.index(after: eq)...])) else {
+                throw ValidationError("--host '\(h)': expected NAME=IP")
+            }
+            o.staticNames[n] = a
+        }
+        for m in try file.list("port-map") + portMaps {
+            switch PortMap.parse(m) {
+            case .success(let pm): o.portMaps.append(pm)
+            case .failure(let e): throw ValidationError(e.description)
+            }
+        }
+        if let u = dnsUpstream ?? file.string("dns-upstream") {
+            guard let c = u.lastIndex(of: ":"), let p = UInt16(u[u.index(after: c)...]) else {
+                throw ValidationError("--dns-upstream '\(u)': expected ADDR:PORT")
+            }
+            o.dnsUpstream = (String(u[..<c]), p)
+        }
+        o.resolvConfPath = resolvConf ?? file.string("resolv-conf") ?? "/etc/resolv.conf"
+        o.leasesFile = try leasesFile ?? file.string("leases-file") ?? NatCommand.defaultLeasesFile(name: netName)
+
+        let logger = ports.bootstrapLogging()
+        let runtime = try SwitchRuntime(options: o, logger: logger)
+        extra.append("vnet: VMs get 192.168.x addresses by DHCP; each needs its own MAC (a fresh one is printed above)")
+        try runtime.run(extraStartupLines: extra)
+    }
+
+    /// $XDG_STATE_HOME/vnet/NAME.leases, ~/.local/state/vnet/NAME.leases, or /var/lib/vnet/NAME.leases as root.
+    static func defaultLeasesFile(name: String) throws -> String {
+        let env = ProcessInfo.processInfo.environment
+        let dir: String
+        if getuid() == 0 {
+            dir = "/var/lib/vnet"
+        } else if let x = env["XDG_STATE_HOME"], !x.isEmpty {
+            dir = x + "/vnet"
+        } else if let h = env["HOME"], !h.isEmpty {
+            dir = h + "/.local/state/vnet"
+        } else {
+            dir = "/tmp/vnet-\(getuid())"
+        }
+        do {
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        } catch {
+            throw ValidationError("cannot create \(dir) for the lease file: \(error.localizedDescription); pass --leases-file")
+        }
+        return dir + "/" + name + ".leases"
+    }
+}
+
+/// The YAML config file of `vnet nat`: a mapping from flag names to values (lists for repeatable flags).
+struct NatConfigFile {
+    var values: [String: Any] = [:]
+    var path = ""
+
+    static let known: Set<String> = ["name", "network", "gateway", "dhcp-range", "lease-time", "static-lease", "host", "port-map",
+                                     "leases-file", "domain", "dns-upstream", "resolv-conf", "mtu",
+                                     "socket", "listen", "connect", "dgram", "mcast", "tap"]
+
+    static func load(_ path: String) throws -> NatConfigFile {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw ValidationError("--config \(path): cannot read it") }
+        let doc: Any?
+        do {
+            doc = try Yams.load(yaml: text)
+        } catch {
+            throw ValidationError("--config \(path): not valid YAML: \(String(describing: error).split(separator: "\n").first ?? "")")
+        }
+        guard let map = doc as? [String: Any] else { throw ValidationError("--config \(path): expected a mapping of settings") }
+        if let unknown = map.keys.sorted().first(where: { !known.contains($0) }) {
+            throw ValidationError("--config \(path): unknown setting '\(unknown)' (known: \(known.sorted().joined(separator: ", ")))")
+        }
+        return NatConfigFile(values: map, path: path)
+    }
+
+    func string(_ key: String) -> String? {
+        guard let v = values[key] else { return nil }
+        return "\(v)"
+    }
+
+    func int(_ key: String) throws -> Int? {
+        guard let v = values[key] else { return nil }
+        guard let i = v as? Int else { throw ValidationError("--config \(path): '\(key)' must be a number") }
+        return i
+    }
+
+    func uint(_ key: String) throws -> UInt64? {
+        guard let i = try int(key) else { return nil }
+        guard i >= 0 else { throw ValidationError("--config \(path): '\(key)' must not be negative") }
+        return UInt64(i)
+    }
+
+    func list(_ key: String) throws -> [String] {
+        guard let v = values[key] else { return [] }
+        if let l = v as? [Any] { return l.map { "\($0)" } }
+        return ["\(v)"]
+    }
+}

@@ -1,0 +1,121 @@
+// `vnet switch`: a learning L2 switch joining many VMs (and TAPs), with VLANs and per-port counters.
+// `SwitchPortFlags` is shared with `vnet nat`, which is the same switch plus the built-in gateway.
+
+import ArgumentParser
+import Logging
+import VNetRuntime
+import VNetSwitch
+import VNetWire
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct SwitchPortFlags: ParsableArguments {
+    @Option(name: .customLong("socket"), help: "Unix socket for QEMU stream clients, one port each (PATH[,vlan=N|,trunk=A:B-C[,native=N]]). Repeatable.")
+    var sockets: [String] = []
+
+    @Option(name: .customLong("listen"), help: "TCP address for QEMU stream/socket clients (HOST:PORT[,vlan…]). Repeatable.")
+    var listens: [String] = []
+
+    @Option(name: .customLong("connect"), help: "A listening QEMU (server=on) to connect to and reconnect (unix:PATH or HOST:PORT[,vlan…]). Repeatable.")
+    var connects: [String] = []
+
+    @Option(name: .customLong("dgram"), help: "Datagram socket for -netdev dgram peers, one port per peer (PATH or HOST:PORT[,vlan…]). Repeatable.")
+    var dgrams: [String] = []
+
+    @Option(name: .customLong("mcast"), help: "A -netdev socket,mcast= group (GROUP:PORT[,localaddr=IP][,vlan…]). Repeatable.")
+    var mcasts: [String] = []
+
+    @Option(name: .customLong("tap"), help: "A TAP device created in a network namespace (NAME,netns=PATH|PID[,vlan…]). Repeatable.")
+    var taps: [String] = []
+
+    @Option(name: .customLong("max-ports"), help: "Most ports at once; peers beyond are refused (default 64).")
+    var maximumPorts: Int = 64
+
+    @Option(name: .customLong("mac-quota"), help: "Most MAC addresses learned per port (default 256).")
+    var macQuota: Int = 256
+
+    @Option(name: .customLong("fdb-size"), help: "Size of the MAC table (default 8192).")
+    var fdbSize: Int = 8192
+
+    @Option(name: .customLong("ageing"), help: "Seconds a learned MAC is kept without traffic (default 300).")
+    var ageing: UInt64 = 300
+
+    @Option(name: .customLong("mtu"), help: "Largest IP packet on the segment (576-65520, default 1500).")
+    var mtu: Int = 1500
+
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
+    var logLevel: String = "notice"
+
+    var hasPorts: Bool { !(sockets.isEmpty && listens.isEmpty && connects.isEmpty && dgrams.isEmpty && mcasts.isEmpty && taps.isEmpty) }
+
+    /// The switch part of the options; `defaultName` names the default socket when no port is given.
+    func apply(to o: inout SwitchOptions, defaultName: String) throws -> [String] {
+        guard (576 ... 65520).contains(mtu) else { throw ValidationError("--mtu must be between 576 and 65520") }
+        guard (2 ... 4096).contains(maximumPorts) else { throw ValidationError("--max-ports must be between 2 and 4096") }
+        guard macQuota >= 1, fdbSize >= 1, ageing >= 1 else { throw ValidationError("--mac-quota, --fdb-size and --ageing must be at least 1") }
+        o.mtu = mtu
+        o.maximumPorts = maximumPorts
+        o.macQuotaPerPort = macQuota
+        o.fdbCapacity = fdbSize
+        o.ageingSeconds = ageing
+        for (flag, values) in [("socket", sockets), ("listen", listens), ("connect", connects), ("dgram", dgrams), ("mcast", mcasts), ("tap", taps)] {
+            for v in values {
+                switch SwitchPortSpec.parse(flag: flag, v) {
+                case .success(let s): o.ports.append(s)
+                case .failure(let e): throw ValidationError(e.description)
+                }
+            }
+        }
+        var extra: [String] = []
+        if o.ports.isEmpty {
+            let path = try DefaultSocket.path(id: defaultName)
+            o.ports.append(SwitchPortSpec(endpoint: .unixListen(path: path)))
+            o.socketIsDefault = true
+        }
+        // The arguments for the next VM, with a MAC of its own (52:54:00 is QEMU's locally administered prefix).
+        if let first = o.ports.first(where: { if case .unixListen = $0.endpoint { true } else { false } }),
+           case .unixListen(let path) = first.endpoint {
+            extra.append("vnet: start each QEMU with: -netdev stream,id=n0,server=off,addr.type=unix,addr.path=\(path) -device virtio-net-pci,netdev=n0,mac=\(Self.freshMAC())")
+        }
+        return extra
+    }
+
+    static func freshMAC() -> String {
+        var rng = SystemRandomNumberGenerator()
+        let v = UInt32.random(in: 0 ... 0xFF_FFFF, using: &rng)
+        return MACAddress(0x52, 0x54, 0x00, UInt8(v >> 16), UInt8((v >> 8) & 0xFF), UInt8(v & 0xFF)).description
+    }
+
+    func bootstrapLogging() -> Logger {
+        let level = Logger.Level(rawValue: logLevel) ?? .notice
+        LoggingSystem.bootstrap { label in
+            var h = StreamLogHandler.standardError(label: label)
+            h.logLevel = level
+            return h
+        }
+        return Logger(label: "vnet")
+    }
+}
+
+struct SwitchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "switch",
+        abstract: "A learning L2 switch for many VMs (QEMU stream/dgram/mcast peers, TAPs), with VLANs.",
+        discussion: """
+        Every port flag takes an address and, optionally, VLAN membership: ',vlan=N' (access, the default is \
+        VLAN 1) or ',trunk=A:B-C[,native=N]' (tagged). Without any port flag, vnet listens on \
+        $XDG_RUNTIME_DIR/vnet/switch.sock. SIGUSR1 prints per-port counters.
+        """)
+
+    @OptionGroup var ports: SwitchPortFlags
+
+    func run() throws {
+        guard Logger.Level(rawValue: ports.logLevel) != nil else { throw ValidationError("--log-level: unknown level '\(ports.logLevel)'") }
+        var o = SwitchOptions()
+        let extra = try ports.apply(to: &o, defaultName: "switch")
+        let logger = ports.bootstrapLogging()
+        let runtime = try SwitchRuntime(options: o, logger: logger)
+        try runtime.run(extraStartupLines: extra)
+    }
+}

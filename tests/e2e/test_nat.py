@@ -1,0 +1,143 @@
+"""`vnet nat`: three real QEMU guests on one NAT network (switch + gateway), run as an unprivileged user.
+
+One vnet, started as `nobody`, serves three guests over one unix socket (one switch port each). The checks
+share the booted guests: distinct leases, guest-to-guest ping, lease host names in DNS, a page from a host
+loopback server through the gateway, a port map to one VM by host name, and the switch's counters.
+DNS upstream is a test server on loopback; nothing leaves the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+import rig
+
+VMS = [("vm1", "52:54:00:12:01:01"), ("vm2", "52:54:00:12:01:02"), ("vm3", "52:54:00:12:01:03")]
+
+
+def unprivileged(workdir: Path, home: Path):
+    """How to start vnet as `nobody` (as root), or as ourselves (already unprivileged): binary, argv prefix, user."""
+    if os.getuid() != 0:
+        return rig.vnet_binary(), [], pwd.getpwuid(os.getuid())
+    nobody = pwd.getpwnam("nobody")
+    setpriv = shutil.which("setpriv")
+    assert setpriv, "setpriv (util-linux) is needed to drop privileges"
+    os.chmod(workdir, 0o711)
+    binary = home / "vnet"
+    shutil.copy2(rig.vnet_binary(), binary)
+    os.chmod(binary, 0o755)
+    os.chown(home, nobody.pw_uid, nobody.pw_gid)
+    return setpriv, [f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups", "--", str(binary)], nobody
+
+
+@pytest.fixture(scope="module")
+def nat(guest_image, module_workdir, module_log_dir):
+    home = Path(module_workdir) / "nobody-home"
+    home.mkdir(mode=0o700)
+    sock = home / "nat.sock"
+    leases = home / "nat.leases"
+    map_port = rig.free_tcp_port()
+    with rig.HttpServer({"/": b"hello from the host\n"}) as http, \
+            rig.DnsServer({"upstream.test": "192.0.2.55"}) as dns:
+        launcher, prefix, nobody = unprivileged(Path(module_workdir), home)
+        args = prefix + ["nat", "--socket", sock, "--leases-file", leases, "--dns-upstream", f"{dns.address}",
+                         "--port-map", f"tcp:127.0.0.1:{map_port}-vm2:8080", "--domain", "vnet.test", "--log-level", "info"]
+        with rig.VnetProcess(args, log_dir=module_log_dir, binary=launcher, env={"HOME": str(home)}) as vnet:
+            guests = []
+            try:
+                for name, mac in VMS:
+                    netdev = ["-netdev", f"stream,id=n0,server=off,addr.type=unix,addr.path={sock}"]
+                    g = rig.Guest(guest_image, netdev, workdir=module_workdir, log_dir=module_log_dir, name=name, mac=mac)
+                    g.start()
+                    guests.append(g)
+                leases_by_name = {}
+                for (name, _), g in zip(VMS, guests):
+                    leases_by_name[name] = g.dhcp(extra=f"-x hostname:{name} -O mtu -O search")
+                yield SimpleNamespace(vnet=vnet, guests=dict(zip([n for n, _ in VMS], guests)), leases=leases_by_name,
+                                      http=http, dns=dns, map_port=map_port, leases_file=leases, nobody=nobody, sock=sock)
+            finally:
+                for g in guests:
+                    g.close()
+
+
+def test_vnet_runs_unprivileged_and_prints_qemu_args(nat):
+    status = Path(f"/proc/{nat.vnet.pid}/status").read_text()
+    uids = re.search(r"^Uid:\s+(.*)$", status, re.M).group(1).split()
+    assert set(uids) == {str(nat.nobody.pw_uid)}, uids
+    out = nat.vnet.stdout.text
+    assert "vnet: nat network 192.168.122.0/24, gateway 192.168.122.1" in out
+    m = re.search(r"-device virtio-net-pci,netdev=n0,mac=(52:54:00:[0-9a-f:]{8})", out)
+    assert m, out
+    assert os.stat(nat.sock).st_uid == nat.nobody.pw_uid
+
+
+def test_each_vm_gets_a_distinct_lease_in_the_network(nat):
+    ips = [nat.leases[n]["ip"] for n, _ in VMS]
+    assert len(set(ips)) == 3, nat.leases
+    for n, _ in VMS:
+        lease = nat.leases[n]
+        assert lease["ip"].startswith("192.168.122."), lease
+        assert lease["router"] == "192.168.122.1" and lease["dns"] == "192.168.122.1", lease
+
+
+def test_vms_ping_each_other(nat):
+    for a, b in (("vm1", "vm2"), ("vm2", "vm3"), ("vm3", "vm1")):
+        r = nat.guests[a].run(f"ping -c 2 -W 5 {nat.leases[b]['ip']}")
+        assert r.rc == 0 and "2 packets received" in r.output, r.output
+
+
+def test_lease_host_names_resolve_from_another_vm(nat):
+    for asker, name in (("vm1", "vm2"), ("vm3", "vm1")):
+        out = nat.guests[asker].check(f"nslookup {name} 192.168.122.1")
+        assert nat.leases[name]["ip"] in out, out
+        out = nat.guests[asker].check(f"nslookup {name}.vnet.test 192.168.122.1")
+        assert nat.leases[name]["ip"] in out, out
+    # Names that are not ours still go upstream (the test's resolver), answered from there.
+    out = nat.guests["vm2"].check("nslookup upstream.test 192.168.122.1")
+    assert "192.0.2.55" in out, out
+
+
+def test_each_vm_fetches_a_page_from_host_loopback(nat):
+    for n, _ in VMS:
+        out = nat.guests[n].check(f"wget -q -O - http://192.168.122.1:{nat.http.port}/")
+        assert out == "hello from the host\n", out
+
+
+def test_port_map_by_host_name_reaches_the_right_vm(nat):
+    for n, _ in VMS:
+        g = nat.guests[n]
+        g.write_file("/www/index.html", f"served by {n}\n")
+    g = nat.guests["vm2"]
+    g.start_background("httpd -f -p 8080 -h /www", "httpd")
+    rig.wait_for(lambda: ":8080 " in g.check("netstat -ltn"), timeout=20, message="vm2 httpd listening")
+    with socket.create_connection(("127.0.0.1", nat.map_port), timeout=20) as s:
+        s.sendall(b"GET /index.html HTTP/1.0\r\nHost: x\r\n\r\n")
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+    assert data.endswith(b"served by vm2\n"), data
+
+
+def test_leases_are_saved_with_host_names(nat):
+    import json
+    saved = json.loads(nat.leases_file.read_text())
+    by_mac = {l["mac"]: l for l in saved["leases"]}
+    for n, mac in VMS:
+        assert by_mac[mac]["ip"] == nat.leases[n]["ip"] and by_mac[mac]["hostname"] == n, saved
+    assert oct(nat.leases_file.stat().st_mode & 0o777) == "0o600"
+
+
+def test_switch_counters(nat):
+    c = rig.read_counters(nat.vnet)
+    assert c.get("switch_forwarded", 0) > 0 and c.get("switch_flooded", 0) > 0, c
+    assert c.get("switch_macs", 0) >= 4, c   # three VMs and the gateway
+    assert c.get("dns_local_answers", 0) >= 4, c
