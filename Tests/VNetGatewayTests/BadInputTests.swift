@@ -542,6 +542,17 @@ struct BadInputTests {
         try r.finish()
     }
 
+    @Test("the rig's checks can fail: canary bytes and non-gateway frames are caught")
+    func rigChecksCatchForeignBytes() {
+        #expect(containsCanary([0, 0] + canaryBytes(4)))
+        #expect(containsCanary(Array(canaryBytes(12)[5 ..< 9])))
+        #expect(!containsCanary(pattern(2000)) && !containsCanary(canaryBytes(3)))
+        var f = FrameBuilder.arpFrame(targetIP: gatewayIP).canaryPadded(to: 60)
+        #expect(containsCanary(f), "an echoed padding would be seen")
+        f = Array(f[..<42])
+        #expect(!containsCanary(f))
+    }
+
     // MARK: Stream framing
 
     @Test("BAD-INPUTS framing: lengths of 0-13 and above MTU + 18 (within 65536 + 4096) are skipped; the connection stays up")
