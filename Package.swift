@@ -11,6 +11,8 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.4.1"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
     ],
     targets: [
@@ -34,18 +36,26 @@ let package = Package(
         .target(name: "VNetRuntime", dependencies: [
             "VNetWire", "VNetBuffers", "VNetServices", "VNetGateway", "VNetHost", "VNetTransport", "VNetSwitch", "CVNetShim",
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "CoreMetrics", package: "swift-metrics"),
         ]),
+        // Kernel modes: rtnetlink (bridges, links, addresses), TAPs, kernel NAT (nftables), PCI passthrough (sysfs).
+        .target(name: "VNetKernel", dependencies: ["CVNetShim", "VNetWire", "VNetBuffers", "VNetServices", "VNetHost"]),
         .executableTarget(name: "vnet", dependencies: [
-            "VNetRuntime", "VNetGateway", "VNetSwitch", "VNetServices", "VNetWire", "VNetBuffers",
+            "VNetRuntime", "VNetGateway", "VNetSwitch", "VNetServices", "VNetWire", "VNetBuffers", "VNetKernel", "CVNetShim",
             .product(name: "Yams", package: "Yams"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
+            // Only the executable picks the metrics backend (Prometheus) and bootstraps it.
+            .product(name: "Metrics", package: "swift-metrics"),
+            .product(name: "Prometheus", package: "swift-prometheus"),
         ]),
         .testTarget(name: "VNetWireTests", dependencies: ["VNetWire"], resources: [.copy("Fixtures")]),
         .testTarget(name: "VNetBuffersTests", dependencies: ["VNetBuffers"]),
         .testTarget(name: "VNetServicesTests", dependencies: ["VNetServices", "VNetWire"]),
         .testTarget(name: "VNetGatewayTests", dependencies: ["VNetGateway", "VNetWire", "VNetServices", "VNetBuffers", "VNetTransport"]),
         .testTarget(name: "VNetSwitchTests", dependencies: ["VNetSwitch", "VNetWire", "VNetBuffers"]),
+        .testTarget(name: "VNetKernelTests", dependencies: ["VNetKernel", "VNetWire"]),
         .testTarget(name: "VNetTransportTests", dependencies: ["VNetTransport", "VNetWire", "VNetBuffers"]),
+        .testTarget(name: "VNetRuntimeTests", dependencies: ["VNetRuntime", "VNetHost", "VNetGateway", "VNetWire", "VNetBuffers"]),
     ]
 )

@@ -34,8 +34,16 @@ public struct Instant: Comparable, Hashable, Sendable {
     }
 }
 
+/// Sees every frame committed to a `FrameQueue` (a packet capture, say). Called on the data path: it must
+/// not allocate.
+public protocol FrameQueueObserver: AnyObject {
+    func frameCommitted(_ frame: UnsafeRawBufferPointer)
+}
+
 /// A bounded queue of length-prefixed Ethernet frames in one preallocated byte buffer.
 public final class FrameQueue {
+    /// Told of each committed frame (without its frame header; padded to 60 bytes), when set.
+    public var observer: (any FrameQueueObserver)?
     /// The 4-byte length prefix before each frame.
     public static let prefixLength = 4
     public static let minimumFrameLength = 60
@@ -114,6 +122,10 @@ public final class FrameQueue {
         storage[tail + 1] = UInt8(truncatingIfNeeded: len >> 16)
         storage[tail + 2] = UInt8(truncatingIfNeeded: len >> 8)
         storage[tail + 3] = UInt8(truncatingIfNeeded: len)
+        if let o = observer {
+            let start = tail + FrameQueue.prefixLength + frameHeaderLength
+            o.frameCommitted(UnsafeRawBufferPointer(rebasing: storage[start ..< tail + FrameQueue.prefixLength + len]))
+        }
         tail += FrameQueue.prefixLength + len
         reserved = 0
         frameCount += 1

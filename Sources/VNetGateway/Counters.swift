@@ -1,5 +1,5 @@
 // Named counters for every frame the gateway drops, and for what it serves. Each drop site names exactly one
-// reason; `vnet` prints them, and the control socket (later) exports them.
+// reason; `vnet` prints them, and the control socket and metrics endpoint export them.
 
 public enum DropReason: Int, CaseIterable, Sendable {
     case ethernetTruncated

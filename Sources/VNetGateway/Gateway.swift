@@ -33,6 +33,10 @@ public final class Gateway<Host: HostIO> {
     public internal(set) var dhcp: DHCPServer
     /// Upstream DNS resolvers (host side), tried in order; set by the runtime from resolv.conf.
     public private(set) var dnsUpstreams: [(IPv4Address, UInt16)] = []
+    /// Names the gateway's DNS answers itself (see LocalDNSRecords.swift).
+    public var localDNS = LocalDNSRecords()
+    /// Called when DHCP acknowledges a lease (address, client MAC): control-plane events.
+    public var leaseObserver: ((IPv4Address, MACAddress) -> Void)?
 
     var udpFlows: FlowTable<UDPFlowKey, UDPFlow>
     var icmpFlows: FlowTable<ICMPFlowKey, ICMPFlow>

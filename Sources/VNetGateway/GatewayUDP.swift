@@ -57,6 +57,7 @@ extension Gateway {
         guard !config.restricted else { return drop(.restricted) }
         if ip.destination == config.dnsAddress && (udp.destinationPort == 53 || config.dnsAddress != config.gatewayAddress) {
             guard udp.destinationPort == 53 else { return drop(.dnsWrongPort) }
+            if !localDNS.isEmpty, answerLocalDNS(payload, ip: ip, udp: udp, mac: ethernet.source) { return }
             if answerLocalName(payload, ip: ip, udp: udp, mac: ethernet.source) { return }
             return forwardUDP(payload, ip: ip, udp: udp, key: key, existing: existing, mac: ethernet.source, dns: true, now: now)
         }
@@ -75,6 +76,7 @@ extension Gateway {
             drop(.dhcpIgnored)
         case .reply(let r):
             counters.count(.dhcpReplies)
+            if r.type == .ack, !r.yourAddress.isUnspecified { leaseObserver?(r.yourAddress, msg.clientMAC) }
             // RFC 2131 4.1: a client with an address (ciaddr, e.g. INFORM or renewal) is answered there.
             let dstIP = r.broadcast ? IPv4Address.broadcast : (msg.clientAddress.isUnspecified ? r.yourAddress : msg.clientAddress)
             let dstMAC = r.broadcast ? MACAddress.broadcast : msg.clientMAC
@@ -164,6 +166,16 @@ extension Gateway {
     func forgetUDPFlow(_ f: UDPFlow) {
         if f.isDNS { dnsFlowCount -= 1 }
         udpFlows.remove(f.key)
+    }
+
+    /// A query for a name in `localDNS`: answered here (true), never forwarded.
+    func answerLocalDNS(_ payload: UnsafeRawBufferPointer, ip: IPv4Header, udp: UDPHeader, mac: MACAddress) -> Bool {
+        guard let n = localDNS.answer(query: payload, into: scratch.slice(8 ..< 8 + 512)) else { return false }
+        counters.count(.dnsQueries)
+        counters.count(.dnsLocalAnswers)
+        sendUDPToGuest(mac: mac, source: ip.destination, sourcePort: udp.destinationPort, destination: ip.source,
+                       destinationPort: udp.sourcePort, payloadLength: n)
+        return true
     }
 
     func answerDNSFailure(_ payload: UnsafeRawBufferPointer, ip: IPv4Header, udp: UDPHeader, mac: MACAddress) {

@@ -244,3 +244,35 @@ public enum UserNetOptions {
         }
     }
 }
+
+// hostfwd rules given at run time (the control socket's hostfwd_add / hostfwd_remove), in QEMU's syntax.
+extension UserNetOptions {
+    /// `[tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport`; an empty guest address is `config`'s first DHCP
+    /// address, and the guest address must be a guest address of `config`'s network.
+    public static func parseHostForwardRule(_ text: String, config: GatewayConfig) throws(UserNetOptionError) -> HostForward {
+        let (proto, hostAddress, hostPort, guest, guestPort) = try parseHostForward(text)
+        let rule = HostForward(proto: proto, hostAddress: hostAddress, hostPort: hostPort, guestAddress: guest ?? config.dhcpStart,
+                               guestPort: guestPort)
+        var c = config
+        c.hostForwards = [rule]
+        try validate(c)
+        return rule
+    }
+
+    /// hostfwd_remove's `[tcp|udp]:[hostaddr]:hostport` (QEMU's syntax; an empty address is 0.0.0.0).
+    public static func parseHostForwardKey(_ text: String) throws(UserNetOptionError) -> (ForwardProtocol, IPv4Address, UInt16) {
+        var parts = text.split(separator: ":", omittingEmptySubsequences: false)
+        var proto = ForwardProtocol.tcp
+        if parts.count == 3 {
+            switch parts[0] {
+            case "", "tcp": proto = .tcp
+            case "udp": proto = .udp
+            default: throw UserNetOptionError("hostfwd_remove: protocol must be tcp or udp, not '\(parts[0])'")
+            }
+            parts.removeFirst()
+        }
+        guard parts.count == 2 else { throw UserNetOptionError("hostfwd_remove: expected [tcp|udp]:[hostaddr]:hostport, got '\(text)'") }
+        let address = parts[0].isEmpty ? IPv4Address.any : try parseAddress("hostfwd_remove", String(parts[0]))
+        return (proto, address, try parsePort("hostfwd_remove", parts[1], allowZero: true))
+    }
+}

@@ -27,12 +27,21 @@ enum LoopTag: UInt8 {
     case listener = 10, connection = 11, datagram = 12, tap = 13, signal = 14, connector = 15
     /// hostfwd listeners; the low bits index `UserNetRuntime.forwards`.
     case forwardTCP = 16, forwardUDP = 17
+    /// The control socket's listener and its clients (low bits: the client's slot).
+    case control = 18, controlClient = 19
+    /// The metrics endpoint's listener and its HTTP clients (low bits: the client's slot).
+    case metrics = 20, metricsClient = 21
+    /// An fd whose readability ends the loop (`vnet run`: QEMU's pidfd).
+    case stopWatch = 22
     var tag: UInt64 { UInt64(rawValue) << 56 }
 }
 
 public struct PortCounters: Sendable {
     public var framesIn: UInt64 = 0
     public var framesOut: UInt64 = 0
+    /// Ethernet bytes (without transport framing or virtio-net headers).
+    public var bytesIn: UInt64 = 0
+    public var bytesOut: UInt64 = 0
     public var droppedShort: UInt64 = 0
     public var droppedOversize: UInt64 = 0
     public var desyncResets: UInt64 = 0
@@ -66,6 +75,8 @@ final class GuestPort {
     let frameBuffer: UnsafeMutableRawBufferPointer
     var counters = PortCounters()
     var boundDescription = ""
+    /// Told when a QEMU attaches (true) or goes away (false), with a few words on it (control-plane events).
+    var stateObserver: ((Bool, String) -> Void)?
 
     init(kind: Kind, epoll: Epoll, mtu: Int, logger: Logger) {
         self.kind = kind
@@ -98,6 +109,7 @@ final class GuestPort {
             queue.removeAll()
             try? epoll.add(c, events: Epoll.readable | Epoll.hangup, tag: LoopTag.connection.tag)
             logger.info("QEMU connected")
+            stateObserver?(true, "accepted")
         }
     }
 
@@ -111,6 +123,7 @@ final class GuestPort {
         deframer.reset()
         queue.removeAll()
         logger.info("QEMU disconnected: \(reason)")
+        stateObserver?(false, reason)
         if case .streamConnector = kind { reconnectAt = now + 1_000_000_000 }
     }
 
@@ -139,6 +152,7 @@ final class GuestPort {
         counters.connections &+= 1
         deframer.reset()
         logger.info("connected to QEMU")
+        stateObserver?(true, "connected")
     }
 
     // MARK: Input
@@ -165,6 +179,7 @@ final class GuestPort {
                         switch deframer.next() {
                         case .frame(let f):
                             counters.framesIn &+= 1
+                            counters.bytesIn &+= UInt64(f.count)
                             deliver(f, false)
                             continue
                         case .needMore:
@@ -194,6 +209,7 @@ final class GuestPort {
                     if peer == nil, from.length > 0 {
                         peer = from
                         logger.info("learned QEMU's datagram address: \(from)")
+                        stateObserver?(true, "learned \(from)")
                     }
                     deliverWhole(received: n, truncated: n > frameBuffer.count, deliver)
                 default:
@@ -223,6 +239,7 @@ final class GuestPort {
         switch DatagramFraming.check(received: n, truncated: truncated, mtu: mtu) {
         case .accept:
             counters.framesIn &+= 1
+            counters.bytesIn &+= UInt64(n)
             deliver(UnsafeRawBufferPointer((buffer ?? frameBuffer).slice(0 ..< n)), false)
         case .tooShort: counters.droppedShort &+= 1
         case .tooLong: counters.droppedOversize &+= 1
@@ -245,6 +262,7 @@ final class GuestPort {
         guard frameLength >= FrameLimits.minimumFrame else { counters.droppedShort &+= 1; return }
         guard frameLength <= limit else { counters.droppedOversize &+= 1; return }
         counters.framesIn &+= 1
+        counters.bytesIn &+= UInt64(frameLength)
         deliver(all.slice(VirtioNetHeader.length ..< n), header.flags.contains(.needsChecksum))
     }
 
@@ -267,7 +285,10 @@ final class GuestPort {
                 switch Sys.send(fd, pending) {
                 case .done(let n):
                     queue.consumeStreamBytes(n)
-                    counters.framesOut &+= UInt64(before - queue.frameCount)
+                    let sent = UInt64(before - queue.frameCount)
+                    counters.framesOut &+= sent
+                    // Stream bytes less the 4-byte prefix of each frame sent (exact once no frame is half-sent).
+                    counters.bytesOut = counters.bytesOut &+ UInt64(n) &- sent &* UInt64(FrameQueue.prefixLength)
                     if n < pending.count { return armWrite() }
                 case .wouldBlock:
                     return armWrite()
@@ -279,7 +300,7 @@ final class GuestPort {
             guard let p = peer else { queue.removeAll(); return }
             while let frame = queue.firstFrame {
                 switch Sys.sendTo(fd, frame, p) {
-                case .done: counters.framesOut &+= 1; queue.removeFirstFrame()
+                case .done: counters.framesOut &+= 1; counters.bytesOut &+= UInt64(frame.count); queue.removeFirstFrame()
                 case .wouldBlock: return armWrite()
                 default: counters.sendErrors &+= 1; queue.removeFirstFrame()
                 }
@@ -288,7 +309,10 @@ final class GuestPort {
             // With a virtio-net header the queue keeps it before each frame: one write sends both.
             while let frame = queue.firstFrame {
                 switch Sys.write(fd, frame) {
-                case .done: counters.framesOut &+= 1; queue.removeFirstFrame()
+                case .done:
+                    counters.framesOut &+= 1
+                    counters.bytesOut &+= UInt64(frame.count - queue.frameHeaderLength)
+                    queue.removeFirstFrame()
                 case .wouldBlock: return armWrite()
                 default: counters.sendErrors &+= 1; queue.removeFirstFrame()
                 }

@@ -29,9 +29,29 @@ public struct RuntimeOptions: Sendable {
     public var transportIsDefault = false
     /// `.tap` only: open it with IFF_VNET_HDR and checksum/TSO offload (on unless --no-tap-offload).
     public var tapOffload = true
+    /// `--control PATH`: the control socket (see ControlServer.swift).
+    public var controlPath: String? = nil
+    /// `--pcap FILE`: capture from the start; `pcapRotateBytes` renames a full file to FILE.1.
+    public var pcapPath: String? = nil
+    public var pcapRotateBytes: UInt64? = nil
+    /// `--metrics ADDR:PORT`: the Prometheus endpoint; `render` produces the text of the backend the executable
+    /// bootstrapped (the runtime updates the swift-metrics values just before calling it).
+    public var metrics: MetricsOptions? = nil
 
     public init(gateway: GatewayConfig, transport: GuestTransport) {
         self.gateway = gateway
         self.transport = transport
+    }
+}
+
+public struct MetricsOptions: Sendable {
+    public var host: String
+    public var port: UInt16
+    public var render: @Sendable () -> [UInt8]
+
+    public init(host: String, port: UInt16, render: @escaping @Sendable () -> [UInt8]) {
+        self.host = host
+        self.port = port
+        self.render = render
     }
 }

@@ -127,6 +127,8 @@ public struct SwitchOptions: Sendable {
     public var leasesFile: String? = nil
     public var resolvConfPath = "/etc/resolv.conf"
     public var dnsUpstream: (address: String, port: UInt16)? = nil
+    /// The control socket (`--control`), mode 0600.
+    public var controlPath: String? = nil
     /// Paths vnet chose itself (printed with QEMU arguments).
     public var socketIsDefault = false
 

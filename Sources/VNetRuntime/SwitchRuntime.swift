@@ -33,6 +33,8 @@ import Glibc
 
 enum SwitchTag: UInt8 {
     case listener = 20, link = 21, hub = 22, signal = 23, mcast = 24, portMapTCP = 25, portMapUDP = 26
+    /// The control socket (`--control`) and its clients.
+    case control = 27, controlClient = 28
     func tag(_ low: Int = 0) -> UInt64 { UInt64(rawValue) << 56 | UInt64(UInt32(truncatingIfNeeded: low)) }
 }
 
@@ -94,6 +96,7 @@ public final class SwitchRuntime {
     var savedGeneration: UInt64 = 0
     var publishedNames: [String: IPv4Address] = [:]
     public private(set) var refusedPeers: UInt64 = 0
+    var control: ControlServer?
     public private(set) var startupLines: [String] = []
     static let linkQueueCapacity = 1 << 20
 
@@ -142,6 +145,7 @@ public final class SwitchRuntime {
             try open(spec, tapFD: tapFDs[i])
         }
         try openPortMaps()
+        try startControl()
     }
 
     deinit {
@@ -233,6 +237,7 @@ public final class SwitchRuntime {
         fabric.removePort(l.switchPort)
         links[i] = nil
         logger.info("port \(i) (\(l.description)) left: \(reason)")
+        publishPort(i, connected: false, description: l.description)
     }
 
     func openMulticast(group: String, port: UInt16, localAddress: String, _ spec: SwitchPortSpec) throws {
@@ -366,6 +371,7 @@ public final class SwitchRuntime {
         for l in listeners { lines.append("vnet: listening \(l.description) (\(l.policy))") }
         for h in hubs { lines.append("vnet: datagrams \(h.description) (\(h.policy))") }
         for case let l? in links { lines.append("vnet: port \(l.switchPort): \(l.description) (\(fabric.ports[l.switchPort]?.policy.description ?? ""))") }
+        if let c = options.controlPath { lines.append("vnet: control socket \(c) (vnet ctl \(c) help)") }
         for m in portMaps { lines.append("vnet: port map \(m.map.proto.rawValue) \(m.bound) -> \(m.map.targetDescription):\(m.map.guestPort)") }
         return lines
     }
@@ -418,6 +424,7 @@ public final class SwitchRuntime {
             pump(now: Sys.monotonicNanoseconds())
         }
         logger.info("stopping")
+        control = nil
         if let gw = gateway, let path = options.leasesFile {
             try? LeaseFile.write(gw.dhcp.leases(now: Instant(nanoseconds: Sys.monotonicNanoseconds())), path: path)
         }
@@ -485,6 +492,7 @@ public final class SwitchRuntime {
                 let i = try addLink(gp, listener.policy, "\(listener.description) peer")
                 try epoll.add(c, events: Epoll.readable | Epoll.hangup, tag: SwitchTag.link.tag(i))
                 logger.info("port \(i): a peer connected on \(listener.description)")
+                publishPort(i, connected: true, description: listener.description)
             } catch {
                 logger.warning("refused a peer on \(listener.description): \(error)")
                 Sys.close(c)
@@ -506,6 +514,7 @@ public final class SwitchRuntime {
                 hubs[h].peers.append((from, i))
                 link = i
                 logger.info("port \(i): datagram peer \(from) on \(hubs[h].description)")
+                publishPort(i, connected: true, description: "\(hubs[h].description) peer \(from)")
             }
             guard let i = link, let l = links[i] else { continue }
             l.port.deliverWhole(received: n, truncated: n > receiveBuffer.count - 1, from: receiveBuffer) { frame, _ in
@@ -558,6 +567,8 @@ public final class SwitchRuntime {
             }
         case .mcast: readMulticast(low, now: now)
         case .portMapTCP, .portMapUDP: acceptPortMap(low, now: now)
+        case .control: control?.handle(tag: tag, events: events, isListener: true)
+        case .controlClient: control?.handle(tag: tag, events: events, isListener: false)
         case .signal:
             while case let sig = vnet_signalfd_read(signalFD), sig != 0 {
                 switch sig {

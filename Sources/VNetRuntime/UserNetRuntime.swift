@@ -8,7 +8,8 @@
 // iteration: run timers (flow expiry, resolv.conf check, reconnect), wait for events (timeout = the next
 // timer, at most 1 s), dispatch them, then flush everything the gateway queued for the guest in one go.
 // SIGINT/SIGTERM stop the loop cleanly (the socket file is removed); SIGHUP re-reads resolv.conf; SIGUSR1
-// prints the counters to stderr.
+// prints the counters to stderr. The control socket, the packet capture and the metrics endpoint (all
+// optional) live on the same loop; their wiring is in UserNetControl.swift.
 
 import CVNetShim
 import Logging
@@ -36,8 +37,12 @@ public final class UserNetRuntime {
     let signalFD: Int32
     let resolvWatcher: ResolvConfWatcher?
     var running = true
-    /// hostfwd rules with their listening sockets.
-    var forwards: [(rule: HostForward, fd: Int32, bound: String)] = []
+    /// hostfwd rules with their listening sockets; a removed rule leaves its slot empty (slots are epoll tags).
+    var forwards: [ActiveForward?] = []
+    var control: ControlServer?
+    var pcap: PcapWriter?
+    var metricsEndpoint: MetricsEndpoint?
+    let metrics = RuntimeMetrics()
     var socketPathToRemove: String?
     /// Limit drop counters at the last report, and when the next report is due (see `reportLimits`).
     var limitsReported: [DropReason: UInt64] = [:]
@@ -45,6 +50,8 @@ public final class UserNetRuntime {
     static let limitReportInterval: UInt64 = 10_000_000_000
     /// Lines printed on stdout at start-up (also returned for tests).
     public private(set) var startupLines: [String] = []
+    /// Where the start-up lines go (`vnet run` leaves stdout to QEMU and uses stderr).
+    public var announceFD: Int32 = 1
 
     public init(options: RuntimeOptions, logger: Logger) throws {
         self.options = options
@@ -136,35 +143,60 @@ public final class UserNetRuntime {
             port.boundDescription = "tap \(name) in netns \(netns)"
         }
         try openForwards()
+        try startObservability()
     }
 
     deinit {
         if let p = socketPathToRemove { unlink(p) }
     }
 
+    struct ActiveForward {
+        var rule: HostForward
+        var fd: Int32
+        /// The address actually bound (port 0 becomes the kernel's choice).
+        var bound: String
+    }
+
     /// Binds every hostfwd listener (an address of 0.0.0.0 binds all, as in QEMU).
     func openForwards() throws {
-        for (i, rule) in options.gateway.hostForwards.enumerated() {
-            let type = rule.proto == .tcp ? Int32(SOCK_STREAM.rawValue) : Int32(SOCK_DGRAM.rawValue)
-            let fd = try Sys.socket(AF_INET, type, 0)
-            do {
-                try Sys.setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1)
-                try Sys.bind(fd, SocketAddress(ipv4: rule.hostAddress.rawValue, port: rule.hostPort))
-                if rule.proto == .tcp { try Sys.listen(fd, backlog: 128) }
-                let tag = (rule.proto == .tcp ? LoopTag.forwardTCP : LoopTag.forwardUDP).tag | UInt64(i)
-                try epoll.add(fd, events: Epoll.readable, tag: tag)
-            } catch {
-                Sys.close(fd)
-                throw RuntimeError("hostfwd \(rule.proto.rawValue):\(rule.hostAddress):\(rule.hostPort): \(error)")
-            }
-            let bound = Sys.localAddress(fd)?.description ?? "\(rule.hostAddress):\(rule.hostPort)"
-            forwards.append((rule, fd, bound))
+        for rule in options.gateway.hostForwards { try openForward(rule) }
+    }
+
+    /// Binds one hostfwd listener (at start, or hostfwd_add at run time) and returns its slot.
+    @discardableResult
+    func openForward(_ rule: HostForward) throws -> Int {
+        let slot = forwards.firstIndex(where: { $0 == nil }) ?? forwards.count
+        let type = rule.proto == .tcp ? Int32(SOCK_STREAM.rawValue) : Int32(SOCK_DGRAM.rawValue)
+        let fd = try Sys.socket(AF_INET, type, 0)
+        do {
+            try Sys.setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1)
+            try Sys.bind(fd, SocketAddress(ipv4: rule.hostAddress.rawValue, port: rule.hostPort))
+            if rule.proto == .tcp { try Sys.listen(fd, backlog: 128) }
+            let tag = (rule.proto == .tcp ? LoopTag.forwardTCP : LoopTag.forwardUDP).tag | UInt64(slot)
+            try epoll.add(fd, events: Epoll.readable, tag: tag)
+        } catch {
+            Sys.close(fd)
+            throw RuntimeError("hostfwd \(rule.proto.rawValue):\(rule.hostAddress):\(rule.hostPort): \(error)")
         }
+        let bound = Sys.localAddress(fd)?.description ?? "\(rule.hostAddress):\(rule.hostPort)"
+        let active = ActiveForward(rule: rule, fd: fd, bound: bound)
+        if slot == forwards.count { forwards.append(active) } else { forwards[slot] = active }
+        return slot
+    }
+
+    /// Closes the listener in `slot` (hostfwd_remove). Connections it already made go on, as in QEMU; UDP
+    /// flows answering through it are forgotten.
+    func closeForward(_ slot: Int) {
+        guard slot < forwards.count, let f = forwards[slot] else { return }
+        epoll.remove(f.fd)
+        if f.rule.proto == .udp { gateway.forgetForwardedUDP(listener: f.fd) }
+        Sys.close(f.fd)
+        forwards[slot] = nil
     }
 
     func acceptForwards(_ i: Int, now: UInt64) {
-        guard i < forwards.count else { return }
-        let (rule, fd, _) = forwards[i]
+        guard i < forwards.count, let active = forwards[i] else { return }
+        let (rule, fd) = (active.rule, active.fd)
         let instant = Instant(nanoseconds: now)
         if rule.proto == .tcp {
             for _ in 0 ..< 64 {
@@ -264,7 +296,7 @@ public final class UserNetRuntime {
         lines.append("vnet: icmp echo via \(host.echoMode.rawValue)")
         lines.append(host.usePeekOffset ? "vnet: tcp host reads via MSG_PEEK with SO_PEEK_OFF"
                                         : "vnet: tcp host reads via MSG_PEEK with skipping (no SO_PEEK_OFF)")
-        for f in forwards {
+        for case let f? in forwards {
             lines.append("vnet: hostfwd \(f.rule.proto.rawValue) \(f.bound) -> \(f.rule.guestAddress):\(f.rule.guestPort)")
         }
         for g in c.guestForwards { lines.append("vnet: guestfwd \(g)") }
@@ -277,7 +309,7 @@ public final class UserNetRuntime {
     func writeStdout(_ s: String) {
         var line = s
         line.append("\n")
-        line.withUTF8 { b in _ = Glibc.write(1, b.baseAddress, b.count) }
+        line.withUTF8 { b in _ = Glibc.write(announceFD, b.baseAddress, b.count) }
     }
 
     /// Prints the start-up lines (plus `extra`), then `vnet: ready`, then serves until a signal stops it.
@@ -304,9 +336,16 @@ public final class UserNetRuntime {
                 self.dispatch(tag: tag, events: events, now: Sys.monotonicNanoseconds())
             }
             flushToGuest()
+            pcap?.flush()
         }
         logger.info("stopping")
         printCounters()
+        stopObservability()
+    }
+
+    /// Ends `run` once `fd` becomes readable (or hangs up): `vnet run` passes QEMU's pidfd.
+    public func stopWhenReadable(_ fd: Int32) throws {
+        try epoll.add(fd, events: Epoll.readable, tag: LoopTag.stopWatch.tag)
     }
 
     /// Drains the gateway's queue to the guest, letting flows that waited for room refill it, a few rounds.
@@ -357,11 +396,16 @@ public final class UserNetRuntime {
         case .connection, .datagram, .tap, .connector:
             if events & (Epoll.readable | Epoll.hangup | Epoll.error) != 0 || port.connecting {
                 port.readFrames(now: now, queue: gateway.toGuest) { frame, checksumPartial in
+                    if let capture = self.pcap { capture.record(frame) }
                     self.gateway.handleGuestFrame(frame, now: instant, checksumPartial: checksumPartial)
                 }
                 gateway.flushPendingAcks()
             }
             if events & Epoll.writable != 0 { flushToGuest() }
+        case .stopWatch:
+            running = false
+        case .control, .controlClient, .metrics, .metricsClient:
+            observabilityEvent(tag: tag, events: events)
         case .signal:
             while case let sig = vnet_signalfd_read(signalFD), sig != 0 {
                 switch sig {

@@ -1,7 +1,8 @@
 // `vnet nat`: libvirt's default network, rootless: the switch of `vnet switch` plus the built-in gateway on
 // 192.168.122.1/24 (DHCP range, static leases, persistent leases, DNS names for leases, NAT to host
 // sockets, port maps to a VM by address or host name). Flags, or one YAML file (`--config`), or both: the
-// file is read first, flags given on the command line override its scalars and add to its lists.
+// file is read first, flags given on the command line override its scalars and add to its lists. With
+// `--kernel` the same addressing flags drive the kernel NAT mode instead (KernelNatCommand.swift).
 
 import ArgumentParser
 import Foundation
@@ -65,13 +66,23 @@ struct NatCommand: ParsableCommand {
     @Option(name: .customLong("resolv-conf"), help: "Read upstream DNS servers from this file (default /etc/resolv.conf).")
     var resolvConf: String?
 
-    @Flag(name: .customLong("kernel"), help: "Kernel NAT mode (bridge + nftables); needs root.")
+    @Flag(name: .customLong("kernel"), help: "Kernel NAT mode (bridge + nftables + vnet's DHCP/DNS on the bridge); needs root.")
     var kernel = false
+
+    @Option(name: .customLong("bridge"), help: "--kernel: the bridge (default vnet-NAME); created unless it exists.")
+    var bridge: String?
+
+    @Option(name: .customLong("state-dir"), help: "--kernel: where what was changed is recorded (default /run/vnet).")
+    var stateDir: String?
+
+    @Flag(name: .customLong("undo"), help: "--kernel: undo what a killed run of --name left behind, then exit.")
+    var undo = false
 
     @OptionGroup var ports: SwitchPortFlags
 
     func run() throws {
-        if kernel { throw ValidationError("the kernel nat mode is not in this build yet") }
+        if kernel { return try runKernel() }
+        if bridge != nil || stateDir != nil || undo { throw ValidationError("--bridge, --state-dir and --undo go with --kernel") }
         guard Logger.Level(rawValue: ports.logLevel) != nil else { throw ValidationError("--log-level: unknown level '\(ports.logLevel)'") }
         let file = try configFile.map(NatConfigFile.load) ?? NatConfigFile()
         var o = SwitchOptions()
@@ -180,6 +191,16 @@ struct NatCommand: ParsableCommand {
         let runtime = try SwitchRuntime(options: o, logger: logger)
         extra.append("vnet: VMs get 192.168.x addresses by DHCP; each needs its own MAC (a fresh one is printed above)")
         try runtime.run(extraStartupLines: extra)
+    }
+
+    func runKernel() throws {
+        let unsupported: [(Bool, String)] = [(configFile != nil, "--config"), (!staticLeases.isEmpty, "--static-lease"), (!hosts.isEmpty, "--host"),
+                                             (leasesFile != nil, "--leases-file"), (ports.hasPorts, "switch ports (--socket, --tap, ...)"),
+                                             (ports.controlPath != nil, "--control")]
+        if let (_, flag) = unsupported.first(where: { $0.0 }) { throw ValidationError("\(flag) is not available with --kernel") }
+        try KernelNatMode(name: name ?? "default", bridge: bridge, network: network ?? "192.168.122.0/24", gateway: gateway,
+                          dhcpRange: dhcpRange, leaseTime: leaseTime, domain: domain, portMaps: portMaps, dnsUpstream: dnsUpstream,
+                          resolvConf: resolvConf ?? "/etc/resolv.conf", stateDir: stateDir ?? "/run/vnet", undo: undo).run()
     }
 
     /// $XDG_STATE_HOME/vnet/NAME.leases, ~/.local/state/vnet/NAME.leases, or /var/lib/vnet/NAME.leases as root.

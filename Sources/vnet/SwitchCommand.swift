@@ -29,6 +29,9 @@ struct SwitchPortFlags: ParsableArguments {
     @Option(name: .customLong("tap"), help: "A TAP device created in a network namespace (NAME,netns=PATH|PID[,vlan…]). Repeatable.")
     var taps: [String] = []
 
+    @Option(name: .customLong("control"), help: "A control socket (unix, mode 0600) for `vnet ctl PATH …`: ports, mac-table, leases, dns-*, stats.")
+    var controlPath: String?
+
     @Option(name: .customLong("max-ports"), help: "Most ports at once; peers beyond are refused (default 64).")
     var maximumPorts: Int = 64
 
@@ -59,6 +62,7 @@ struct SwitchPortFlags: ParsableArguments {
         o.macQuotaPerPort = macQuota
         o.fdbCapacity = fdbSize
         o.ageingSeconds = ageing
+        o.controlPath = controlPath
         for (flag, values) in [("socket", sockets), ("listen", listens), ("connect", connects), ("dgram", dgrams), ("mcast", mcasts), ("tap", taps)] {
             for v in values {
                 switch SwitchPortSpec.parse(flag: flag, v) {

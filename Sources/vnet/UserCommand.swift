@@ -2,6 +2,8 @@
 
 import ArgumentParser
 import Logging
+import Metrics
+import Prometheus
 import VNetGateway
 import VNetRuntime
 #if canImport(Glibc)
@@ -71,6 +73,18 @@ struct UserCommand: ParsableCommand {
 
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "notice"
+
+    @Option(name: .customLong("control"), help: "Serve the control socket at PATH (unix, mode 0600; JSON lines); drive it with 'vnet ctl'.")
+    var controlPath: String?
+
+    @Option(name: .customLong("pcap"), help: "Capture the guest port's frames to FILE (classic pcap, Ethernet) from the start.")
+    var pcapPath: String?
+
+    @Option(name: .customLong("pcap-rotate"), help: "With --pcap: once FILE reaches BYTES, rename it to FILE.1 and start a new one.")
+    var pcapRotate: UInt64?
+
+    @Option(name: .customLong("metrics"), help: "Serve Prometheus metrics over HTTP on [ADDR:]PORT (ADDR defaults to 127.0.0.1).")
+    var metricsAddress: String?
 
     func makeOptions() throws -> (RuntimeOptions, [String]) {
         var gw: GatewayConfig
@@ -149,6 +163,16 @@ struct UserCommand: ParsableCommand {
         opts.resolvConfPath = resolvConf
         opts.transportIsDefault = isDefault
         opts.tapOffload = !noTapOffload
+        opts.controlPath = controlPath
+        opts.pcapPath = pcapPath
+        if pcapRotate != nil && pcapPath == nil { throw ValidationError("--pcap-rotate needs --pcap") }
+        opts.pcapRotateBytes = pcapRotate
+        if let m = metricsAddress {
+            var (h, p) = ("127.0.0.1", UInt16(0))
+            if m.contains(":") { (h, p) = try hostPort(m, flag: "--metrics") } else { p = try metricsPort(m) }
+            // A placeholder: `run` installs the backend's renderer (only the executable bootstraps metrics).
+            opts.metrics = MetricsOptions(host: h, port: p, render: { [] })
+        }
         if let u = dnsUpstream {
             let (h, p) = try hostPort(u, flag: "--dns-upstream")
             opts.dnsUpstream = (h, p)
@@ -164,8 +188,27 @@ struct UserCommand: ParsableCommand {
         return (h, p)
     }
 
+    func metricsPort(_ s: String) throws -> UInt16 {
+        guard let p = UInt16(s) else { throw ValidationError("--metrics: expected [ADDR:]PORT, got '\(s)'") }
+        return p
+    }
+
     func run() throws {
         let (options, extra) = try makeOptions()
+        let (runtime, lines) = try startRuntime(options, extra: extra)
+        try runtime.run(extraStartupLines: lines)
+    }
+
+    /// Bootstraps logging and (with --metrics) the Prometheus backend, then builds the runtime. Returns it with
+    /// the start-up lines to print. Shared with `vnet run`.
+    func startRuntime(_ options: RuntimeOptions, extra: [String]) throws -> (UserNetRuntime, [String]) {
+        var options = options, extra = extra
+        if var m = options.metrics {
+            let registry = PrometheusCollectorRegistry()
+            MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+            m.render = { registry.emitToBuffer() }
+            options.metrics = m
+        }
         let level = Logger.Level(rawValue: logLevel) ?? .notice
         LoggingSystem.bootstrap { label in
             var h = StreamLogHandler.standardError(label: label)
@@ -174,7 +217,10 @@ struct UserCommand: ParsableCommand {
         }
         let logger = Logger(label: "vnet")
         let runtime = try UserNetRuntime(options: options, logger: logger)
-        try runtime.run(extraStartupLines: extra)
+        if let p = options.controlPath { extra.append("vnet: control socket \(p) (vnet ctl \(p) help)") }
+        if let p = options.pcapPath { extra.append("vnet: capturing to \(p)") }
+        if let a = runtime.metricsAddress { extra.append("vnet: metrics on http://\(a)/metrics") }
+        return (runtime, extra)
     }
 }
 

@@ -12,7 +12,8 @@ struct Vnet: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vnet",
         abstract: "QEMU/KVM virtual networking: user-mode networks, switches, NAT.",
-        subcommands: [UserCommand.self, SwitchCommand.self, NatCommand.self],
+        subcommands: [UserCommand.self, SwitchCommand.self, NatCommand.self, CtlCommand.self, RunCommand.self, BridgeCommand.self,
+                      TapCommand.self, TapHelperCommand.self, PassthroughCommand.self],
         defaultSubcommand: nil)
 }
 
@@ -25,7 +26,12 @@ func fail(_ message: String, code: Int32) -> Never {
 }
 
 do {
-    var command = try Vnet.parseAsRoot()
+    var arguments = Array(CommandLine.arguments.dropFirst())
+    if arguments.first == "run", let dash = arguments.firstIndex(of: "--") {
+        RunCommand.qemuCommand = Array(arguments[(dash + 1)...])
+        arguments = Array(arguments[..<dash])
+    }
+    var command = try Vnet.parseAsRoot(arguments)
     do {
         try command.run()
     } catch let e as ValidationError {

@@ -49,7 +49,7 @@ def nat(guest_image, module_workdir, module_log_dir):
     with rig.HttpServer({"/": b"hello from the host\n"}) as http, \
             rig.DnsServer({"upstream.test": "192.0.2.55"}) as dns:
         launcher, prefix, nobody = unprivileged(Path(module_workdir), home)
-        args = prefix + ["nat", "--socket", sock, "--leases-file", leases, "--dns-upstream", f"{dns.address}",
+        args = prefix + ["nat", "--socket", sock, "--leases-file", leases, "--dns-upstream", f"{dns.address}", "--control", home / "nat.ctl",
                          "--port-map", f"tcp:127.0.0.1:{map_port}-vm2:8080", "--domain", "vnet.test", "--log-level", "info"]
         with rig.VnetProcess(args, log_dir=module_log_dir, binary=launcher, env={"HOME": str(home)}) as vnet:
             guests = []
@@ -63,7 +63,8 @@ def nat(guest_image, module_workdir, module_log_dir):
                 for (name, _), g in zip(VMS, guests):
                     leases_by_name[name] = g.dhcp(extra=f"-x hostname:{name} -O mtu -O search")
                 yield SimpleNamespace(vnet=vnet, guests=dict(zip([n for n, _ in VMS], guests)), leases=leases_by_name,
-                                      http=http, dns=dns, map_port=map_port, leases_file=leases, nobody=nobody, sock=sock)
+                                      http=http, dns=dns, map_port=map_port, leases_file=leases, nobody=nobody, sock=sock,
+                                      ctl=home / "nat.ctl")
             finally:
                 for g in guests:
                     g.close()
@@ -134,6 +135,22 @@ def test_leases_are_saved_with_host_names(nat):
     for n, mac in VMS:
         assert by_mac[mac]["ip"] == nat.leases[n]["ip"] and by_mac[mac]["hostname"] == n, saved
     assert oct(nat.leases_file.stat().st_mode & 0o777) == "0o600"
+
+
+def test_control_socket_lists_leases_with_names_and_port_maps(nat):
+    import json
+    run = lambda *a: subprocess.run([str(rig.vnet_binary()), "ctl", str(nat.ctl), *a], capture_output=True, text=True, timeout=20)
+    r = run("leases", "--json")
+    assert r.returncode == 0, r.stderr
+    by_mac = {l["mac"]: l for l in json.loads(r.stdout)["return"]}
+    for n, mac in VMS:
+        assert by_mac[mac]["hostname"] == n and by_mac[mac]["address"] == nat.leases[n]["ip"], by_mac
+    r = run("port-maps")
+    assert f"-> vm2:8080 (now {nat.leases['vm2']['ip']})" in r.stdout, r.stdout
+    r = run("dns-add", "name=files.lab", "value=192.0.2.99")
+    assert r.returncode == 0, r.stderr
+    out = nat.guests["vm1"].check("nslookup files.lab 192.168.122.1")
+    assert "192.0.2.99" in out, out
 
 
 def test_switch_counters(nat):

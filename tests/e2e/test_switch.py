@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import struct
 import subprocess
@@ -70,12 +71,13 @@ def payload_of(frame: bytes) -> bytes:
 def vlans(module_workdir, module_log_dir):
     d = Path(module_workdir)
     paths = {k: d / f"{k}.sock" for k in ("a", "b", "c", "t")}
+    ctl = d / "switch.ctl"
     args = ["switch", "--socket", f"{paths['a']},vlan=10", "--socket", f"{paths['b']},vlan=10",
-            "--socket", f"{paths['c']},vlan=20", "--socket", f"{paths['t']},trunk=10:20", "--log-level", "info"]
+            "--socket", f"{paths['c']},vlan=20", "--socket", f"{paths['t']},trunk=10:20", "--control", ctl, "--log-level", "info"]
     with rig.VnetProcess(args, log_dir=module_log_dir) as vnet:
         socks = {k: connect(p) for k, p in paths.items()}
         try:
-            yield SimpleNamespace(vnet=vnet, s=socks)
+            yield SimpleNamespace(vnet=vnet, s=socks, ctl=ctl)
         finally:
             for s in socks.values():
                 s.close()
@@ -106,6 +108,25 @@ def test_unicast_follows_learning(vlans):
     send(s["a"], eth(BCAST, mac(1), b"marker"))
     assert payload_of(recv(s["b"])) == b"marker"
     assert payload_of(recv(s["t"])) == b"marker", "the trunk saw only the broadcast, not the unicast"
+
+
+def vnet_ctl(ctl, *args):
+    return subprocess.run([str(rig.vnet_binary()), "ctl", str(ctl), *args], capture_output=True, text=True, timeout=20)
+
+
+def test_control_socket_shows_ports_and_the_mac_table(vlans):
+    import json
+    assert oct(os.stat(vlans.ctl).st_mode & 0o777) == "0o600"
+    r = vnet_ctl(vlans.ctl, "mac-table", "--json")
+    assert r.returncode == 0, r.stderr
+    table = json.loads(r.stdout)["return"]
+    a_mac = ":".join(f"{b:02x}" for b in mac(1))
+    assert any(e["mac"] == a_mac and e["vlan"] == 10 and e["port"] == 0 for e in table), table
+    r = vnet_ctl(vlans.ctl, "ports")
+    assert r.returncode == 0 and "port0:" in r.stdout and "access vlan 10" in r.stdout and "trunk vlans 10:20" in r.stdout, r.stdout
+    assert re.search(r"port0: .*\n\s+RX packets [1-9]", r.stdout), r.stdout
+    r = vnet_ctl(vlans.ctl, "frobnicate")
+    assert r.returncode != 0 and "mac-table" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 def test_a_port_that_leaves_is_forgotten(vlans):

@@ -167,6 +167,12 @@ static inline int vnet_bind_private(int fd, const struct sockaddr *addr, socklen
     umask(old);
     return r < 0 ? -e : 0;
 }
+/// Bytes waiting in a socket's receive queue (SIOCINQ / FIONREAD), or -errno.
+static inline int vnet_inq(int fd) {
+    int v = 0;
+    if (ioctl(fd, FIONREAD, &v) < 0) return -errno;
+    return v;
+}
 /// Bytes in a socket's send queue not yet acknowledged by the peer (SIOCOUTQ), or -errno.
 static inline int vnet_outq(int fd) {
     int v = 0;
@@ -197,4 +203,102 @@ static inline void vnet_abort_close(int fd) {
 /// Starts `/bin/sh -c command` with stdin and stdout on one end of a new unix stream socketpair; returns
 /// the other end (non-blocking, close-on-exec) or -errno. Children are reaped automatically (SIGCHLD ignored).
 int vnet_spawn_command(const char *command);
+/// Starts argv[0] (searched in PATH) with `argv`, all signals unblocked, dying with SIGTERM when vnet dies
+/// (PR_SET_PDEATHSIG). Returns a pidfd for the child (readable once it exits) and stores its pid in `pid`,
+/// or returns -errno (exec failures included: ENOENT for a missing program).
+int vnet_spawn_process(char *const argv[], int *pid);
+/// Waits for child `pid` and returns its exit status (128+N when killed by signal N), or -errno.
+int vnet_wait_child(int pid);
+
+// ---- Kernel mode (VNetKernel): netlink sockets, TAP devices, fd passing, child programs ----
+#include <linux/netlink.h>
+#include <sys/wait.h>
+#ifndef SOL_NETLINK
+#define SOL_NETLINK 270
+#endif
+
+/// A NETLINK_ROUTE socket (blocking, close-on-exec) bound to a kernel-chosen port id, with capped acks and
+/// extended acks (error strings) turned on. Returns the fd or -errno.
+static inline int vnet_netlink_route_open(void) {
+    int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+    if (fd < 0) return -errno;
+    struct sockaddr_nl sa;
+    memset(&sa, 0, sizeof sa);
+    sa.nl_family = AF_NETLINK;
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) { int e = errno; close(fd); return -e; }
+    int one = 1;
+    setsockopt(fd, SOL_NETLINK, NETLINK_CAP_ACK, &one, sizeof one);
+    setsockopt(fd, SOL_NETLINK, NETLINK_EXT_ACK, &one, sizeof one);
+    return fd;
+}
+
+/// Sends one netlink message to the kernel (port 0). Returns 0 or -errno.
+static inline int vnet_netlink_send(int fd, const void *buf, size_t len) {
+    struct sockaddr_nl sa;
+    memset(&sa, 0, sizeof sa);
+    sa.nl_family = AF_NETLINK;
+    ssize_t n;
+    do { n = sendto(fd, buf, len, 0, (struct sockaddr *)&sa, sizeof sa); } while (n < 0 && errno == EINTR);
+    if (n < 0) return -errno;
+    return n == (ssize_t)len ? 0 : -EMSGSIZE;
+}
+
+/// Receives one netlink datagram; returns its real length (may exceed cap: MSG_TRUNC) or -errno.
+static inline ssize_t vnet_netlink_recv(int fd, void *buf, size_t cap) {
+    ssize_t n;
+    do { n = recv(fd, buf, cap, MSG_TRUNC); } while (n < 0 && errno == EINTR);
+    return n < 0 ? -errno : n;
+}
+
+static inline short vnet_IFF_MULTI_QUEUE(void) { return IFF_MULTI_QUEUE; }
+
+/// Creates (or attaches to) the TAP `name` (in/out, IFNAMSIZ bytes; empty: the kernel picks tapN) with
+/// IFF_TAP|IFF_NO_PI|flags_extra. Blocking, close-on-exec fd, or -errno.
+static inline int vnet_tap_create(char *name, int flags_extra) {
+    int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+    if (fd < 0) return -errno;
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    ifr.ifr_flags = IFF_TAP | IFF_NO_PI | (short)flags_extra;
+    strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
+    if (ioctl(fd, TUNSETIFF, &ifr) < 0) { int e = errno; close(fd); return -e; }
+    memcpy(name, ifr.ifr_name, IFNAMSIZ);
+    name[IFNAMSIZ - 1] = 0;
+    return fd;
+}
+
+/// TUNSETPERSIST, TUNSETOWNER, TUNSETGROUP on an attached TAP fd. Each returns 0 or -errno.
+static inline int vnet_tap_set_persist(int fd, int on) { return ioctl(fd, TUNSETPERSIST, (unsigned long)on) < 0 ? -errno : 0; }
+static inline int vnet_tap_set_owner(int fd, unsigned int uid) { return ioctl(fd, TUNSETOWNER, (unsigned long)uid) < 0 ? -errno : 0; }
+static inline int vnet_tap_set_group(int fd, unsigned int gid) { return ioctl(fd, TUNSETGROUP, (unsigned long)gid) < 0 ? -errno : 0; }
+
+/// Sends `fd` over the unix socket `sock` as SCM_RIGHTS with one zero byte, as qemu-bridge-helper does.
+/// Returns 0 or -errno.
+static inline int vnet_send_fd(int sock, int fd) {
+    char byte = 0;
+    char control[CMSG_SPACE(sizeof(int))];
+    memset(control, 0, sizeof control);
+    struct iovec iov = { &byte, 1 };
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = &iov; msg.msg_iovlen = 1;
+    msg.msg_control = control; msg.msg_controllen = sizeof control;
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET; c->cmsg_type = SCM_RIGHTS; c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &fd, sizeof fd);
+    ssize_t n;
+    do { n = sendmsg(sock, &msg, MSG_NOSIGNAL); } while (n < 0 && errno == EINTR);
+    return n < 0 ? -errno : 0;
+}
+
+/// Runs argv[0] (a path) with argv and waits for it, with every signal unblocked and at its default in the
+/// child. stdin is /dev/null. Returns the exit status (0-255), 256+N when killed by signal N, or -errno when it
+/// could not be started. With `quiet`, its stdout and stderr go to /dev/null too.
+int vnet_run_and_wait(char *const argv[], int quiet);
+/// Blocks until one of SIGINT, SIGTERM or SIGHUP arrives (they are blocked for normal delivery first);
+/// returns its number.
+int vnet_wait_for_stop_signal(void);
+/// Blocks SIGINT, SIGTERM and SIGHUP for normal delivery, so they can be waited for (signalfd, poll).
+/// Returns a signalfd for them (non-blocking, close-on-exec) or -errno.
+int vnet_stop_signalfd(void);
 #endif

@@ -1,0 +1,79 @@
+// The runtime's counters, exported through swift-metrics.
+//
+// Theory of Operation
+// -------------------
+// The data path keeps its own plain counters (arrays of UInt64, see VNetGateway's Counters.swift, and
+// `PortCounters`), which cost nothing to bump. `RuntimeMetrics` mirrors them into swift-metrics objects only
+// when someone looks: `update` (called before each scrape) adds what each counter gained since the last
+// update, and sets the gauges (flows per protocol, leases, control clients). It uses whatever backend the
+// process bootstrapped (`MetricsSystem.bootstrap`); a library never bootstraps one, only the executable does.
+
+import CoreMetrics
+import VNetGateway
+
+/// A snapshot of the counters one runtime exports (the switch runtime can fill the same shape).
+public struct MetricsSnapshot {
+    public var served: [(String, UInt64)] = []
+    public var drops: [(String, UInt64)] = []
+    /// Per port: (port name, counters, connected).
+    public var ports: [(String, PortCounters, Bool)] = []
+    public var flows: [(String, Int)] = []
+    public var flowsOpened: [(String, UInt64)] = []
+    public var leases = 0
+    public var dnsQueries: UInt64 = 0
+    public var dnsLocalAnswers: UInt64 = 0
+    public var dnsServfail: UInt64 = 0
+    public var controlClients = 0
+    public var pcapPackets: UInt64 = 0
+    public init() {}
+}
+
+public final class RuntimeMetrics {
+    var counters: [String: (CoreMetrics.Counter, UInt64)] = [:]
+    var gauges: [String: Gauge] = [:]
+
+    public init() {}
+
+    func key(_ label: String, _ dims: [(String, String)]) -> String {
+        label + dims.map { "|\($0.0)=\($0.1)" }.joined()
+    }
+
+    /// Brings a counter to `value` (counters only go up: a smaller value, after a reset, adds nothing).
+    func count(_ label: String, _ dims: [(String, String)] = [], _ value: UInt64) {
+        let k = key(label, dims)
+        let (c, last) = counters[k] ?? (CoreMetrics.Counter(label: label, dimensions: dims), 0)
+        if value > last { c.increment(by: Int64(clamping: value - last)) }
+        counters[k] = (c, max(value, last))
+    }
+
+    func gauge(_ label: String, _ dims: [(String, String)] = [], _ value: Int) {
+        let k = key(label, dims)
+        let g = gauges[k] ?? Gauge(label: label, dimensions: dims)
+        gauges[k] = g
+        g.record(value)
+    }
+
+    public func update(_ s: MetricsSnapshot) {
+        for (name, v) in s.served { count("vnet_gateway_events_total", [("event", name)], v) }
+        for (reason, v) in s.drops { count("vnet_drops_total", [("reason", reason)], v) }
+        for (port, p, connected) in s.ports {
+            let d = [("port", port)]
+            count("vnet_port_rx_packets_total", d, p.framesIn)
+            count("vnet_port_tx_packets_total", d, p.framesOut)
+            count("vnet_port_rx_bytes_total", d, p.bytesIn)
+            count("vnet_port_tx_bytes_total", d, p.bytesOut)
+            count("vnet_port_rx_errors_total", d, p.desyncResets)
+            count("vnet_port_rx_dropped_total", d, p.droppedShort &+ p.droppedOversize)
+            count("vnet_port_tx_errors_total", d, p.sendErrors)
+            gauge("vnet_port_connected", d, connected ? 1 : 0)
+        }
+        for (proto, n) in s.flows { gauge("vnet_flows", [("protocol", proto)], n) }
+        for (proto, n) in s.flowsOpened { count("vnet_flows_opened_total", [("protocol", proto)], n) }
+        gauge("vnet_dhcp_leases", [], s.leases)
+        count("vnet_dns_queries_total", [], s.dnsQueries)
+        count("vnet_dns_answers_total", [("source", "local")], s.dnsLocalAnswers)
+        count("vnet_dns_answers_total", [("source", "servfail")], s.dnsServfail)
+        gauge("vnet_control_clients", [], s.controlClients)
+        count("vnet_pcap_packets_total", [], s.pcapPackets)
+    }
+}

@@ -1,0 +1,170 @@
+// `vnet switch` and `vnet nat` on the control plane: their control commands and events.
+//
+// Theory of Operation
+// -------------------
+// `SwitchRuntime` is a `ControlTarget` like `UserNetRuntime`: the same socket protocol (ControlServer), other
+// commands. `ports` lists every switch port (the gateway's included) with its counters, laid out like
+// ifconfig; `mac-table` is the forwarding database; with the gateway (`vnet nat`) there are also `leases`
+// (with host names), the local DNS records (`dns-add`/`dns-remove`/`dns-list`, answered before lease names
+// and before anything is forwarded) and the port maps. Events: PORT_CONNECTED and PORT_DISCONNECTED as peers
+// come and go, LEASE_GRANTED on every DHCP ACK.
+
+import VNetBuffers
+import VNetGateway
+import VNetHost
+import VNetSwitch
+import VNetWire
+
+extension SwitchRuntime: ControlTarget {
+    func startControl() throws {
+        guard let path = options.controlPath else { return }
+        control = try ControlServer(path: path, epoll: epoll, listenerTag: SwitchTag.control.tag(), clientTag: SwitchTag.controlClient.tag(),
+                                    target: self)
+        gateway?.leaseObserver = { [unowned self] address, mac in
+            self.control?.publish("LEASE_GRANTED", data: ["address": address.description, "mac": mac.description])
+        }
+    }
+
+    func publishPort(_ i: Int, connected: Bool, description: String) {
+        control?.publish(connected ? "PORT_CONNECTED" : "PORT_DISCONNECTED", data: ["port": i, "peer": description])
+    }
+
+    public var controlCommands: [ControlCommand] {
+        var list = [
+            ControlCommand("info-network", help: "the switch and its ports") { [unowned self] _ in self.switchInfo() },
+            ControlCommand("ports", help: "per-port RX/TX packets, bytes and drops (ifconfig-like)") { [unowned self] _ in self.switchPorts() },
+            ControlCommand("mac-table", help: "the learned MAC addresses: VLAN, MAC, port, seconds since seen") { [unowned self] _ in self.macTable() },
+            ControlCommand("stats", help: "every counter, drops by reason") { [unowned self] _ in
+                ControlResult(value: self.counterLines, text: self.counterLines.joined(separator: "\n"))
+            },
+        ]
+        if gateway != nil {
+            list += [
+                ControlCommand("leases", help: "DHCP leases with host names") { [unowned self] _ in self.natLeases() },
+                ControlCommand("dns-add", help: "name=NAME [type=A|TXT] value=VALUE [ttl=SECONDS]: answer NAME locally") { [unowned self] a in
+                    try self.natDNSAdd(a)
+                },
+                ControlCommand("dns-remove", help: "name=NAME [type=A|TXT] [value=VALUE]") { [unowned self] a in try self.natDNSRemove(a) },
+                ControlCommand("dns-list", help: "local DNS records, then lease host names") { [unowned self] _ in self.natDNSList() },
+                ControlCommand("port-maps", help: "the port maps and where each points now") { [unowned self] _ in self.portMapList() },
+            ]
+        }
+        return list
+    }
+
+    var now: Instant { Instant(nanoseconds: Sys.monotonicNanoseconds()) }
+
+    func switchInfo() -> ControlResult {
+        var lines = [gateway.map { "nat: net=\($0.config.network),gateway=\($0.config.gatewayAddress),ports=\(fabric.portCount)" }
+            ?? "switch: ports=\(fabric.portCount),max=\(options.maximumPorts)"]
+        var ports: [[String: Any]] = []
+        for (i, p) in fabric.ports.enumerated() {
+            guard let p else { continue }
+            let connected = i == gatewaySwitchPort || (links[i]?.port.isConnected ?? false)
+            lines.append(" \\ port\(i): \(p.name) (\(p.policy)), \(connected ? "connected" : "disconnected")")
+            ports.append(["port": i, "name": p.name, "vlan": p.policy.description, "connected": connected])
+        }
+        return ControlResult(value: ["ports": ports], text: lines.joined(separator: "\n"))
+    }
+
+    func switchPorts() -> ControlResult {
+        var text: [String] = []
+        var value: [[String: Any]] = []
+        for (i, p) in fabric.ports.enumerated() {
+            guard let p else { continue }
+            let k = p.counters
+            var rxDrop = k.rxDrops
+            if let l = links[i] {
+                if l.port.isStream { l.port.syncCounters() }
+                rxDrop &+= l.port.counters.droppedShort &+ l.port.counters.droppedOversize
+            }
+            text.append("port\(i): \(p.name)  \(p.policy)")
+            text.append("        RX packets \(k.rxPackets)  bytes \(k.rxBytes) (\(UserNetRuntime.human(k.rxBytes)))  dropped \(rxDrop)")
+            text.append("        TX packets \(k.txPackets)  bytes \(k.txBytes) (\(UserNetRuntime.human(k.txBytes)))  dropped \(k.txDrops)")
+            value.append(["port": i, "name": p.name, "vlan": p.policy.description,
+                          "rx_packets": Int(clamping: k.rxPackets), "rx_bytes": Int(clamping: k.rxBytes), "rx_dropped": Int(clamping: rxDrop),
+                          "tx_packets": Int(clamping: k.txPackets), "tx_bytes": Int(clamping: k.txBytes), "tx_dropped": Int(clamping: k.txDrops)])
+        }
+        return ControlResult(value: value, text: text.joined(separator: "\n"))
+    }
+
+    func macTable() -> ControlResult {
+        let t = now
+        let rows = fabric.fdb.entries.sorted { ($0.key.vlan, $0.key.mac.rawValue) < ($1.key.vlan, $1.key.mac.rawValue) }
+        var lines = ["VLAN  MAC                Port  Seen (s ago)"]
+        for (k, e) in rows {
+            lines.append(UserNetRuntime.pad(String(k.vlan), 4, left: true) + "  " + k.mac.description + "  "
+                         + UserNetRuntime.pad(String(e.port), 4, left: true) + "  " + String((t - e.lastSeen).seconds))
+        }
+        if rows.isEmpty { lines.append("(empty)") }
+        let value: [[String: Any]] = rows.map { ["vlan": Int($0.key.vlan), "mac": $0.key.mac.description, "port": $0.value.port,
+                                                 "seen_seconds_ago": Int(clamping: (t - $0.value.lastSeen).seconds)] }
+        return ControlResult(value: value, text: lines.joined(separator: "\n"))
+    }
+
+    func natLeases() -> ControlResult {
+        guard let gw = gateway else { return ControlResult(value: [Any](), text: "(no gateway)") }
+        let leases = gw.dhcp.leases(now: now)
+        var lines = ["Address          MAC                Host name         Expires in"]
+        for l in leases {
+            lines.append(UserNetRuntime.pad(l.address.description, 16, left: true) + " " + UserNetRuntime.pad(l.mac.description, 18, left: true)
+                         + " " + UserNetRuntime.pad(l.hostName ?? "-", 17, left: true) + " "
+                         + (l.remainingSeconds > 0 ? "\(l.remainingSeconds)s" : (l.isStatic ? "static" : "expired")))
+        }
+        if leases.isEmpty { lines.append("(no leases)") }
+        let value: [[String: Any]] = leases.map {
+            ["address": $0.address.description, "mac": $0.mac.description, "hostname": $0.hostName ?? "",
+             "expires_in": Int(clamping: $0.remainingSeconds), "static": $0.isStatic]
+        }
+        return ControlResult(value: value, text: lines.joined(separator: "\n"))
+    }
+
+    func natDNSAdd(_ a: ControlArguments) throws -> ControlResult {
+        guard let gw = gateway else { throw ControlError("no gateway") }
+        let name = try a.string("name"), value = try a.string("value")
+        let typeName = try a.optionalString("type") ?? "A"
+        guard let type = LocalDNSType(name: typeName) else { throw ControlError("record type must be A or TXT, not '\(typeName)'") }
+        let ttl = try a.optionalInt("ttl") ?? 60
+        guard (0 ... 604_800).contains(ttl) else { throw ControlError("ttl must be 0-604800 seconds") }
+        do { try gw.localDNS.add(name: name, type: type, value: value, ttl: UInt32(ttl)) } catch { throw ControlError(error.description) }
+        return ControlResult(value: ["name": LocalDNSRecords.normalise(name), "type": type.name, "value": value, "ttl": ttl],
+                             text: "\(LocalDNSRecords.normalise(name)) \(ttl) IN \(type.name) \(value)")
+    }
+
+    func natDNSRemove(_ a: ControlArguments) throws -> ControlResult {
+        guard let gw = gateway else { throw ControlError("no gateway") }
+        let name = try a.string("name")
+        var type: LocalDNSType? = nil
+        if let t = try a.optionalString("type") {
+            guard let parsed = LocalDNSType(name: t) else { throw ControlError("record type must be A or TXT, not '\(t)'") }
+            type = parsed
+        }
+        let n = gw.localDNS.remove(name: name, type: type, value: try a.optionalString("value"))
+        guard n > 0 else { throw ControlError("no local DNS record for \(name)") }
+        return ControlResult(value: ["removed": n], text: "removed \(n) record\(n == 1 ? "" : "s")")
+    }
+
+    func natDNSList() -> ControlResult {
+        guard let gw = gateway else { return ControlResult(value: [Any](), text: "") }
+        var lines: [String] = gw.localDNS.records.map { "\($0.name) \($0.ttl) IN \($0.type.name) \($0.value)" }
+        var value: [[String: Any]] = gw.localDNS.records.map { ["name": $0.name, "type": $0.type.name, "value": $0.value, "ttl": Int($0.ttl)] }
+        for (n, a) in publishedNames.sorted(by: { $0.key < $1.key }) {
+            lines.append("\(n) 10 IN A \(a) (lease or --host)")
+            value.append(["name": n, "type": "A", "value": a.description, "ttl": 10, "source": "lease"])
+        }
+        return ControlResult(value: value, text: lines.isEmpty ? "(no local DNS names)" : lines.joined(separator: "\n"))
+    }
+
+    func portMapList() -> ControlResult {
+        let t = now
+        var lines: [String] = []
+        var value: [[String: Any]] = []
+        for m in portMaps {
+            let to = resolve(m.map.target, now: t)
+            lines.append("\(m.map.proto.rawValue) \(m.bound) -> \(m.map.targetDescription):\(m.map.guestPort)" + (to.map { " (now \($0))" } ?? " (no such VM now)"))
+            value.append(["protocol": m.map.proto.rawValue, "bound": m.bound, "target": m.map.targetDescription,
+                          "guest_port": Int(m.map.guestPort), "resolved": to?.description ?? ""])
+        }
+        return ControlResult(value: value, text: lines.isEmpty ? "(no port maps)" : lines.joined(separator: "\n"))
+    }
+}

@@ -1,0 +1,375 @@
+// `vnet user` on the control plane: its control commands, events, packet capture and metrics.
+//
+// Theory of Operation
+// -------------------
+// `UserNetRuntime` is a `ControlTarget`: this file lists its commands (what `vnet ctl` drives) and renders
+// their results twice, as structured values and as QEMU-like text. It also starts and stops the optional
+// observers on the runtime's loop: the control socket (`--control`), the capture (`--pcap`, or `pcap-start`
+// at run time) and the Prometheus endpoint (`--metrics`). Nothing here is on the data path except the two
+// capture hooks (a nil check per frame when no capture runs).
+
+import CVNetShim
+import VNetBuffers
+import VNetGateway
+import VNetHost
+import VNetWire
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension UserNetRuntime: ControlTarget {
+    static let portName = "guest0"
+
+    // MARK: Start and stop
+
+    func startObservability() throws {
+        if let path = options.pcapPath { try startCapture(path: path, rotateBytes: options.pcapRotateBytes) }
+        if let m = options.metrics {
+            let render = m.render
+            metricsEndpoint = try MetricsEndpoint(host: m.host, port: m.port, epoll: epoll, listenerTag: LoopTag.metrics.tag,
+                                                  clientTag: LoopTag.metricsClient.tag) { [unowned self] in
+                self.metrics.update(self.metricsSnapshot())
+                return render()
+            }
+        }
+        if let path = options.controlPath {
+            control = try ControlServer(path: path, epoll: epoll, listenerTag: LoopTag.control.tag,
+                                        clientTag: LoopTag.controlClient.tag, target: self)
+        }
+        port.stateObserver = { [unowned self] connected, detail in
+            self.control?.publish(connected ? "PORT_CONNECTED" : "PORT_DISCONNECTED", data: ["port": UserNetRuntime.portName, "detail": detail])
+        }
+        gateway.leaseObserver = { [unowned self] address, mac in
+            self.control?.publish("LEASE_GRANTED", data: ["address": address.description, "mac": mac.description,
+                                                          "port": UserNetRuntime.portName])
+        }
+    }
+
+    func stopObservability() {
+        stopCapture()
+        control = nil
+        metricsEndpoint = nil
+    }
+
+    func observabilityEvent(tag: UInt64, events: UInt32) {
+        switch LoopTag(rawValue: UInt8(truncatingIfNeeded: tag >> 56)) {
+        case .control: control?.handle(tag: tag, events: events, isListener: true)
+        case .controlClient: control?.handle(tag: tag, events: events, isListener: false)
+        case .metrics: metricsEndpoint?.handle(tag: tag, events: events, isListener: true)
+        case .metricsClient: metricsEndpoint?.handle(tag: tag, events: events, isListener: false)
+        default: break
+        }
+    }
+
+    func startCapture(path: String, rotateBytes: UInt64?) throws {
+        stopCapture()
+        let writer = try PcapWriter(path: path, rotateBytes: rotateBytes)
+        pcap = writer
+        gateway.toGuest.observer = writer
+    }
+
+    func stopCapture() {
+        gateway.toGuest.observer = nil
+        pcap?.close()
+        pcap = nil
+    }
+
+    // MARK: Commands
+
+    public var controlCommands: [ControlCommand] {
+        [
+            ControlCommand("info-network", help: "the network and its port, as QEMU's 'info network'") { [unowned self] _ in self.infoNetwork() },
+            ControlCommand("info-usernet", help: "forwards and flows, as QEMU's 'info usernet'") { [unowned self] _ in self.infoUsernet() },
+            ControlCommand("ports", help: "per-port RX/TX packets, bytes, errors and drops (ifconfig-like)") { [unowned self] _ in self.portsReport() },
+            ControlCommand("leases", help: "DHCP leases") { [unowned self] _ in self.leasesReport() },
+            ControlCommand("hostfwd_add", help: "rule=[tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport [netdev=ID]") { [unowned self] a in
+                try self.hostfwdAdd(a)
+            },
+            ControlCommand("hostfwd_remove", help: "rule=[tcp|udp]:[hostaddr]:hostport [netdev=ID]") { [unowned self] a in try self.hostfwdRemove(a) },
+            ControlCommand("hostfwd_list", help: "the host forwards in force") { [unowned self] _ in self.hostfwdList() },
+            ControlCommand("dns-add", help: "name=NAME [type=A|TXT] value=VALUE [ttl=SECONDS]: answer NAME locally") { [unowned self] a in
+                try self.dnsAdd(a)
+            },
+            ControlCommand("dns-remove", help: "name=NAME [type=A|TXT] [value=VALUE]") { [unowned self] a in try self.dnsRemove(a) },
+            ControlCommand("dns-list", help: "the local DNS records") { [unowned self] _ in self.dnsList() },
+            ControlCommand("pcap-start", help: "file=PATH [port=guest0] [rotate_bytes=N]: capture the port's frames") { [unowned self] a in
+                try self.pcapStart(a)
+            },
+            ControlCommand("pcap-stop", help: "stop the capture") { [unowned self] _ in self.pcapStop() },
+            ControlCommand("stats", help: "all counters, drops by reason, flow counts") { [unowned self] _ in self.statsReport() },
+        ]
+    }
+
+    /// Where the metrics endpoint listens, when it does.
+    public var metricsAddress: String? { metricsEndpoint?.boundAddress }
+
+    var netdevName: String { options.gateway.id ?? "user" }
+
+    var portType: String {
+        switch port.kind {
+        case .streamListener, .streamConnector: "stream"
+        case .datagram: "dgram"
+        case .tap: "tap"
+        }
+    }
+
+    var guestMAC: MACAddress? {
+        gateway.leases(now: Instant(nanoseconds: Sys.monotonicNanoseconds())).first { $0.state == "bound" }?.mac
+    }
+
+    func infoNetwork() -> ControlResult {
+        let c = options.gateway
+        let userInfo = "net=\(c.network.address),restrict=\(c.restricted ? "on" : "off")"
+        var peerInfo = "\(port.boundDescription),\(port.isConnected ? "connected" : "disconnected")"
+        if let mac = guestMAC { peerInfo += ",macaddr=\(mac)" }
+        let text = "\(netdevName): index=0,type=user,\(userInfo)\n \\ \(UserNetRuntime.portName): index=0,type=\(portType),\(peerInfo)"
+        let value: [String: Any] = ["netdevs": [[
+            "name": netdevName, "index": 0, "type": "user", "info": userInfo,
+            "peers": [["name": UserNetRuntime.portName, "index": 0, "type": portType, "info": peerInfo, "connected": port.isConnected]],
+        ] as [String: Any]]]
+        return ControlResult(value: value, text: text)
+    }
+
+    static func pad(_ s: String, _ width: Int, left: Bool = false) -> String {
+        guard s.count < width else { return s }
+        let fill = String(repeating: " ", count: width - s.count)
+        return left ? s + fill : fill + s
+    }
+
+    /// One row in libslirp's layout: "%-19s %3d %15s %5d %15s %5d %5d %5d".
+    static func usernetRow(_ label: String, fd: Int32, source: String, sourcePort: String, destination: String, destinationPort: String,
+                           recvQ: Int, sendQ: Int) -> String {
+        pad(label, 19, left: true) + " " + pad(String(fd), 3) + " " + pad(source, 15) + " " + pad(sourcePort, 5) + " "
+            + pad(destination, 15) + " " + pad(destinationPort, 5) + " " + pad(String(recvQ), 5) + " " + pad(String(sendQ), 5)
+    }
+
+    func infoUsernet() -> ControlResult {
+        var lines = ["Hub -1 (\(netdevName)):", "  Protocol[State]    FD  Source Address  Port   Dest. Address  Port RecvQ SendQ"]
+        var rows: [[String: Any]] = []
+        for case let f? in forwards {
+            let src = f.rule.hostAddress.isUnspecified ? "*" : f.rule.hostAddress.description
+            let boundPort = f.bound.split(separator: ":").last.map(String.init) ?? String(f.rule.hostPort)
+            let label = "  \(f.rule.proto.rawValue.uppercased())[HOST_FORWARD]"
+            lines.append(UserNetRuntime.usernetRow(label, fd: f.fd, source: src, sourcePort: boundPort, destination: f.rule.guestAddress.description,
+                                                   destinationPort: String(f.rule.guestPort), recvQ: 0, sendQ: 0))
+            rows.append(["protocol": f.rule.proto.rawValue, "state": "HOST_FORWARD", "fd": Int(f.fd), "host_address": src,
+                         "host_port": Int(boundPort) ?? Int(f.rule.hostPort), "guest_address": f.rule.guestAddress.description,
+                         "guest_port": Int(f.rule.guestPort), "recv_q": 0, "send_q": 0])
+        }
+        for f in gateway.flows(now: Instant(nanoseconds: Sys.monotonicNanoseconds())) {
+            let recvQ = max(0, Int(vnet_inq(f.hostHandle)))
+            let sendQ = f.proto == .tcp ? max(0, Int(vnet_outq(f.hostHandle))) : 0
+            let state = f.state ?? "\(f.expiresIn ?? 0) sec"
+            let ports = f.proto == .icmp ? ("-", "-") : (String(f.guestPort), String(f.remotePort))
+            lines.append(UserNetRuntime.usernetRow("  \(f.proto.rawValue)[\(state)]", fd: f.hostHandle, source: f.guestAddress.description,
+                                                   sourcePort: ports.0, destination: f.remoteAddress.description, destinationPort: ports.1,
+                                                   recvQ: recvQ, sendQ: sendQ))
+            var row: [String: Any] = ["protocol": f.proto.rawValue.lowercased(), "fd": Int(f.hostHandle),
+                                      "guest_address": f.guestAddress.description, "guest_port": Int(f.guestPort),
+                                      "host_address": f.remoteAddress.description, "host_port": Int(f.remotePort),
+                                      "recv_q": recvQ, "send_q": sendQ, "unacked_to_guest": f.unacknowledgedToGuest,
+                                      "from_forward": f.fromForward]
+            if let s = f.state { row["state"] = s }
+            if let e = f.expiresIn { row["expires_in"] = e }
+            rows.append(row)
+        }
+        return ControlResult(value: ["netdev": netdevName, "flows": rows], text: lines.joined(separator: "\n"))
+    }
+
+    var portCounters: PortCounters { port.counters }
+
+    static func human(_ bytes: UInt64) -> String {
+        let units = ["B", "KB", "MB", "GB", "TB"]
+        var v = Double(bytes), i = 0
+        while v >= 1000 && i < units.count - 1 { v /= 1000; i += 1 }
+        return i == 0 ? "\(bytes) B" : String(format1: v) + " " + units[i]
+    }
+
+    func portsReport() -> ControlResult {
+        let p = port.counters
+        let rxDropped = p.droppedShort &+ p.droppedOversize
+        let txDropped = gateway.toGuest.refused
+        var text = "\(UserNetRuntime.portName): \(portType) \(port.boundDescription)  \(port.isConnected ? "connected" : "disconnected")\n"
+        if let mac = guestMAC { text += "        ether \(mac)  (guest)\n" }
+        text += "        RX packets \(p.framesIn)  bytes \(p.bytesIn) (\(UserNetRuntime.human(p.bytesIn)))\n"
+        text += "        RX errors \(p.desyncResets)  dropped \(rxDropped)\n"
+        text += "        TX packets \(p.framesOut)  bytes \(p.bytesOut) (\(UserNetRuntime.human(p.bytesOut)))\n"
+        text += "        TX errors \(p.sendErrors)  dropped \(txDropped)"
+        let value: [[String: Any]] = [[
+            "name": UserNetRuntime.portName, "type": portType, "address": port.boundDescription, "connected": port.isConnected,
+            "rx_packets": Int(clamping: p.framesIn), "rx_bytes": Int(clamping: p.bytesIn), "rx_errors": Int(clamping: p.desyncResets),
+            "rx_dropped": Int(clamping: rxDropped), "tx_packets": Int(clamping: p.framesOut), "tx_bytes": Int(clamping: p.bytesOut),
+            "tx_errors": Int(clamping: p.sendErrors), "tx_dropped": Int(clamping: txDropped),
+            "connections": Int(clamping: p.connections), "rejected_connections": Int(clamping: p.rejectedConnections),
+        ]]
+        return ControlResult(value: value, text: text)
+    }
+
+    func leasesReport() -> ControlResult {
+        let leases = gateway.leases(now: Instant(nanoseconds: Sys.monotonicNanoseconds()))
+        var lines = ["Address          MAC                State     Expires in"]
+        for l in leases {
+            lines.append(UserNetRuntime.pad(l.address.description, 16, left: true) + " " + UserNetRuntime.pad(l.mac.description, 18, left: true)
+                         + " " + UserNetRuntime.pad(l.state, 9, left: true) + " \(l.expiresIn)s")
+        }
+        if leases.isEmpty { lines.append("(no leases)") }
+        let value: [[String: Any]] = leases.map {
+            ["address": $0.address.description, "mac": $0.mac.description, "state": $0.state, "expires_in": $0.expiresIn]
+        }
+        return ControlResult(value: value, text: lines.joined(separator: "\n"))
+    }
+
+    func checkNetdev(_ a: ControlArguments) throws {
+        if let id = try a.optionalString("netdev"), id != netdevName {
+            throw ControlError("no netdev '\(id)' (this network is '\(netdevName)')")
+        }
+    }
+
+    func forwardDescription(_ f: ActiveForward) -> String {
+        "\(f.rule.proto.rawValue) \(f.bound) -> \(f.rule.guestAddress):\(f.rule.guestPort)"
+    }
+
+    func forwardValue(_ f: ActiveForward) -> [String: Any] {
+        ["protocol": f.rule.proto.rawValue, "host_address": f.rule.hostAddress.description, "host_port": Int(f.rule.hostPort),
+         "bound": f.bound, "guest_address": f.rule.guestAddress.description, "guest_port": Int(f.rule.guestPort)]
+    }
+
+    func hostfwdAdd(_ a: ControlArguments) throws -> ControlResult {
+        try checkNetdev(a)
+        let text = try a.string("rule")
+        let rule: HostForward
+        do { rule = try UserNetOptions.parseHostForwardRule(text, config: options.gateway) } catch { throw ControlError(error.message) }
+        if rule.hostPort != 0, forwards.contains(where: { $0?.rule.proto == rule.proto && $0?.rule.hostPort == rule.hostPort
+                && ($0?.rule.hostAddress == rule.hostAddress || $0?.rule.hostAddress == .any || rule.hostAddress == .any) }) {
+            throw ControlError("\(rule.proto.rawValue) port \(rule.hostPort) is already forwarded")
+        }
+        let slot: Int
+        do { slot = try openForward(rule) } catch { throw ControlError("could not set up host forwarding rule '\(text)': \(error)") }
+        let f = forwards[slot]!
+        logger.info("hostfwd added: \(forwardDescription(f))")
+        return ControlResult(value: forwardValue(f), text: "hostfwd \(forwardDescription(f))")
+    }
+
+    func hostfwdRemove(_ a: ControlArguments) throws -> ControlResult {
+        try checkNetdev(a)
+        let text = try a.string("rule")
+        let key: (ForwardProtocol, IPv4Address, UInt16)
+        do { key = try UserNetOptions.parseHostForwardKey(text) } catch { throw ControlError(error.message) }
+        guard let slot = forwards.firstIndex(where: { f in
+            guard let f else { return false }
+            let boundPort = UInt16(f.bound.split(separator: ":").last ?? "") ?? f.rule.hostPort
+            return f.rule.proto == key.0 && f.rule.hostAddress == key.1 && (f.rule.hostPort == key.2 || boundPort == key.2)
+        }) else { throw ControlError("host forwarding rule for \(text) not found") }
+        let f = forwards[slot]!
+        closeForward(slot)
+        logger.info("hostfwd removed: \(forwardDescription(f))")
+        return ControlResult(value: forwardValue(f), text: "removed hostfwd \(forwardDescription(f))")
+    }
+
+    func hostfwdList() -> ControlResult {
+        let active = forwards.compactMap { $0 }
+        let text = active.isEmpty ? "(no host forwards)" : active.map { "hostfwd \(forwardDescription($0))" }.joined(separator: "\n")
+        return ControlResult(value: active.map(forwardValue), text: text)
+    }
+
+    func dnsAdd(_ a: ControlArguments) throws -> ControlResult {
+        let name = try a.string("name"), value = try a.string("value")
+        let typeName = try a.optionalString("type") ?? "A"
+        guard let type = LocalDNSType(name: typeName) else { throw ControlError("record type must be A or TXT, not '\(typeName)'") }
+        let ttl = try a.optionalInt("ttl") ?? 60
+        guard (0 ... 604_800).contains(ttl) else { throw ControlError("ttl must be 0-604800 seconds") }
+        do { try gateway.localDNS.add(name: name, type: type, value: value, ttl: UInt32(ttl)) } catch { throw ControlError(error.description) }
+        return ControlResult(value: ["name": LocalDNSRecords.normalise(name), "type": type.name, "value": value, "ttl": ttl],
+                             text: "\(LocalDNSRecords.normalise(name)) \(ttl) IN \(type.name) \(value)")
+    }
+
+    func dnsRemove(_ a: ControlArguments) throws -> ControlResult {
+        let name = try a.string("name")
+        var type: LocalDNSType? = nil
+        if let t = try a.optionalString("type") {
+            guard let parsed = LocalDNSType(name: t) else { throw ControlError("record type must be A or TXT, not '\(t)'") }
+            type = parsed
+        }
+        let n = gateway.localDNS.remove(name: name, type: type, value: try a.optionalString("value"))
+        guard n > 0 else { throw ControlError("no local DNS record for \(name)") }
+        return ControlResult(value: ["removed": n], text: "removed \(n) record\(n == 1 ? "" : "s")")
+    }
+
+    func dnsList() -> ControlResult {
+        let r = gateway.localDNS.records
+        let text = r.isEmpty ? "(no local DNS records)" : r.map { "\($0.name) \($0.ttl) IN \($0.type.name) \($0.value)" }.joined(separator: "\n")
+        return ControlResult(value: r.map { ["name": $0.name, "type": $0.type.name, "value": $0.value, "ttl": Int($0.ttl)] as [String: Any] },
+                             text: text)
+    }
+
+    func pcapStart(_ a: ControlArguments) throws -> ControlResult {
+        let file = try a.string("file")
+        if let p = try a.optionalString("port"), p != UserNetRuntime.portName, p != "0" {
+            throw ControlError("no port '\(p)' (this network has one: \(UserNetRuntime.portName))")
+        }
+        var rotate: UInt64? = nil
+        if let r = try a.optionalInt("rotate_bytes") {
+            guard r > 0 else { throw ControlError("rotate_bytes must be positive") }
+            rotate = UInt64(r)
+        }
+        do { try startCapture(path: file, rotateBytes: rotate) } catch { throw ControlError("\(error)") }
+        return ControlResult(value: ["file": file, "port": UserNetRuntime.portName], text: "capturing \(UserNetRuntime.portName) to \(file)")
+    }
+
+    func pcapStop() -> ControlResult {
+        guard let p = pcap else { return ControlResult(value: ["packets": 0], text: "no capture running") }
+        p.flush()
+        let packets = p.packets, file = p.path
+        stopCapture()
+        return ControlResult(value: ["file": file, "packets": Int(clamping: packets)], text: "stopped: \(packets) packets in \(file)")
+    }
+
+    func statsReport() -> ControlResult {
+        let c = gateway.counters
+        var served: [String: Any] = [:], drops: [String: Any] = [:]
+        for s in ServedCounter.allCases { served[s.name] = Int(clamping: c[s]) }
+        for d in DropReason.allCases { drops[d.name] = Int(clamping: c[d]) }
+        let p = port.counters
+        drops["port_frame_too_short"] = Int(clamping: p.droppedShort)
+        drops["port_frame_too_long"] = Int(clamping: p.droppedOversize)
+        drops["port_send_error"] = Int(clamping: p.sendErrors)
+        drops["tx_queue_refused"] = Int(clamping: gateway.toGuest.refused)
+        let flows = ["tcp": gateway.tcpFlowCount, "udp": gateway.udpFlowCount, "icmp": gateway.icmpFlowCount]
+        var lines = ["flows: tcp \(flows["tcp"]!)  udp \(flows["udp"]!)  icmp \(flows["icmp"]!)"]
+        lines += counterLines
+        let totalDrops = drops.values.reduce(0) { $0 + ($1 as! Int) }
+        lines.append("drops total \(totalDrops)")
+        return ControlResult(value: ["served": served, "drops": drops, "flows": flows, "drops_total": totalDrops], text: lines.joined(separator: "\n"))
+    }
+
+    // MARK: Metrics
+
+    public func metricsSnapshot() -> MetricsSnapshot {
+        var s = MetricsSnapshot()
+        let c = gateway.counters
+        s.served = ServedCounter.allCases.map { ($0.name, c[$0]) }
+        let p = port.counters
+        s.drops = DropReason.allCases.map { ($0.name, c[$0]) } + [
+            ("port_frame_too_short", p.droppedShort), ("port_frame_too_long", p.droppedOversize),
+            ("port_send_error", p.sendErrors), ("tx_queue_refused", gateway.toGuest.refused),
+        ]
+        s.ports = [(UserNetRuntime.portName, p, port.isConnected)]
+        s.flows = [("tcp", gateway.tcpFlowCount), ("udp", gateway.udpFlowCount), ("icmp", gateway.icmpFlowCount)]
+        s.flowsOpened = [("tcp", c[.tcpFlowsOpened]), ("udp", c[.udpFlowsOpened]), ("icmp", c[.icmpFlowsOpened])]
+        s.leases = gateway.leases(now: Instant(nanoseconds: Sys.monotonicNanoseconds())).filter { $0.state == "bound" }.count
+        s.dnsQueries = c[.dnsQueries]
+        s.dnsLocalAnswers = c[.dnsLocalAnswers]
+        s.dnsServfail = c[.dnsServfail]
+        s.controlClients = control?.clientCount ?? 0
+        s.pcapPackets = pcap?.packets ?? 0
+        return s
+    }
+}
+
+extension String {
+    /// One decimal place, without Foundation's formatter.
+    init(format1 v: Double) {
+        let tenths = Int((v * 10).rounded())
+        self = "\(tenths / 10).\(tenths % 10)"
+    }
+}

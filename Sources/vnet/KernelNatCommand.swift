@@ -1,0 +1,133 @@
+// `vnet nat --kernel`: a NAT network made of kernel parts (libvirt's "default" network without dnsmasq):
+// a bridge with the gateway address, vnet's DHCP and DNS forwarding on it, IP forwarding, and an nftables
+// table with masquerade and port maps. Everything is undone on SIGINT/SIGTERM/SIGHUP; `--undo` undoes what
+// a killed run left behind. NatCommand parses the flags (shared with the userspace mode) and calls this.
+
+import ArgumentParser
+import CVNetShim
+import VNetBuffers
+import VNetKernel
+import VNetRuntime
+import VNetServices
+import VNetWire
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct KernelNatMode {
+    var name: String
+    var bridge: String?
+    var network: String
+    var gateway: String?
+    var dhcpRange: String?
+    var leaseTime: UInt64?
+    var domain: String?
+    var portMaps: [String]
+    var dnsUpstream: String?
+    var resolvConf: String
+    var stateDir: String
+    var undo: Bool
+
+    func makeConfig() throws -> KernelNatConfig {
+        guard name.count <= 24, !name.isEmpty, name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_") }) else {
+            throw ValidationError("--name: with --kernel, 1-24 letters, digits or '_' (it names the nft table vnet-NAME)")
+        }
+        let br = bridge ?? "vnet-" + name
+        do { try validateInterfaceName(br) } catch { throw ValidationError("--bridge: \(error) (a long --name needs --bridge)") }
+        let (addr, prefix) = try parseCIDR(network)
+        guard (8 ... 30).contains(prefix) else { throw ValidationError("--network: the prefix must be 8-30") }
+        let net = IPv4Network(address: addr, prefixLength: prefix)
+        let base = net.address.rawValue
+        var gw = IPv4Address(rawValue: base + 1)
+        if let t = gateway {
+            guard let a = IPv4Address(t), net.contains(a), a != net.address, a != net.broadcast else {
+                throw ValidationError("--gateway: '\(t)' is not a host address in \(net)")
+            }
+            gw = a
+        }
+        var first = IPv4Address(rawValue: gw.rawValue == base + 1 ? base + 2 : base + 1)
+        var last = IPv4Address(rawValue: net.broadcast.rawValue - 1)
+        if let r = dhcpRange {
+            let parts = r.split(separator: "-").map(String.init)
+            guard parts.count == 2, let a = IPv4Address(parts[0]), let b = IPv4Address(parts[1]), a.rawValue <= b.rawValue else {
+                throw ValidationError("--dhcp-range '\(r)': expected FIRST-LAST")
+            }
+            first = a
+            last = b
+        }
+        guard net.contains(first), net.contains(last), first.rawValue > base, last.rawValue < net.broadcast.rawValue else {
+            throw ValidationError("--dhcp-range \(first)-\(last) is not inside \(net)")
+        }
+        guard !(first.rawValue ... last.rawValue).contains(gw.rawValue) else {
+            throw ValidationError("--dhcp-range \(first)-\(last) contains the gateway \(gw)")
+        }
+        guard last.rawValue - first.rawValue < 65_536 else { throw ValidationError("--dhcp-range: at most 65536 addresses") }
+        var maps: [NftPortMap] = []
+        for f in portMaps {
+            do { maps.append(try NftPortMap.parse(f, defaultGuest: first)) } catch {
+                throw ValidationError("--port-map: \(error) (with --kernel the VM is an address)")
+            }
+        }
+        return KernelNatConfig(name: name, bridge: br, network: net, gateway: gw, dhcpStart: first,
+                               dhcpCount: Int(last.rawValue - first.rawValue) + 1, portMaps: maps, stateDirectory: stateDir)
+    }
+
+    func upstream() throws -> (IPv4Address, UInt16)? {
+        if let u = dnsUpstream {
+            guard let colon = u.lastIndex(of: ":"), let a = IPv4Address(u[..<colon]), let p = UInt16(u[u.index(after: colon)...]) else {
+                throw ValidationError("--dns-upstream: expected ADDR:PORT, got '\(u)'")
+            }
+            return (a, p)
+        }
+        guard let text = readSmallFile(resolvConf), let first = ResolvConf.parse(text).first else { return nil }
+        return (first, 53)
+    }
+
+    func run() throws {
+        let config = try makeConfig()
+        let log: (String) -> Void = { line in print(line); fflush(nil) }
+        if undo {
+            do { try kernelCall { try KernelNat.recoverStale(config, log: log) } } catch let e as KernelNat.AlreadyRunning { fail(e.description, code: 1) }
+            print("vnet: nothing left of \(config.name)")
+            return
+        }
+        let dns = try upstream()
+        let sfd = vnet_stop_signalfd()
+        guard sfd >= 0 else { fail("signalfd: \(String(cString: strerror(-sfd)))", code: 1) }
+        let nat = KernelNat(config: config, log: log)
+        try kernelCall {
+            do {
+                try nat.setUp()
+            } catch let e as KernelNat.AlreadyRunning {
+                fail(e.description, code: 1)
+            } catch {
+                try? nat.tearDown()
+                throw error
+            }
+            let dhcpConfig = DHCPConfig(network: config.network, serverAddress: config.gateway, router: config.gateway,
+                                        dnsServers: dns == nil ? [] : [config.gateway], poolStart: config.dhcpStart,
+                                        poolSize: config.dhcpCount, leaseTime: .seconds(leaseTime ?? 3600), domainName: domain, mtu: 1500)
+            let services: KernelNatServices
+            do {
+                services = try KernelNatServices(bridge: config.bridge, dhcpConfig: dhcpConfig, gateway: config.gateway, dnsUpstream: dns)
+            } catch {
+                try? nat.tearDown()
+                throw error
+            }
+            let last = IPv4Address(rawValue: config.dhcpStart.rawValue + UInt32(config.dhcpCount) - 1)
+            print("vnet: nat \(config.name) (kernel): bridge \(config.bridge), gateway \(config.gateway)/\(config.network.prefixLength), "
+                  + "DHCP \(config.dhcpStart)-\(last), DNS \(dns.map { "via \($0.0):\($0.1)" } ?? "off (no upstream)"), nft table ip vnet-\(config.name)")
+            for m in config.portMaps { print("vnet: port map \(m)") }
+            print("vnet: start QEMU with: -netdev bridge,id=n0,br=\(config.bridge),helper=\"vnet tap-helper\" -device virtio-net-pci,netdev=n0")
+            print("vnet: ready")
+            fflush(nil)
+            let sig = services.run(signalFD: sfd)
+            let c = services.counters
+            print("vnet: stopping (signal \(sig)); dhcp replies \(c.dhcpReplies) dropped \(c.dhcpDropped), dns forwarded \(c.dnsForwarded) "
+                  + "answered \(c.dnsAnswered) dropped \(c.dnsDropped)")
+            try nat.tearDown()
+            print("vnet: removed what \(config.name) added")
+            fflush(nil)
+        }
+    }
+}

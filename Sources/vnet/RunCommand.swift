@@ -1,0 +1,94 @@
+// `vnet run [OPTIONS] -- qemu-system-x86_64 ARGS…`: a user-mode network for one QEMU, for as long as it runs.
+//
+// vnet binds a unix socket in a private temporary folder, appends `-netdev stream,…` (reaching that socket)
+// and `-device MODEL,netdev=ID` to QEMU's arguments, starts QEMU (stdin, stdout and stderr are QEMU's; vnet's
+// own start-up lines go to stderr), serves the network until QEMU exits, then removes the socket and folder
+// and exits with QEMU's status. SIGINT/SIGTERM to vnet are passed on to QEMU. One command, like `pasta -- cmd`.
+// Every `vnet user` option applies (QEMU's option string, --control, --pcap, --metrics, …) except the
+// transport flags: the transport is always this private socket.
+
+import ArgumentParser
+import CVNetShim
+import VNetRuntime
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct RunCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Run QEMU with a user-mode network: vnet run [OPTIONS] -- qemu-system-x86_64 ARGS…",
+        discussion: """
+        vnet appends '-netdev stream,id=ID,server=off,addr.type=unix,addr.path=SOCKET -device MODEL,netdev=ID' to
+        QEMU's arguments (ID is the option string's id=, else vnet0), runs QEMU and tears the network down when it exits.
+        """)
+
+    @OptionGroup var user: UserCommand
+
+    @Option(name: .customLong("device"), help: "The guest NIC model appended as -device MODEL,netdev=ID.")
+    var device: String = "virtio-net-pci"
+
+    /// The QEMU command line: main.swift takes everything after `vnet run … --` out before parsing (an
+    /// argument array cannot follow the option string's array).
+    nonisolated(unsafe) static var qemuCommand: [String] = []
+
+    func run() throws {
+        let qemu = RunCommand.qemuCommand
+        guard !qemu.isEmpty else { throw ValidationError("missing QEMU command: vnet run [OPTIONS] -- qemu-system-x86_64 ARGS…") }
+        var (options, extra) = try user.makeOptions()
+        guard options.transportIsDefault else {
+            throw ValidationError("vnet run chooses the transport itself: drop --socket, --listen, --connect, --dgram and --tap")
+        }
+        extra.removeAll { $0.hasPrefix("vnet: start QEMU with:") }
+        var template = Array("/tmp/vnet-run-XXXXXX".utf8CString)
+        guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
+            throw RuntimeFailure("cannot create a temporary folder: \(String(cString: strerror(errno)))")
+        }
+        let dir = String(cString: made)
+        let socket = dir + "/net.sock"
+        defer { unlink(socket); rmdir(dir) }   // on the error paths; the normal end cleans up before exit()
+        options.transport = .unixListen(path: socket)
+        let id = options.gateway.id ?? "vnet0"
+        let argv = qemu + ["-netdev", "stream,id=\(id),server=off,addr.type=unix,addr.path=\(socket)",
+                           "-device", "\(device),netdev=\(id)"]
+
+        let (runtime, lines) = try user.startRuntime(options, extra: extra)
+        runtime.announceFD = 2
+        var pid: Int32 = 0
+        let pidfd = RunCommand.spawn(argv, pid: &pid)
+        guard pidfd >= 0 else { throw RuntimeFailure("cannot start \(qemu[0]): \(String(cString: strerror(-pidfd)))") }
+        try runtime.stopWhenReadable(pidfd)
+        try runtime.run(extraStartupLines: lines + ["vnet: started \(qemu[0]) (pid \(pid)) with -netdev stream,id=\(id) on \(socket)"])
+        // The loop ends when QEMU exits, or when vnet was asked to stop: then QEMU is asked too.
+        var status = vnet_wait_child_nohang(pid)
+        if status == nil {
+            kill(pid, SIGTERM)
+            status = Int(vnet_wait_child(pid))
+        }
+        let code = status.map { $0 < 0 ? 0 : $0 } ?? 0
+        close(pidfd)
+        unlink(socket)
+        rmdir(dir)
+        let message = "vnet: \(qemu[0]) exited with status \(code); network torn down\n"
+        _ = message.withCString { write(2, $0, strlen($0)) }
+        Glibc.exit(Int32(code))
+    }
+
+    static func spawn(_ argv: [String], pid: inout Int32) -> Int32 {
+        var cArgs: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) }
+        cArgs.append(nil)
+        defer { for p in cArgs { free(p) } }
+        return cArgs.withUnsafeMutableBufferPointer { vnet_spawn_process($0.baseAddress!, &pid) }
+    }
+}
+
+/// The child's status if it has exited (nil while it runs).
+func vnet_wait_child_nohang(_ pid: Int32) -> Int? {
+    var status: Int32 = 0
+    let r = waitpid(pid, &status, WNOHANG)
+    if r == 0 { return nil }
+    if r < 0 { return -1 }
+    // WIFEXITED / WEXITSTATUS / WTERMSIG by hand (macros are not imported).
+    if status & 0x7F == 0 { return Int((status >> 8) & 0xFF) }
+    return 128 + Int(status & 0x7F)
+}
