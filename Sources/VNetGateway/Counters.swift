@@ -44,9 +44,12 @@ public enum DropReason: Int, CaseIterable, Sendable {
     case tcpOutOfOrder
     case tcpRstOutOfWindow
     case tcpFlowTableFull
+    case tcpHalfOpenFull
+    case dnsFlowTableFull
     case txQueueFull
     case restricted
     case forwardNoGuestMAC
+    case egressDenied
 
     public var name: String {
         switch self {
@@ -92,9 +95,12 @@ public enum DropReason: Int, CaseIterable, Sendable {
         case .tcpOutOfOrder: "tcp_out_of_order"
         case .tcpRstOutOfWindow: "tcp_rst_out_of_window"
         case .tcpFlowTableFull: "tcp_flow_table_full"
+        case .tcpHalfOpenFull: "tcp_half_open_full"
+        case .dnsFlowTableFull: "dns_flow_table_full"
         case .txQueueFull: "tx_queue_full"
         case .restricted: "restricted"
         case .forwardNoGuestMAC: "forward_no_guest_mac"
+        case .egressDenied: "egress_denied"
         }
     }
 }
