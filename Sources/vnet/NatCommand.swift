@@ -83,6 +83,8 @@ struct NatCommand: ParsableCommand {
 
     @OptionGroup var ports: SwitchPortFlags
 
+    @OptionGroup var policy: GatewayPolicyFlags
+
     func run() throws {
         if kernel { return try runKernel() }
         if bridge != nil || stateDir != nil || undo { throw ValidationError("--bridge, --state-dir and --undo go with --kernel") }
@@ -167,6 +169,7 @@ struct NatCommand: ParsableCommand {
             statics.append(DHCPStaticLease(mac: mac, address: a, hostName: host))
         }
         g.staticLeases = statics
+        try policy.apply(to: &g, extraDeny: try file.list("deny"), extraAllow: try file.list("allow"), extraLimits: try file.list("limit"))
         o.gateway = g
 
         for h in try file.list("host") + hosts {
@@ -207,7 +210,7 @@ struct NatCommand: ParsableCommand {
     }
 
     func runKernel() throws {
-        let unsupported: [(Bool, String)] = [(configFile != nil, "--config"), (!staticLeases.isEmpty, "--static-lease"), (!hosts.isEmpty, "--host"), (!dnsRecords.isEmpty, "--dns-record"),
+        let unsupported: [(Bool, String)] = [(configFile != nil, "--config"), (!staticLeases.isEmpty, "--static-lease"), (!hosts.isEmpty, "--host"), (!dnsRecords.isEmpty, "--dns-record"), (!policy.isEmpty, "--deny/--allow/--limit"),
                                              (leasesFile != nil, "--leases-file"), (ports.hasPorts, "switch ports (--socket, --tap, ...)"),
                                              (ports.controlPath != nil, "--control")]
         if let (_, flag) = unsupported.first(where: { $0.0 }) { throw ValidationError("\(flag) is not available with --kernel") }
@@ -244,7 +247,7 @@ struct NatConfigFile {
     var path = ""
 
     static let known: Set<String> = ["name", "network", "gateway", "dhcp-range", "lease-time", "static-lease", "host", "port-map",
-                                     "leases-file", "domain", "dns-upstream", "resolv-conf", "mtu", "dns-record", "control",
+                                     "leases-file", "domain", "dns-upstream", "resolv-conf", "mtu", "dns-record", "control", "deny", "allow", "limit",
                                      "socket", "listen", "connect", "dgram", "mcast", "tap"]
 
     static func load(_ path: String) throws -> NatConfigFile {

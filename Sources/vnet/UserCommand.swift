@@ -59,17 +59,7 @@ struct UserCommand: ParsableCommand {
     @Flag(name: .customLong("no-map-host-loopback"), help: "Do not let guest traffic to the gateway address reach host loopback.")
     var noMapHostLoopback = false
 
-    @Option(name: .customLong("deny"), help: ArgumentHelp("Refuse guest flows to this IPv4 prefix (repeatable). 169.254.0.0/16 is denied by default.", valueName: "CIDR"))
-    var deny: [String] = []
-
-    @Option(name: .customLong("allow"), help: ArgumentHelp("Allow guest flows to this IPv4 prefix (repeatable): the longest matching prefix wins, allow on a tie.", valueName: "CIDR"))
-    var allow: [String] = []
-
-    @Flag(name: .customLong("allow-link-local"), help: "Let the guest reach 169.254.0.0/16 (link-local, cloud metadata).")
-    var allowLinkLocal = false
-
-    @Option(name: .customLong("limit"), help: ArgumentHelp("Set a limit (repeatable): \(GatewayLimit.allCases.map(\.rawValue).joined(separator: ", ")) (seconds).", valueName: "NAME=N"))
-    var limits: [String] = []
+    @OptionGroup var policy: GatewayPolicyFlags
 
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "notice"
@@ -98,25 +88,7 @@ struct UserCommand: ParsableCommand {
         }
         gw.mtu = mtu
         gw.mapGatewayToHostLoopback = !noMapHostLoopback
-        if allowLinkLocal { gw.egress.allowLinkLocal() }
-        for text in limits {
-            let parts = text.split(separator: "=", maxSplits: 1).map(String.init)
-            guard parts.count == 2, let l = GatewayLimit(rawValue: parts[0]) else {
-                throw ValidationError("--limit: '\(text)' is not NAME=N with NAME one of \(GatewayLimit.allCases.map(\.rawValue).joined(separator: ", "))")
-            }
-            guard let v = Int(parts[1]), gw.setLimit(l, v) else {
-                throw ValidationError("--limit \(l.rawValue) must be a number from \(l.range.lowerBound) to \(l.range.upperBound)")
-            }
-        }
-        for (flag, list) in [("--deny", deny), ("--allow", allow)] {
-            for text in list {
-                if text.contains(":") { throw ValidationError("\(flag) \(text): IPv6 is not supported yet") }
-                guard let n = EgressPolicy.parseCIDR(text) else {
-                    throw ValidationError("\(flag): '\(text)' is not an IPv4 prefix (A.B.C.D/N with the host bits zero)")
-                }
-                if flag == "--deny" { gw.egress.deny(n) } else { gw.egress.allow(n) }
-            }
-        }
+        try policy.apply(to: &gw)
 
         let chosen = [socketPath != nil, listenAddress != nil, connectAddress != nil, dgramAddress != nil, tapName != nil].filter { $0 }.count
         guard chosen <= 1 else { throw ValidationError("choose one transport: --socket, --listen, --connect, --dgram or --tap") }

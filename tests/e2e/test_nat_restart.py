@@ -73,6 +73,8 @@ static-lease: ["52:54:00:aa:00:01,10.77.0.120,db"]
 host: ["files=10.77.0.9"]
 dns-record: ["_pg._tcp.lab SRV 0 0 5432 db.lab", "v6.lab AAAA 2001:db8::5", "lab TXT hello"]
 control: {d / 'cfg.ctl'}
+deny: ["192.0.2.0/24"]
+limit: ["udp-flows=64"]
 port-map: ["tcp:127.0.0.1:{port}-db:5432"]
 socket: [{d / 'cfg.sock'}]
 leases-file: {d / 'cfg.leases'}
@@ -94,6 +96,8 @@ dns-upstream: 127.0.0.1:9
     ("static-lease: ['52:54:00:aa:00:01,192.168.1.5']\n", "outside the DHCP range"),
     ("port-map: ['tcp::99999-db:80']\n", "port map"),
     ("dns-record: ['x.lab MX 10 mail']\n", "TYPE one of A, AAAA, SRV or TXT"),
+    ("deny: ['300.1.1.0/24']\n", "is not an IPv4 prefix"),
+    ("limit: ['frobs=3']\n", "is not NAME=N"),
     ("dns-record: ['x.lab AAAA 10.0.0.1']\n", "needs an IPv6 address"),
 ])
 def test_bad_config_files_are_one_line_errors(module_workdir, text, message):
