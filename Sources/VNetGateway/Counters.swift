@@ -44,6 +44,8 @@ public enum DropReason: Int, CaseIterable, Sendable {
     case tcpOutOfOrder
     case tcpRstOutOfWindow
     case tcpFlowTableFull
+    case tcpHalfOpenFull
+    case dnsFlowTableFull
     case txQueueFull
     case restricted
     case forwardNoGuestMAC
@@ -53,6 +55,7 @@ public enum DropReason: Int, CaseIterable, Sendable {
     case tftpTooManyTransfers
     case tftpUnknownTransfer
     case tftpTimedOut
+    case egressDenied
 
     public var name: String {
         switch self {
@@ -98,6 +101,8 @@ public enum DropReason: Int, CaseIterable, Sendable {
         case .tcpOutOfOrder: "tcp_out_of_order"
         case .tcpRstOutOfWindow: "tcp_rst_out_of_window"
         case .tcpFlowTableFull: "tcp_flow_table_full"
+        case .tcpHalfOpenFull: "tcp_half_open_full"
+        case .dnsFlowTableFull: "dns_flow_table_full"
         case .txQueueFull: "tx_queue_full"
         case .restricted: "restricted"
         case .forwardNoGuestMAC: "forward_no_guest_mac"
@@ -107,6 +112,7 @@ public enum DropReason: Int, CaseIterable, Sendable {
         case .tftpTooManyTransfers: "tftp_too_many_transfers"
         case .tftpUnknownTransfer: "tftp_unknown_transfer"
         case .tftpTimedOut: "tftp_timed_out"
+        case .egressDenied: "egress_denied"
         }
     }
 }

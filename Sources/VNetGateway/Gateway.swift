@@ -41,6 +41,10 @@ public final class Gateway<Host: HostIO> {
     var udpFlows: FlowTable<UDPFlowKey, UDPFlow>
     var icmpFlows: FlowTable<ICMPFlowKey, ICMPFlow>
     var tcpFlows: FlowTable<TCPFlowKey, TCPFlow>
+    /// TCP flows not yet established (capped by `config.tcpHalfOpenCapacity`).
+    var tcpHalfOpenCount = 0
+    /// UDP flows to the DNS address (capped by `config.dnsFlowCapacity`).
+    var dnsFlowCount = 0
     /// Flows that owe the guest an ACK at the end of the current batch.
     var tcpAckList: [Int]
     /// Flows waiting for room in `toGuest`.
@@ -58,7 +62,7 @@ public final class Gateway<Host: HostIO> {
     var ipIdentification: UInt16 = 0
     var neighbours: [IPv4Address: MACAddress] = [:]
     var dnsUpstreamIndex = 0
-    let reassembler = Reassembler()
+    let reassembler: Reassembler
     var lastSweep: Instant = .zero
     /// Names answered locally (see GatewayLocalNames.swift).
     var localNames: [String: IPv4Address] = [:]
@@ -84,6 +88,7 @@ public final class Gateway<Host: HostIO> {
         udpFlows = FlowTable(capacity: config.udpFlowCapacity)
         icmpFlows = FlowTable(capacity: config.icmpFlowCapacity)
         tcpFlows = FlowTable(capacity: config.tcpFlowCapacity)
+        reassembler = Reassembler(slotCount: max(1, config.fragmentSlots), timeout: config.fragmentTimeout)
         tcpAckList = []
         tcpAckList.reserveCapacity(config.tcpFlowCapacity)
         tcpWindowWatch.reserveCapacity(config.tcpFlowCapacity)
@@ -108,6 +113,8 @@ public final class Gateway<Host: HostIO> {
     public var udpFlowCount: Int { udpFlows.count }
     public var icmpFlowCount: Int { icmpFlows.count }
     public var tcpFlowCount: Int { tcpFlows.count }
+    public var tcpHalfOpenFlowCount: Int { tcpHalfOpenCount }
+    public var dnsFlowOpenCount: Int { dnsFlowCount }
     public var hasFlowsBlockedOnQueue: Bool { !tcpQueueBlocked.isEmpty }
 
     /// When `poll` next has work to do (the loop's epoll timeout).
@@ -241,12 +248,15 @@ public final class Gateway<Host: HostIO> {
     /// Where guest traffic to `dst` goes on the host, or nil (with the drop reason) when it must not leave.
     func hostDestination(for dst: IPv4Address) -> (IPv4Address?, DropReason?) {
         if dst == config.gatewayAddress {
-            return config.mapGatewayToHostLoopback ? (.loopback, nil) : (nil, .hostLoopbackDisabled)
+            guard config.mapGatewayToHostLoopback else { return (nil, .hostLoopbackDisabled) }
+            return config.egress.permits(.loopback) ? (.loopback, nil) : (nil, .egressDenied)
         }
         if config.network.contains(dst) { return (nil, .udpToUnknownLocalAddress) }
         if dst.isUnspecified || dst.isLoopback || dst.isMulticast || dst == .broadcast || dst.rawValue >> 24 == 0 {
             return (nil, .martianDestination)
         }
+        // --deny/--allow (EgressPolicy.swift): 169.254.0.0/16 (cloud metadata) is denied by default.
+        guard config.egress.permits(dst) else { return (nil, .egressDenied) }
         return (dst, nil)
     }
 

@@ -29,6 +29,14 @@ public struct GatewayConfig: Sendable {
     public var udpFlowCapacity = 4096
     public var icmpFlowCapacity = 256
     public var tcpFlowCapacity = 16384
+    /// TCP flows not established yet (a guest SYN waiting for the host connect or the guest's ACK; a hostfwd SYN
+    /// waiting for the guest): a SYN flood or a connection storm fills this, not the whole table.
+    public var tcpHalfOpenCapacity = 1024
+    /// DNS flows open at once (one per guest source port, each with a host socket and queries in flight).
+    public var dnsFlowCapacity = 256
+    /// IPv4 datagrams reassembled at once (64 KiB of memory each), and how long an unfinished one is kept.
+    public var fragmentSlots = 16
+    public var fragmentTimeout: Instant.Duration = .seconds(30)
     /// Established TCP flows with no traffic for this long are reset (as conntrack's 5-day default is far
     /// longer than any guest needs, this follows libslirp's order of magnitude).
     public var tcpIdleTimeout: Instant.Duration = .seconds(2 * 3600)
@@ -38,6 +46,8 @@ public struct GatewayConfig: Sendable {
     public var dnsFailoverTimeout: Instant.Duration = .seconds(2)
     public var icmpIdleTimeout: Instant.Duration = .seconds(30)
 
+    /// Which host addresses guest-initiated flows may reach (`--deny`/`--allow`; link-local denied by default).
+    public var egress = EgressPolicy()
     /// libslirp's restrict=on: the guest reaches only the gateway's own services and guestfwd targets.
     public var restricted = false
     public var hostForwards: [HostForward] = []

@@ -42,7 +42,13 @@ extension Gateway {
         var index = icmpFlows.lookup(key)
         if index == nil {
             let (dst, reason) = hostDestination(for: ip.destination)
-            guard let hostAddress = dst else { return drop(reason!) }
+            guard let hostAddress = dst else {
+                if reason == .egressDenied {
+                    sendAdministrativelyProhibited(ip: ip, mac: ethernet.source,
+                                                   quotedWords: (UInt16(icmp.type) << 8 | UInt16(icmp.code), icmp.checksum, icmp.identifier, icmp.sequence))
+                }
+                return drop(reason!)
+            }
             guard icmpFlows.count < icmpFlows.capacity else { return drop(.icmpFlowTableFull) }
             let tagIndex = icmpFlows.nextFreeIndex!
             guard let handle = host.openICMPEcho(destination: hostAddress, tag: FlowTag(kind: .icmp, index: tagIndex)) else {

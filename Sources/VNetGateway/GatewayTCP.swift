@@ -144,7 +144,8 @@ extension Gateway {
         if config.restricted { return .refused(.restricted) }
         if key.destination == config.dnsAddress && (key.destinationPort == 53 || config.dnsAddress != config.gatewayAddress) {
             // DNS over TCP: relayed to the first upstream resolver, like DNS over UDP.
-            guard key.destinationPort == 53, let up = currentDNSUpstream else { return .refused(.dnsNoUpstream) }
+            guard key.destinationPort == 53 else { return .refused(.dnsWrongPort) }
+            guard let up = currentDNSUpstream else { return .refused(.dnsNoUpstream) }
             return .host(up.0, up.1)
         }
         let (dst, reason) = hostDestination(for: key.destination)
@@ -155,6 +156,10 @@ extension Gateway {
     func openTCPFlow(_ key: TCPFlowKey, tcp: TCPHeader, mac: MACAddress, now: Instant) {
         guard tcpFlows.count < tcpFlows.capacity else {
             drop(.tcpFlowTableFull)
+            return sendReset(answering: tcp, payloadLength: 0, key: key, mac: mac)
+        }
+        guard tcpHalfOpenCount < config.tcpHalfOpenCapacity else {
+            drop(.tcpHalfOpenFull)
             return sendReset(answering: tcp, payloadLength: 0, key: key, mac: mac)
         }
         let tag = FlowTag(kind: .tcp, index: tcpFlows.nextFreeIndex!)
@@ -183,7 +188,14 @@ extension Gateway {
                            ourWScale: guestScales ? TCPTiming.ourWindowScale : 0,
                            mss: max(64, min(guestMSS, config.mtu - 40)), lastActive: now, recover: iss)
         _ = tcpFlows.insert(key, flow)
+        tcpHalfOpenCount += 1
         counters.count(.tcpFlowsOpened)
+    }
+
+    /// Frees a flow's slot (the caller has closed or aborted its socket), keeping the half-open count.
+    func forgetTCPFlow(_ f: TCPFlow) {
+        if f.state != .established { tcpHalfOpenCount -= 1 }
+        tcpFlows.remove(f.key)
     }
 
     /// A connection accepted on a hostfwd listener: vnet sends the SYN to guest:guestPort. Loopback clients
@@ -196,6 +208,7 @@ extension Gateway {
         let key = TCPFlowKey(guestAddress: guest, guestPort: guestPort, destination: facing, destinationPort: clientPort)
         guard tcpFlows.lookup(key) == nil else { drop(.tcpFlowTableFull); return false }
         guard tcpFlows.count < tcpFlows.capacity else { drop(.tcpFlowTableFull); return false }
+        guard tcpHalfOpenCount < config.tcpHalfOpenCapacity else { drop(.tcpHalfOpenFull); return false }
         let index = tcpFlows.nextFreeIndex!
         guard host.adoptTCP(handle, tag: FlowTag(kind: .tcp, index: index)) else { drop(.hostSocketFailed); return false }
         let iss = initialSequence(for: key, now: now)
@@ -205,6 +218,7 @@ extension Gateway {
         sendSyn(&flow)
         armRTO(&flow, now: now)
         _ = tcpFlows.insert(key, flow)
+        tcpHalfOpenCount += 1
         counters.count(.tcpForwardsAccepted)
         counters.count(.tcpFlowsOpened)
         return true
@@ -219,7 +233,7 @@ extension Gateway {
             guard tcp.flags.contains(.ack), tcp.acknowledgment == f.iss &+ 1 else { return drop(.tcpRstOutOfWindow) }
             counters.count(.tcpResetsFromGuest)
             host.tcpAbort(f.handle)
-            tcpFlows.remove(f.key)
+            forgetTCPFlow(f)
             return
         }
         guard tcp.flags.contains(.syn), tcp.flags.contains(.ack), tcp.acknowledgment == f.iss &+ 1 else { return drop(.tcpBadAck) }
@@ -229,6 +243,7 @@ extension Gateway {
         f.guestWindow = UInt32(tcp.window)   // never scaled in a SYN
         f.sndUna = f.iss &+ 1
         f.state = .established
+        tcpHalfOpenCount -= 1
         f.rtoDeadline = .zero
         f.retries = 0
         f.rto = TCPTiming.initialRTO
@@ -259,7 +274,7 @@ extension Gateway {
             guard inWindow || f.state == .connecting else { return drop(.tcpRstOutOfWindow) }
             counters.count(.tcpResetsFromGuest)
             host.tcpAbort(f.handle)
-            tcpFlows.remove(f.key)
+            forgetTCPFlow(f)
             return
         }
         if tcp.flags.contains(.syn) {
@@ -277,6 +292,7 @@ extension Gateway {
                 return sendReset(answering: tcp, payloadLength: payload.count, key: f.key, mac: mac)
             }
             f.state = .established
+            tcpHalfOpenCount -= 1
             f.sndUna = f.iss &+ 1
             f.rtoDeadline = .zero
             f.retries = 0
@@ -576,7 +592,7 @@ extension Gateway {
                 // RFC 9293: refuse the guest's SYN with <SEQ=0><ACK=SYN+1><CTL=RST,ACK>.
                 emitSegment(&f, flags: [.rst, .ack], sequence: 0, payload: nil, window: 0)
                 host.close(f.handle)
-                tcpFlows.remove(f.key)
+                forgetTCPFlow(f)
                 return
             }
             sendSynAck(&f)
@@ -666,13 +682,13 @@ extension Gateway {
         counters.count(.tcpResetsToGuest)
         emitSegment(&f, flags: [.rst, .ack], sequence: f.sndNxt, payload: nil, window: 0)
         host.tcpAbort(f.handle)
-        tcpFlows.remove(f.key)
+        forgetTCPFlow(f)
     }
 
     func closeFlow(_ i: Int, _ f: inout TCPFlow) {
         counters.count(.tcpFlowsClosed)
         host.close(f.handle)
-        tcpFlows.remove(f.key)
+        forgetTCPFlow(f)
     }
 
     /// Starts the retransmission timer if it is not running.
@@ -725,7 +741,7 @@ extension Gateway {
             }
             if idle >= limit {
                 counters.count(.tcpFlowsExpired)
-                if f.state == .connecting { host.close(f.handle); tcpFlows.remove(f.key) } else { resetFlow(i, &f) }
+                if f.state == .connecting { host.close(f.handle); forgetTCPFlow(f) } else { resetFlow(i, &f) }
                 continue
             }
             if f.rtoDeadline != .zero && now >= f.rtoDeadline {

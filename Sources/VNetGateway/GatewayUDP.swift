@@ -111,17 +111,25 @@ extension Gateway {
                 (hostAddress, hostPort) = upstream
             } else {
                 let (dst, reason) = hostDestination(for: ip.destination)
-                guard let d = dst else { return drop(reason!) }
+                guard let d = dst else {
+                    if reason == .egressDenied {
+                        sendAdministrativelyProhibited(ip: ip, mac: mac, quotedWords: (udp.sourcePort, udp.destinationPort,
+                                                                                       UInt16(truncatingIfNeeded: udp.length), udp.checksum))
+                    }
+                    return drop(reason!)
+                }
                 hostAddress = d
                 hostPort = udp.destinationPort
             }
             guard udpFlows.count < udpFlows.capacity else { return drop(.udpFlowTableFull) }
+            guard !dns || dnsFlowCount < config.dnsFlowCapacity else { return drop(.dnsFlowTableFull) }
             let tagIndex = udpFlows.nextFreeIndex!
             guard let handle = host.openUDP(destination: hostAddress, port: hostPort, tag: FlowTag(kind: .udp, index: tagIndex)) else {
                 return drop(.hostSocketFailed)
             }
             index = udpFlows.insert(key, UDPFlow(key: key, handle: handle, guestMAC: mac, hostDestination: hostAddress,
                                                  lastActive: now, ttl: 64, isDNS: dns))
+            if dns { dnsFlowCount += 1 }
             counters.count(.udpFlowsOpened)
         } else if dns {
             counters.count(.dnsQueries)
@@ -152,7 +160,13 @@ extension Gateway {
             counters.count(.dnsFailovers)
         }
         host.close(flow.handle)
-        udpFlows.remove(flow.key)
+        forgetUDPFlow(flow)
+    }
+
+    /// Frees a flow's slot (its socket is closed or shared), keeping the DNS flow count.
+    func forgetUDPFlow(_ f: UDPFlow) {
+        if f.isDNS { dnsFlowCount -= 1 }
+        udpFlows.remove(f.key)
     }
 
     /// A query for a name in `localDNS`: answered here (true), never forwarded.
@@ -257,7 +271,7 @@ extension Gateway {
             let timeout = f.isDNS ? config.dnsIdleTimeout : config.udpIdleTimeout
             if now - f.lastActive >= timeout {
                 if f.replyTo == nil { host.close(f.handle) }
-                udpFlows.remove(f.key)
+                forgetUDPFlow(f)
                 counters.count(.udpFlowsExpired)
             }
         }
@@ -270,7 +284,7 @@ extension Gateway {
         for i in udpFlows.activeIndices {
             guard let f = udpFlows[i], f.isDNS, f.replyTo == nil else { continue }
             host.close(f.handle)
-            udpFlows.remove(f.key)
+            forgetUDPFlow(f)
         }
     }
 

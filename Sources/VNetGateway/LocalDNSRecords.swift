@@ -2,7 +2,7 @@
 //
 // Theory of Operation
 // -------------------
-// A small table (at most `capacity` records) of (name, type, data): A records (IPv4) and TXT records. The
+// A small table (at most `capacity` records) of (name, type, data): A, AAAA, SRV and TXT records. The
 // control plane edits it (`add`, `remove`, `list`); others may fill it too (e.g. DHCP lease host names). The
 // data path asks `answer(query:into:)` for each DNS query to the gateway's DNS address: when the question's
 // name (compared case-insensitively, as DNS does) is in the table, the gateway answers authoritatively (the
@@ -15,16 +15,30 @@ import VNetWire
 public enum LocalDNSType: UInt16, Sendable, CaseIterable {
     case a = 1
     case txt = 16
+    case aaaa = 28
+    case srv = 33
 
-    public var name: String { self == .a ? "A" : "TXT" }
+    public var name: String {
+        switch self {
+        case .a: "A"
+        case .txt: "TXT"
+        case .aaaa: "AAAA"
+        case .srv: "SRV"
+        }
+    }
 
     public init?(name: String) {
         switch name.uppercased() {
         case "A": self = .a
         case "TXT": self = .txt
+        case "AAAA": self = .aaaa
+        case "SRV": self = .srv
         default: return nil
         }
     }
+
+    /// For error messages.
+    public static let names = "A, AAAA, SRV or TXT"
 }
 
 public struct LocalDNSRecord: Equatable, Sendable {
@@ -66,6 +80,17 @@ public struct LocalDNSRecords: Sendable {
             let bytes = Array(value.utf8)
             guard bytes.count <= 255 else { throw LocalDNSError("a TXT string holds at most 255 bytes") }
             rdata = [UInt8(bytes.count)] + bytes
+        case .aaaa:
+            guard let b = LocalDNSRecords.ipv6Bytes(value) else { throw LocalDNSError("an AAAA record needs an IPv6 address, not '\(value)'") }
+            rdata = b
+        case .srv:
+            // RFC 2782: "PRIORITY WEIGHT PORT TARGET".
+            let f = value.split(separator: " ", omittingEmptySubsequences: true).map(String.init)
+            guard f.count == 4, let pr = UInt16(f[0]), let w = UInt16(f[1]), let port = UInt16(f[2]),
+                  let target = LocalDNSRecords.wireName(LocalDNSRecords.normalise(f[3])) else {
+                throw LocalDNSError("an SRV record needs 'PRIORITY WEIGHT PORT TARGET', not '\(value)'")
+            }
+            rdata = [UInt8(pr >> 8), UInt8(pr & 0xFF), UInt8(w >> 8), UInt8(w & 0xFF), UInt8(port >> 8), UInt8(port & 0xFF)] + target
         }
         records.removeAll { $0.name == n && $0.type == type && $0.value == value }
         guard records.count < LocalDNSRecords.capacity else { throw LocalDNSError("the table is full (\(LocalDNSRecords.capacity) records)") }
@@ -80,6 +105,51 @@ public struct LocalDNSRecords: Sendable {
         let before = records.count
         records.removeAll { $0.name == n && (type == nil || $0.type == type) && (value == nil || $0.value == value) }
         return before - records.count
+    }
+
+    /// The 16 bytes of an IPv6 address in text form (RFC 4291 §2.2: hex groups, one `::`, an IPv4 tail).
+    static func ipv6Bytes(_ text: String) -> [UInt8]? {
+        guard !text.isEmpty, text.utf8.count <= 45 else { return nil }
+        var groups: [UInt16] = []
+        var tail: [UInt16] = []
+        var sawGap = false
+        var halves: [String] = []
+        let u = Array(text.utf8)
+        if let i = u.indices.dropLast().first(where: { u[$0] == 0x3A && u[$0 + 1] == 0x3A }) {
+            halves = [String(decoding: u[..<i], as: UTF8.self), String(decoding: u[(i + 2)...], as: UTF8.self)]
+            let rest = Array(halves[1].utf8)
+            guard !rest.indices.dropLast().contains(where: { rest[$0] == 0x3A && rest[$0 + 1] == 0x3A }) else { return nil }
+        } else {
+            halves = [text]
+        }
+        func parse(_ part: String, allowV4: Bool) -> [UInt16]? {
+            if part.isEmpty { return [] }
+            var out: [UInt16] = []
+            let items = part.split(separator: ":", omittingEmptySubsequences: false)
+            for (i, item) in items.enumerated() {
+                if allowV4 && i == items.count - 1 && item.contains(".") {
+                    guard let v4 = IPv4Address(String(item)) else { return nil }
+                    out += [UInt16(v4.rawValue >> 16), UInt16(v4.rawValue & 0xFFFF)]
+                } else {
+                    guard (1 ... 4).contains(item.count), let g = UInt16(item, radix: 16) else { return nil }
+                    out.append(g)
+                }
+            }
+            return out
+        }
+        if halves.count == 2 {
+            sawGap = true
+            guard let a = parse(halves[0], allowV4: false), let b = parse(halves[1], allowV4: true) else { return nil }
+            groups = a
+            tail = b
+        } else {
+            guard let a = parse(halves[0], allowV4: true) else { return nil }
+            groups = a
+        }
+        let total = groups.count + tail.count
+        if sawGap { guard total <= 7 else { return nil } } else { guard total == 8 else { return nil } }
+        let all = groups + [UInt16](repeating: 0, count: 8 - total) + tail
+        return all.flatMap { [UInt8($0 >> 8), UInt8($0 & 0xFF)] }
     }
 
     /// The form names are kept in: lower case, no trailing dot.

@@ -41,10 +41,10 @@ extension SwitchRuntime: ControlTarget {
         if gateway != nil {
             list += [
                 ControlCommand("leases", help: "DHCP leases with host names") { [unowned self] _ in self.natLeases() },
-                ControlCommand("dns-add", help: "name=NAME [type=A|TXT] value=VALUE [ttl=SECONDS]: answer NAME locally") { [unowned self] a in
+                ControlCommand("dns-add", help: "name=NAME [type=A|AAAA|SRV|TXT] value=VALUE [ttl=SECONDS]: answer NAME locally") { [unowned self] a in
                     try self.natDNSAdd(a)
                 },
-                ControlCommand("dns-remove", help: "name=NAME [type=A|TXT] [value=VALUE]") { [unowned self] a in try self.natDNSRemove(a) },
+                ControlCommand("dns-remove", help: "name=NAME [type=A|AAAA|SRV|TXT] [value=VALUE]") { [unowned self] a in try self.natDNSRemove(a) },
                 ControlCommand("dns-list", help: "local DNS records, then lease host names") { [unowned self] _ in self.natDNSList() },
                 ControlCommand("port-maps", help: "the port maps and where each points now") { [unowned self] _ in self.portMapList() },
             ]
@@ -123,7 +123,7 @@ extension SwitchRuntime: ControlTarget {
         guard let gw = gateway else { throw ControlError("no gateway") }
         let name = try a.string("name"), value = try a.string("value")
         let typeName = try a.optionalString("type") ?? "A"
-        guard let type = LocalDNSType(name: typeName) else { throw ControlError("record type must be A or TXT, not '\(typeName)'") }
+        guard let type = LocalDNSType(name: typeName) else { throw ControlError("record type must be \(LocalDNSType.names), not '\(typeName)'") }
         let ttl = try a.optionalInt("ttl") ?? 60
         guard (0 ... 604_800).contains(ttl) else { throw ControlError("ttl must be 0-604800 seconds") }
         do { try gw.localDNS.add(name: name, type: type, value: value, ttl: UInt32(ttl)) } catch { throw ControlError(error.description) }
@@ -136,7 +136,7 @@ extension SwitchRuntime: ControlTarget {
         let name = try a.string("name")
         var type: LocalDNSType? = nil
         if let t = try a.optionalString("type") {
-            guard let parsed = LocalDNSType(name: t) else { throw ControlError("record type must be A or TXT, not '\(t)'") }
+            guard let parsed = LocalDNSType(name: t) else { throw ControlError("record type must be \(LocalDNSType.names), not '\(t)'") }
             type = parsed
         }
         let n = gw.localDNS.remove(name: name, type: type, value: try a.optionalString("value"))

@@ -121,6 +121,8 @@ public struct SwitchOptions: Sendable {
     public var gateway: GatewayConfig? = nil
     public var gatewayVLAN: UInt16 = VLANPolicy.defaultVLAN
     public var portMaps: [PortMap] = []
+    /// Static records the gateway's DNS answers (`--dns-record`), before lease names.
+    public var dnsRecords: [(name: String, type: LocalDNSType, value: String)] = []
     /// Extra names the gateway's DNS answers (beside lease host names, which they override).
     public var staticNames: [String: IPv4Address] = [:]
     /// Where DHCP leases persist across restarts (nil: not kept).

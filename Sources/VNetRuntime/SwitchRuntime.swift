@@ -139,6 +139,9 @@ public final class SwitchRuntime {
                 throw RuntimeError("no switch port left for the gateway")
             }
             gatewaySwitchPort = p
+            for r in options.dnsRecords {
+                do { try gw.localDNS.add(name: r.name, type: r.type, value: r.value) } catch { throw RuntimeError("--dns-record \(r.name): \(error)") }
+            }
             try loadLeases()
         }
         for (i, spec) in options.ports.enumerated() {

@@ -87,10 +87,10 @@ extension UserNetRuntime: ControlTarget {
             },
             ControlCommand("hostfwd_remove", help: "rule=[tcp|udp]:[hostaddr]:hostport [netdev=ID]") { [unowned self] a in try self.hostfwdRemove(a) },
             ControlCommand("hostfwd_list", help: "the host forwards in force") { [unowned self] _ in self.hostfwdList() },
-            ControlCommand("dns-add", help: "name=NAME [type=A|TXT] value=VALUE [ttl=SECONDS]: answer NAME locally") { [unowned self] a in
+            ControlCommand("dns-add", help: "name=NAME [type=A|AAAA|SRV|TXT] value=VALUE [ttl=SECONDS]: answer NAME locally") { [unowned self] a in
                 try self.dnsAdd(a)
             },
-            ControlCommand("dns-remove", help: "name=NAME [type=A|TXT] [value=VALUE]") { [unowned self] a in try self.dnsRemove(a) },
+            ControlCommand("dns-remove", help: "name=NAME [type=A|AAAA|SRV|TXT] [value=VALUE]") { [unowned self] a in try self.dnsRemove(a) },
             ControlCommand("dns-list", help: "the local DNS records") { [unowned self] _ in self.dnsList() },
             ControlCommand("pcap-start", help: "file=PATH [port=guest0] [rotate_bytes=N]: capture the port's frames") { [unowned self] a in
                 try self.pcapStart(a)
@@ -275,7 +275,7 @@ extension UserNetRuntime: ControlTarget {
     func dnsAdd(_ a: ControlArguments) throws -> ControlResult {
         let name = try a.string("name"), value = try a.string("value")
         let typeName = try a.optionalString("type") ?? "A"
-        guard let type = LocalDNSType(name: typeName) else { throw ControlError("record type must be A or TXT, not '\(typeName)'") }
+        guard let type = LocalDNSType(name: typeName) else { throw ControlError("record type must be \(LocalDNSType.names), not '\(typeName)'") }
         let ttl = try a.optionalInt("ttl") ?? 60
         guard (0 ... 604_800).contains(ttl) else { throw ControlError("ttl must be 0-604800 seconds") }
         do { try gateway.localDNS.add(name: name, type: type, value: value, ttl: UInt32(ttl)) } catch { throw ControlError(error.description) }
@@ -287,7 +287,7 @@ extension UserNetRuntime: ControlTarget {
         let name = try a.string("name")
         var type: LocalDNSType? = nil
         if let t = try a.optionalString("type") {
-            guard let parsed = LocalDNSType(name: t) else { throw ControlError("record type must be A or TXT, not '\(t)'") }
+            guard let parsed = LocalDNSType(name: t) else { throw ControlError("record type must be \(LocalDNSType.names), not '\(t)'") }
             type = parsed
         }
         let n = gateway.localDNS.remove(name: name, type: type, value: try a.optionalString("value"))

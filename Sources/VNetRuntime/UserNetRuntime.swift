@@ -44,6 +44,10 @@ public final class UserNetRuntime {
     var metricsEndpoint: MetricsEndpoint?
     let metrics = RuntimeMetrics()
     var socketPathToRemove: String?
+    /// Limit drop counters at the last report, and when the next report is due (see `reportLimits`).
+    var limitsReported: [DropReason: UInt64] = [:]
+    var nextLimitReport: UInt64 = 0
+    static let limitReportInterval: UInt64 = 10_000_000_000
     /// Lines printed on stdout at start-up (also returned for tests).
     public private(set) var startupLines: [String] = []
     /// Where the start-up lines go (`vnet run` leaves stdout to QEMU and uses stderr).
@@ -283,6 +287,8 @@ public final class UserNetRuntime {
         } else {
             lines.append("vnet: guest traffic to \(c.gatewayAddress) does not reach host loopback")
         }
+        lines.append("vnet: egress: " + c.egress.summary)
+        lines.append("vnet: limits: " + c.limitsSummary)
         if let up = options.dnsUpstream {
             lines.append("vnet: dns upstream \(up.address):\(up.port)")
         } else {
@@ -322,6 +328,7 @@ public final class UserNetRuntime {
                 applyResolvers(servers)
             }
             port.tryConnect(now: now)
+            reportLimits(now: now)
             port.flush(queue: gateway.toGuest, now: now)
             var timeout = Int32(clamping: max(0, Int64(gateway.nextDeadline.nanoseconds) - Int64(now)) / 1_000_000)
             timeout = min(max(timeout, 1), 1000)
@@ -351,6 +358,19 @@ public final class UserNetRuntime {
             port.flush(queue: gateway.toGuest, now: now)
             guard !port.writeArmed, gateway.hasFlowsBlockedOnQueue else { return }
             gateway.resumeFlowsBlockedOnQueue(now: Instant(nanoseconds: now))
+        }
+    }
+
+    /// Logs each limit that bit since the last report, with how often: once per interval, never per packet.
+    func reportLimits(now: UInt64) {
+        guard now >= nextLimitReport else { return }
+        nextLimitReport = now + UserNetRuntime.limitReportInterval
+        for (reason, remedy) in GatewayConfig.limitDropReasons {
+            let count = gateway.counters[reason]
+            let last = limitsReported[reason] ?? 0
+            guard count > last else { continue }
+            limitsReported[reason] = count
+            logger.warning("limit reached: \(reason.name) x\(count - last) since the last report (\(remedy))")
         }
     }
 

@@ -20,7 +20,7 @@ struct CtlCommand: ParsableCommand {
         discussion: """
         Commands: help, info network, info usernet, ports, leases, stats, hostfwd_list,
         hostfwd_add [ID] [tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport, hostfwd_remove [ID] [tcp|udp]:[hostaddr]:hostport,
-        dns add NAME [A|TXT] VALUE, dns remove NAME [A|TXT] [VALUE], dns list, pcap start FILE [--port P] [--rotate BYTES],
+        dns add NAME [A|AAAA|SRV|TXT] VALUE, dns remove NAME [TYPE] [VALUE], dns list, pcap start FILE [--port P] [--rotate BYTES],
         pcap stop, events. Any other COMMAND key=value… is sent as it is.
         """)
 
@@ -119,7 +119,7 @@ struct CtlCommand: ParsableCommand {
                 try count(2 ... 2, "dns list")
                 return ("dns-list", [:])
             case "add":
-                try count(4 ... 5, "dns add NAME [A|TXT] VALUE")
+                try count(4 ... 5, "dns add NAME [A|AAAA|SRV|TXT] VALUE")
                 var args: [String: Any] = ["name": w[2], "value": w.last!]
                 if w.count == 5 { args["type"] = w[3] }
                 return ("dns-add", args)

@@ -51,6 +51,9 @@ struct NatCommand: ParsableCommand {
     @Option(name: .customLong("host"), help: "NAME=IP: an extra DNS name answered by the gateway. Repeatable.")
     var hosts: [String] = []
 
+    @Option(name: .customLong("dns-record"), help: "'NAME TYPE VALUE': a DNS record the gateway answers (A, AAAA, TXT, or SRV 'PRIO WEIGHT PORT TARGET'). Repeatable.")
+    var dnsRecords: [String] = []
+
     @Option(name: .customLong("port-map"), help: "[tcp|udp]:[HOSTADDR]:HOSTPORT-VM:GUESTPORT (VM: address or lease host name). Repeatable.")
     var portMaps: [String] = []
 
@@ -80,6 +83,8 @@ struct NatCommand: ParsableCommand {
 
     @OptionGroup var ports: SwitchPortFlags
 
+    @OptionGroup var policy: GatewayPolicyFlags
+
     func run() throws {
         if kernel { return try runKernel() }
         if bridge != nil || stateDir != nil || undo { throw ValidationError("--bridge, --state-dir and --undo go with --kernel") }
@@ -95,6 +100,7 @@ struct NatCommand: ParsableCommand {
             portFlags[keyPath: keyPath] = try file.list(key) + portFlags[keyPath: keyPath]
         }
         if let m = try file.int("mtu"), ports.mtu == 1500 { portFlags.mtu = m }
+        if portFlags.controlPath == nil { portFlags.controlPath = file.string("control") }
         var extra = try portFlags.apply(to: &o, defaultName: netName)
 
         // Addressing.
@@ -163,6 +169,7 @@ struct NatCommand: ParsableCommand {
             statics.append(DHCPStaticLease(mac: mac, address: a, hostName: host))
         }
         g.staticLeases = statics
+        try policy.apply(to: &g, extraDeny: try file.list("deny"), extraAllow: try file.list("allow"), extraLimits: try file.list("limit"))
         o.gateway = g
 
         for h in try file.list("host") + hosts {
@@ -171,6 +178,15 @@ struct NatCommand: ParsableCommand {
                 throw ValidationError("--host '\(h)': expected NAME=IP")
             }
             o.staticNames[n] = a
+        }
+        var check = LocalDNSRecords()
+        for r in try file.list("dns-record") + dnsRecords {
+            let f = r.split(separator: " ", maxSplits: 2, omittingEmptySubsequences: true).map(String.init)
+            guard f.count == 3, let type = LocalDNSType(name: f[1]) else {
+                throw ValidationError("--dns-record '\(r)': expected 'NAME TYPE VALUE' with TYPE one of \(LocalDNSType.names)")
+            }
+            do { try check.add(name: f[0], type: type, value: f[2]) } catch { throw ValidationError("--dns-record '\(r)': \(error)") }
+            o.dnsRecords.append((f[0], type, f[2]))
         }
         for m in try file.list("port-map") + portMaps {
             switch PortMap.parse(m) {
@@ -194,7 +210,7 @@ struct NatCommand: ParsableCommand {
     }
 
     func runKernel() throws {
-        let unsupported: [(Bool, String)] = [(configFile != nil, "--config"), (!staticLeases.isEmpty, "--static-lease"), (!hosts.isEmpty, "--host"),
+        let unsupported: [(Bool, String)] = [(configFile != nil, "--config"), (!staticLeases.isEmpty, "--static-lease"), (!hosts.isEmpty, "--host"), (!dnsRecords.isEmpty, "--dns-record"), (!policy.isEmpty, "--deny/--allow/--limit"),
                                              (leasesFile != nil, "--leases-file"), (ports.hasPorts, "switch ports (--socket, --tap, ...)"),
                                              (ports.controlPath != nil, "--control")]
         if let (_, flag) = unsupported.first(where: { $0.0 }) { throw ValidationError("\(flag) is not available with --kernel") }
@@ -231,7 +247,7 @@ struct NatConfigFile {
     var path = ""
 
     static let known: Set<String> = ["name", "network", "gateway", "dhcp-range", "lease-time", "static-lease", "host", "port-map",
-                                     "leases-file", "domain", "dns-upstream", "resolv-conf", "mtu",
+                                     "leases-file", "domain", "dns-upstream", "resolv-conf", "mtu", "dns-record", "control", "deny", "allow", "limit",
                                      "socket", "listen", "connect", "dgram", "mcast", "tap"]
 
     static func load(_ path: String) throws -> NatConfigFile {

@@ -59,6 +59,8 @@ struct UserCommand: ParsableCommand {
     @Flag(name: .customLong("no-map-host-loopback"), help: "Do not let guest traffic to the gateway address reach host loopback.")
     var noMapHostLoopback = false
 
+    @OptionGroup var policy: GatewayPolicyFlags
+
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "notice"
 
@@ -86,6 +88,7 @@ struct UserCommand: ParsableCommand {
         }
         gw.mtu = mtu
         gw.mapGatewayToHostLoopback = !noMapHostLoopback
+        try policy.apply(to: &gw)
 
         let chosen = [socketPath != nil, listenAddress != nil, connectAddress != nil, dgramAddress != nil, tapName != nil].filter { $0 }.count
         guard chosen <= 1 else { throw ValidationError("choose one transport: --socket, --listen, --connect, --dgram or --tap") }

@@ -61,9 +61,29 @@ struct LocalDNSTests {
         #expect(h.counters[.dnsLocalAnswers] == 0)
     }
 
+    @Test("AAAA and SRV records are answered with their wire forms")
+    func aaaaAndSRV() throws {
+        let h = GatewayHarness()
+        try h.gateway.localDNS.add(name: "v6.test", type: .aaaa, value: "2001:db8::1:2", ttl: 5)
+        try h.gateway.localDNS.add(name: "_sip._udp.test", type: .srv, value: "10 5 5060 sip.test", ttl: 5)
+        let a = h.exchange(FrameBuilder.udpFrame(dst: dnsIP, srcPort: 40_002, dstPort: 53, LocalDNSTests.query(id: 3, name: "v6.test", type: 28)))
+        let r1 = try expectUDP(a[0], src: dnsIP, srcPort: 53, dstPort: 40_002)
+        #expect(Array(r1.suffix(18)) == [0, 16, 0x20, 0x01, 0x0D, 0xB8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 2])
+        let srv = h.exchange(FrameBuilder.udpFrame(dst: dnsIP, srcPort: 40_002, dstPort: 53, LocalDNSTests.query(id: 4, name: "_sip._udp.test", type: 33)))
+        let r2 = try expectUDP(srv[0], src: dnsIP, srcPort: 53, dstPort: 40_002)
+        let target: [UInt8] = [3] + Array("sip".utf8) + [4] + Array("test".utf8) + [0]
+        #expect(Array(r2.suffix(6 + target.count)) == [0, 10, 0, 5, 0x13, 0xC4] + target)
+        #expect(LocalDNSRecords.ipv6Bytes("::") == [UInt8](repeating: 0, count: 16))
+        #expect(LocalDNSRecords.ipv6Bytes("::ffff:192.0.2.1")?.suffix(6) == [0xFF, 0xFF, 192, 0, 2, 1])
+        for bad in ["1::2::3", "12345::", "1:2:3:4:5:6:7:8:9", "1:2:3", ":::", "g::1"] {
+            #expect(LocalDNSRecords.ipv6Bytes(bad) == nil, "\(bad)")
+        }
+    }
+
     @Test("bad records are refused with a reason", arguments: [
         ("", LocalDNSType.a, "192.0.2.1"), ("a..b", .a, "192.0.2.1"), ("ok.test", .a, "not-an-address"),
         (String(repeating: "x", count: 64) + ".test", .a, "192.0.2.1"), ("ok.test", .txt, String(repeating: "t", count: 256)),
+        ("ok.test", .aaaa, "192.0.2.1"), ("ok.test", .srv, "10 5 sip.test"), ("ok.test", .srv, "1 2 70000 sip.test"),
     ])
     func refused(name: String, type: LocalDNSType, value: String) {
         var table = LocalDNSRecords()

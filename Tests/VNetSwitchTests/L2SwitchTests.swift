@@ -146,6 +146,17 @@ struct L2SwitchTests {
         #expect(r.sw.portCount == 1)
     }
 
+    @Test("the port limit refuses ports beyond it; a removed port's slot is reused")
+    func portLimit() {
+        let sw = L2Switch(maximumPorts: 2)
+        let q = FrameQueue(capacity: 1 << 17)
+        #expect(sw.addPort(name: "a", policy: .access(1), sink: .queue(q)) == 0)
+        #expect(sw.addPort(name: "b", policy: .access(1), sink: .queue(q)) == 1)
+        #expect(sw.addPort(name: "c", policy: .access(1), sink: .queue(q)) == nil)
+        sw.removePort(0)
+        #expect(sw.addPort(name: "c", policy: .access(1), sink: .queue(q)) == 0)
+    }
+
     @Test("VLAN options parse; bad ones are clear errors")
     func parsing() {
         #expect(VLANPolicy.parse(access: "10", trunk: nil, native: nil) == .success(.access(10)))

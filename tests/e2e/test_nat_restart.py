@@ -71,6 +71,10 @@ network: 10.77.0.0/24
 dhcp-range: 10.77.0.100-10.77.0.150
 static-lease: ["52:54:00:aa:00:01,10.77.0.120,db"]
 host: ["files=10.77.0.9"]
+dns-record: ["_pg._tcp.lab SRV 0 0 5432 db.lab", "v6.lab AAAA 2001:db8::5", "lab TXT hello"]
+control: {d / 'cfg.ctl'}
+deny: ["192.0.2.0/24"]
+limit: ["udp-flows=64"]
 port-map: ["tcp:127.0.0.1:{port}-db:5432"]
 socket: [{d / 'cfg.sock'}]
 leases-file: {d / 'cfg.leases'}
@@ -81,6 +85,9 @@ dns-upstream: 127.0.0.1:9
         assert "vnet: nat network 10.77.0.0/24, gateway 10.77.0.1, dns 10.77.0.1, dhcp 10.77.0.100+51" in out, out
         assert f"vnet: port map tcp 127.0.0.1:{port} -> db:5432" in out, out
         assert f"addr.path={d / 'cfg.sock'}" in out, out
+        r = subprocess.run([str(rig.vnet_binary()), "ctl", str(d / "cfg.ctl"), "dns", "list"], capture_output=True, text=True, timeout=20)
+        assert "_pg._tcp.lab 60 IN SRV 0 0 5432 db.lab" in r.stdout and "v6.lab 60 IN AAAA 2001:db8::5" in r.stdout, r.stdout + r.stderr
+        assert "files 10 IN A 10.77.0.9" in r.stdout, r.stdout
 
 
 @pytest.mark.parametrize("text,message", [
@@ -88,6 +95,10 @@ dns-upstream: 127.0.0.1:9
     ("netwrok: 10.0.0.0/24\n", "unknown setting 'netwrok'"),
     ("static-lease: ['52:54:00:aa:00:01,192.168.1.5']\n", "outside the DHCP range"),
     ("port-map: ['tcp::99999-db:80']\n", "port map"),
+    ("dns-record: ['x.lab MX 10 mail']\n", "TYPE one of A, AAAA, SRV or TXT"),
+    ("deny: ['300.1.1.0/24']\n", "is not an IPv4 prefix"),
+    ("limit: ['frobs=3']\n", "is not NAME=N"),
+    ("dns-record: ['x.lab AAAA 10.0.0.1']\n", "needs an IPv6 address"),
 ])
 def test_bad_config_files_are_one_line_errors(module_workdir, text, message):
     cfg = Path(module_workdir) / "bad.yaml"

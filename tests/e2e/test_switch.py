@@ -148,6 +148,26 @@ def test_malformed_frames_are_dropped_and_counted(vlans):
     assert c.get("port0_drop_frame_too_short", 0) >= 1 and c.get("switch_drop_vlan_not_carried", 0) >= 1, c
 
 
+def test_peers_beyond_the_port_limit_are_refused(module_workdir, module_log_dir):
+    path = Path(module_workdir) / "small.sock"
+    with rig.VnetProcess(["switch", "--socket", path, "--max-ports", "2", "--log-level", "info"], log_dir=module_log_dir,
+                         name="vnet-small") as vnet:
+        a, b = connect(path), connect(path)
+        try:
+            vnet.wait_for_line(r"port 1: a peer connected", stream="stderr")
+            c = connect(path)
+            c.settimeout(10)
+            assert c.recv(1) == b"", "the third peer is closed at once"
+            c.close()
+            vnet.wait_for_line(r"refused a peer .*the switch is full \(2 ports\)", stream="stderr")
+            send(a, eth(BCAST, mac(1), b"still-works"))
+            assert payload_of(recv(b)) == b"still-works"
+            assert rig.read_counters(vnet)["switch_refused_peers"] == 1
+        finally:
+            a.close()
+            b.close()
+
+
 # -- every kind of peer on one NAT network ---------------------------------------------------------
 
 UDHCPC_SCRIPT = """#!/bin/sh

@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""Builds the fuzz seed corpora (Fuzz/Corpus/<Target>/) from the pcaps of real QEMU guest traffic in
+../shared/corpus (libslirp's fuzzing seeds). Standard library only; run from anywhere:
+
+    python3 Fuzz/seeds.py [PCAP_DIR]
+
+Each target gets inputs in its own format (see the target's header comment): whole frames, IPv4 packets as
+records, ICMP/UDP/DHCP/DNS payloads, TCP segments as records, a QEMU stream per capture, and a record sequence
+per capture for the whole gateway. File names are content hashes, so re-running is idempotent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_PCAPS = Path("/work/shared/corpus/libslirp-captures")
+GUEST_MAC = bytes.fromhex("525400123456")
+GW_MAC = bytes.fromhex("52550a000202")
+
+
+def frames(path: Path) -> list[bytes]:
+    data = path.read_bytes()
+    magic = data[:4]
+    endian = "<" if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
+    linktype = struct.unpack(endian + "I", data[20:24])[0]
+    out, off = [], 24
+    while off + 16 <= len(data):
+        incl = struct.unpack(endian + "I", data[off + 8:off + 12])[0]
+        pkt = data[off + 16:off + 16 + incl]
+        off += 16 + incl
+        if linktype == 1:
+            out.append(pkt)
+        elif linktype == 276 and len(pkt) >= 20:   # Linux cooked v2: protocol, then 18 more bytes
+            out.append(GW_MAC + GUEST_MAC + pkt[0:2] + pkt[20:])
+    return out
+
+
+def record(selector: int, body: bytes) -> bytes:
+    return bytes([selector]) + struct.pack(">H", len(body)) + body
+
+
+def ipv4(frame: bytes):
+    if len(frame) < 34 or frame[12:14] != b"\x08\x00":
+        return None
+    ihl = (frame[14] & 15) * 4
+    total = struct.unpack(">H", frame[16:18])[0]
+    packet = frame[14:14 + total]
+    return packet, packet[9], packet[ihl:]
+
+
+def write(target: str, data: bytes) -> None:
+    d = HERE / "Corpus" / target
+    d.mkdir(parents=True, exist_ok=True)
+    (d / hashlib.sha1(data).hexdigest()[:16]).write_bytes(data)
+
+
+def main() -> None:
+    pcaps = Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_PCAPS
+    for pcap in sorted(pcaps.glob("*.pcap")):
+        fs = frames(pcap)
+        stream, gateway, fragments, tcp = b"", b"", b"", b""
+        for f in fs:
+            write("FuzzEthernetARP", f)
+            stream += struct.pack(">I", len(f)) + f
+            gateway += record(0, f) + record(1, f)
+            p = ipv4(f)
+            if not p:
+                continue
+            packet, proto, l4 = p
+            fragments += record(0, packet)
+            if proto == 1:
+                write("FuzzICMP", l4)
+            elif proto == 17 and len(l4) >= 8:
+                write("FuzzUDP", l4)
+                sport, dport = struct.unpack(">HH", l4[:4])
+                if 67 in (sport, dport) or 68 in (sport, dport):
+                    write("FuzzDHCP", l4[8:])
+                if 53 in (sport, dport):
+                    write("FuzzDNS", l4[8:])
+            elif proto == 6:
+                tcp += record(0, l4) + record(4, b"\x00") + record(5, b"hello")
+        for target, data in (("FuzzStreamFraming", stream), ("FuzzGateway", gateway),
+                             ("FuzzIPv4Fragments", fragments), ("FuzzTCP", tcp)):
+            if data:
+                write(target, data)
+    for target in sorted(p.name for p in (HERE / "Corpus").iterdir()):
+        print(f"{target}: {len(list((HERE / 'Corpus' / target).iterdir()))} seeds")
+
+
+if __name__ == "__main__":
+    main()

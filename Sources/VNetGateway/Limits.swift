@@ -1,0 +1,86 @@
+// The gateway's configurable limits (`vnet user --limit NAME=VALUE`), with safe defaults in GatewayConfig.
+//
+// Theory of Operation
+// -------------------
+// Every table the guest can fill has a fixed cap, so memory stays bounded whatever it sends: flows per protocol,
+// half-open TCP flows, DNS flows, reassembly slots (64 KiB each) and their timeout. The DHCP pool's cap is its
+// size (`dhcpstart=` to the end of the pool); leases expire and come back. A limit that bites refuses only the
+// new thing (RST for TCP, silence for UDP/ICMP/DHCP, eviction of the oldest unfinished datagram for fragments),
+// counts it under a named drop reason (`limitDropReason`), and the runtime logs each reason at most once per
+// interval with the count since the last report, never once per packet.
+
+public enum GatewayLimit: String, CaseIterable, Sendable {
+    case tcpFlows = "tcp-flows"
+    case tcpHalfOpen = "tcp-half-open"
+    case udpFlows = "udp-flows"
+    case icmpFlows = "icmp-flows"
+    case dnsFlows = "dns-flows"
+    case fragmentSlots = "fragment-slots"
+    case fragmentTimeout = "fragment-timeout"
+
+    /// Accepted values (fragment-timeout in seconds).
+    public var range: ClosedRange<Int> {
+        switch self {
+        case .tcpFlows, .udpFlows: 1 ... 1 << 20
+        case .tcpHalfOpen, .icmpFlows, .dnsFlows: 1 ... 1 << 16
+        case .fragmentSlots: 1 ... 1024
+        case .fragmentTimeout: 1 ... 120
+        }
+    }
+
+    /// The drop reason counted when this limit refuses something.
+    public var dropReason: DropReason {
+        switch self {
+        case .tcpFlows: .tcpFlowTableFull
+        case .tcpHalfOpen: .tcpHalfOpenFull
+        case .udpFlows: .udpFlowTableFull
+        case .icmpFlows: .icmpFlowTableFull
+        case .dnsFlows: .dnsFlowTableFull
+        case .fragmentSlots, .fragmentTimeout: .ipv4FragmentTimeout
+        }
+    }
+}
+
+extension GatewayConfig {
+    public func limit(_ l: GatewayLimit) -> Int {
+        switch l {
+        case .tcpFlows: tcpFlowCapacity
+        case .tcpHalfOpen: tcpHalfOpenCapacity
+        case .udpFlows: udpFlowCapacity
+        case .icmpFlows: icmpFlowCapacity
+        case .dnsFlows: dnsFlowCapacity
+        case .fragmentSlots: fragmentSlots
+        case .fragmentTimeout: Int(fragmentTimeout.seconds)
+        }
+    }
+
+    /// Sets a limit; false when `value` is outside `l.range`.
+    public mutating func setLimit(_ l: GatewayLimit, _ value: Int) -> Bool {
+        guard l.range.contains(value) else { return false }
+        switch l {
+        case .tcpFlows: tcpFlowCapacity = value
+        case .tcpHalfOpen: tcpHalfOpenCapacity = value
+        case .udpFlows: udpFlowCapacity = value
+        case .icmpFlows: icmpFlowCapacity = value
+        case .dnsFlows: dnsFlowCapacity = value
+        case .fragmentSlots: fragmentSlots = value
+        case .fragmentTimeout: fragmentTimeout = .seconds(UInt64(value))
+        }
+        return true
+    }
+
+    /// `tcp-flows 16384, tcp-half-open 1024, …` for the start-up banner.
+    public var limitsSummary: String {
+        GatewayLimit.allCases.map { l in
+            l == .fragmentTimeout ? "\(l.rawValue) \(limit(l)) s" : "\(l.rawValue) \(limit(l))"
+        }.joined(separator: ", ") + ", dhcp pool \(dhcpPoolSize)"
+    }
+
+    /// Drop reasons that mean a limit bit, with the knob that raises it (for the runtime's periodic report).
+    public static let limitDropReasons: [(DropReason, String)] = [
+        (.tcpFlowTableFull, "--limit tcp-flows"), (.tcpHalfOpenFull, "--limit tcp-half-open"),
+        (.udpFlowTableFull, "--limit udp-flows"), (.icmpFlowTableFull, "--limit icmp-flows"),
+        (.dnsFlowTableFull, "--limit dns-flows"), (.ipv4FragmentTimeout, "--limit fragment-slots / fragment-timeout"),
+        (.dhcpPoolExhausted, "a larger pool: dhcpstart= lower in net="), (.txQueueFull, "the guest reads too slowly"),
+    ]
+}
