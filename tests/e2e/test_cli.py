@@ -12,7 +12,7 @@ import rig
 
 CASES = [
     (["user", "foo=1"], "unknown option 'foo'"),
-    (["user", "tftp=/srv/tftp"], "option 'tftp' is not supported yet"),
+    (["user", "smb=/srv/smb"], "option 'smb' is not supported yet"),
     (["user", "user,id=x,ipv6=on"], "option 'ipv6=on' is not supported yet"),
     (["user", "hostfwd=tcp::2222"], "option 'hostfwd'"),
     (["user", "guestfwd=tcp:10.0.2.100:1-file:/x"], "option 'guestfwd'"),
