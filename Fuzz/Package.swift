@@ -4,7 +4,7 @@
 import PackageDescription
 
 let targets = ["FuzzEthernetARP", "FuzzIPv4Fragments", "FuzzICMP", "FuzzUDP", "FuzzTCP", "FuzzDHCP", "FuzzDNS",
-               "FuzzStreamFraming", "FuzzGateway", "FuzzControl"]
+               "FuzzStreamFraming", "FuzzGateway", "FuzzControl", "FuzzTFTP"]
 
 let package = Package(
     name: "VNetFuzz",

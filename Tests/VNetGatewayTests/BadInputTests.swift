@@ -9,8 +9,8 @@
 // - 3 (IPv6 payload length past the frame; echo replies), 4's IPv6 half, 14 (fragments again for IPv6) and
 //   18's IPv6 all-nodes address: the IPv6 issue. Until then every IPv6 frame is dropped as ipv6_unsupported
 //   (HostileFrameTests covers that drop).
-// - 8 and 9 (TFTP requests, names and blksize; DHCPv6 CLIENTID at a small MTU), and 10's TFTP file-not-found:
-//   the TFTP/bootfile and IPv6 issues.
+// - 9's DHCPv6 CLIENTID: the IPv6 issue. (8, 9's TFTP blksize and 10's TFTP file-not-found are in
+//   TFTPBadInputTests.swift.)
 // - control-socket inputs: issue 7.
 // Cases 1-21 end-to-end over a real `vnet user --socket` (frames from scapy): tests/e2e/test_bad_inputs.py.
 
