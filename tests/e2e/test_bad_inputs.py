@@ -441,3 +441,60 @@ def test_framing_short_oversize_desync_and_cut(vnet, servers):
     assert d.get("drop_port_frame_too_short") == 14 and d.get("drop_port_frame_too_long") == 2, d
     assert c.get("port_desync_resets", 0) - before.get("port_desync_resets", 0) == 1
     assert "drop_icmp_malformed" not in d and "drop_ipv4_malformed" not in d, d
+
+
+def test_cases_8_9_10_tftp(workdir, log_dir, servers):
+    """8: TFTP shorter than its opcode, requests without NUL terminators, names `../x`, `a/../../b`, `..\\x`,
+    absolute, trailing `/`; 9: blksize 0, huge, non-numeric at MTU 576; 10: file-not-found. Each is answered
+    with a TFTP ERROR from port 69 and counted; a real file is still served, and the healthy flow works."""
+    root = workdir / "tftproot"
+    (root / "dir").mkdir(parents=True)
+    (root / "dir" / "f").write_bytes(b"tftp-file-body")
+    (workdir / "secret").write_bytes(b"outside the root")
+    sock = workdir / "tftp.sock"
+    with rig.VnetProcess(["user", f"tftp={root}", "--mtu", "576", "--socket", sock], log_dir=log_dir) as proc:
+        v = SimpleNamespace(proc=proc, sock=sock)
+        q = connect(v)
+        h = Healthy(q, servers)
+        h.check()
+        before = counters(v)
+        sport = [50000]
+
+        def ask(payload: bytes) -> tuple[int, bytes]:
+            sport[0] += 1
+            q.send(bytes(eth(IP(src=GUEST_IP, dst=GW_IP) / UDP(sport=sport[0], dport=69) / Raw(payload))) + canary(24))
+            p = q.wait_for(lambda p: UDP in p and p[UDP].sport == 69 and p[UDP].dport == sport[0], what="TFTP reply")
+            body = data(p)
+            return struct.unpack(">H", body[:2])[0], body
+
+        def rrq(name: bytes, *opts: bytes) -> bytes:
+            return b"\x00\x01" + name + b"\x00octet\x00" + b"".join(o + b"\x00" for o in opts)
+
+        malformed = [b"", b"\x00", b"\x00\x01", b"\x00\x01dir/f", b"\x00\x01dir/f\x00octet"]
+        paths = [b"../secret", b"a/../../secret", b"..\\secret", b"/etc/passwd", b"dir/../../secret"]
+        for payload in malformed + [rrq(p) for p in paths]:
+            op, body = ask(payload)
+            assert op == 5 and body.endswith(b"\x00"), body
+            assert b"outside the root" not in body and b"root:" not in body
+        op, body = ask(rrq(b"dir/"))
+        assert (op, body[2:4]) == (5, b"\x00\x02"), body        # a directory is not served
+        op, body = ask(rrq(b"missing"))
+        assert (op, body[2:4]) == (5, b"\x00\x01"), body        # 10: file not found
+        for value in (b"0", b"7", b"abc", b""):
+            op, body = ask(rrq(b"dir/f", b"blksize", value))
+            assert (op, body[2:4]) == (5, b"\x00\x08"), (value, body)
+        op, body = ask(rrq(b"dir/f", b"blksize", b"65464"))  # huge: clamped to 576 - 20 - 8 - 4
+        assert body == b"\x00\x06blksize\x00544\x00", body
+        q.send(eth(IP(src=GUEST_IP, dst=GW_IP) / UDP(sport=sport[0], dport=69) / Raw(b"\x00\x04\x00\x00")))
+        p = q.wait_for(lambda p: UDP in p and p[UDP].sport == 69 and data(p)[:2] == b"\x00\x03", what="TFTP DATA")
+        assert data(p) == b"\x00\x03\x00\x01tftp-file-body"
+        q.send(eth(IP(src=GUEST_IP, dst=GW_IP) / UDP(sport=sport[0], dport=69) / Raw(b"\x00\x04\x00\x01")))
+        h.check()
+        d = deltas(v, before)
+        assert d.get("drop_tftp_malformed") == len(malformed), d
+        assert d.get("drop_tftp_path_refused") == len(paths) + 1, d      # + the directory
+        assert d.get("drop_tftp_refused") == 1 + 4, d                    # missing + 4 bad blksize values
+        assert set(d) == {"drop_tftp_malformed", "drop_tftp_path_refused", "drop_tftp_refused"}, d
+        c = counters(v)
+        assert c.get("tftp_transfers_completed") == 1, c
+        q.close()
