@@ -304,7 +304,7 @@ public final class UserNetRuntime {
         if let root = c.tftpRoot { lines.append("vnet: tftp \(c.gatewayAddress):69 serves \(root) read-only") }
         if let b = c.bootfile { lines.append("vnet: dhcp bootfile \(b) from \(c.gatewayAddress)") }
         if c.restricted {
-            lines.append("vnet: restrict=on: the guest reaches only DHCP, ARP, ping of \(c.gatewayAddress)/\(c.dnsAddress), guestfwd targets and hostfwd connections")
+            lines.append("vnet: restrict=on: the guest reaches only DHCP, ARP, ping of \(c.gatewayAddress)/\(c.dnsAddress)\(c.tftpRoot != nil ? ", TFTP" : ""), guestfwd targets and hostfwd connections")
         }
         return lines
     }
