@@ -91,9 +91,11 @@ public final class KernelNatServices {
         guard r == 0 else { throw KernelError("bind the DHCP socket to \(name)", errno: errno) }
     }
 
-    /// Serves until a stop signal arrives on `signalFD`; returns the signal number.
-    public func run(signalFD: Int32) -> Int32 {
-        var fds = [pollfd(fd: signalFD, events: Int16(POLLIN), revents: 0), pollfd(fd: dhcpSocket, events: Int16(POLLIN), revents: 0)]
+    /// Serves until a stop signal arrives on `signalFD`; returns the signal number. `extraFD` (e.g. the epoll set
+    /// of a control socket) is polled too, and `onExtra` is called when it is readable.
+    public func run(signalFD: Int32, extraFD: Int32 = -1, onExtra: () -> Void = {}) -> Int32 {
+        var fds = [pollfd(fd: signalFD, events: Int16(POLLIN), revents: 0), pollfd(fd: dhcpSocket, events: Int16(POLLIN), revents: 0),
+                   pollfd(fd: extraFD, events: Int16(POLLIN), revents: 0)]
         if let d = dnsSocket, let u = upstreamSocket {
             fds.append(pollfd(fd: d, events: Int16(POLLIN), revents: 0))
             fds.append(pollfd(fd: u, events: Int16(POLLIN), revents: 0))
@@ -106,13 +108,17 @@ public final class KernelNatServices {
                 if sig != 0 { return sig }
             }
             if fds[1].revents != 0 { serveDHCP() }
-            if fds.count == 4 {
-                if fds[2].revents != 0 { forwardQueries() }
-                if fds[3].revents != 0 { returnAnswers() }
+            if fds[2].revents != 0 { onExtra() }   // a negative fd is ignored by poll(2)
+            if fds.count == 5 {
+                if fds[3].revents != 0 { forwardQueries() }
+                if fds[4].revents != 0 { returnAnswers() }
             }
             expirePending()
         }
     }
+
+    /// Every binding the DHCP server knows, for status output.
+    public var leases: [DHCPLease] { dhcp.leases(now: Instant(nanoseconds: Sys.monotonicNanoseconds())) }
 
     func serveDHCP() {
         var from = SocketAddress()
