@@ -34,6 +34,26 @@ extension SwitchRuntime: ControlTarget {
             ControlCommand("info-network", help: "the switch and its ports") { [unowned self] _ in self.switchInfo() },
             ControlCommand("ports", help: "per-port RX/TX packets, bytes and drops (ifconfig-like)") { [unowned self] _ in self.switchPorts() },
             ControlCommand("mac-table", help: "the learned MAC addresses: VLAN, MAC, port, seconds since seen") { [unowned self] _ in self.macTable() },
+            ControlCommand("pcap-start", help: "file=PATH [rotate_bytes=N]: capture every frame entering the switch") { [unowned self] a in
+                let file = try a.string("file")
+                var rotate: UInt64? = nil
+                if let r = try a.optionalInt("rotate_bytes") {
+                    guard r > 0 else { throw ControlError("rotate_bytes must be positive") }
+                    rotate = UInt64(r)
+                }
+                if let p = a.values["port"] as? String, p != "all" { throw ControlError("the switch captures all ports at once (port=all)") }
+                pcap?.close()
+                do { pcap = try PcapWriter(path: file, rotateBytes: rotate) } catch { throw ControlError("\(error)") }
+                return ControlResult(value: ["file": file, "port": "all"], text: "capturing every port to \(file)")
+            },
+            ControlCommand("pcap-stop", help: "stop the capture") { [unowned self] _ in
+                guard let p = pcap else { return ControlResult(value: ["packets": 0], text: "no capture running") }
+                p.flush()
+                let packets = p.packets, file = p.path
+                p.close()
+                pcap = nil
+                return ControlResult(value: ["file": file, "packets": Int(clamping: packets)], text: "stopped: \(packets) packets in \(file)")
+            },
             ControlCommand("stats", help: "every counter, drops by reason") { [unowned self] _ in
                 ControlResult(value: self.counterLines, text: self.counterLines.joined(separator: "\n"))
             },

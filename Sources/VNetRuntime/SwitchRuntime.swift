@@ -97,6 +97,8 @@ public final class SwitchRuntime {
     var publishedNames: [String: IPv4Address] = [:]
     public private(set) var refusedPeers: UInt64 = 0
     var control: ControlServer?
+    /// A capture of every frame entering the switch, from any port (`--pcap`, or `pcap-start` at run time).
+    var pcap: PcapWriter?
     public private(set) var startupLines: [String] = []
     static let linkQueueCapacity = 1 << 20
 
@@ -148,6 +150,7 @@ public final class SwitchRuntime {
             try open(spec, tapFD: tapFDs[i])
         }
         try openPortMaps()
+        if let p = options.pcapPath { pcap = try PcapWriter(path: p, rotateBytes: nil) }
         try startControl()
     }
 
@@ -425,9 +428,11 @@ public final class SwitchRuntime {
                 self.dispatch(tag: tag, events: events, now: Sys.monotonicNanoseconds())
             }
             pump(now: Sys.monotonicNanoseconds())
+            pcap?.flush()
         }
         logger.info("stopping")
         control = nil
+        pcap?.close()
         if let gw = gateway, let path = options.leasesFile {
             try? LeaseFile.write(gw.dhcp.leases(now: Instant(nanoseconds: Sys.monotonicNanoseconds())), path: path)
         }
@@ -457,6 +462,7 @@ public final class SwitchRuntime {
             guard frame.count >= 14 else { gw.toGuest.removeFirstFrame(); continue }
             let dst = MACAddress(reading: frame, at: 0)
             guard fabric.hasRoom(for: frame.count, destination: dst, from: gatewaySwitchPort, now: instant) else { return }
+            pcap?.record(frame)
             fabric.receive(from: gatewaySwitchPort, frame: frame, now: instant)
             gw.toGuest.removeFirstFrame()
         }
@@ -472,6 +478,7 @@ public final class SwitchRuntime {
         let instant = Instant(nanoseconds: now)
         let wasConnected = l.port.isConnected
         l.port.readFrames(now: now, queue: l.queue) { frame, _ in
+            self.pcap?.record(frame)
             self.fabric.receive(from: l.switchPort, frame: frame, now: instant) { self.deliverLocal($0, now: instant) }
         }
         gateway?.flushPendingAcks()
@@ -521,7 +528,8 @@ public final class SwitchRuntime {
             }
             guard let i = link, let l = links[i] else { continue }
             l.port.deliverWhole(received: n, truncated: n > receiveBuffer.count - 1, from: receiveBuffer) { frame, _ in
-                self.fabric.receive(from: l.switchPort, frame: frame, now: instant) { self.deliverLocal($0, now: instant) }
+                self.pcap?.record(frame)
+            self.fabric.receive(from: l.switchPort, frame: frame, now: instant) { self.deliverLocal($0, now: instant) }
             }
         }
         gateway?.flushPendingAcks()
@@ -536,7 +544,8 @@ public final class SwitchRuntime {
             guard case .done(let n) = Sys.receiveFrom(group.receiveFD, into: receiveBuffer, from: &from) else { break }
             if let (_, p) = from.ipv4, p == group.ownSourcePort { continue }   // our own datagram, looped back
             l.port.deliverWhole(received: n, truncated: n > receiveBuffer.count - 1, from: receiveBuffer) { frame, _ in
-                self.fabric.receive(from: l.switchPort, frame: frame, now: instant) { self.deliverLocal($0, now: instant) }
+                self.pcap?.record(frame)
+            self.fabric.receive(from: l.switchPort, frame: frame, now: instant) { self.deliverLocal($0, now: instant) }
             }
         }
         gateway?.flushPendingAcks()

@@ -32,6 +32,9 @@ struct SwitchPortFlags: ParsableArguments {
     @Option(name: .customLong("control"), help: "A control socket (unix, mode 0600) for `vnet ctl PATH …`: ports, mac-table, leases, dns-*, stats.")
     var controlPath: String?
 
+    @Option(name: .customLong("pcap"), help: "Capture every frame entering the switch, from any port, to FILE (classic pcap, Ethernet).")
+    var pcapPath: String?
+
     @Option(name: .customLong("max-ports"), help: "Most ports at once; peers beyond are refused (default 64).")
     var maximumPorts: Int = 64
 
@@ -63,6 +66,7 @@ struct SwitchPortFlags: ParsableArguments {
         o.fdbCapacity = fdbSize
         o.ageingSeconds = ageing
         o.controlPath = controlPath
+        o.pcapPath = pcapPath
         for (flag, values) in [("socket", sockets), ("listen", listens), ("connect", connects), ("dgram", dgrams), ("mcast", mcasts), ("tap", taps)] {
             for v in values {
                 switch SwitchPortSpec.parse(flag: flag, v) {
