@@ -49,6 +49,8 @@ public final class KernelNatServices {
     var pending: [UInt16: Pending] = [:]
     var nextID: UInt16 = UInt16(truncatingIfNeeded: getpid())
     public private(set) var counters = Counters()
+    /// Called for every DHCP ACK that binds an address (for the control socket's LEASE_GRANTED event).
+    public var onLease: ((IPv4Address, MACAddress) -> Void)?
     let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 8)
     let replyBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1500, alignment: 8)
 
@@ -134,6 +136,7 @@ public final class KernelNatServices {
             }
             let unicast = !reply.broadcast && !m.clientAddress.isUnspecified
             let to = SocketAddress(ipv4: unicast ? m.clientAddress.rawValue : 0xFFFF_FFFF, port: DHCPMessage.clientPort)
+            if reply.type == .ack, !reply.yourAddress.isUnspecified { onLease?(reply.yourAddress, m.clientMAC) }
             if case .done = Sys.sendTo(dhcpSocket, UnsafeRawBufferPointer(rebasing: replyBuffer[0 ..< reply.length]), to) {
                 counters.dhcpReplies += 1
             } else {

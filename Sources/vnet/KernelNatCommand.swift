@@ -128,6 +128,9 @@ struct KernelNatMode {
                 let epoll = try Epoll()
                 let target = KernelNatControl(services: services, config: config)
                 let control = try ControlServer(path: path, epoll: epoll, listenerTag: 1 << 56, clientTag: 2 << 56, target: target)
+                services.onLease = { address, mac in
+                    control.publish("LEASE_GRANTED", data: ["address": address.description, "mac": mac.description, "bridge": config.bridge])
+                }
                 print("vnet: control socket \(path) (vnet ctl \(path) help)")
                 fflush(nil)
                 sig = services.run(signalFD: sfd, extraFD: epoll.fd) {

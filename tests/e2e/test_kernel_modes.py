@@ -14,6 +14,7 @@ import contextlib
 import os
 import re
 import shutil
+import socket
 import signal
 import subprocess
 import sys
@@ -291,6 +292,23 @@ def test_kernel_nat_lease_masquerade_dnat_dns_and_clean_exit(nat):
     r = ctl("stats")
     assert re.search(r"^dhcp_replies [1-9]", r.stdout, re.M) and re.search(r"^dns_forwarded [1-9]", r.stdout, re.M), r.stdout
     assert "8080" in ctl("port-maps").stdout
+    # LEASE_GRANTED reaches a subscribed client when the guest renews.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sub:
+        sub.settimeout(20)
+        sub.connect(str(nat.workdir / "knat.ctl"))
+        sub.sendall(b'{"execute": "events"}\n')
+        buf = b""
+        while b"\n" not in buf:
+            buf += sub.recv(4096)
+        assert b'"return"' in buf.split(b"\n")[0], buf
+        buf = buf.split(b"\n", 1)[1]
+        udhcpc = nat.workdir / "udhcpc.sh"
+        in_ns(nat.guest, "busybox", "udhcpc", "-i", "eth0", "-q", "-n", "-f", "-t", "5", "-T", "2", "-s", udhcpc)
+        while b"LEASE_GRANTED" not in buf:
+            chunk = sub.recv(4096)
+            assert chunk, "control socket closed"
+            buf += chunk
+        assert b"10.0.3.15" in buf, buf
 
     # Running it again changes nothing: refused while this one runs, the ruleset untouched.
     before = in_ns(nat.router, "nft", "list", "ruleset").stdout
