@@ -187,4 +187,45 @@ extension SwitchRuntime: ControlTarget {
         }
         return ControlResult(value: value, text: lines.isEmpty ? "(no port maps)" : lines.joined(separator: "\n"))
     }
+
+    // MARK: Metrics
+
+    /// The switch's ports (as port counters), the gateway's counters and flows, for the Prometheus endpoint.
+    public func metricsSnapshot() -> MetricsSnapshot {
+        var m = MetricsSnapshot()
+        for (i, p) in fabric.ports.enumerated() {
+            guard let p else { continue }
+            var c = PortCounters()
+            c.framesIn = p.counters.rxPackets
+            c.bytesIn = p.counters.rxBytes
+            c.framesOut = p.counters.txPackets
+            c.bytesOut = p.counters.txBytes
+            if let l = links[i] {
+                if l.port.isStream { l.port.syncCounters() }
+                c.droppedShort = l.port.counters.droppedShort &+ p.counters.rxDrops
+                c.droppedOversize = l.port.counters.droppedOversize
+                c.sendErrors = l.port.counters.sendErrors
+            } else {
+                c.droppedShort = p.counters.rxDrops
+            }
+            let connected = i == gatewaySwitchPort || (links[i]?.port.isConnected ?? false)
+            m.ports.append(("port\(i)", c, connected))
+        }
+        let sc = fabric.counters
+        m.drops = SwitchDropReason.allCases.map { ("switch_" + $0.name, sc[$0]) }
+        if let gw = gateway {
+            let c = gw.counters
+            m.served = ServedCounter.allCases.map { ($0.name, c[$0]) }
+            m.drops += DropReason.allCases.map { ($0.name, c[$0]) }
+            m.flows = [("tcp", gw.tcpFlowCount), ("udp", gw.udpFlowCount), ("icmp", gw.icmpFlowCount)]
+            m.flowsOpened = [("tcp", c[.tcpFlowsOpened]), ("udp", c[.udpFlowsOpened]), ("icmp", c[.icmpFlowsOpened])]
+            m.leases = gw.leases(now: now).filter { $0.state == "bound" }.count
+            m.dnsQueries = c[.dnsQueries]
+            m.dnsLocalAnswers = c[.dnsLocalAnswers]
+            m.dnsServfail = c[.dnsServfail]
+        }
+        m.controlClients = control?.clientCount ?? 0
+        m.pcapPackets = pcap?.packets ?? 0
+        return m
+    }
 }

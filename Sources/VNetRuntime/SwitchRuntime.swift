@@ -35,6 +35,8 @@ enum SwitchTag: UInt8 {
     case listener = 20, link = 21, hub = 22, signal = 23, mcast = 24, portMapTCP = 25, portMapUDP = 26
     /// The control socket (`--control`) and its clients.
     case control = 27, controlClient = 28
+    /// The metrics endpoint (`--metrics`) and its HTTP clients.
+    case metrics = 29, metricsClient = 30
     func tag(_ low: Int = 0) -> UInt64 { UInt64(rawValue) << 56 | UInt64(UInt32(truncatingIfNeeded: low)) }
 }
 
@@ -99,6 +101,10 @@ public final class SwitchRuntime {
     var control: ControlServer?
     /// A capture of every frame entering the switch, from any port (`--pcap`, or `pcap-start` at run time).
     var pcap: PcapWriter?
+    var metricsEndpoint: MetricsEndpoint?
+    let metrics = RuntimeMetrics()
+    /// Where the metrics endpoint listens, when it does.
+    public var metricsAddress: String? { metricsEndpoint?.boundAddress }
     public private(set) var startupLines: [String] = []
     static let linkQueueCapacity = 1 << 20
 
@@ -152,6 +158,14 @@ public final class SwitchRuntime {
         try openPortMaps()
         if let p = options.pcapPath { pcap = try PcapWriter(path: p, rotateBytes: nil) }
         try startControl()
+        if let m = options.metrics {
+            let render = m.render
+            metricsEndpoint = try MetricsEndpoint(host: m.host, port: m.port, epoll: epoll, listenerTag: SwitchTag.metrics.tag(),
+                                                  clientTag: SwitchTag.metricsClient.tag()) { [unowned self] in
+                self.metrics.update(self.metricsSnapshot())
+                return render()
+            }
+        }
     }
 
     deinit {
@@ -432,6 +446,7 @@ public final class SwitchRuntime {
         }
         logger.info("stopping")
         control = nil
+        metricsEndpoint = nil
         pcap?.close()
         if let gw = gateway, let path = options.leasesFile {
             try? LeaseFile.write(gw.dhcp.leases(now: Instant(nanoseconds: Sys.monotonicNanoseconds())), path: path)
@@ -581,6 +596,8 @@ public final class SwitchRuntime {
         case .portMapTCP, .portMapUDP: acceptPortMap(low, now: now)
         case .control: control?.handle(tag: tag, events: events, isListener: true)
         case .controlClient: control?.handle(tag: tag, events: events, isListener: false)
+        case .metrics: metricsEndpoint?.handle(tag: tag, events: events, isListener: true)
+        case .metricsClient: metricsEndpoint?.handle(tag: tag, events: events, isListener: false)
         case .signal:
             while case let sig = vnet_signalfd_read(signalFD), sig != 0 {
                 switch sig {
