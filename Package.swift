@@ -41,7 +41,7 @@ let package = Package(
         // Kernel modes: rtnetlink (bridges, links, addresses), TAPs, kernel NAT (nftables), PCI passthrough (sysfs).
         .target(name: "VNetKernel", dependencies: ["CVNetShim", "VNetWire", "VNetBuffers", "VNetServices", "VNetHost"]),
         .executableTarget(name: "vnet", dependencies: [
-            "VNetRuntime", "VNetGateway", "VNetSwitch", "VNetServices", "VNetWire", "VNetBuffers", "VNetKernel", "CVNetShim",
+            "VNetRuntime", "VNetGateway", "VNetSwitch", "VNetServices", "VNetWire", "VNetBuffers", "VNetKernel", "VNetHost", "CVNetShim",
             .product(name: "Yams", package: "Yams"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),

@@ -49,6 +49,8 @@ public final class KernelNatServices {
     var pending: [UInt16: Pending] = [:]
     var nextID: UInt16 = UInt16(truncatingIfNeeded: getpid())
     public private(set) var counters = Counters()
+    /// Called for every DHCP ACK that binds an address (for the control socket's LEASE_GRANTED event).
+    public var onLease: ((IPv4Address, MACAddress) -> Void)?
     let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 8)
     let replyBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1500, alignment: 8)
 
@@ -91,9 +93,11 @@ public final class KernelNatServices {
         guard r == 0 else { throw KernelError("bind the DHCP socket to \(name)", errno: errno) }
     }
 
-    /// Serves until a stop signal arrives on `signalFD`; returns the signal number.
-    public func run(signalFD: Int32) -> Int32 {
-        var fds = [pollfd(fd: signalFD, events: Int16(POLLIN), revents: 0), pollfd(fd: dhcpSocket, events: Int16(POLLIN), revents: 0)]
+    /// Serves until a stop signal arrives on `signalFD`; returns the signal number. `extraFD` (e.g. the epoll set
+    /// of a control socket) is polled too, and `onExtra` is called when it is readable.
+    public func run(signalFD: Int32, extraFD: Int32 = -1, onExtra: () -> Void = {}) -> Int32 {
+        var fds = [pollfd(fd: signalFD, events: Int16(POLLIN), revents: 0), pollfd(fd: dhcpSocket, events: Int16(POLLIN), revents: 0),
+                   pollfd(fd: extraFD, events: Int16(POLLIN), revents: 0)]
         if let d = dnsSocket, let u = upstreamSocket {
             fds.append(pollfd(fd: d, events: Int16(POLLIN), revents: 0))
             fds.append(pollfd(fd: u, events: Int16(POLLIN), revents: 0))
@@ -106,13 +110,17 @@ public final class KernelNatServices {
                 if sig != 0 { return sig }
             }
             if fds[1].revents != 0 { serveDHCP() }
-            if fds.count == 4 {
-                if fds[2].revents != 0 { forwardQueries() }
-                if fds[3].revents != 0 { returnAnswers() }
+            if fds[2].revents != 0 { onExtra() }   // a negative fd is ignored by poll(2)
+            if fds.count == 5 {
+                if fds[3].revents != 0 { forwardQueries() }
+                if fds[4].revents != 0 { returnAnswers() }
             }
             expirePending()
         }
     }
+
+    /// Every binding the DHCP server knows, for status output.
+    public var leases: [DHCPLease] { dhcp.leases(now: Instant(nanoseconds: Sys.monotonicNanoseconds())) }
 
     func serveDHCP() {
         var from = SocketAddress()
@@ -128,6 +136,7 @@ public final class KernelNatServices {
             }
             let unicast = !reply.broadcast && !m.clientAddress.isUnspecified
             let to = SocketAddress(ipv4: unicast ? m.clientAddress.rawValue : 0xFFFF_FFFF, port: DHCPMessage.clientPort)
+            if reply.type == .ack, !reply.yourAddress.isUnspecified { onLease?(reply.yourAddress, m.clientMAC) }
             if case .done = Sys.sendTo(dhcpSocket, UnsafeRawBufferPointer(rebasing: replyBuffer[0 ..< reply.length]), to) {
                 counters.dhcpReplies += 1
             } else {

@@ -34,6 +34,26 @@ extension SwitchRuntime: ControlTarget {
             ControlCommand("info-network", help: "the switch and its ports") { [unowned self] _ in self.switchInfo() },
             ControlCommand("ports", help: "per-port RX/TX packets, bytes and drops (ifconfig-like)") { [unowned self] _ in self.switchPorts() },
             ControlCommand("mac-table", help: "the learned MAC addresses: VLAN, MAC, port, seconds since seen") { [unowned self] _ in self.macTable() },
+            ControlCommand("pcap-start", help: "file=PATH [rotate_bytes=N]: capture every frame entering the switch") { [unowned self] a in
+                let file = try a.string("file")
+                var rotate: UInt64? = nil
+                if let r = try a.optionalInt("rotate_bytes") {
+                    guard r > 0 else { throw ControlError("rotate_bytes must be positive") }
+                    rotate = UInt64(r)
+                }
+                if let p = a.values["port"] as? String, p != "all" { throw ControlError("the switch captures all ports at once (port=all)") }
+                pcap?.close()
+                do { pcap = try PcapWriter(path: file, rotateBytes: rotate) } catch { throw ControlError("\(error)") }
+                return ControlResult(value: ["file": file, "port": "all"], text: "capturing every port to \(file)")
+            },
+            ControlCommand("pcap-stop", help: "stop the capture") { [unowned self] _ in
+                guard let p = pcap else { return ControlResult(value: ["packets": 0], text: "no capture running") }
+                p.flush()
+                let packets = p.packets, file = p.path
+                p.close()
+                pcap = nil
+                return ControlResult(value: ["file": file, "packets": Int(clamping: packets)], text: "stopped: \(packets) packets in \(file)")
+            },
             ControlCommand("stats", help: "every counter, drops by reason") { [unowned self] _ in
                 ControlResult(value: self.counterLines, text: self.counterLines.joined(separator: "\n"))
             },
@@ -166,5 +186,46 @@ extension SwitchRuntime: ControlTarget {
                           "guest_port": Int(m.map.guestPort), "resolved": to?.description ?? ""])
         }
         return ControlResult(value: value, text: lines.isEmpty ? "(no port maps)" : lines.joined(separator: "\n"))
+    }
+
+    // MARK: Metrics
+
+    /// The switch's ports (as port counters), the gateway's counters and flows, for the Prometheus endpoint.
+    public func metricsSnapshot() -> MetricsSnapshot {
+        var m = MetricsSnapshot()
+        for (i, p) in fabric.ports.enumerated() {
+            guard let p else { continue }
+            var c = PortCounters()
+            c.framesIn = p.counters.rxPackets
+            c.bytesIn = p.counters.rxBytes
+            c.framesOut = p.counters.txPackets
+            c.bytesOut = p.counters.txBytes
+            if let l = links[i] {
+                if l.port.isStream { l.port.syncCounters() }
+                c.droppedShort = l.port.counters.droppedShort &+ p.counters.rxDrops
+                c.droppedOversize = l.port.counters.droppedOversize
+                c.sendErrors = l.port.counters.sendErrors
+            } else {
+                c.droppedShort = p.counters.rxDrops
+            }
+            let connected = i == gatewaySwitchPort || (links[i]?.port.isConnected ?? false)
+            m.ports.append(("port\(i)", c, connected))
+        }
+        let sc = fabric.counters
+        m.drops = SwitchDropReason.allCases.map { ("switch_" + $0.name, sc[$0]) }
+        if let gw = gateway {
+            let c = gw.counters
+            m.served = ServedCounter.allCases.map { ($0.name, c[$0]) }
+            m.drops += DropReason.allCases.map { ($0.name, c[$0]) }
+            m.flows = [("tcp", gw.tcpFlowCount), ("udp", gw.udpFlowCount), ("icmp", gw.icmpFlowCount)]
+            m.flowsOpened = [("tcp", c[.tcpFlowsOpened]), ("udp", c[.udpFlowsOpened]), ("icmp", c[.icmpFlowsOpened])]
+            m.leases = gw.leases(now: now).filter { $0.state == "bound" }.count
+            m.dnsQueries = c[.dnsQueries]
+            m.dnsLocalAnswers = c[.dnsLocalAnswers]
+            m.dnsServfail = c[.dnsServfail]
+        }
+        m.controlClients = control?.clientCount ?? 0
+        m.pcapPackets = pcap?.packets ?? 0
+        return m
     }
 }

@@ -129,6 +129,10 @@ public struct SwitchOptions: Sendable {
     public var leasesFile: String? = nil
     public var resolvConfPath = "/etc/resolv.conf"
     public var dnsUpstream: (address: String, port: UInt16)? = nil
+    /// Capture every frame entering the switch to this file (`--pcap`).
+    public var pcapPath: String? = nil
+    /// `--metrics [ADDR:]PORT`: the Prometheus endpoint (the executable installs the renderer).
+    public var metrics: MetricsOptions? = nil
     /// The control socket (`--control`), mode 0600.
     public var controlPath: String? = nil
     /// Paths vnet chose itself (printed with QEMU arguments).

@@ -35,6 +35,8 @@ enum SwitchTag: UInt8 {
     case listener = 20, link = 21, hub = 22, signal = 23, mcast = 24, portMapTCP = 25, portMapUDP = 26
     /// The control socket (`--control`) and its clients.
     case control = 27, controlClient = 28
+    /// The metrics endpoint (`--metrics`) and its HTTP clients.
+    case metrics = 29, metricsClient = 30
     func tag(_ low: Int = 0) -> UInt64 { UInt64(rawValue) << 56 | UInt64(UInt32(truncatingIfNeeded: low)) }
 }
 
@@ -97,6 +99,12 @@ public final class SwitchRuntime {
     var publishedNames: [String: IPv4Address] = [:]
     public private(set) var refusedPeers: UInt64 = 0
     var control: ControlServer?
+    /// A capture of every frame entering the switch, from any port (`--pcap`, or `pcap-start` at run time).
+    var pcap: PcapWriter?
+    var metricsEndpoint: MetricsEndpoint?
+    let metrics = RuntimeMetrics()
+    /// Where the metrics endpoint listens, when it does.
+    public var metricsAddress: String? { metricsEndpoint?.boundAddress }
     public private(set) var startupLines: [String] = []
     static let linkQueueCapacity = 1 << 20
 
@@ -148,7 +156,16 @@ public final class SwitchRuntime {
             try open(spec, tapFD: tapFDs[i])
         }
         try openPortMaps()
+        if let p = options.pcapPath { pcap = try PcapWriter(path: p, rotateBytes: nil) }
         try startControl()
+        if let m = options.metrics {
+            let render = m.render
+            metricsEndpoint = try MetricsEndpoint(host: m.host, port: m.port, epoll: epoll, listenerTag: SwitchTag.metrics.tag(),
+                                                  clientTag: SwitchTag.metricsClient.tag()) { [unowned self] in
+                self.metrics.update(self.metricsSnapshot())
+                return render()
+            }
+        }
     }
 
     deinit {
@@ -425,9 +442,12 @@ public final class SwitchRuntime {
                 self.dispatch(tag: tag, events: events, now: Sys.monotonicNanoseconds())
             }
             pump(now: Sys.monotonicNanoseconds())
+            pcap?.flush()
         }
         logger.info("stopping")
         control = nil
+        metricsEndpoint = nil
+        pcap?.close()
         if let gw = gateway, let path = options.leasesFile {
             try? LeaseFile.write(gw.dhcp.leases(now: Instant(nanoseconds: Sys.monotonicNanoseconds())), path: path)
         }
@@ -457,6 +477,7 @@ public final class SwitchRuntime {
             guard frame.count >= 14 else { gw.toGuest.removeFirstFrame(); continue }
             let dst = MACAddress(reading: frame, at: 0)
             guard fabric.hasRoom(for: frame.count, destination: dst, from: gatewaySwitchPort, now: instant) else { return }
+            pcap?.record(frame)
             fabric.receive(from: gatewaySwitchPort, frame: frame, now: instant)
             gw.toGuest.removeFirstFrame()
         }
@@ -472,6 +493,7 @@ public final class SwitchRuntime {
         let instant = Instant(nanoseconds: now)
         let wasConnected = l.port.isConnected
         l.port.readFrames(now: now, queue: l.queue) { frame, _ in
+            self.pcap?.record(frame)
             self.fabric.receive(from: l.switchPort, frame: frame, now: instant) { self.deliverLocal($0, now: instant) }
         }
         gateway?.flushPendingAcks()
@@ -521,7 +543,8 @@ public final class SwitchRuntime {
             }
             guard let i = link, let l = links[i] else { continue }
             l.port.deliverWhole(received: n, truncated: n > receiveBuffer.count - 1, from: receiveBuffer) { frame, _ in
-                self.fabric.receive(from: l.switchPort, frame: frame, now: instant) { self.deliverLocal($0, now: instant) }
+                self.pcap?.record(frame)
+            self.fabric.receive(from: l.switchPort, frame: frame, now: instant) { self.deliverLocal($0, now: instant) }
             }
         }
         gateway?.flushPendingAcks()
@@ -536,7 +559,8 @@ public final class SwitchRuntime {
             guard case .done(let n) = Sys.receiveFrom(group.receiveFD, into: receiveBuffer, from: &from) else { break }
             if let (_, p) = from.ipv4, p == group.ownSourcePort { continue }   // our own datagram, looped back
             l.port.deliverWhole(received: n, truncated: n > receiveBuffer.count - 1, from: receiveBuffer) { frame, _ in
-                self.fabric.receive(from: l.switchPort, frame: frame, now: instant) { self.deliverLocal($0, now: instant) }
+                self.pcap?.record(frame)
+            self.fabric.receive(from: l.switchPort, frame: frame, now: instant) { self.deliverLocal($0, now: instant) }
             }
         }
         gateway?.flushPendingAcks()
@@ -572,6 +596,8 @@ public final class SwitchRuntime {
         case .portMapTCP, .portMapUDP: acceptPortMap(low, now: now)
         case .control: control?.handle(tag: tag, events: events, isListener: true)
         case .controlClient: control?.handle(tag: tag, events: events, isListener: false)
+        case .metrics: metricsEndpoint?.handle(tag: tag, events: events, isListener: true)
+        case .metricsClient: metricsEndpoint?.handle(tag: tag, events: events, isListener: false)
         case .signal:
             while case let sig = vnet_signalfd_read(signalFD), sig != 0 {
                 switch sig {

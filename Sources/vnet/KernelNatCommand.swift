@@ -6,6 +6,7 @@
 import ArgumentParser
 import CVNetShim
 import VNetBuffers
+import VNetHost
 import VNetKernel
 import VNetRuntime
 import VNetServices
@@ -27,6 +28,7 @@ struct KernelNatMode {
     var resolvConf: String
     var stateDir: String
     var undo: Bool
+    var controlPath: String? = nil
 
     func makeConfig() throws -> KernelNatConfig {
         guard name.count <= 24, !name.isEmpty, name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_") }) else {
@@ -121,7 +123,22 @@ struct KernelNatMode {
             print("vnet: start QEMU with: -netdev bridge,id=n0,br=\(config.bridge),helper=\"vnet tap-helper\" -device virtio-net-pci,netdev=n0")
             print("vnet: ready")
             fflush(nil)
-            let sig = services.run(signalFD: sfd)
+            var sig: Int32 = 0
+            if let path = controlPath {
+                let epoll = try Epoll()
+                let target = KernelNatControl(services: services, config: config)
+                let control = try ControlServer(path: path, epoll: epoll, listenerTag: 1 << 56, clientTag: 2 << 56, target: target)
+                services.onLease = { address, mac in
+                    control.publish("LEASE_GRANTED", data: ["address": address.description, "mac": mac.description, "bridge": config.bridge])
+                }
+                print("vnet: control socket \(path) (vnet ctl \(path) help)")
+                fflush(nil)
+                sig = services.run(signalFD: sfd, extraFD: epoll.fd) {
+                    try? epoll.wait(timeoutMilliseconds: 0) { tag, events in control.handle(tag: tag, events: events, isListener: tag >> 56 == 1) }
+                }
+            } else {
+                sig = services.run(signalFD: sfd)
+            }
             let c = services.counters
             print("vnet: stopping (signal \(sig)); dhcp replies \(c.dhcpReplies) dropped \(c.dhcpDropped), dns forwarded \(c.dnsForwarded) "
                   + "answered \(c.dnsAnswered) dropped \(c.dnsDropped)")
@@ -130,4 +147,52 @@ struct KernelNatMode {
             fflush(nil)
         }
     }
+}
+
+/// `vnet nat --kernel --control PATH`: the kernel NAT's status over the control socket.
+final class KernelNatControl: ControlTarget {
+    let services: KernelNatServices
+    let config: KernelNatConfig
+
+    init(services: KernelNatServices, config: KernelNatConfig) {
+        self.services = services
+        self.config = config
+    }
+
+    var controlCommands: [ControlCommand] {
+        [
+            ControlCommand("info-network", help: "the bridge, addresses and nft table") { [unowned self] _ in
+                let text = "\(config.name): type=kernel-nat,bridge=\(config.bridge),gateway=\(config.gateway)/\(config.network.prefixLength),"
+                    + "nft=ip vnet-\(config.name)"
+                return ControlResult(value: ["name": config.name, "bridge": config.bridge, "gateway": config.gateway.description,
+                                             "network": config.network.description, "nft_table": "ip vnet-\(config.name)"], text: text)
+            },
+            ControlCommand("leases", help: "DHCP leases on the bridge") { [unowned self] _ in
+                let leases = services.leases
+                var lines = ["Address          MAC                Host name         Expires in"]
+                for l in leases {
+                    lines.append(l.address.description.padding(16) + " " + l.mac.description.padding(18) + " " + (l.hostName ?? "-").padding(17)
+                                 + " " + (l.remainingSeconds > 0 ? "\(l.remainingSeconds)s" : "expired"))
+                }
+                if leases.isEmpty { lines.append("(no leases)") }
+                return ControlResult(value: leases.map { ["address": $0.address.description, "mac": $0.mac.description,
+                                                          "hostname": $0.hostName ?? "", "expires_in": Int(clamping: $0.remainingSeconds)] as [String: Any] },
+                                     text: lines.joined(separator: "\n"))
+            },
+            ControlCommand("port-maps", help: "the DNAT port maps in the nft table") { [unowned self] _ in
+                ControlResult(value: config.portMaps.map { "\($0)" }, text: config.portMaps.isEmpty ? "(no port maps)" : config.portMaps.map { "\($0)" }.joined(separator: "\n"))
+            },
+            ControlCommand("stats", help: "DHCP and DNS counters") { [unowned self] _ in
+                let c = services.counters
+                let v: [String: Any] = ["dhcp_replies": c.dhcpReplies, "dhcp_dropped": c.dhcpDropped, "dns_forwarded": c.dnsForwarded,
+                                        "dns_answered": c.dnsAnswered, "dns_dropped": c.dnsDropped]
+                return ControlResult(value: v, text: v.keys.sorted().map { "\($0) \(v[$0]!)" }.joined(separator: "\n"))
+            },
+        ]
+    }
+}
+
+extension String {
+    /// Left-aligned in `width` columns.
+    func padding(_ width: Int) -> String { count >= width ? self : self + String(repeating: " ", count: width - count) }
 }

@@ -203,20 +203,18 @@ struct NatCommand: ParsableCommand {
         o.resolvConfPath = resolvConf ?? file.string("resolv-conf") ?? "/etc/resolv.conf"
         o.leasesFile = try leasesFile ?? file.string("leases-file") ?? NatCommand.defaultLeasesFile(name: netName)
 
-        let logger = ports.bootstrapLogging()
-        let runtime = try SwitchRuntime(options: o, logger: logger)
-        extra.append("vnet: VMs get 192.168.x addresses by DHCP; each needs its own MAC (a fresh one is printed above)")
+        let runtime = try portFlags.makeRuntime(o, extra: &extra)
         try runtime.run(extraStartupLines: extra)
     }
 
     func runKernel() throws {
         let unsupported: [(Bool, String)] = [(configFile != nil, "--config"), (!staticLeases.isEmpty, "--static-lease"), (!hosts.isEmpty, "--host"), (!dnsRecords.isEmpty, "--dns-record"), (!policy.isEmpty, "--deny/--allow/--limit"),
-                                             (leasesFile != nil, "--leases-file"), (ports.hasPorts, "switch ports (--socket, --tap, ...)"),
-                                             (ports.controlPath != nil, "--control")]
+                                             (leasesFile != nil, "--leases-file"), (ports.hasPorts, "switch ports (--socket, --tap, ...)"), (ports.metricsAddress != nil, "--metrics"), (ports.pcapPath != nil, "--pcap")]
         if let (_, flag) = unsupported.first(where: { $0.0 }) { throw ValidationError("\(flag) is not available with --kernel") }
         try KernelNatMode(name: name ?? "default", bridge: bridge, network: network ?? "192.168.122.0/24", gateway: gateway,
                           dhcpRange: dhcpRange, leaseTime: leaseTime, domain: domain, portMaps: portMaps, dnsUpstream: dnsUpstream,
-                          resolvConf: resolvConf ?? "/etc/resolv.conf", stateDir: stateDir ?? "/run/vnet", undo: undo).run()
+                          resolvConf: resolvConf ?? "/etc/resolv.conf", stateDir: stateDir ?? "/run/vnet", undo: undo,
+                          controlPath: ports.controlPath).run()
     }
 
     /// $XDG_STATE_HOME/vnet/NAME.leases, ~/.local/state/vnet/NAME.leases, or /var/lib/vnet/NAME.leases as root.

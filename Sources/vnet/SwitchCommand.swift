@@ -3,6 +3,8 @@
 
 import ArgumentParser
 import Logging
+import Metrics
+import Prometheus
 import VNetRuntime
 import VNetSwitch
 import VNetWire
@@ -31,6 +33,12 @@ struct SwitchPortFlags: ParsableArguments {
 
     @Option(name: .customLong("control"), help: "A control socket (unix, mode 0600) for `vnet ctl PATH …`: ports, mac-table, leases, dns-*, stats.")
     var controlPath: String?
+
+    @Option(name: .customLong("metrics"), help: "Serve Prometheus metrics over HTTP on [ADDR:]PORT (ADDR defaults to 127.0.0.1).")
+    var metricsAddress: String?
+
+    @Option(name: .customLong("pcap"), help: "Capture every frame entering the switch, from any port, to FILE (classic pcap, Ethernet).")
+    var pcapPath: String?
 
     @Option(name: .customLong("max-ports"), help: "Most ports at once; peers beyond are refused (default 64).")
     var maximumPorts: Int = 64
@@ -63,6 +71,7 @@ struct SwitchPortFlags: ParsableArguments {
         o.fdbCapacity = fdbSize
         o.ageingSeconds = ageing
         o.controlPath = controlPath
+        o.pcapPath = pcapPath
         for (flag, values) in [("socket", sockets), ("listen", listens), ("connect", connects), ("dgram", dgrams), ("mcast", mcasts), ("tap", taps)] {
             for v in values {
                 switch SwitchPortSpec.parse(flag: flag, v) {
@@ -91,6 +100,30 @@ struct SwitchPortFlags: ParsableArguments {
         return MACAddress(0x52, 0x54, 0x00, UInt8(v >> 16), UInt8((v >> 8) & 0xFF), UInt8(v & 0xFF)).description
     }
 
+    /// Bootstraps logging (and, with --metrics, the Prometheus backend), then builds the runtime; adds the
+    /// metrics address to the start-up lines.
+    func makeRuntime(_ options: SwitchOptions, extra: inout [String]) throws -> SwitchRuntime {
+        var o = options
+        if let m = metricsAddress {
+            var host = "127.0.0.1", port: UInt16
+            if let c = m.lastIndex(of: ":") {
+                host = String(m[..<c])
+                guard let p = UInt16(m[m.index(after: c)...]) else { throw ValidationError("--metrics: expected [ADDR:]PORT, got '\(m)'") }
+                port = p
+            } else {
+                guard let p = UInt16(m) else { throw ValidationError("--metrics: expected [ADDR:]PORT, got '\(m)'") }
+                port = p
+            }
+            let registry = PrometheusCollectorRegistry()
+            MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+            o.metrics = MetricsOptions(host: host, port: port, render: { registry.emitToBuffer() })
+        }
+        let logger = bootstrapLogging()
+        let runtime = try SwitchRuntime(options: o, logger: logger)
+        if let a = runtime.metricsAddress { extra.append("vnet: metrics on http://\(a)/metrics") }
+        return runtime
+    }
+
     func bootstrapLogging() -> Logger {
         let level = Logger.Level(rawValue: logLevel) ?? .notice
         LoggingSystem.bootstrap { label in
@@ -117,9 +150,8 @@ struct SwitchCommand: ParsableCommand {
     func run() throws {
         guard Logger.Level(rawValue: ports.logLevel) != nil else { throw ValidationError("--log-level: unknown level '\(ports.logLevel)'") }
         var o = SwitchOptions()
-        let extra = try ports.apply(to: &o, defaultName: "switch")
-        let logger = ports.bootstrapLogging()
-        let runtime = try SwitchRuntime(options: o, logger: logger)
+        var extra = try ports.apply(to: &o, defaultName: "switch")
+        let runtime = try ports.makeRuntime(o, extra: &extra)
         try runtime.run(extraStartupLines: extra)
     }
 }

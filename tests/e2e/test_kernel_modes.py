@@ -14,6 +14,7 @@ import contextlib
 import os
 import re
 import shutil
+import socket
 import signal
 import subprocess
 import sys
@@ -242,7 +243,8 @@ def nat(namespaces, workdir, log_dir):
             b.out.wait_for("LISTENING", 15)
         in_ns(router, "sh", "-c", "echo 0 > /proc/sys/net/ipv4/ip_forward")
         args = ["netns", "exec", router, rig.vnet_binary(), "nat", "--kernel", "--name", "t1", "--network", "10.0.3.0/24",
-                "--dhcp-range", "10.0.3.15-10.0.3.40", "--port-map", "tcp::8080-:8000", "--dns-upstream", "198.51.100.2:5353", "--state-dir", state]
+                "--dhcp-range", "10.0.3.15-10.0.3.40", "--port-map", "tcp::8080-:8000", "--dns-upstream", "198.51.100.2:5353", "--state-dir", state,
+                "--control", Path(workdir) / "knat.ctl"]
         with rig.VnetProcess(args, binary=shutil.which("ip"), log_dir=log_dir, name="vnet-nat") as v:
             in_ns(router, "ip", "link", "add", "g0", "type", "veth", "peer", "name", "eth0", "netns", guest)
             assert vnet(router, "bridge", "addif", "vnet-t1", "g0").returncode == 0
@@ -282,6 +284,31 @@ def test_kernel_nat_lease_masquerade_dnat_dns_and_clean_exit(nat):
         assert r.stdout.strip() == "198.51.100.2", r.stdout + r.stderr
     finally:
         server.stop()
+
+    # The control socket (vnet nat --kernel --control): the lease, the port map, counters.
+    ctl = lambda *a: subprocess.run([str(rig.vnet_binary()), "ctl", str(nat.workdir / "knat.ctl"), *a], capture_output=True, text=True, timeout=20)
+    r = ctl("leases")
+    assert r.returncode == 0 and "10.0.3.15" in r.stdout, r.stdout + r.stderr
+    r = ctl("stats")
+    assert re.search(r"^dhcp_replies [1-9]", r.stdout, re.M) and re.search(r"^dns_forwarded [1-9]", r.stdout, re.M), r.stdout
+    assert "8080" in ctl("port-maps").stdout
+    # LEASE_GRANTED reaches a subscribed client when the guest renews.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sub:
+        sub.settimeout(20)
+        sub.connect(str(nat.workdir / "knat.ctl"))
+        sub.sendall(b'{"execute": "events"}\n')
+        buf = b""
+        while b"\n" not in buf:
+            buf += sub.recv(4096)
+        assert b'"return"' in buf.split(b"\n")[0], buf
+        buf = buf.split(b"\n", 1)[1]
+        udhcpc = nat.workdir / "udhcpc.sh"
+        in_ns(nat.guest, "busybox", "udhcpc", "-i", "eth0", "-q", "-n", "-f", "-t", "5", "-T", "2", "-s", udhcpc)
+        while b"LEASE_GRANTED" not in buf:
+            chunk = sub.recv(4096)
+            assert chunk, "control socket closed"
+            buf += chunk
+        assert b"10.0.3.15" in buf, buf
 
     # Running it again changes nothing: refused while this one runs, the ruleset untouched.
     before = in_ns(nat.router, "nft", "list", "ruleset").stdout

@@ -49,7 +49,7 @@ def nat(guest_image, module_workdir, module_log_dir):
     with rig.HttpServer({"/": b"hello from the host\n"}) as http, \
             rig.DnsServer({"upstream.test": "192.0.2.55"}) as dns:
         launcher, prefix, nobody = unprivileged(Path(module_workdir), home)
-        args = prefix + ["nat", "--socket", sock, "--leases-file", leases, "--dns-upstream", f"{dns.address}", "--control", home / "nat.ctl",
+        args = prefix + ["nat", "--socket", sock, "--leases-file", leases, "--dns-upstream", f"{dns.address}", "--control", home / "nat.ctl", "--pcap", home / "nat.pcap",
                          "--port-map", f"tcp:127.0.0.1:{map_port}-vm2:8080", "--domain", "vnet.test", "--log-level", "info"]
         with rig.VnetProcess(args, log_dir=module_log_dir, binary=launcher, env={"HOME": str(home)}) as vnet:
             guests = []
@@ -64,7 +64,7 @@ def nat(guest_image, module_workdir, module_log_dir):
                     leases_by_name[name] = g.dhcp(extra=f"-x hostname:{name} -O mtu -O search")
                 yield SimpleNamespace(vnet=vnet, guests=dict(zip([n for n, _ in VMS], guests)), leases=leases_by_name,
                                       http=http, dns=dns, map_port=map_port, leases_file=leases, nobody=nobody, sock=sock,
-                                      ctl=home / "nat.ctl")
+                                      ctl=home / "nat.ctl", pcap=home / "nat.pcap")
             finally:
                 for g in guests:
                     g.close()
@@ -151,6 +151,26 @@ def test_control_socket_lists_leases_with_names_and_port_maps(nat):
     assert r.returncode == 0, r.stderr
     out = nat.guests["vm1"].check("nslookup files.lab 192.168.122.1")
     assert "192.0.2.99" in out, out
+
+
+def test_the_segment_capture_opens_in_tshark(nat):
+    if shutil.which("tshark") is None:
+        pytest.fail("tshark not found: apt-get install tshark (scripts/test installs it)", pytrace=False)
+    r = subprocess.run([str(rig.vnet_binary()), "ctl", str(nat.ctl), "pcap", "stop"], capture_output=True, text=True, timeout=20)
+    assert r.returncode == 0 and "packets in" in r.stdout, r.stdout + r.stderr
+
+    def tshark(*args):
+        t = subprocess.run(["tshark", "-r", str(nat.pcap), *args], capture_output=True, text=True, timeout=60)
+        complaints = [l for l in t.stderr.splitlines() if l.strip() and "Running as user" not in l and "could be dangerous" not in l]
+        assert t.returncode == 0 and not complaints, t.stderr
+        return t.stdout.split()
+
+    acks = tshark("-Y", "dhcp.option.dhcp == 5", "-T", "fields", "-e", "dhcp.ip.your")
+    assert {nat.leases[n]["ip"] for n, _ in VMS} <= set(acks), acks
+    replies = tshark("-Y", f"icmp.type == 0 && ip.src == {nat.leases['vm2']['ip']}", "-T", "fields", "-e", "ip.dst")
+    assert nat.leases["vm1"]["ip"] in replies, replies   # vm1 pinged vm2: a frame between two VM ports
+    http = tshark("-d", f"tcp.port=={nat.http.port},http", "-Y", "http.response.code == 200", "-T", "fields", "-e", "ip.dst")
+    assert set(http) >= {nat.leases[n]["ip"] for n, _ in VMS}, http
 
 
 def test_switch_counters(nat):
