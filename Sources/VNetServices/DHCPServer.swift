@@ -1,4 +1,4 @@
-// VNetServices: the gateway's own services (DHCP now; TFTP and DNS records later) as pure functions of
+// VNetServices: the gateway's own services (DHCP, TFTP) as pure functions of
 // (request, configuration, time) -> reply. No sockets, no clock reads.
 //
 // Theory of Operation: DHCP (RFC 2131)
