@@ -651,6 +651,7 @@ public final class SwitchRuntime {
     func printCounters() {
         var text = "vnet: counters\n"
         for l in counterLines { text += "  \(l)\n" }
+        text += "vnet: end of counters\n"   // readers wait for this line, so an empty block is unambiguous
         text.withUTF8 { b in _ = Glibc.write(2, b.baseAddress, b.count) }
     }
 }

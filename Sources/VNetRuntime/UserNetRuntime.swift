@@ -442,6 +442,7 @@ public final class UserNetRuntime {
     func printCounters() {
         var text = "vnet: counters\n"
         for l in counterLines { text += "  \(l)\n" }
+        text += "vnet: end of counters\n"   // readers wait for this line, so an empty block is unambiguous
         text.withUTF8 { b in _ = Glibc.write(2, b.baseAddress, b.count) }
     }
 }

@@ -161,11 +161,10 @@ def vnet(module_workdir, module_log_dir, servers):
 
 
 def counters(vnet) -> dict[str, int]:
-    """vnet's counters (SIGUSR1). Unlike rig.read_counters this accepts an empty block (a fresh vnet): the block is
-    one write(2) of a few hundred bytes, so it arrives whole with its header."""
+    """vnet's counters (SIGUSR1): the block between its header and "vnet: end of counters" (empty on a fresh vnet)."""
     start = len(vnet.proc.stderr)
     os.kill(vnet.proc.pid, signal.SIGUSR1)
-    m = vnet.proc.stderr.wait_for(re.compile(r"^vnet: counters\n((?:  \S+ \d+\n)*)", re.M), 10, start=start)
+    m = vnet.proc.stderr.wait_for(re.compile(r"^vnet: counters\n((?:  \S+ \d+\n)*)vnet: end of counters\n", re.M), 10, start=start)
     return {k: int(v) for k, v in re.findall(r"^  (\S+) (\d+)$", m.group(1), re.M)}
 
 
