@@ -64,8 +64,8 @@ public final class Gateway<Host: HostIO> {
     var dnsUpstreamIndex = 0
     let reassembler: Reassembler
     var lastSweep: Instant = .zero
-    /// Names answered locally (see GatewayLocalNames.swift).
-    var localNames: [String: IPv4Address] = [:]
+    /// Lease host names answered locally, after `localDNS` (see GatewayLocalNames.swift).
+    var leaseNames = LocalDNSRecords()
     /// The frame being handled came with a partial layer-4 checksum (see `handleGuestFrame`).
     var guestChecksumPartial = false
     /// The TFTP server (`tftp=`), once the runtime gave it a file source (see GatewayTFTP.swift).

@@ -58,8 +58,8 @@ extension Gateway {
         guard !config.restricted else { return drop(.restricted) }
         if ip.destination == config.dnsAddress && (udp.destinationPort == 53 || config.dnsAddress != config.gatewayAddress) {
             guard udp.destinationPort == 53 else { return drop(.dnsWrongPort) }
-            if !localDNS.isEmpty, answerLocalDNS(payload, ip: ip, udp: udp, mac: ethernet.source) { return }
-            if answerLocalName(payload, ip: ip, udp: udp, mac: ethernet.source) { return }
+            if !localDNS.isEmpty, answerLocalDNS(from: localDNS, payload, ip: ip, udp: udp, mac: ethernet.source) { return }
+            if !leaseNames.isEmpty, answerLocalDNS(from: leaseNames, payload, ip: ip, udp: udp, mac: ethernet.source) { return }
             return forwardUDP(payload, ip: ip, udp: udp, key: key, existing: existing, mac: ethernet.source, dns: true, now: now)
         }
         forwardUDP(payload, ip: ip, udp: udp, key: key, existing: existing, mac: ethernet.source, dns: false, now: now)
@@ -169,9 +169,10 @@ extension Gateway {
         udpFlows.remove(f.key)
     }
 
-    /// A query for a name in `localDNS`: answered here (true), never forwarded.
-    func answerLocalDNS(_ payload: UnsafeRawBufferPointer, ip: IPv4Header, udp: UDPHeader, mac: MACAddress) -> Bool {
-        guard let n = localDNS.answer(query: payload, into: scratch.slice(8 ..< 8 + 512)) else { return false }
+    /// A query for a name in `table` (`localDNS`, then the lease names): answered here (true), never forwarded.
+    func answerLocalDNS(from table: LocalDNSRecords, _ payload: UnsafeRawBufferPointer, ip: IPv4Header, udp: UDPHeader,
+                        mac: MACAddress) -> Bool {
+        guard let n = table.answer(query: payload, into: scratch.slice(8 ..< 8 + 512)) else { return false }
         counters.count(.dnsQueries)
         counters.count(.dnsLocalAnswers)
         sendUDPToGuest(mac: mac, source: ip.destination, sourcePort: udp.destinationPort, destination: ip.source,
