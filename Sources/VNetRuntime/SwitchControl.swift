@@ -141,33 +141,17 @@ extension SwitchRuntime: ControlTarget {
 
     func natDNSAdd(_ a: ControlArguments) throws -> ControlResult {
         guard let gw = gateway else { throw ControlError("no gateway") }
-        let name = try a.string("name"), value = try a.string("value")
-        let typeName = try a.optionalString("type") ?? "A"
-        guard let type = LocalDNSType(name: typeName) else { throw ControlError("record type must be \(LocalDNSType.names), not '\(typeName)'") }
-        let ttl = try a.optionalInt("ttl") ?? 60
-        guard (0 ... 604_800).contains(ttl) else { throw ControlError("ttl must be 0-604800 seconds") }
-        do { try gw.localDNS.add(name: name, type: type, value: value, ttl: UInt32(ttl)) } catch { throw ControlError(error.description) }
-        return ControlResult(value: ["name": LocalDNSRecords.normalise(name), "type": type.name, "value": value, "ttl": ttl],
-                             text: "\(LocalDNSRecords.normalise(name)) \(ttl) IN \(type.name) \(value)")
+        return try LocalDNSCommands.add(&gw.localDNS, a)
     }
 
     func natDNSRemove(_ a: ControlArguments) throws -> ControlResult {
         guard let gw = gateway else { throw ControlError("no gateway") }
-        let name = try a.string("name")
-        var type: LocalDNSType? = nil
-        if let t = try a.optionalString("type") {
-            guard let parsed = LocalDNSType(name: t) else { throw ControlError("record type must be \(LocalDNSType.names), not '\(t)'") }
-            type = parsed
-        }
-        let n = gw.localDNS.remove(name: name, type: type, value: try a.optionalString("value"))
-        guard n > 0 else { throw ControlError("no local DNS record for \(name)") }
-        return ControlResult(value: ["removed": n], text: "removed \(n) record\(n == 1 ? "" : "s")")
+        return try LocalDNSCommands.remove(&gw.localDNS, a)
     }
 
     func natDNSList() -> ControlResult {
         guard let gw = gateway else { return ControlResult(value: [Any](), text: "") }
-        var lines: [String] = gw.localDNS.records.map { "\($0.name) \($0.ttl) IN \($0.type.name) \($0.value)" }
-        var value: [[String: Any]] = gw.localDNS.records.map { ["name": $0.name, "type": $0.type.name, "value": $0.value, "ttl": Int($0.ttl)] }
+        var (value, lines) = LocalDNSCommands.list(gw.localDNS)
         for (n, a) in publishedNames.sorted(by: { $0.key < $1.key }) {
             lines.append("\(n) 10 IN A \(a) (lease or --host)")
             value.append(["name": n, "type": "A", "value": a.description, "ttl": 10, "source": "lease"])

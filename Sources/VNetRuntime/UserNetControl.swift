@@ -272,34 +272,13 @@ extension UserNetRuntime: ControlTarget {
         return ControlResult(value: active.map(forwardValue), text: text)
     }
 
-    func dnsAdd(_ a: ControlArguments) throws -> ControlResult {
-        let name = try a.string("name"), value = try a.string("value")
-        let typeName = try a.optionalString("type") ?? "A"
-        guard let type = LocalDNSType(name: typeName) else { throw ControlError("record type must be \(LocalDNSType.names), not '\(typeName)'") }
-        let ttl = try a.optionalInt("ttl") ?? 60
-        guard (0 ... 604_800).contains(ttl) else { throw ControlError("ttl must be 0-604800 seconds") }
-        do { try gateway.localDNS.add(name: name, type: type, value: value, ttl: UInt32(ttl)) } catch { throw ControlError(error.description) }
-        return ControlResult(value: ["name": LocalDNSRecords.normalise(name), "type": type.name, "value": value, "ttl": ttl],
-                             text: "\(LocalDNSRecords.normalise(name)) \(ttl) IN \(type.name) \(value)")
-    }
+    func dnsAdd(_ a: ControlArguments) throws -> ControlResult { try LocalDNSCommands.add(&gateway.localDNS, a) }
 
-    func dnsRemove(_ a: ControlArguments) throws -> ControlResult {
-        let name = try a.string("name")
-        var type: LocalDNSType? = nil
-        if let t = try a.optionalString("type") {
-            guard let parsed = LocalDNSType(name: t) else { throw ControlError("record type must be \(LocalDNSType.names), not '\(t)'") }
-            type = parsed
-        }
-        let n = gateway.localDNS.remove(name: name, type: type, value: try a.optionalString("value"))
-        guard n > 0 else { throw ControlError("no local DNS record for \(name)") }
-        return ControlResult(value: ["removed": n], text: "removed \(n) record\(n == 1 ? "" : "s")")
-    }
+    func dnsRemove(_ a: ControlArguments) throws -> ControlResult { try LocalDNSCommands.remove(&gateway.localDNS, a) }
 
     func dnsList() -> ControlResult {
-        let r = gateway.localDNS.records
-        let text = r.isEmpty ? "(no local DNS records)" : r.map { "\($0.name) \($0.ttl) IN \($0.type.name) \($0.value)" }.joined(separator: "\n")
-        return ControlResult(value: r.map { ["name": $0.name, "type": $0.type.name, "value": $0.value, "ttl": Int($0.ttl)] as [String: Any] },
-                             text: text)
+        let (value, lines) = LocalDNSCommands.list(gateway.localDNS)
+        return ControlResult(value: value, text: lines.isEmpty ? "(no local DNS records)" : lines.joined(separator: "\n"))
     }
 
     func pcapStart(_ a: ControlArguments) throws -> ControlResult {
