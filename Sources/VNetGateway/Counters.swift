@@ -6,7 +6,19 @@ public enum DropReason: Int, CaseIterable, Sendable {
     case vlanTagged
     case notForGateway
     case unknownEtherType
-    case ipv6Unsupported
+    case ipv6Disabled
+    case ipv6Malformed
+    case ipv6ExtensionUnsupported
+    case ndpMalformed
+    case ndpIgnored
+    case icmpv6Malformed
+    case icmpv6BadChecksum
+    case icmpv6TypeIgnored
+    case dhcpv6Malformed
+    case dhcpv6Ignored
+    case ipv6FragmentInvalid
+    case ipv6FragmentOverlap
+    case ipv6FragmentTimeout
     case arpMalformed
     case arpIgnored
     case ipv4Malformed
@@ -63,7 +75,19 @@ public enum DropReason: Int, CaseIterable, Sendable {
         case .vlanTagged: "vlan_tagged"
         case .notForGateway: "not_for_gateway"
         case .unknownEtherType: "unknown_ethertype"
-        case .ipv6Unsupported: "ipv6_unsupported"
+        case .ipv6Disabled: "ipv6_disabled"
+        case .ipv6Malformed: "ipv6_malformed"
+        case .ipv6ExtensionUnsupported: "ipv6_extension_unsupported"
+        case .ndpMalformed: "ndp_malformed"
+        case .ndpIgnored: "ndp_ignored"
+        case .icmpv6Malformed: "icmpv6_malformed"
+        case .icmpv6BadChecksum: "icmpv6_bad_checksum"
+        case .icmpv6TypeIgnored: "icmpv6_type_ignored"
+        case .dhcpv6Malformed: "dhcpv6_malformed"
+        case .dhcpv6Ignored: "dhcpv6_ignored"
+        case .ipv6FragmentInvalid: "ipv6_fragment_invalid"
+        case .ipv6FragmentOverlap: "ipv6_fragment_overlap"
+        case .ipv6FragmentTimeout: "ipv6_fragment_timeout"
         case .arpMalformed: "arp_malformed"
         case .arpIgnored: "arp_ignored"
         case .ipv4Malformed: "ipv4_malformed"
@@ -124,10 +148,15 @@ public enum ServedCounter: Int, CaseIterable, Sendable {
     case tcpFlowsOpened, tcpFlowsClosed, tcpFlowsExpired, tcpConnectRefused, tcpRetransmits, tcpResetsFromGuest, tcpResetsToGuest
     case tcpSuperSegmentsToGuest, dnsLocalAnswers
     case tftpTransfersStarted, tftpTransfersCompleted, tftpBlocksSent, tftpRetransmits, tftpErrorsSent
+    case neighborAdvertisements, routerAdvertisements, dhcpv6Replies, icmpv6EchoLocal
 
     public var name: String {
         switch self {
         case .framesFromGuest: "frames_from_guest"
+        case .neighborAdvertisements: "neighbor_advertisements"
+        case .routerAdvertisements: "router_advertisements"
+        case .dhcpv6Replies: "dhcpv6_replies"
+        case .icmpv6EchoLocal: "icmpv6_echo_local"
         case .framesToGuest: "frames_to_guest"
         case .arpReplies: "arp_replies"
         case .icmpEchoLocal: "icmp_echo_local"

@@ -61,6 +61,13 @@ public final class Gateway<Host: HostIO> {
     var nextTCPDeadline: Instant = .zero
     var ipIdentification: UInt16 = 0
     var neighbours: [IPv4Address: MACAddress] = [:]
+    /// IPv6 neighbour cache: guest addresses learned from their traffic and NDP (capped like `neighbours`).
+    var neighbours6: [IPv6Address: MACAddress] = [:]
+    /// Router advertisements: whether one went out yet, and when the next unsolicited one is due.
+    var routerAdvertisedOnce = false
+    var nextRouterAdvertisement: Instant = .zero
+    /// Identification of IPv6 fragments sent to the guest.
+    var fragmentIdentification: UInt32 = 0
     var dnsUpstreamIndex = 0
     let reassembler: Reassembler
     var lastSweep: Instant = .zero
@@ -139,12 +146,16 @@ public final class Gateway<Host: HostIO> {
         defer { guestChecksumPartial = false }
         guard let eth = try? EthernetHeader.parse(frame) else { return drop(.ethernetTruncated) }
         guard eth.vlanTag == nil else { return drop(.vlanTagged) }
-        guard eth.destination == config.gatewayMAC || eth.destination.isBroadcast else { return drop(.notForGateway) }
+        // IPv6 reaches the gateway at multicast groups (all-nodes, all-routers, solicited-node, DHCPv6 servers).
+        guard eth.destination == config.gatewayMAC || eth.destination.isBroadcast
+              || (eth.destination.rawValue >> 32 == 0x3333 && eth.etherType == .ipv6) else { return drop(.notForGateway) }
         let body = frame.slice(eth.headerLength ..< frame.count)
         switch eth.etherType {
         case .arp: handleARP(body, ethernet: eth)
         case .ipv4: handleIPv4(body, ethernet: eth, now: now)
-        case .ipv6: drop(.ipv6Unsupported)
+        case .ipv6:
+            guard config.ipv6Enabled else { return drop(.ipv6Disabled) }
+            handleIPv6(body, ethernet: eth, now: now)
         default: drop(.unknownEtherType)
         }
     }
@@ -159,6 +170,7 @@ public final class Gateway<Host: HostIO> {
         lastSweep = now
         reassembler.expire(now: now)
         for _ in reassembler.takeDrops() { drop(.ipv4FragmentTimeout) }
+        sweepRouterAdvertisements(now: now)
         sweepUDP(now: now)
         sweepICMP(now: now)
     }
@@ -209,10 +221,11 @@ public final class Gateway<Host: HostIO> {
         }
         if !src.isUnspecified { learnNeighbour(src, ethernet.source) }
         let payload = p.slice(ip.payloadRange)
+        let packet = GuestPacket(ip)
         switch ip.protocolNumber {
         case .udp: handleUDP(payload, ip: ip, ethernet: ethernet, now: now)
         case .icmp: handleICMP(payload, ip: ip, ethernet: ethernet, now: now)
-        case .tcp: handleTCP(payload, ip: ip, ethernet: ethernet, now: now)
+        case .tcp: handleTCP(payload, ip: packet, ethernet: ethernet, now: now)
         default: drop(.unknownIPProtocol)
         }
     }
@@ -220,8 +233,8 @@ public final class Gateway<Host: HostIO> {
     /// Feeds a fragment to the reassembler and dispatches the datagram once it is whole.
     func handleFragment(_ p: UnsafeRawBufferPointer, ip: IPv4Header, ethernet: EthernetHeader, now: Instant) {
         guestChecksumPartial = false   // a checksum is never left partial across fragments
-        let key = FragmentKey(source: ip.source, destination: ip.destination, protocolNumber: ip.protocolNumber.rawValue,
-                              identification: ip.identification)
+        let key = FragmentKey(source: IPAddress(ip.source), destination: IPAddress(ip.destination), protocolNumber: ip.protocolNumber.rawValue,
+                              identification: UInt32(ip.identification))
         let outcome = reassembler.add(p.slice(ip.payloadRange), offset: ip.fragmentOffset, more: ip.moreFragments, key: key, now: now)
         for d in reassembler.takeDrops() {
             switch d {
@@ -240,7 +253,7 @@ public final class Gateway<Host: HostIO> {
         switch ip.protocolNumber {
         case .udp: handleUDP(payload, ip: whole, ethernet: ethernet, now: now)
         case .icmp: handleICMP(payload, ip: whole, ethernet: ethernet, now: now)
-        case .tcp: handleTCP(payload, ip: whole, ethernet: ethernet, now: now)
+        case .tcp: handleTCP(payload, ip: GuestPacket(whole), ethernet: ethernet, now: now)
         default: drop(.unknownIPProtocol)
         }
     }
@@ -258,6 +271,27 @@ public final class Gateway<Host: HostIO> {
         // --deny/--allow (EgressPolicy.swift): 169.254.0.0/16 (cloud metadata) is denied by default.
         guard config.egress.permits(dst) else { return (nil, .egressDenied) }
         return (dst, nil)
+    }
+
+    /// `hostDestination` for either family: IPv6 traffic to the gateway's IPv6 address reaches host ::1.
+    func hostDestination(for dst: IPAddress) -> (IPAddress?, DropReason?) {
+        if let v4 = dst.v4 {
+            let (d, r) = hostDestination(for: v4)
+            return (d.map { IPAddress($0) }, r)
+        }
+        let (d, r) = hostDestination6(for: dst.v6)
+        return (d.map { IPAddress($0) }, r)
+    }
+
+    /// Guest-facing source (either family) for traffic from `hostAddress`, as below.
+    func guestFacingSource(hostAddress: IPAddress, flowHostDestination: IPAddress, guestDestination: IPAddress) -> IPAddress {
+        if hostAddress == flowHostDestination { return guestDestination }
+        if guestDestination.isIPv4 {
+            guard let h = hostAddress.v4, !h.isLoopback, !h.isUnspecified else { return IPAddress(config.gatewayAddress) }
+            return hostAddress
+        }
+        if hostAddress.isIPv4 || hostAddress.isLoopback || hostAddress.isUnspecified { return IPAddress(config.ipv6GatewayAddress) }
+        return hostAddress
     }
 
     /// Guest-facing source for traffic that came from `hostAddress` on behalf of a flow aimed at `guestDestination`.
@@ -296,6 +330,28 @@ public final class Gateway<Host: HostIO> {
         return true
     }
 
+    /// Builds Ethernet + IPv4 or IPv6 (by the addresses' family) around a layer-4 part, as `emitIPv4` does.
+    @discardableResult
+    @inline(__always)
+    func emitIP(to mac: MACAddress, source: IPAddress, destination: IPAddress, protocolNumber: IPProtocol, ttl: UInt8 = 64,
+                l4Length: Int, offload: VirtioNetHeader? = nil, _ fill: (UnsafeMutableRawBufferPointer) -> Void) -> Bool {
+        if let s = source.v4, let d = destination.v4 {
+            return emitIPv4(to: mac, source: s, destination: d, protocolNumber: protocolNumber, ttl: ttl, l4Length: l4Length,
+                            offload: offload, fill)
+        }
+        return emitIPv6(to: mac, source: source.v6, destination: destination.v6, nextHeader: protocolNumber.rawValue, hopLimit: ttl,
+                        l4Length: l4Length, offload: offload, fill)
+    }
+
+    /// `emitIPv4Fragmenting` for either family.
+    func emitIPFragmenting(to mac: MACAddress, source: IPAddress, destination: IPAddress, protocolNumber: IPProtocol,
+                           l4: UnsafeRawBufferPointer) {
+        if let s = source.v4, let d = destination.v4 {
+            return emitIPv4Fragmenting(to: mac, source: s, destination: d, protocolNumber: protocolNumber, l4: l4)
+        }
+        emitIPv6Fragmenting(to: mac, source: source.v6, destination: destination.v6, nextHeader: protocolNumber.rawValue, l4: l4)
+    }
+
     /// Sends a complete layer-4 message (already checksummed, in `l4`) to the guest, fragmenting it (RFC 791)
     /// when it does not fit the MTU.
     func emitIPv4Fragmenting(to mac: MACAddress, source: IPv4Address, destination: IPv4Address, protocolNumber: IPProtocol,
@@ -322,5 +378,39 @@ public final class Gateway<Host: HostIO> {
             counters.count(.framesToGuest)
             offset += n
         }
+    }
+}
+
+/// The network-layer facts of one guest packet, for either family: what the layer-4 handlers need.
+struct GuestPacket {
+    var source: IPAddress
+    var destination: IPAddress
+    var hopLimit: UInt8
+    /// The IPv4 header, or nil for IPv6 (then `v6` is set).
+    var v4: IPv4Header?
+    var v6: IPv6Header?
+    var protocolNumber: IPProtocol
+
+    init(_ ip: IPv4Header) {
+        source = IPAddress(ip.source)
+        destination = IPAddress(ip.destination)
+        hopLimit = ip.ttl
+        v4 = ip
+        v6 = nil
+        protocolNumber = ip.protocolNumber
+    }
+
+    init(_ ip: IPv6Header, protocolNumber p: UInt8) {
+        source = IPAddress(ip.source)
+        destination = IPAddress(ip.destination)
+        hopLimit = ip.hopLimit
+        v4 = nil
+        v6 = ip
+        protocolNumber = IPProtocol(rawValue: p)
+    }
+
+    /// The pseudo-header sum for a layer-4 message of `length` bytes in this packet.
+    @inline(__always) func pseudoHeader(length: Int) -> UInt64 {
+        InternetChecksum.pseudoHeader(source: source, destination: destination, protocolNumber: protocolNumber.rawValue, length: length)
     }
 }

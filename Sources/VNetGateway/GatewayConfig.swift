@@ -15,6 +15,13 @@ public struct GatewayConfig: Sendable {
     public var domainName: String? = nil
     public var hostName: String? = nil
     public var mtu = 1500
+    /// IPv6 (QEMU's defaults: on, fec0::/64, host fec0::2, DNS fec0::3); `ipv6=off` turns it off.
+    public var ipv6Enabled = true
+    public var ipv6Prefix = IPv6Network(address: IPv6Address("fec0::")!, prefixLength: 64)
+    public var ipv6GatewayAddress = IPv6Address("fec0::2")!
+    public var ipv6DNSAddress = IPv6Address("fec0::3")!
+    /// The gateway's link-local address: routers advertise from one (RFC 4861 §4.2), libslirp uses fe80::2.
+    public static let ipv6LinkLocalGateway = IPv6Address("fe80::2")!
     /// The guest port carries a virtio-net header per frame (a TAP with IFF_VNET_HDR): frames from the guest may
     /// hold partial checksums and TCP super-segments, and TCP to the guest goes out as super-segments of up to
     /// 64 KiB with partial checksums, cut at the guest's MSS by the kernel.
@@ -66,6 +73,27 @@ public struct GatewayConfig: Sendable {
     /// Addresses the gateway answers ARP for: itself, the DNS address and every guestfwd server.
     public func isVirtualAddress(_ a: IPv4Address) -> Bool {
         a == gatewayAddress || a == dnsAddress || guestForwards.contains { $0.serverAddress == a }
+    }
+
+    /// Addresses the gateway answers NDP for and serves (echo, DNS): link-local, host and DNS addresses.
+    public func isVirtualAddress6(_ a: IPv6Address) -> Bool {
+        a == GatewayConfig.ipv6LinkLocalGateway || a == ipv6GatewayAddress || a == ipv6DNSAddress
+    }
+
+    public func isVirtualAddress(_ a: IPAddress) -> Bool {
+        if let v4 = a.v4 { return isVirtualAddress(v4) }
+        return isVirtualAddress6(a.v6)
+    }
+
+    /// The DNS forwarder's address in either family.
+    @inline(__always) public func isDNSAddress(_ a: IPAddress) -> Bool {
+        if let v4 = a.v4 { return v4 == dnsAddress }
+        return ipv6Enabled && a.v6 == ipv6DNSAddress
+    }
+
+    /// The gateway's own address in the family of `a`.
+    @inline(__always) public func gatewayAddress(sameFamilyAs a: IPAddress) -> IPAddress {
+        a.isIPv4 ? IPAddress(gatewayAddress) : IPAddress(ipv6GatewayAddress)
     }
 
     /// The gateway's MAC: 52:55 followed by its IPv4 address, as libslirp does.

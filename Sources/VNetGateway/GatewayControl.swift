@@ -14,10 +14,10 @@ public struct FlowInfo: Sendable {
     public var state: String?
     /// Seconds until an idle UDP/ICMP flow expires.
     public var expiresIn: Int?
-    public var guestAddress: IPv4Address
+    public var guestAddress: IPAddress
     /// 0 for ICMP.
     public var guestPort: UInt16
-    public var remoteAddress: IPv4Address
+    public var remoteAddress: IPAddress
     public var remotePort: UInt16
     /// The host socket (the runtime reads its kernel queues).
     public var hostHandle: Int32

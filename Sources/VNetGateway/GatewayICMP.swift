@@ -6,16 +6,16 @@ import VNetBuffers
 import VNetWire
 
 struct ICMPFlowKey: Hashable {
-    var guestAddress: IPv4Address
+    var guestAddress: IPAddress
     var identifier: UInt16
-    var destination: IPv4Address
+    var destination: IPAddress
 }
 
 struct ICMPFlow {
     var key: ICMPFlowKey
     var handle: Int32
     var guestMAC: MACAddress
-    var hostDestination: IPv4Address
+    var hostDestination: IPAddress
     var lastActive: Instant
     var ttl: UInt8
 }
@@ -38,13 +38,13 @@ extension Gateway {
             return
         }
         guard !config.restricted else { return drop(.restricted) }
-        let key = ICMPFlowKey(guestAddress: ip.source, identifier: icmp.identifier, destination: ip.destination)
+        let key = ICMPFlowKey(guestAddress: IPAddress(ip.source), identifier: icmp.identifier, destination: IPAddress(ip.destination))
         var index = icmpFlows.lookup(key)
         if index == nil {
             let (dst, reason) = hostDestination(for: ip.destination)
             guard let hostAddress = dst else {
                 if reason == .egressDenied {
-                    sendAdministrativelyProhibited(ip: ip, mac: ethernet.source,
+                    sendAdministrativelyProhibited(ip: GuestPacket(ip), mac: ethernet.source,
                                                    quotedWords: (UInt16(icmp.type) << 8 | UInt16(icmp.code), icmp.checksum, icmp.identifier, icmp.sequence))
                 }
                 return drop(reason!)
@@ -54,7 +54,7 @@ extension Gateway {
             guard let handle = host.openICMPEcho(destination: hostAddress, tag: FlowTag(kind: .icmp, index: tagIndex)) else {
                 return drop(.hostSocketFailed)
             }
-            index = icmpFlows.insert(key, ICMPFlow(key: key, handle: handle, guestMAC: ethernet.source, hostDestination: hostAddress,
+            index = icmpFlows.insert(key, ICMPFlow(key: key, handle: handle, guestMAC: ethernet.source, hostDestination: IPAddress(hostAddress),
                                                    lastActive: now, ttl: 64))
             counters.count(.icmpFlowsOpened)
         }
@@ -81,18 +81,33 @@ extension Gateway {
                 if let id = identifier, id != flow.key.identifier { continue }
                 flow.lastActive = now
                 let length = 8 + n
-                ICMPv4Header(type: ICMPv4Header.echoReply, code: 0, restOfHeader: UInt32(flow.key.identifier) << 16 | UInt32(sequence))
-                    .emit(into: scratch.slice(0 ..< length), messageLength: length)
-                emitIPv4Fragmenting(to: flow.guestMAC, source: flow.key.destination, destination: flow.key.guestAddress,
-                                    protocolNumber: .icmp, l4: UnsafeRawBufferPointer(scratch.slice(0 ..< length)))
+                let rest = UInt32(flow.key.identifier) << 16 | UInt32(sequence)
+                let k = flow.key
+                if k.guestAddress.isIPv4 {
+                    ICMPv4Header(type: ICMPv4Header.echoReply, code: 0, restOfHeader: rest).emit(into: scratch.slice(0 ..< length), messageLength: length)
+                } else {
+                    ICMPv6Header(type: ICMPv6Header.echoReply, code: 0, restOfHeader: rest)
+                        .emit(into: scratch.slice(0 ..< length), messageLength: length, source: k.destination.v6, destination: k.guestAddress.v6)
+                }
+                emitIPFragmenting(to: flow.guestMAC, source: k.destination, destination: k.guestAddress,
+                                  protocolNumber: k.guestAddress.isIPv4 ? .icmp : .icmpv6, l4: UnsafeRawBufferPointer(scratch.slice(0 ..< length)))
             case .icmpError(let type, let code, let offender, _):
                 let k = flow.key
-                sendICMPError(type: type, code: code,
-                              from: guestFacingSource(hostAddress: offender, flowHostDestination: flow.hostDestination,
-                                                      guestDestination: k.destination),
-                              to: flow.guestMAC, guest: k.guestAddress, destination: k.destination, quotedProtocol: .icmp,
+                guard let guest = k.guestAddress.v4, let destination = k.destination.v4,
+                      let from = guestFacingSource(hostAddress: IPAddress(offender), flowHostDestination: flow.hostDestination,
+                                                   guestDestination: k.destination).v4 else { continue }
+                sendICMPError(type: type, code: code, from: from,
+                              to: flow.guestMAC, guest: guest, destination: destination, quotedProtocol: .icmp,
                               quotedTotalLength: 28, ttl: flow.ttl,
                               quotedWords: (UInt16(ICMPv4Header.echoRequest) << 8, 0, k.identifier, 0))
+            case .icmp6Error(let type, let code, let offender, _):
+                let k = flow.key
+                guard !k.guestAddress.isIPv4 else { continue }
+                let from = guestFacingSource(hostAddress: IPAddress(offender), flowHostDestination: flow.hostDestination,
+                                             guestDestination: k.destination)
+                sendICMPv6Error(type: type, code: code, from: from.v6, to: flow.guestMAC, guest: k.guestAddress.v6,
+                                destination: k.destination.v6, quotedNextHeader: IPProtocol.icmpv6.rawValue, quotedPayloadLength: 8,
+                                hopLimit: flow.ttl, quotedWords: (UInt16(ICMPv6Header.echoRequest) << 8, 0, k.identifier, 0))
             case .ignored, .datagram:
                 continue
             case .wouldBlock, .failed:

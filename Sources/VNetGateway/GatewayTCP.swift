@@ -23,9 +23,9 @@ import VNetBuffers
 import VNetWire
 
 struct TCPFlowKey: Hashable {
-    var guestAddress: IPv4Address
+    var guestAddress: IPAddress
     var guestPort: UInt16
-    var destination: IPv4Address
+    var destination: IPAddress
     var destinationPort: UInt16
 }
 
@@ -38,7 +38,7 @@ struct TCPFlow {
     var slot: Int = 0
     var handle: Int32
     var guestMAC: MACAddress
-    var hostDestination: IPv4Address
+    var hostDestination: IPAddress
     var state: State = .connecting
     var guestFinReceived = false
     /// The host closed its side: every byte is before `finSeq`, and our FIN takes sequence number `finSeq`.
@@ -106,10 +106,10 @@ enum TCPTiming {
 extension Gateway {
     // MARK: Guest segments
 
-    func handleTCP(_ p: UnsafeRawBufferPointer, ip: IPv4Header, ethernet: EthernetHeader, now: Instant) {
+    func handleTCP(_ p: UnsafeRawBufferPointer, ip: GuestPacket, ethernet: EthernetHeader, now: Instant) {
         guard let tcp = try? TCPHeader.parse(p) else { return drop(.tcpMalformed) }
         if !guestChecksumPartial {
-            let sum = InternetChecksum.add(p, to: InternetChecksum.pseudoHeader(source: ip.source, destination: ip.destination, protocolNumber: 6, length: p.count))
+            let sum = InternetChecksum.add(p, to: ip.pseudoHeader(length: p.count))
             guard InternetChecksum.finish(sum) == 0 else { return drop(.tcpBadChecksum) }
         }
         guard !ip.source.isUnspecified, tcp.sourcePort != 0, tcp.destinationPort != 0 else { return drop(.martianSource) }
@@ -127,26 +127,26 @@ extension Gateway {
     }
 
     enum TCPTarget {
-        case host(IPv4Address, UInt16)
+        case host(IPAddress, UInt16)
         case command(String)
         case refused(DropReason)
     }
 
     /// Where a guest connection to `key.destination:port` goes on the host side.
     func tcpTarget(for key: TCPFlowKey) -> TCPTarget {
-        for f in config.guestForwards where f.serverAddress == key.destination && f.serverPort == key.destinationPort {
+        for f in config.guestForwards where IPAddress(f.serverAddress) == key.destination && f.serverPort == key.destinationPort {
             switch f.target {
-            case .tcp(let a, let p): return .host(a, p)
+            case .tcp(let a, let p): return .host(IPAddress(a), p)
             case .command(let c): return .command(c)
             }
         }
         // libslirp's restrict=on: guest-initiated TCP reaches guestfwd targets only (answered with RST).
         if config.restricted { return .refused(.restricted) }
-        if key.destination == config.dnsAddress && (key.destinationPort == 53 || config.dnsAddress != config.gatewayAddress) {
+        if config.isDNSAddress(key.destination) && (key.destinationPort == 53 || config.dnsAddress != config.gatewayAddress) {
             // DNS over TCP: relayed to the first upstream resolver, like DNS over UDP.
             guard key.destinationPort == 53 else { return .refused(.dnsWrongPort) }
             guard let up = currentDNSUpstream else { return .refused(.dnsNoUpstream) }
-            return .host(up.0, up.1)
+            return .host(IPAddress(up.0), up.1)
         }
         let (dst, reason) = hostDestination(for: key.destination)
         guard let d = dst else { return .refused(reason!) }
@@ -164,14 +164,14 @@ extension Gateway {
         }
         let tag = FlowTag(kind: .tcp, index: tcpFlows.nextFreeIndex!)
         let opened: Int32?
-        var hostAddress = IPv4Address.any
+        var hostAddress = IPAddress(IPv4Address.any)
         switch tcpTarget(for: key) {
         case .refused(let reason):
             drop(reason)
             return sendReset(answering: tcp, payloadLength: 0, key: key, mac: mac)
         case .host(let a, let p):
             hostAddress = a
-            opened = host.openTCP(destination: a, port: p, tag: tag)
+            opened = host.openTCP(to: a, port: p, tag: tag)
         case .command(let c):
             opened = host.openCommand(c, tag: tag)
         }
@@ -186,7 +186,7 @@ extension Gateway {
                            rcvNxt: tcp.sequence &+ 1, iss: iss, sndUna: iss, sndNxt: iss, sndMax: iss,
                            guestWindow: UInt32(tcp.window), guestWScale: guestScales ? min(tcp.windowScale!, 14) : 0,
                            ourWScale: guestScales ? TCPTiming.ourWindowScale : 0,
-                           mss: max(64, min(guestMSS, config.mtu - 40)), lastActive: now, recover: iss)
+                           mss: max(64, min(guestMSS, maximumSegmentSize(key))), lastActive: now, recover: iss)
         _ = tcpFlows.insert(key, flow)
         tcpHalfOpenCount += 1
         counters.count(.tcpFlowsOpened)
@@ -203,8 +203,15 @@ extension Gateway {
     /// Returns false (and the caller closes the socket) when the flow cannot be made.
     public func acceptForwardedTCP(handle: Int32, from client: IPv4Address, port clientPort: UInt16,
                                    to guest: IPv4Address, port guestPort: UInt16, now: Instant) -> Bool {
+        acceptForwardedTCP(handle: handle, from: IPAddress(client), port: clientPort, to: IPAddress(guest), port: guestPort, now: now)
+    }
+
+    /// As above, for either family on either side. A client of the other family than the guest's address (an
+    /// IPv6 client of a forward to the guest's IPv4 address, say) appears as the gateway address.
+    public func acceptForwardedTCP(handle: Int32, from client: IPAddress, port clientPort: UInt16,
+                                   to guest: IPAddress, port guestPort: UInt16, now: Instant) -> Bool {
         guard let mac = guestMAC(for: guest) else { drop(.forwardNoGuestMAC); return false }
-        let facing = client.isLoopback || client.isUnspecified ? config.gatewayAddress : client
+        let facing = forwardFacingAddress(client: client, guest: guest)
         let key = TCPFlowKey(guestAddress: guest, guestPort: guestPort, destination: facing, destinationPort: clientPort)
         guard tcpFlows.lookup(key) == nil else { drop(.tcpFlowTableFull); return false }
         guard tcpFlows.count < tcpFlows.capacity else { drop(.tcpFlowTableFull); return false }
@@ -214,7 +221,7 @@ extension Gateway {
         let iss = initialSequence(for: key, now: now)
         var flow = TCPFlow(key: key, slot: index, handle: handle, guestMAC: mac, hostDestination: client, state: .synSent,
                            rcvNxt: 0, iss: iss, sndUna: iss, sndNxt: iss, sndMax: iss, guestWindow: 0, guestWScale: 0,
-                           ourWScale: TCPTiming.ourWindowScale, mss: config.mtu - 40, lastActive: now, recover: iss)
+                           ourWScale: TCPTiming.ourWindowScale, mss: maximumSegmentSize(key), lastActive: now, recover: iss)
         sendSyn(&flow)
         armRTO(&flow, now: now)
         _ = tcpFlows.insert(key, flow)
@@ -239,7 +246,7 @@ extension Gateway {
         guard tcp.flags.contains(.syn), tcp.flags.contains(.ack), tcp.acknowledgment == f.iss &+ 1 else { return drop(.tcpBadAck) }
         f.rcvNxt = tcp.sequence &+ 1
         if let ws = tcp.windowScale { f.guestWScale = min(ws, 14) } else { f.guestWScale = 0; f.ourWScale = 0 }
-        f.mss = max(64, min(Int(tcp.maxSegmentSize ?? 536), config.mtu - 40))
+        f.mss = max(64, min(Int(tcp.maxSegmentSize ?? 536), maximumSegmentSize(f.key)))
         f.guestWindow = UInt32(tcp.window)   // never scaled in a SYN
         f.sndUna = f.iss &+ 1
         f.state = .established
@@ -505,8 +512,8 @@ extension Gateway {
             }
             // Never peek more than the guest queue can take now: what is peeked must go out. With offloads a
             // segment is a super-segment of whole MSS-sized pieces that the kernel cuts.
-            let segmentPayload = config.guestOffloads ? superSegmentPayload(mss: f.mss) : f.mss
-            let overhead = 14 + 20 + 20 + FrameQueue.prefixLength + toGuest.frameHeaderLength
+            let segmentPayload = config.guestOffloads ? superSegmentPayload(mss: f.mss, ipv4: f.key.guestAddress.isIPv4) : f.mss
+            let overhead = 14 + (f.key.guestAddress.isIPv4 ? 20 : 40) + 20 + FrameQueue.prefixLength + toGuest.frameHeaderLength
             let free = toGuest.freeSpace
             var queueRoom = (free / (segmentPayload + overhead)) * segmentPayload
             if queueRoom == 0 { queueRoom = (free / (f.mss + overhead)) * f.mss }
@@ -617,11 +624,12 @@ extension Gateway {
         let h = TCPHeader(sourcePort: f.key.destinationPort, destinationPort: f.key.guestPort, sequence: f.iss, acknowledgment: acknowledgment,
                           // RFC 7323 §2.2: the window field of a SYN segment is never scaled.
                           flags: flags, window: UInt16(min(65535, max(0, host.tcpSendSpace(f.handle)))),
-                          maxSegmentSize: UInt16(clamping: config.mtu - 40),
+                          maxSegmentSize: UInt16(clamping: maximumSegmentSize(f.key)),
                           windowScale: f.guestWScale > 0 || f.ourWScale > 0 ? f.ourWScale : nil)
         let len = h.emittedLength
-        emitIPv4(to: f.guestMAC, source: f.key.destination, destination: f.key.guestAddress, protocolNumber: .tcp, l4Length: len) { out in
-            h.emit(into: out, segmentLength: len, source: f.key.destination, destination: f.key.guestAddress)
+        let pseudo = InternetChecksum.pseudoHeader(source: f.key.destination, destination: f.key.guestAddress, protocolNumber: 6, length: len)
+        emitIP(to: f.guestMAC, source: f.key.destination, destination: f.key.guestAddress, protocolNumber: .tcp, l4Length: len) { out in
+            h.emit(into: out, segmentLength: len, pseudoHeader: pseudo)
         }
         f.sndNxt = f.iss &+ 1
         f.sndMax = f.sndNxt
@@ -636,26 +644,42 @@ extension Gateway {
         let n = payload?.count ?? 0
         let len = 20 + n
         let src = f.key.destination, dst = f.key.guestAddress
+        let pseudo = InternetChecksum.pseudoHeader(source: src, destination: dst, protocolNumber: 6, length: len)
         guard config.guestOffloads else {
-            return emitIPv4(to: f.guestMAC, source: src, destination: dst, protocolNumber: .tcp, l4Length: len) { out in
+            return emitIP(to: f.guestMAC, source: src, destination: dst, protocolNumber: .tcp, l4Length: len) { out in
                 if let p = payload, n > 0 { out.copy(p, to: 20) }
-                h.emit(into: out, segmentLength: len, source: src, destination: dst)
+                h.emit(into: out, segmentLength: len, pseudoHeader: pseudo)
             }
         }
         // Offloaded: the checksum is left partial for the kernel, and a segment longer than the MSS is cut there.
-        let offload = VirtioNetHeader(flags: .needsChecksum, segmentation: n > f.mss ? .tcpv4 : .unsegmented, headerLength: 54,
-                                      segmentSize: n > f.mss ? UInt16(f.mss) : 0, checksumStart: 34, checksumOffset: 16)
-        let queued = emitIPv4(to: f.guestMAC, source: src, destination: dst, protocolNumber: .tcp, l4Length: len, offload: offload) { out in
+        let ipHeader = dst.isIPv4 ? 20 : 40
+        let offload = VirtioNetHeader(flags: .needsChecksum, segmentation: n > f.mss ? (dst.isIPv4 ? .tcpv4 : .tcpv6) : .unsegmented,
+                                      headerLength: UInt16(14 + ipHeader + 20),
+                                      segmentSize: n > f.mss ? UInt16(f.mss) : 0, checksumStart: UInt16(14 + ipHeader), checksumOffset: 16)
+        let queued = emitIP(to: f.guestMAC, source: src, destination: dst, protocolNumber: .tcp, l4Length: len, offload: offload) { out in
             if let p = payload, n > 0 { out.copy(p, to: 20) }
-            h.emit(into: out, segmentLength: len, source: src, destination: dst, partialChecksum: true)
+            h.emit(into: out, segmentLength: len, pseudoHeader: pseudo, partialChecksum: true)
         }
         if queued && n > f.mss { counters.count(.tcpSuperSegmentsToGuest) }
         return queued
     }
 
     /// The payload of one super-segment: as many whole MSS-sized pieces as an IPv4 datagram holds.
-    @inline(__always) func superSegmentPayload(mss: Int) -> Int {
-        max(mss, (65_535 - 40) / mss * mss)
+    /// (IPv4's total length counts its header; IPv6's payload length does not.)
+    @inline(__always) func superSegmentPayload(mss: Int, ipv4: Bool = true) -> Int {
+        max(mss, (65_535 - (ipv4 ? 40 : 20)) / mss * mss)
+    }
+
+    /// The largest segment payload the MTU carries for this flow's family (IPv6's header is 20 bytes longer).
+    @inline(__always) func maximumSegmentSize(_ key: TCPFlowKey) -> Int {
+        config.mtu - (key.guestAddress.isIPv4 ? 40 : 60)
+    }
+
+    /// How a hostfwd client appears to the guest: loopback (or another family than the guest's) as the
+    /// gateway, everyone else with their own address.
+    func forwardFacingAddress(client: IPAddress, guest: IPAddress) -> IPAddress {
+        if client.isLoopback || client.isUnspecified || client.isIPv4 != guest.isIPv4 { return config.gatewayAddress(sameFamilyAs: guest) }
+        return client
     }
 
     /// A RST answering a segment that has no flow (RFC 9293 §3.10.7.1).
@@ -673,8 +697,9 @@ extension Gateway {
                               acknowledgment: tcp.sequence &+ segLen, flags: [.rst, .ack], window: 0)
         }
         counters.count(.tcpResetsToGuest)
-        emitIPv4(to: mac, source: key.destination, destination: key.guestAddress, protocolNumber: .tcp, l4Length: 20) { l4 in
-            reply.emit(into: l4, segmentLength: 20, source: key.destination, destination: key.guestAddress)
+        let pseudo = InternetChecksum.pseudoHeader(source: key.destination, destination: key.guestAddress, protocolNumber: 6, length: 20)
+        emitIP(to: mac, source: key.destination, destination: key.guestAddress, protocolNumber: .tcp, l4Length: 20) { l4 in
+            reply.emit(into: l4, segmentLength: 20, pseudoHeader: pseudo)
         }
     }
 

@@ -44,8 +44,8 @@ extension Gateway {
     }
 
     func sendTFTP(to peer: TFTPPeer, length: Int) {
-        sendUDPToGuest(mac: peer.mac, source: config.gatewayAddress, sourcePort: TFTPServer.port,
-                       destination: peer.address, destinationPort: peer.port, payloadLength: length)
+        sendUDPToGuest(mac: peer.mac, source: IPAddress(config.gatewayAddress), sourcePort: TFTPServer.port,
+                       destination: IPAddress(peer.address), destinationPort: peer.port, payloadLength: length)
     }
 
     /// Retransmits overdue TFTP packets and abandons transfers whose client went quiet.

@@ -12,9 +12,9 @@ import VNetServices
 import VNetWire
 
 struct UDPFlowKey: Hashable {
-    var guestAddress: IPv4Address
+    var guestAddress: IPAddress
     var guestPort: UInt16
-    var destination: IPv4Address
+    var destination: IPAddress
     var destinationPort: UInt16
 }
 
@@ -22,12 +22,12 @@ struct UDPFlow {
     var key: UDPFlowKey
     var handle: Int32
     var guestMAC: MACAddress
-    var hostDestination: IPv4Address
+    var hostDestination: IPAddress
     var lastActive: Instant
     var ttl: UInt8
     var isDNS: Bool
     /// hostfwd flows share the forward's listening socket and answer its client with sendto.
-    var replyTo: (IPv4Address, UInt16)? = nil
+    var replyTo: (IPAddress, UInt16)? = nil
     /// DNS: when the oldest unanswered query went upstream (zero when none is outstanding).
     var queryPendingSince: Instant = .zero
 }
@@ -46,6 +46,11 @@ extension Gateway {
         }
         guard udp.sourcePort != 0, !ip.source.isUnspecified else { return drop(.udpSourcePortZero) }
         if tftp != nil && udp.destinationPort == TFTPServer.port && ip.destination == config.gatewayAddress { return handleTFTP(payload, ip: ip, udp: udp, mac: ethernet.source, now: now) }
+        handleUDPFlow(payload, ip: GuestPacket(ip), udp: udp, mac: ethernet.source, now: now)
+    }
+
+    /// Guest UDP of either family that is not DHCP or TFTP: hostfwd replies, the DNS forwarder, NAT.
+    func handleUDPFlow(_ payload: UnsafeRawBufferPointer, ip: GuestPacket, udp: UDPHeader, mac: MACAddress, now: Instant) {
         let key = UDPFlowKey(guestAddress: ip.source, guestPort: udp.sourcePort, destination: ip.destination, destinationPort: udp.destinationPort)
         let existing = udpFlows.lookup(key)
         if let i = existing, let to = udpFlows[i]?.replyTo {
@@ -56,13 +61,13 @@ extension Gateway {
         }
         // libslirp's restrict=on: only DHCP (and TFTP) reach the gateway; nothing is NAT'd, not even DNS.
         guard !config.restricted else { return drop(.restricted) }
-        if ip.destination == config.dnsAddress && (udp.destinationPort == 53 || config.dnsAddress != config.gatewayAddress) {
+        if config.isDNSAddress(ip.destination) && (udp.destinationPort == 53 || config.dnsAddress != config.gatewayAddress) {
             guard udp.destinationPort == 53 else { return drop(.dnsWrongPort) }
-            if !localDNS.isEmpty, answerLocalDNS(from: localDNS, payload, ip: ip, udp: udp, mac: ethernet.source) { return }
-            if !leaseNames.isEmpty, answerLocalDNS(from: leaseNames, payload, ip: ip, udp: udp, mac: ethernet.source) { return }
-            return forwardUDP(payload, ip: ip, udp: udp, key: key, existing: existing, mac: ethernet.source, dns: true, now: now)
+            if !localDNS.isEmpty, answerLocalDNS(from: localDNS, payload, ip: ip, udp: udp, mac: mac) { return }
+            if !leaseNames.isEmpty, answerLocalDNS(from: leaseNames, payload, ip: ip, udp: udp, mac: mac) { return }
+            return forwardUDP(payload, ip: ip, udp: udp, key: key, existing: existing, mac: mac, dns: true, now: now)
         }
-        forwardUDP(payload, ip: ip, udp: udp, key: key, existing: existing, mac: ethernet.source, dns: false, now: now)
+        forwardUDP(payload, ip: ip, udp: udp, key: key, existing: existing, mac: mac, dns: false, now: now)
     }
 
     // MARK: DHCP
@@ -81,34 +86,35 @@ extension Gateway {
             // RFC 2131 4.1: a client with an address (ciaddr, e.g. INFORM or renewal) is answered there.
             let dstIP = r.broadcast ? IPv4Address.broadcast : (msg.clientAddress.isUnspecified ? r.yourAddress : msg.clientAddress)
             let dstMAC = r.broadcast ? MACAddress.broadcast : msg.clientMAC
-            sendUDPToGuest(mac: dstMAC, source: config.gatewayAddress, sourcePort: DHCPMessage.serverPort,
-                           destination: dstIP, destinationPort: DHCPMessage.clientPort, payloadLength: r.length)
+            sendUDPToGuest(mac: dstMAC, source: IPAddress(config.gatewayAddress), sourcePort: DHCPMessage.serverPort,
+                           destination: IPAddress(dstIP), destinationPort: DHCPMessage.clientPort, payloadLength: r.length)
         }
     }
 
     /// Sends `scratch[8 ..< 8+payloadLength]` to the guest as one UDP datagram (fragmented if needed).
-    func sendUDPToGuest(mac: MACAddress, source: IPv4Address, sourcePort: UInt16, destination: IPv4Address,
+    func sendUDPToGuest(mac: MACAddress, source: IPAddress, sourcePort: UInt16, destination: IPAddress,
                         destinationPort: UInt16, payloadLength: Int) {
         let length = 8 + payloadLength
         UDPHeader(sourcePort: sourcePort, destinationPort: destinationPort, length: length)
-            .emit(into: scratch.slice(0 ..< length), source: source, destination: destination)
-        emitIPv4Fragmenting(to: mac, source: source, destination: destination, protocolNumber: .udp,
-                            l4: UnsafeRawBufferPointer(scratch.slice(0 ..< length)))
+            .emit(into: scratch.slice(0 ..< length),
+                  pseudoHeader: InternetChecksum.pseudoHeader(source: source, destination: destination, protocolNumber: 17, length: length))
+        emitIPFragmenting(to: mac, source: source, destination: destination, protocolNumber: .udp,
+                          l4: UnsafeRawBufferPointer(scratch.slice(0 ..< length)))
     }
 
     // MARK: NAT
 
     /// `existing` is the flow `key` already names (looked up once by the caller), if any.
-    func forwardUDP(_ payload: UnsafeRawBufferPointer, ip: IPv4Header, udp: UDPHeader, key: UDPFlowKey, existing: Int?,
+    func forwardUDP(_ payload: UnsafeRawBufferPointer, ip: GuestPacket, udp: UDPHeader, key: UDPFlowKey, existing: Int?,
                     mac: MACAddress, dns: Bool, now: Instant) {
         var index = existing
         if index == nil {
-            let hostAddress: IPv4Address
+            let hostAddress: IPAddress
             let hostPort: UInt16
             if dns {
                 counters.count(.dnsQueries)
                 guard let upstream = currentDNSUpstream else { return answerDNSFailure(payload, ip: ip, udp: udp, mac: mac) }
-                (hostAddress, hostPort) = upstream
+                (hostAddress, hostPort) = (IPAddress(upstream.0), upstream.1)
             } else {
                 let (dst, reason) = hostDestination(for: ip.destination)
                 guard let d = dst else {
@@ -124,7 +130,7 @@ extension Gateway {
             guard udpFlows.count < udpFlows.capacity else { return drop(.udpFlowTableFull) }
             guard !dns || dnsFlowCount < config.dnsFlowCapacity else { return drop(.dnsFlowTableFull) }
             let tagIndex = udpFlows.nextFreeIndex!
-            guard let handle = host.openUDP(destination: hostAddress, port: hostPort, tag: FlowTag(kind: .udp, index: tagIndex)) else {
+            guard let handle = host.openUDP(to: hostAddress, port: hostPort, tag: FlowTag(kind: .udp, index: tagIndex)) else {
                 return drop(.hostSocketFailed)
             }
             index = udpFlows.insert(key, UDPFlow(key: key, handle: handle, guestMAC: mac, hostDestination: hostAddress,
@@ -138,9 +144,9 @@ extension Gateway {
         var flow = udpFlows[i]!
         flow.lastActive = now
         flow.guestMAC = mac
-        if flow.ttl != ip.ttl {
-            host.setTTL(flow.handle, ttl: ip.ttl)
-            flow.ttl = ip.ttl
+        if flow.ttl != ip.hopLimit {
+            host.setTTL(flow.handle, ttl: ip.hopLimit)
+            flow.ttl = ip.hopLimit
         }
         if flow.isDNS && flow.queryPendingSince == .zero { flow.queryPendingSince = now }
         udpFlows[i] = flow
@@ -155,7 +161,7 @@ extension Gateway {
     /// The upstream of `flow` failed (ICMP error, or no answer within `dnsFailoverTimeout`): later queries
     /// go to the next resolver, and the flow is closed so the guest's retry opens a flow to it.
     func failOverDNS(_ flow: UDPFlow) {
-        if dnsUpstreams.count > 1, let cur = currentDNSUpstream, cur.0 == flow.hostDestination {
+        if dnsUpstreams.count > 1, let cur = currentDNSUpstream, IPAddress(cur.0) == flow.hostDestination {
             dnsUpstreamIndex = (dnsUpstreamIndex + 1) % dnsUpstreams.count
             counters.count(.dnsFailovers)
         }
@@ -170,7 +176,7 @@ extension Gateway {
     }
 
     /// A query for a name in `table` (`localDNS`, then the lease names): answered here (true), never forwarded.
-    func answerLocalDNS(from table: LocalDNSRecords, _ payload: UnsafeRawBufferPointer, ip: IPv4Header, udp: UDPHeader,
+    func answerLocalDNS(from table: LocalDNSRecords, _ payload: UnsafeRawBufferPointer, ip: GuestPacket, udp: UDPHeader,
                         mac: MACAddress) -> Bool {
         guard let n = table.answer(query: payload, into: scratch.slice(8 ..< 8 + 512)) else { return false }
         counters.count(.dnsQueries)
@@ -180,7 +186,7 @@ extension Gateway {
         return true
     }
 
-    func answerDNSFailure(_ payload: UnsafeRawBufferPointer, ip: IPv4Header, udp: UDPHeader, mac: MACAddress) {
+    func answerDNSFailure(_ payload: UnsafeRawBufferPointer, ip: GuestPacket, udp: UDPHeader, mac: MACAddress) {
         drop(.dnsNoUpstream)
         guard payload.count <= 1400 else { return }
         let body = scratch.slice(8 ..< 8 + payload.count)
@@ -201,17 +207,29 @@ extension Gateway {
                 flow.queryPendingSince = .zero
                 sendUDPToGuest(mac: flow.guestMAC, source: flow.key.destination, sourcePort: flow.key.destinationPort,
                                destination: flow.key.guestAddress, destinationPort: flow.key.guestPort, payloadLength: n)
-            case .icmpError(_, _, _, _) where flow.isDNS:
+            case .icmpError(_, _, _, _) where flow.isDNS, .icmp6Error(_, _, _, _) where flow.isDNS:
                 // The resolver is unreachable: try the next one rather than relaying the error.
                 return failOverDNS(flow)
             case .icmpError(let type, let code, let offender, let length):
                 let k = flow.key
-                sendICMPError(type: type, code: code,
-                              from: guestFacingSource(hostAddress: offender, flowHostDestination: flow.hostDestination,
-                                                      guestDestination: k.destination),
-                              to: flow.guestMAC, guest: k.guestAddress, destination: k.destination, quotedProtocol: .udp,
+                guard let guest = k.guestAddress.v4, let destination = k.destination.v4,
+                      let from = guestFacingSource(hostAddress: IPAddress(offender), flowHostDestination: flow.hostDestination,
+                                                   guestDestination: k.destination).v4 else {
+                    drop(.hostDatagramDropped); continue
+                }
+                sendICMPError(type: type, code: code, from: from,
+                              to: flow.guestMAC, guest: guest, destination: destination, quotedProtocol: .udp,
                               quotedTotalLength: 20 + 8 + length, ttl: flow.ttl,
                               quotedWords: (k.guestPort, k.destinationPort, UInt16(truncatingIfNeeded: 8 + length), 0))
+            case .icmp6Error(let type, let code, let offender, let length):
+                let k = flow.key
+                guard !k.guestAddress.isIPv4 else { drop(.hostDatagramDropped); continue }
+                let from = guestFacingSource(hostAddress: IPAddress(offender), flowHostDestination: flow.hostDestination,
+                                             guestDestination: k.destination)
+                sendICMPv6Error(type: type, code: code, from: from.v6, to: flow.guestMAC, guest: k.guestAddress.v6,
+                                destination: k.destination.v6, quotedNextHeader: IPProtocol.udp.rawValue,
+                                quotedPayloadLength: 8 + length, hopLimit: flow.ttl,
+                                quotedWords: (k.guestPort, k.destinationPort, UInt16(truncatingIfNeeded: 8 + length), 0))
             case .ignored, .echoReply:
                 drop(.hostDatagramDropped)
             case .wouldBlock, .failed:
@@ -243,8 +261,15 @@ extension Gateway {
     /// Loopback clients appear as the gateway address, everyone else with their real address and port.
     public func forwardedUDPDatagram(listener: Int32, from client: IPv4Address, port clientPort: UInt16,
                                      to guest: IPv4Address, port guestPort: UInt16, length: Int, now: Instant) {
+        forwardedUDPDatagram(listener: listener, from: IPAddress(client), port: clientPort, to: IPAddress(guest), port: guestPort,
+                             length: length, now: now)
+    }
+
+    /// As above, for either family on either side (see `acceptForwardedTCP`).
+    public func forwardedUDPDatagram(listener: Int32, from client: IPAddress, port clientPort: UInt16,
+                                     to guest: IPAddress, port guestPort: UInt16, length: Int, now: Instant) {
         guard let mac = guestMAC(for: guest) else { return drop(.forwardNoGuestMAC) }
-        let facing = client.isLoopback || client.isUnspecified ? config.gatewayAddress : client
+        let facing = forwardFacingAddress(client: client, guest: guest)
         let key = UDPFlowKey(guestAddress: guest, guestPort: guestPort, destination: facing, destinationPort: clientPort)
         if let i = udpFlows.lookup(key) {
             udpFlows[i]!.lastActive = now

@@ -26,6 +26,8 @@ public enum HostReceive: Equatable, Sendable {
     /// An ICMP error the host received for this flow's traffic; `length` bytes of the original payload were
     /// written into the buffer.
     case icmpError(type: UInt8, code: UInt8, offender: IPv4Address, length: Int)
+    /// The same for an IPv6 flow: an ICMPv6 error (IPV6_RECVERR).
+    case icmp6Error(type: UInt8, code: UInt8, offender: IPv6Address, length: Int)
     /// Something arrived that is not for the guest (e.g. another flow's echo on a raw socket); skip it.
     case ignored
     case wouldBlock
@@ -43,6 +45,23 @@ public protocol HostIO: AnyObject, HostTCP {
     func receiveUDP(_ handle: Int32, into buffer: UnsafeMutableRawBufferPointer) -> HostReceive
     func receiveICMPEcho(_ handle: Int32, into buffer: UnsafeMutableRawBufferPointer) -> HostReceive
     func close(_ handle: Int32)
+
+    /// Either family: a connected UDP socket (IPv4 ones go to `openUDP(destination:)` by default).
+    func openUDP(to destination: IPAddress, port: UInt16, tag: FlowTag) -> Int32?
+    /// Either family: an ICMP or ICMPv6 echo socket (IPv4 ones go to `openICMPEcho(destination:)` by default).
+    func openICMPEcho(to destination: IPAddress, tag: FlowTag) -> Int32?
+}
+
+extension HostIO {
+    public func openUDP(to destination: IPAddress, port: UInt16, tag: FlowTag) -> Int32? {
+        guard let v4 = destination.v4 else { return nil }
+        return openUDP(destination: v4, port: port, tag: tag)
+    }
+
+    public func openICMPEcho(to destination: IPAddress, tag: FlowTag) -> Int32? {
+        guard let v4 = destination.v4 else { return nil }
+        return openICMPEcho(destination: v4, tag: tag)
+    }
 }
 
 public enum TCPIOResult: Equatable, Sendable {
@@ -85,6 +104,10 @@ public protocol HostTCP {
     func sendUDP(_ handle: Int32, _ payload: UnsafeRawBufferPointer, to address: IPv4Address, port: UInt16) -> Bool
     /// Which events the loop should report for this socket.
     func tcpSetInterest(_ handle: Int32, tag: FlowTag, readable: Bool, writable: Bool)
+    /// Either family: starts a non-blocking connect (IPv4 goes to `openTCP(destination:)` by default).
+    func openTCP(to destination: IPAddress, port: UInt16, tag: FlowTag) -> Int32?
+    /// Either family: sends on an unconnected (hostfwd listener) UDP socket.
+    func sendUDP(_ handle: Int32, _ payload: UnsafeRawBufferPointer, to address: IPAddress, port: UInt16) -> Bool
 }
 
 extension HostTCP {
@@ -102,4 +125,12 @@ extension HostTCP {
     public func openCommand(_ command: String, tag: FlowTag) -> Int32? { nil }
     public func adoptTCP(_ handle: Int32, tag: FlowTag) -> Bool { false }
     public func sendUDP(_ handle: Int32, _ payload: UnsafeRawBufferPointer, to address: IPv4Address, port: UInt16) -> Bool { false }
+    public func openTCP(to destination: IPAddress, port: UInt16, tag: FlowTag) -> Int32? {
+        guard let v4 = destination.v4 else { return nil }
+        return openTCP(destination: v4, port: port, tag: tag)
+    }
+    public func sendUDP(_ handle: Int32, _ payload: UnsafeRawBufferPointer, to address: IPAddress, port: UInt16) -> Bool {
+        guard let v4 = address.v4 else { return false }
+        return sendUDP(handle, payload, to: v4, port: port)
+    }
 }

@@ -18,10 +18,11 @@ import VNetBuffers
 import VNetWire
 
 struct FragmentKey: Hashable {
-    var source: IPv4Address
-    var destination: IPv4Address
+    var source: IPAddress
+    var destination: IPAddress
     var protocolNumber: UInt8
-    var identification: UInt16
+    /// IPv4's 16-bit identification, or IPv6's 32-bit one.
+    var identification: UInt32
 }
 
 final class Reassembler {

@@ -13,12 +13,12 @@ public struct UserNetOptionError: Error, Equatable, CustomStringConvertible, Sen
 public enum UserNetOptions {
     /// libslirp options that vnet recognises but does not implement yet.
     public static let notYetSupported: Set<String> = [
-        "smb", "smbserver", "ipv6-net", "ipv6-prefix",
-        "ipv6-prefixlen", "ipv6-host", "ipv6-dns", "dnssearch6",
+        "smb", "smbserver",
     ]
     public static let supported: Set<String> = [
         "id", "net", "host", "dhcpstart", "dns", "dnssearch", "domainname", "hostname", "restrict", "ipv4", "ipv6",
         "hostfwd", "guestfwd", "tftp", "bootfile", "tftp-server-name",
+        "ipv6-net", "ipv6-prefix", "ipv6-prefixlen", "ipv6-host", "ipv6-dns",
     ]
 
     /// Splits a QemuOpts string into (key, value) pairs, honouring ",," as an escaped comma.
@@ -66,6 +66,19 @@ public enum UserNetOptions {
         return a
     }
 
+    static func parseAddress6(_ key: String, _ v: String) throws(UserNetOptionError) -> IPv6Address {
+        guard let a = IPv6Address(v) else { throw UserNetOptionError("option '\(key)': '\(v)' is not an IPv6 address") }
+        return a
+    }
+
+    static func parsePrefixLength6(_ key: String, _ v: String) throws(UserNetOptionError) -> Int {
+        // QEMU refuses prefixes longer than 126 bits; SLAAC needs a /64.
+        guard let n = Int(v), v.allSatisfy(\.isNumber), (1 ... 126).contains(n) else {
+            throw UserNetOptionError("option '\(key)': prefix length must be 1 to 126, not '\(v)'")
+        }
+        return n
+    }
+
     /// QEMU's classful default mask for `net=ADDR` without a prefix.
     static func classfulPrefix(_ a: IPv4Address) -> Int {
         let v = a.rawValue
@@ -98,6 +111,7 @@ public enum UserNetOptions {
         var host: IPv4Address? = nil, dns: IPv4Address? = nil, start: IPv4Address? = nil
         var seen: Set<String> = []
         var hostForwards: [(ForwardProtocol, IPv4Address, UInt16, IPv4Address?, UInt16)] = []
+        var v6Prefix: IPv6Address? = nil, v6PrefixLength: Int? = nil, v6Host: IPv6Address? = nil, v6DNS: IPv6Address? = nil
         let pairs = text.isEmpty ? [] : try split(text)
         for (key, value) in pairs {
             if notYetSupported.contains(key) {
@@ -144,8 +158,16 @@ public enum UserNetOptions {
             case "ipv4":
                 if !(try parseBool(key, value)) { throw UserNetOptionError("option 'ipv4=off' is not supported yet") }
             case "ipv6":
-                // vnet has no IPv6 yet, so ipv6=off is exactly what it does; ipv6=on is refused, not ignored.
-                if try parseBool(key, value) { throw UserNetOptionError("option 'ipv6=on' is not supported yet") }
+                c.ipv6Enabled = try parseBool(key, value)
+            case "ipv6-net":
+                // QEMU: ipv6-net=PREFIX/LEN (the length defaults to 64).
+                let parts = value.split(separator: "/", maxSplits: 1, omittingEmptySubsequences: false)
+                v6Prefix = try parseAddress6(key, String(parts[0]))
+                if parts.count == 2 { v6PrefixLength = try parsePrefixLength6(key, String(parts[1])) }
+            case "ipv6-prefix": v6Prefix = try parseAddress6(key, value)
+            case "ipv6-prefixlen": v6PrefixLength = try parsePrefixLength6(key, value)
+            case "ipv6-host": v6Host = try parseAddress6(key, value)
+            case "ipv6-dns": v6DNS = try parseAddress6(key, value)
             default: break
             }
         }
@@ -156,6 +178,16 @@ public enum UserNetOptions {
             c.dnsAddress = IPv4Address(rawValue: n.address.rawValue | 3)
             c.dhcpStart = IPv4Address(rawValue: n.address.rawValue | 15)
         }
+        if v6Prefix != nil || v6PrefixLength != nil {
+            let net = IPv6Network(address: v6Prefix ?? c.ipv6Prefix.address, prefixLength: v6PrefixLength ?? c.ipv6Prefix.prefixLength)
+            if let p = v6Prefix, net.address != p { throw UserNetOptionError("option 'ipv6-net': \(p) has bits set past /\(net.prefixLength)") }
+            c.ipv6Prefix = net
+            // As in QEMU: the host and DNS addresses default to PREFIX::2 and PREFIX::3.
+            c.ipv6GatewayAddress = net.address(withInterface: 2)
+            c.ipv6DNSAddress = net.address(withInterface: 3)
+        }
+        if let h = v6Host { c.ipv6GatewayAddress = h }
+        if let d = v6DNS { c.ipv6DNSAddress = d }
         if let h = host { c.gatewayAddress = h }
         if let d = dns { c.dnsAddress = d }
         if let s = start { c.dhcpStart = s }
@@ -227,6 +259,18 @@ public enum UserNetOptions {
         func inside(_ name: String, _ a: IPv4Address) throws(UserNetOptionError) {
             guard n.contains(a), a != n.address, a != n.broadcast else {
                 throw UserNetOptionError("option '\(name)': \(a) is not a usable address in \(n)")
+            }
+        }
+        if c.ipv6Enabled {
+            let p = c.ipv6Prefix
+            for (name, a) in [("ipv6-host", c.ipv6GatewayAddress), ("ipv6-dns", c.ipv6DNSAddress)] {
+                guard p.contains(a), a != p.address, !a.isMulticast else {
+                    throw UserNetOptionError("option '\(name)': \(a) is not a usable address in \(p)")
+                }
+            }
+            guard c.ipv6GatewayAddress != c.ipv6DNSAddress else { throw UserNetOptionError("options 'ipv6-host' and 'ipv6-dns' must differ") }
+            guard !p.address.isLinkLocal, !p.address.isMulticast, !p.address.isLoopback, !p.address.isUnspecified else {
+                throw UserNetOptionError("option 'ipv6-net': \(p) is not a usable prefix")
             }
         }
         try inside("host", c.gatewayAddress)

@@ -21,6 +21,25 @@ public struct SocketAddress: CustomStringConvertible {
         length = socklen_t(MemoryLayout<sockaddr_in>.size)
     }
 
+    /// IPv6: the address as 16 network-order bytes.
+    public init(ipv6 bytes: [UInt8], port: UInt16) {
+        precondition(bytes.count == 16)
+        let n = withUnsafeMutableBytes(of: &storage) { dst in
+            bytes.withUnsafeBufferPointer { vnet_sockaddr_in6(dst.baseAddress, $0.baseAddress, port) }
+        }
+        length = socklen_t(n)
+    }
+
+    /// For AF_INET6: (16 network-order address bytes, port).
+    public var ipv6: (address: [UInt8], port: UInt16)? {
+        guard family == AF_INET6 else { return nil }
+        return withUnsafeBytes(of: storage) { raw in
+            let sin6 = raw.loadUnaligned(as: sockaddr_in6.self)
+            let bytes = withUnsafeBytes(of: sin6.sin6_addr) { Array($0) }
+            return (bytes, UInt16(bigEndian: sin6.sin6_port))
+        }
+    }
+
     /// A unix socket path; nil when the path does not fit sun_path.
     public init?(unixPath path: String) {
         var sun = sockaddr_un()
@@ -64,6 +83,11 @@ public struct SocketAddress: CustomStringConvertible {
 
     public var description: String {
         if let (a, p) = ipv4 { return "\(a >> 24).\((a >> 16) & 0xFF).\((a >> 8) & 0xFF).\(a & 0xFF):\(p)" }
+        if let (a, p) = ipv6 {
+            var groups: [String] = []
+            for i in stride(from: 0, to: 16, by: 2) { groups.append(String(UInt16(a[i]) << 8 | UInt16(a[i + 1]), radix: 16)) }
+            return "[\(groups.joined(separator: ":"))]:\(p)"
+        }
         if let path = unixPath { return "unix:\(path)" }
         return "(unnamed)"
     }

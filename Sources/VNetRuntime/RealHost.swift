@@ -22,15 +22,83 @@ public final class RealHost: HostIO {
     var eventHadError = false
     var ttlCache: [Int32: UInt8] = [:]
 
+    public let echoMode6: EchoMode
+    /// Host sockets of IPv6 flows (their options, echo headers and error queues differ).
+    var ipv6Handles: Set<Int32> = []
+
     init(epoll: Epoll) {
         self.epoll = epoll
-        echoMode = RealHost.probeEchoMode()
+        echoMode = RealHost.probeEchoMode(family: AF_INET, proto: Int32(IPPROTO_ICMP))
+        echoMode6 = RealHost.probeEchoMode(family: AF_INET6, proto: Int32(IPPROTO_ICMPV6))
     }
 
-    static func probeEchoMode() -> EchoMode {
-        if let fd = try? Sys.socket(AF_INET, Int32(SOCK_DGRAM.rawValue), Int32(IPPROTO_ICMP)) { Sys.close(fd); return .pingSocket }
-        if let fd = try? Sys.socket(AF_INET, Int32(SOCK_RAW.rawValue), Int32(IPPROTO_ICMP)) { Sys.close(fd); return .raw }
+    static func probeEchoMode(family: Int32, proto: Int32) -> EchoMode {
+        if let fd = try? Sys.socket(family, Int32(SOCK_DGRAM.rawValue), proto) { Sys.close(fd); return .pingSocket }
+        if let fd = try? Sys.socket(family, Int32(SOCK_RAW.rawValue), proto) { Sys.close(fd); return .raw }
         return .unavailable
+    }
+
+    static func socketAddress(_ a: IPAddress, port: UInt16) -> SocketAddress {
+        if let v4 = a.v4 { return SocketAddress(ipv4: v4.rawValue, port: port) }
+        return SocketAddress(ipv6: a.v6.bytes, port: port)
+    }
+
+    /// A connected UDP socket of either family, errors reported through the error queue.
+    public func openUDP(to destination: IPAddress, port: UInt16, tag: FlowTag) -> Int32? {
+        if let v4 = destination.v4 { return openUDP(destination: v4, port: port, tag: tag) }
+        guard let fd = try? Sys.socket(AF_INET6, Int32(SOCK_DGRAM.rawValue), 0) else { return nil }
+        do {
+            try Sys.setOption(fd, Int32(IPPROTO_IPV6), IPV6_RECVERR, 1)
+            _ = try Sys.connect(fd, RealHost.socketAddress(destination, port: port))
+        } catch {
+            Sys.close(fd)
+            return nil
+        }
+        ipv6Handles.insert(fd)
+        return register(fd, tag: tag)
+    }
+
+    public func openICMPEcho(to destination: IPAddress, tag: FlowTag) -> Int32? {
+        if let v4 = destination.v4 { return openICMPEcho(destination: v4, tag: tag) }
+        let type: Int32
+        switch echoMode6 {
+        case .pingSocket: type = Int32(SOCK_DGRAM.rawValue)
+        case .raw: type = Int32(SOCK_RAW.rawValue)
+        case .unavailable: return nil
+        }
+        guard let fd = try? Sys.socket(AF_INET6, type, Int32(IPPROTO_ICMPV6)) else { return nil }
+        do {
+            try Sys.setOption(fd, Int32(IPPROTO_IPV6), IPV6_RECVERR, 1)
+            _ = try Sys.connect(fd, RealHost.socketAddress(destination, port: 0))
+        } catch {
+            Sys.close(fd)
+            return nil
+        }
+        ipv6Handles.insert(fd)
+        return register(fd, tag: tag)
+    }
+
+    public func openTCP(to destination: IPAddress, port: UInt16, tag: FlowTag) -> Int32? {
+        if let v4 = destination.v4 { return openTCP(destination: v4, port: port, tag: tag) }
+        guard let fd = try? Sys.socket(AF_INET6, Int32(SOCK_STREAM.rawValue), 0) else { return nil }
+        do {
+            try Sys.setOption(fd, Int32(IPPROTO_TCP), TCP_NODELAY, 1)
+            RealHost.sizeSendBuffer(fd)
+            if usePeekOffset { try Sys.setOption(fd, SOL_SOCKET, SO_PEEK_OFF, 0) } else { fallbackPeeked[fd] = 0 }
+            _ = try Sys.connect(fd, RealHost.socketAddress(destination, port: port))
+            try epoll.add(fd, events: Epoll.writable | Epoll.edgeTriggered, tag: tag.rawValue)
+        } catch {
+            Sys.close(fd)
+            fallbackPeeked[fd] = nil
+            return nil
+        }
+        ipv6Handles.insert(fd)
+        return fd
+    }
+
+    public func sendUDP(_ handle: Int32, _ payload: UnsafeRawBufferPointer, to address: IPAddress, port: UInt16) -> Bool {
+        if case .done = Sys.sendTo(handle, payload, RealHost.socketAddress(address, port: port)) { return true }
+        return false
     }
 
     func register(_ fd: Int32, tag: FlowTag) -> Int32? {
@@ -74,6 +142,10 @@ public final class RealHost: HostIO {
     }
 
     public func setTTL(_ handle: Int32, ttl: UInt8) {
+        if ipv6Handles.contains(handle) {
+            try? Sys.setOption(handle, Int32(IPPROTO_IPV6), IPV6_UNICAST_HOPS, Int32(max(ttl, 1)))
+            return
+        }
         try? Sys.setOption(handle, Int32(IPPROTO_IP), IP_TTL, Int32(max(ttl, 1)))
     }
 
@@ -89,6 +161,14 @@ public final class RealHost: HostIO {
         let length = 8 + payload.count
         guard length <= echoBuffer.count else { return false }
         echoBuffer.copy(payload, to: 8)
+        if ipv6Handles.contains(handle) {
+            // The kernel fills in an ICMPv6 socket's checksum (and a ping socket's identifier).
+            let b = echoBuffer
+            b.put8(0, ICMPv6Header.echoRequest); b.put8(1, 0); b.put16(2, 0)
+            b.put16(4, identifier); b.put16(6, sequence)
+            if case .done = Sys.send(handle, UnsafeRawBufferPointer(echoBuffer.slice(0 ..< length))) { return true }
+            return false
+        }
         ICMPv4Header(type: ICMPv4Header.echoRequest, code: 0, restOfHeader: UInt32(identifier) << 16 | UInt32(sequence))
             .emit(into: echoBuffer.slice(0 ..< length), messageLength: length)
         if case .done = Sys.send(handle, UnsafeRawBufferPointer(echoBuffer.slice(0 ..< length))) { return true }
@@ -97,6 +177,14 @@ public final class RealHost: HostIO {
 
     func readError(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer) -> HostReceive? {
         var type: UInt8 = 0, code: UInt8 = 0
+        if ipv6Handles.contains(fd) {
+            var offender = [UInt8](repeating: 0, count: 16)
+            var length: Int32 = 0
+            let r = vnet_read_icmp6_error(fd, &type, &code, &offender, buffer.baseAddress!.assumingMemoryBound(to: UInt8.self),
+                                          Int32(min(buffer.count, Int(Int32.max))), &length)
+            guard r == 0 else { return nil }
+            return .icmp6Error(type: type, code: code, offender: IPv6Address(bytes: offender), length: Int(length))
+        }
         var offender: UInt32 = 0
         var length: Int32 = 0
         let r = vnet_read_icmp_error(fd, &type, &code, &offender, buffer.baseAddress!.assumingMemoryBound(to: UInt8.self),
@@ -123,16 +211,19 @@ public final class RealHost: HostIO {
             guard n <= buffer.count else { return .ignored }
             let raw = UnsafeRawBufferPointer(buffer)
             var offset = 0
-            if echoMode == .raw {
+            let v6 = ipv6Handles.contains(handle)
+            // A raw IPv4 socket hands over the IP header; a raw ICMPv6 socket does not.
+            if echoMode == .raw && !v6 {
                 guard n >= 20 else { return .ignored }
                 offset = Int(raw[0] & 0x0F) * 4
             }
-            guard n >= offset + 8, raw[offset] == ICMPv4Header.echoReply else { return .ignored }
+            let mode = v6 ? echoMode6 : echoMode
+            guard n >= offset + 8, raw[offset] == (v6 ? ICMPv6Header.echoReply : ICMPv4Header.echoReply) else { return .ignored }
             let id = UInt16(raw[offset + 4]) << 8 | UInt16(raw[offset + 5])
             let seq = UInt16(raw[offset + 6]) << 8 | UInt16(raw[offset + 7])
             let length = n - offset - 8
             if length > 0 { buffer.baseAddress!.copyMemory(from: buffer.baseAddress! + offset + 8, byteCount: length) }
-            return .echoReply(identifier: echoMode == .raw ? id : nil, sequence: seq, length: length)
+            return .echoReply(identifier: mode == .raw ? id : nil, sequence: seq, length: length)
         case .wouldBlock, .closed:
             if eventHadError, let e = readError(handle, into: buffer) { return e }
             return .wouldBlock
@@ -290,6 +381,7 @@ public final class RealHost: HostIO {
     public func tcpShutdownWrite(_ handle: Int32) { _ = shutdown(handle, Int32(SHUT_WR)) }
 
     public func tcpAbort(_ handle: Int32) {
+        ipv6Handles.remove(handle)
         epoll.remove(handle)
         fallbackPeeked[handle] = nil
         commandHandles.remove(handle)
@@ -304,6 +396,7 @@ public final class RealHost: HostIO {
     }
 
     public func close(_ handle: Int32) {
+        ipv6Handles.remove(handle)
         fallbackPeeked[handle] = nil
         commandHandles.remove(handle)
         epoll.remove(handle)

@@ -90,6 +90,15 @@ public struct TCPHeader: Hashable, Sendable {
     @discardableResult
     public func emit(into p: UnsafeMutableRawBufferPointer, segmentLength: Int, source: IPv4Address, destination: IPv4Address,
                      partialChecksum: Bool = false) -> Int {
+        emit(into: p, segmentLength: segmentLength,
+             pseudoHeader: InternetChecksum.pseudoHeader(source: source, destination: destination, protocolNumber: 6, length: segmentLength),
+             partialChecksum: partialChecksum)
+    }
+
+    /// As above, for either family: `pseudoHeader` is the pseudo-header sum for this segment.
+    @discardableResult
+    public func emit(into p: UnsafeMutableRawBufferPointer, segmentLength: Int, pseudoHeader pseudo: UInt64,
+                     partialChecksum: Bool = false) -> Int {
         let len = emittedLength
         p.put16(0, sourcePort); p.put16(2, destinationPort); p.put32(4, sequence); p.put32(8, acknowledgment)
         p.put8(12, UInt8(len / 4) << 4); p.put8(13, flags.rawValue); p.put16(14, window); p.put16(16, 0); p.put16(18, urgentPointer)
@@ -97,7 +106,6 @@ public struct TCPHeader: Hashable, Sendable {
         if let mss = maxSegmentSize { p.put8(i, 2); p.put8(i + 1, 4); p.put16(i + 2, mss); i += 4 }
         if let ws = windowScale { p.put8(i, 1); p.put8(i + 1, 3); p.put8(i + 2, 3); p.put8(i + 3, ws); i += 4 }
         if sackPermitted { p.put8(i, 1); p.put8(i + 1, 1); p.put8(i + 2, 4); p.put8(i + 3, 2); i += 4 }
-        let pseudo = InternetChecksum.pseudoHeader(source: source, destination: destination, protocolNumber: 6, length: segmentLength)
         if partialChecksum {
             p.put16(16, InternetChecksum.partial(pseudo))
         } else {

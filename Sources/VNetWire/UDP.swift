@@ -36,13 +36,25 @@ public struct UDPHeader: Hashable, Sendable {
         return InternetChecksum.finish(s) == 0
     }
 
+    /// Verifies the checksum of an IPv6 datagram: a zero checksum is invalid there (RFC 8200 §8.1).
+    public static func checksumValid(_ p: UnsafeRawBufferPointer, source: IPv6Address, destination: IPv6Address) -> Bool {
+        guard p.count >= 8, p.u16(6) != 0 else { return false }
+        let s = InternetChecksum.add(p, to: InternetChecksum.pseudoHeader(source: source, destination: destination, protocolNumber: 17, length: p.count))
+        return InternetChecksum.finish(s) == 0
+    }
+
     /// Writes the header for a datagram whose payload already sits at `p[8..<length]`, computing the
     /// checksum over it.
     @discardableResult
     public func emit(into p: UnsafeMutableRawBufferPointer, source: IPv4Address, destination: IPv4Address) -> Int {
+        emit(into: p, pseudoHeader: InternetChecksum.pseudoHeader(source: source, destination: destination, protocolNumber: 17, length: length))
+    }
+
+    /// As above, for either family: `pseudoHeader` is the pseudo-header sum for this datagram.
+    @discardableResult
+    public func emit(into p: UnsafeMutableRawBufferPointer, pseudoHeader: UInt64) -> Int {
         p.put16(0, sourcePort); p.put16(2, destinationPort); p.put16(4, UInt16(length)); p.put16(6, 0)
-        let s = InternetChecksum.add(UnsafeRawBufferPointer(p.slice(0 ..< length)),
-                                     to: InternetChecksum.pseudoHeader(source: source, destination: destination, protocolNumber: 17, length: length))
+        let s = InternetChecksum.add(UnsafeRawBufferPointer(p.slice(0 ..< length)), to: pseudoHeader)
         var c = InternetChecksum.finish(s)
         if c == 0 { c = 0xFFFF }
         p.put16(6, c)

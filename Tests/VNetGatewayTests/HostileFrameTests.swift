@@ -31,7 +31,7 @@ let hostileCases: [HostileCase] = {
     add("unknown ethertype 0x88F8 (NC-SI)", .unknownEtherType,
         FrameBuilder.ethernet(type: EtherType(rawValue: 0x88F8), pattern(46)))
     add("ethertype 0x0000", .unknownEtherType, FrameBuilder.ethernet(type: EtherType(rawValue: 0), pattern(46)))
-    add("IPv6", .ipv6Unsupported, FrameBuilder.ethernet(type: .ipv6, [0x60] + [UInt8](repeating: 0, count: 53)))
+    add("IPv6 hop-by-hop header past the payload", .ipv6Malformed, FrameBuilder.ethernet(type: .ipv6, [0x60] + [UInt8](repeating: 0, count: 53)))
     add("VLAN-tagged ARP", .vlanTagged,
         FrameBuilder.ethernet(to: .broadcast, type: .arp, vlan: 5, Array(FrameBuilder.arpFrame(targetIP: gatewayIP)[14...])))
     add("VLAN tag cut short", .ethernetTruncated, Array(FrameBuilder.ethernet(type: .ipv4, vlan: 5, [])[..<16]))

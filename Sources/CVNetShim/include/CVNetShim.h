@@ -126,6 +126,47 @@ static inline int vnet_read_icmp_error(int fd, unsigned char *type, unsigned cha
     return -ENOMSG;
 }
 
+/// The IPv6 twin of vnet_read_icmp_error (IPV6_RECVERR): fills the ICMPv6 type/code and the offender's
+/// 16-byte address (zeros if none).
+static inline int vnet_read_icmp6_error(int fd, unsigned char *type, unsigned char *code,
+                                        unsigned char *offender16, unsigned char *payload, int payload_cap,
+                                        int *payload_len) {
+    char control[512];
+    struct sockaddr_in6 from;
+    struct iovec iov = { payload, (size_t)payload_cap };
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_name = &from; msg.msg_namelen = sizeof from;
+    msg.msg_iov = &iov; msg.msg_iovlen = 1;
+    msg.msg_control = control; msg.msg_controllen = sizeof control;
+    ssize_t n = recvmsg(fd, &msg, MSG_ERRQUEUE | MSG_DONTWAIT);
+    if (n < 0) return -errno;
+    *payload_len = (int)n;
+    memset(offender16, 0, 16);
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level == SOL_IPV6 && c->cmsg_type == IPV6_RECVERR) {
+            struct sock_extended_err *ee = (struct sock_extended_err *)CMSG_DATA(c);
+            if (ee->ee_origin != SO_EE_ORIGIN_ICMP6) return -ENOMSG;
+            *type = ee->ee_type; *code = ee->ee_code;
+            struct sockaddr_in6 *off = (struct sockaddr_in6 *)SO_EE_OFFENDER(ee);
+            if (off->sin6_family == AF_INET6) memcpy(offender16, &off->sin6_addr, 16);
+            return 0;
+        }
+    }
+    return -ENOMSG;
+}
+
+/// Builds a sockaddr_in6 (address as 16 network-order bytes) into `out`; returns its length.
+static inline int vnet_sockaddr_in6(void *out, const unsigned char *addr16, unsigned short port) {
+    struct sockaddr_in6 sin6;
+    memset(&sin6, 0, sizeof sin6);
+    sin6.sin6_family = AF_INET6;
+    sin6.sin6_port = htons(port);
+    memcpy(&sin6.sin6_addr, addr16, 16);
+    memcpy(out, &sin6, sizeof sin6);
+    return (int)sizeof sin6;
+}
+
 /// Receives a unix-socket datagram carrying one fd (SCM_RIGHTS). Returns the fd or -errno.
 static inline int vnet_recv_fd(int sock) {
     char byte;

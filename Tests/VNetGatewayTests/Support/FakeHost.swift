@@ -11,6 +11,8 @@ final class FakeHost: HostIO {
         var port: UInt16?
         var tag: FlowTag
         var handle: Int32
+        /// Set for IPv6 opens (then `destination` is 0.0.0.0).
+        var destination6: IPv6Address? = nil
     }
 
     struct Sent: Equatable {
@@ -61,6 +63,20 @@ final class FakeHost: HostIO {
     }
 
     func openUDP(destination: IPv4Address, port: UInt16, tag: FlowTag) -> Int32? { open(.udp, destination, port, tag) }
+    func openUDP(to destination: IPAddress, port: UInt16, tag: FlowTag) -> Int32? {
+        if let v4 = destination.v4 { return open(.udp, v4, port, tag) }
+        return open6(.udp, destination.v6, port, tag)
+    }
+    func openICMPEcho(to destination: IPAddress, tag: FlowTag) -> Int32? {
+        if let v4 = destination.v4 { return open(.icmp, v4, nil, tag) }
+        return open6(.icmp, destination.v6, nil, tag)
+    }
+    private func open6(_ kind: FlowTag.Kind, _ destination: IPv6Address, _ port: UInt16?, _ tag: FlowTag) -> Int32? {
+        guard !failOpen else { return nil }
+        nextHandle += 1
+        opens.append(Open(kind: kind, destination: .any, port: port, tag: tag, handle: nextHandle, destination6: destination))
+        return nextHandle
+    }
     func openICMPEcho(destination: IPv4Address, tag: FlowTag) -> Int32? { open(.icmp, destination, nil, tag) }
     func setTTL(_ handle: Int32, ttl: UInt8) { ttlSets.append(TTLSet(handle: handle, ttl: ttl)) }
 

@@ -19,6 +19,7 @@ final class FakeTCPHost: HostIO {
         var tag: FlowTag
         /// Where openTCP aimed it (nil for adopted and command sockets).
         var destination: IPv4Address?
+        var destination6: IPv6Address?
         var port: UInt16?
         var command: String?
         var adopted = false
@@ -126,6 +127,17 @@ final class FakeTCPHost: HostIO {
         nextHandle += 1
         let s = newSocket(nextHandle, tag: tag)
         s.destination = destination
+        s.port = port
+        calls.append(.open(nextHandle))
+        return nextHandle
+    }
+
+    func openTCP(to destination: IPAddress, port: UInt16, tag: FlowTag) -> Int32? {
+        if let v4 = destination.v4 { return openTCP(destination: v4, port: port, tag: tag) }
+        guard !failOpen else { return nil }
+        nextHandle += 1
+        let s = newSocket(nextHandle, tag: tag)
+        s.destination6 = destination.v6
         s.port = port
         calls.append(.open(nextHandle))
         return nextHandle

@@ -106,6 +106,7 @@ func expectWellFormedPadding(_ f: [UInt8], sourceLocation: SourceLocation = #_so
     switch type {
     case EtherType.arp.rawValue: content = 14 + ARPPacket.length
     case EtherType.ipv4.rawValue where f.count >= 18: content = 14 + (Int(f[16]) << 8 | Int(f[17]))
+    case EtherType.ipv6.rawValue where f.count >= 20: content = 14 + 40 + (Int(f[18]) << 8 | Int(f[19]))
     default:
         Issue.record("unexpected ethertype \(type)", sourceLocation: sourceLocation)
         return
