@@ -110,15 +110,17 @@ public enum ForwardProtocol: String, Sendable { case tcp, udp }
 
 /// `hostfwd=[tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport`: a host listener whose connections (or
 /// datagrams) go to a guest port.
+/// Either side may be IPv4 or IPv6 (`hostfwd=tcp:[::1]:2222-:22`, `hostfwd=tcp::8080-[fec0::15]:80`): the listener's
+/// family and the guest address's family are independent.
 public struct HostForward: Equatable, Sendable, CustomStringConvertible {
     public var proto: ForwardProtocol
-    /// 0.0.0.0 binds every host address, as in QEMU.
-    public var hostAddress: IPv4Address
+    /// 0.0.0.0 (or ::) binds every host address of that family, as in QEMU.
+    public var hostAddress: IPAddress
     public var hostPort: UInt16
-    public var guestAddress: IPv4Address
+    public var guestAddress: IPAddress
     public var guestPort: UInt16
 
-    public init(proto: ForwardProtocol, hostAddress: IPv4Address, hostPort: UInt16, guestAddress: IPv4Address, guestPort: UInt16) {
+    public init(proto: ForwardProtocol, hostAddress: IPAddress, hostPort: UInt16, guestAddress: IPAddress, guestPort: UInt16) {
         self.proto = proto
         self.hostAddress = hostAddress
         self.hostPort = hostPort
@@ -126,7 +128,11 @@ public struct HostForward: Equatable, Sendable, CustomStringConvertible {
         self.guestPort = guestPort
     }
 
-    public var description: String { "\(proto.rawValue) \(hostAddress):\(hostPort) -> \(guestAddress):\(guestPort)" }
+    public init(proto: ForwardProtocol, hostAddress: IPv4Address, hostPort: UInt16, guestAddress: IPv4Address, guestPort: UInt16) {
+        self.init(proto: proto, hostAddress: IPAddress(hostAddress), hostPort: hostPort, guestAddress: IPAddress(guestAddress), guestPort: guestPort)
+    }
+
+    public var description: String { "\(proto.rawValue) \(hostAddress.bracketed):\(hostPort) -> \(guestAddress.bracketed):\(guestPort)" }
 }
 
 /// `guestfwd=[tcp]:server:port-dev`: guest connections to server:port go to a host TCP service or a command.

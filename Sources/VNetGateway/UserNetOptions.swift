@@ -110,7 +110,7 @@ public enum UserNetOptions {
         var net: IPv4Network? = nil
         var host: IPv4Address? = nil, dns: IPv4Address? = nil, start: IPv4Address? = nil
         var seen: Set<String> = []
-        var hostForwards: [(ForwardProtocol, IPv4Address, UInt16, IPv4Address?, UInt16)] = []
+        var hostForwards: [(ForwardProtocol, IPAddress, UInt16, IPAddress?, UInt16)] = []
         var v6Prefix: IPv6Address? = nil, v6PrefixLength: Int? = nil, v6Host: IPv6Address? = nil, v6DNS: IPv6Address? = nil
         let pairs = text.isEmpty ? [] : try split(text)
         for (key, value) in pairs {
@@ -193,7 +193,7 @@ public enum UserNetOptions {
         if let s = start { c.dhcpStart = s }
         // An empty guest address means the first DHCP address, as in QEMU.
         c.hostForwards = hostForwards.map {
-            HostForward(proto: $0.0, hostAddress: $0.1, hostPort: $0.2, guestAddress: $0.3 ?? c.dhcpStart, guestPort: $0.4)
+            HostForward(proto: $0.0, hostAddress: $0.1, hostPort: $0.2, guestAddress: $0.3 ?? IPAddress(c.dhcpStart), guestPort: $0.4)
         }
         try validate(c)
         return c
@@ -204,28 +204,60 @@ public enum UserNetOptions {
         return p
     }
 
-    /// `[tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport`
-    static func parseHostForward(_ v: String) throws(UserNetOptionError) -> (ForwardProtocol, IPv4Address, UInt16, IPv4Address?, UInt16) {
-        let halves = v.split(separator: "-", maxSplits: 1, omittingEmptySubsequences: false)
-        guard halves.count == 2 else { throw UserNetOptionError("option 'hostfwd': expected [tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport, got '\(v)'") }
-        var host = halves[0].split(separator: ":", omittingEmptySubsequences: false)
-        var proto = ForwardProtocol.tcp
-        if host.count == 3 {
-            switch host[0] {
-            case "", "tcp": proto = .tcp
-            case "udp": proto = .udp
-            default: throw UserNetOptionError("option 'hostfwd': protocol must be tcp or udp, not '\(host[0])'")
+    /// Splits `ADDR:PORT` where ADDR is empty, dotted IPv4 or bracketed IPv6 (`[::1]:22`).
+    static func splitAddressPort(_ key: String, _ text: Substring) throws(UserNetOptionError) -> (IPAddress?, Substring) {
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]"), text[text.index(after: close)...].hasPrefix(":") else {
+                throw UserNetOptionError("option '\(key)': bad address '\(text)'")
             }
-            host.removeFirst()
+            let inner = text[text.index(after: text.startIndex) ..< close]
+            guard let a = IPv6Address(inner) else { throw UserNetOptionError("option '\(key)': '\(inner)' is not an IPv6 address") }
+            return (a.isIPv4Mapped ? IPAddress(IPv4Address(rawValue: UInt32(truncatingIfNeeded: a.low))) : IPAddress(a),
+                    text[text.index(close, offsetBy: 2)...])
         }
-        guard host.count == 2 else { throw UserNetOptionError("option 'hostfwd': bad host side '\(halves[0])'") }
-        let hostAddress = host[0].isEmpty ? IPv4Address.any : try parseAddress("hostfwd", String(host[0]))
-        let hostPort = try parsePort("hostfwd", host[1], allowZero: true)
-        let guest = halves[1].split(separator: ":", omittingEmptySubsequences: false)
-        guard guest.count == 2 else { throw UserNetOptionError("option 'hostfwd': bad guest side '\(halves[1])'") }
-        let guestAddress = guest[0].isEmpty ? nil : try parseAddress("hostfwd", String(guest[0]))
-        let guestPort = try parsePort("hostfwd", guest[1], allowZero: false)
-        return (proto, hostAddress, hostPort, guestAddress, guestPort)
+        let parts = text.split(separator: ":", omittingEmptySubsequences: false)
+        guard parts.count == 2 else { throw UserNetOptionError("option '\(key)': bad address and port '\(text)' (IPv6 goes in brackets)") }
+        if parts[0].isEmpty { return (nil, parts[1]) }
+        return (IPAddress(try parseAddress(key, String(parts[0]))), parts[1])
+    }
+
+    /// The `[tcp|udp]:` prefix of a forward rule, and the rest.
+    static func splitProtocol(_ key: String, _ text: Substring) throws(UserNetOptionError) -> (ForwardProtocol, Substring) {
+        // The protocol is there when the text has a colon before any bracket and more than one colon outside brackets
+        // ("tcp:[::1]:22", "udp::53", ":127.0.0.1:22"); "127.0.0.1:22" and "[::1]:22" have none.
+        if text.hasPrefix("[") { return (.tcp, text) }
+        let outside = text.split(separator: "[", maxSplits: 1, omittingEmptySubsequences: false)[0]
+        let colons = outside.filter { $0 == ":" }.count
+        guard colons >= 2 || (colons == 1 && text.contains("[")) else { return (.tcp, text) }
+        let colon = text.firstIndex(of: ":")!
+        let rest = text[text.index(after: colon)...]
+        switch text[..<colon] {
+        case "", "tcp": return (.tcp, rest)
+        case "udp": return (.udp, rest)
+        default: throw UserNetOptionError("option '\(key)': protocol must be tcp or udp, not '\(text[..<colon])'")
+        }
+    }
+
+    /// `[tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport`, each address IPv4 or bracketed IPv6.
+    static func parseHostForward(_ v: String) throws(UserNetOptionError) -> (ForwardProtocol, IPAddress, UInt16, IPAddress?, UInt16) {
+        // The dash between the sides: the first one outside brackets.
+        var depth = 0
+        var dash: String.Index? = nil
+        for i in v.indices {
+            switch v[i] {
+            case "[": depth += 1
+            case "]": depth -= 1
+            case "-" where depth == 0: dash = dash ?? i
+            default: break
+            }
+        }
+        guard let d = dash else { throw UserNetOptionError("option 'hostfwd': expected [tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport, got '\(v)'") }
+        let (proto, hostSide) = try splitProtocol("hostfwd", v[..<d])
+        let (hostAddress, hostPortText) = try splitAddressPort("hostfwd", hostSide)
+        let hostPort = try parsePort("hostfwd", hostPortText, allowZero: true)
+        let (guestAddress, guestPortText) = try splitAddressPort("hostfwd", v[v.index(after: d)...])
+        let guestPort = try parsePort("hostfwd", guestPortText, allowZero: false)
+        return (proto, hostAddress ?? IPAddress(IPv4Address.any), hostPort, guestAddress, guestPort)
     }
 
     /// `[tcp]:server:port-dev`, dev = `tcp:HOST:PORT` or `cmd:COMMAND`.
@@ -286,9 +318,16 @@ public enum UserNetOptions {
             throw UserNetOptionError("option 'dhcpstart': the DHCP pool overlaps the host or dns address")
         }
         for f in c.hostForwards {
-            guard n.contains(f.guestAddress), f.guestAddress != n.address, f.guestAddress != n.broadcast,
-                  f.guestAddress != c.gatewayAddress, f.guestAddress != c.dnsAddress else {
-                throw UserNetOptionError("option 'hostfwd': guest address \(f.guestAddress) is not a guest address in \(n)")
+            if let g = f.guestAddress.v4 {
+                guard n.contains(g), g != n.address, g != n.broadcast, g != c.gatewayAddress, g != c.dnsAddress else {
+                    throw UserNetOptionError("option 'hostfwd': guest address \(g) is not a guest address in \(n)")
+                }
+            } else {
+                let g = f.guestAddress.v6
+                guard c.ipv6Enabled else { throw UserNetOptionError("option 'hostfwd': guest address \(g) needs IPv6 (ipv6=off)") }
+                guard c.ipv6Prefix.contains(g), !c.isVirtualAddress6(g), g != c.ipv6Prefix.address else {
+                    throw UserNetOptionError("option 'hostfwd': guest address \(g) is not a guest address in \(c.ipv6Prefix)")
+                }
             }
         }
         for (k, f) in c.guestForwards.enumerated() {
@@ -309,7 +348,7 @@ extension UserNetOptions {
     /// address, and the guest address must be a guest address of `config`'s network.
     public static func parseHostForwardRule(_ text: String, config: GatewayConfig) throws(UserNetOptionError) -> HostForward {
         let (proto, hostAddress, hostPort, guest, guestPort) = try parseHostForward(text)
-        let rule = HostForward(proto: proto, hostAddress: hostAddress, hostPort: hostPort, guestAddress: guest ?? config.dhcpStart,
+        let rule = HostForward(proto: proto, hostAddress: hostAddress, hostPort: hostPort, guestAddress: guest ?? IPAddress(config.dhcpStart),
                                guestPort: guestPort)
         var c = config
         c.hostForwards = [rule]
@@ -318,19 +357,9 @@ extension UserNetOptions {
     }
 
     /// hostfwd_remove's `[tcp|udp]:[hostaddr]:hostport` (QEMU's syntax; an empty address is 0.0.0.0).
-    public static func parseHostForwardKey(_ text: String) throws(UserNetOptionError) -> (ForwardProtocol, IPv4Address, UInt16) {
-        var parts = text.split(separator: ":", omittingEmptySubsequences: false)
-        var proto = ForwardProtocol.tcp
-        if parts.count == 3 {
-            switch parts[0] {
-            case "", "tcp": proto = .tcp
-            case "udp": proto = .udp
-            default: throw UserNetOptionError("hostfwd_remove: protocol must be tcp or udp, not '\(parts[0])'")
-            }
-            parts.removeFirst()
-        }
-        guard parts.count == 2 else { throw UserNetOptionError("hostfwd_remove: expected [tcp|udp]:[hostaddr]:hostport, got '\(text)'") }
-        let address = parts[0].isEmpty ? IPv4Address.any : try parseAddress("hostfwd_remove", String(parts[0]))
-        return (proto, address, try parsePort("hostfwd_remove", parts[1], allowZero: true))
+    public static func parseHostForwardKey(_ text: String) throws(UserNetOptionError) -> (ForwardProtocol, IPAddress, UInt16) {
+        let (proto, rest) = try splitProtocol("hostfwd_remove", text[...])
+        let (address, port) = try splitAddressPort("hostfwd_remove", rest)
+        return (proto, address ?? IPAddress(IPv4Address.any), try parsePort("hostfwd_remove", port, allowZero: true))
     }
 }

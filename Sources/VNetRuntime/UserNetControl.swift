@@ -226,7 +226,7 @@ extension UserNetRuntime: ControlTarget {
     }
 
     func forwardDescription(_ f: ActiveForward) -> String {
-        "\(f.rule.proto.rawValue) \(f.bound) -> \(f.rule.guestAddress):\(f.rule.guestPort)"
+        "\(f.rule.proto.rawValue) \(f.bound) -> \(f.rule.guestAddress.bracketed):\(f.rule.guestPort)"
     }
 
     func forwardValue(_ f: ActiveForward) -> [String: Any] {
@@ -240,7 +240,8 @@ extension UserNetRuntime: ControlTarget {
         let rule: HostForward
         do { rule = try UserNetOptions.parseHostForwardRule(text, config: options.gateway) } catch { throw ControlError(error.message) }
         if rule.hostPort != 0, forwards.contains(where: { $0?.rule.proto == rule.proto && $0?.rule.hostPort == rule.hostPort
-                && ($0?.rule.hostAddress == rule.hostAddress || $0?.rule.hostAddress == .any || rule.hostAddress == .any) }) {
+                && $0?.rule.hostAddress.isIPv4 == rule.hostAddress.isIPv4
+                && ($0?.rule.hostAddress == rule.hostAddress || $0?.rule.hostAddress.isUnspecified == true || rule.hostAddress.isUnspecified) }) {
             throw ControlError("\(rule.proto.rawValue) port \(rule.hostPort) is already forwarded")
         }
         let slot: Int
@@ -253,7 +254,7 @@ extension UserNetRuntime: ControlTarget {
     func hostfwdRemove(_ a: ControlArguments) throws -> ControlResult {
         try checkNetdev(a)
         let text = try a.string("rule")
-        let key: (ForwardProtocol, IPv4Address, UInt16)
+        let key: (ForwardProtocol, IPAddress, UInt16)
         do { key = try UserNetOptions.parseHostForwardKey(text) } catch { throw ControlError(error.message) }
         guard let slot = forwards.firstIndex(where: { f in
             guard let f else { return false }

@@ -168,18 +168,22 @@ public final class UserNetRuntime {
     func openForward(_ rule: HostForward) throws -> Int {
         let slot = forwards.firstIndex(where: { $0 == nil }) ?? forwards.count
         let type = rule.proto == .tcp ? Int32(SOCK_STREAM.rawValue) : Int32(SOCK_DGRAM.rawValue)
-        let fd = try Sys.socket(AF_INET, type, 0)
+        let v6 = !rule.hostAddress.isIPv4
+        let fd = try Sys.socket(v6 ? AF_INET6 : AF_INET, type, 0)
         do {
             try Sys.setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1)
-            try Sys.bind(fd, SocketAddress(ipv4: rule.hostAddress.rawValue, port: rule.hostPort))
+            // [::] binds IPv6 only, so an IPv4 rule for the same port can sit beside it.
+            if v6 { try Sys.setOption(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, 1) }
+            try Sys.bind(fd, RealHost.socketAddress(rule.hostAddress, port: rule.hostPort))
             if rule.proto == .tcp { try Sys.listen(fd, backlog: 128) }
             let tag = (rule.proto == .tcp ? LoopTag.forwardTCP : LoopTag.forwardUDP).tag | UInt64(slot)
             try epoll.add(fd, events: Epoll.readable, tag: tag)
         } catch {
             Sys.close(fd)
-            throw RuntimeError("hostfwd \(rule.proto.rawValue):\(rule.hostAddress):\(rule.hostPort): \(error)")
+            throw RuntimeError("hostfwd \(rule.proto.rawValue):\(rule.hostAddress.bracketed):\(rule.hostPort): \(error)")
         }
-        let bound = Sys.localAddress(fd)?.description ?? "\(rule.hostAddress):\(rule.hostPort)"
+        let bound = Sys.localAddress(fd).flatMap(UserNetRuntime.peer).map { "\($0.0.bracketed):\($0.1)" }
+            ?? "\(rule.hostAddress.bracketed):\(rule.hostPort)"
         let active = ActiveForward(rule: rule, fd: fd, bound: bound)
         if slot == forwards.count { forwards.append(active) } else { forwards[slot] = active }
         return slot
@@ -203,8 +207,8 @@ public final class UserNetRuntime {
             for _ in 0 ..< 64 {
                 var from = SocketAddress()
                 guard let c = Sys.accept(fd, from: &from) else { return }
-                guard let (a, p) = from.ipv4,
-                      gateway.acceptForwardedTCP(handle: c, from: IPv4Address(rawValue: a), port: p, to: rule.guestAddress,
+                guard let (a, p) = UserNetRuntime.peer(from),
+                      gateway.acceptForwardedTCP(handle: c, from: a, port: p, to: rule.guestAddress,
                                                  port: rule.guestPort, now: instant) else {
                     vnet_abort_close(c)
                     continue
@@ -215,11 +219,21 @@ public final class UserNetRuntime {
                 var from = SocketAddress()
                 let buf = gateway.forwardReceiveBuffer
                 guard case .done(let n) = Sys.receiveFrom(fd, into: buf, from: &from) else { return }
-                guard n <= buf.count, let (a, p) = from.ipv4 else { continue }
-                gateway.forwardedUDPDatagram(listener: fd, from: IPv4Address(rawValue: a), port: p, to: rule.guestAddress,
+                guard n <= buf.count, let (a, p) = UserNetRuntime.peer(from) else { continue }
+                gateway.forwardedUDPDatagram(listener: fd, from: a, port: p, to: rule.guestAddress,
                                              port: rule.guestPort, length: n, now: instant)
             }
         }
+    }
+
+    /// A peer's address and port, of either family.
+    static func peer(_ a: SocketAddress) -> (IPAddress, UInt16)? {
+        if let (v4, p) = a.ipv4 { return (IPAddress(IPv4Address(rawValue: v4)), p) }
+        if let (v6, p) = a.ipv6 {
+            let addr = IPv6Address(bytes: v6)
+            return (addr.isIPv4Mapped ? IPAddress(IPv4Address(rawValue: UInt32(truncatingIfNeeded: addr.low))) : IPAddress(addr), p)
+        }
+        return nil
     }
 
     // MARK: Set-up helpers
@@ -281,9 +295,15 @@ public final class UserNetRuntime {
         var lines: [String] = []
         let c = options.gateway
         lines.append("vnet: user network \(c.network), gateway \(c.gatewayAddress), dns \(c.dnsAddress), dhcp \(c.dhcpStart)+\(c.dhcpPoolSize), mtu \(c.mtu)")
+        if c.ipv6Enabled {
+            lines.append("vnet: ipv6 prefix \(c.ipv6Prefix) (SLAAC), router fe80::2, gateway \(c.ipv6GatewayAddress), dns \(c.ipv6DNSAddress)")
+        } else {
+            lines.append("vnet: ipv6 off")
+        }
         lines.append("vnet: guest port: \(port.boundDescription)")
         if c.mapGatewayToHostLoopback {
             lines.append("vnet: guest traffic to \(c.gatewayAddress) reaches host loopback 127.0.0.1 (--no-map-host-loopback turns this off)")
+            if c.ipv6Enabled { lines.append("vnet: guest traffic to \(c.ipv6GatewayAddress) reaches host loopback ::1") }
         } else {
             lines.append("vnet: guest traffic to \(c.gatewayAddress) does not reach host loopback")
         }
@@ -298,7 +318,7 @@ public final class UserNetRuntime {
         lines.append(host.usePeekOffset ? "vnet: tcp host reads via MSG_PEEK with SO_PEEK_OFF"
                                         : "vnet: tcp host reads via MSG_PEEK with skipping (no SO_PEEK_OFF)")
         for case let f? in forwards {
-            lines.append("vnet: hostfwd \(f.rule.proto.rawValue) \(f.bound) -> \(f.rule.guestAddress):\(f.rule.guestPort)")
+            lines.append("vnet: hostfwd \(forwardDescription(f))")
         }
         for g in c.guestForwards { lines.append("vnet: guestfwd \(g)") }
         if let root = c.tftpRoot { lines.append("vnet: tftp \(c.gatewayAddress):69 serves \(root) read-only") }

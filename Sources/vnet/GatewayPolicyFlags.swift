@@ -33,7 +33,13 @@ struct GatewayPolicyFlags: ParsableArguments {
         }
         for (flag, list) in [("--deny", deny), ("--allow", allow)] {
             for text in list {
-                if text.contains(":") { throw ValidationError("\(flag) \(text): IPv6 is not supported yet") }
+                if text.contains(":") {
+                    guard let n6 = EgressPolicy.parseCIDR6(text) else {
+                        throw ValidationError("\(flag): '\(text)' is not an IPv6 prefix (ADDR/N with the host bits zero)")
+                    }
+                    if flag == "--deny" { gw.egress.deny(n6) } else { gw.egress.allow(n6) }
+                    continue
+                }
                 guard let n = EgressPolicy.parseCIDR(text) else {
                     throw ValidationError("\(flag): '\(text)' is not an IPv4 prefix (A.B.C.D/N with the host bits zero)")
                 }

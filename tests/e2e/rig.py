@@ -103,7 +103,7 @@ def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 
 
 
 def _free_port(kind: int, host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, kind) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
 
@@ -1077,6 +1077,7 @@ class HttpServer:
         class Server(http.server.ThreadingHTTPServer):
             daemon_threads = True
             allow_reuse_address = True
+            address_family = socket.AF_INET6 if ":" in outer.host else socket.AF_INET
 
         self._server = Server((self.host, self.port), Handler)
         self.port = self._server.server_address[1]
