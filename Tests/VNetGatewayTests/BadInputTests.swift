@@ -5,13 +5,9 @@
 // did not produce (hostile frames carry canary bytes where vnet must not look; frames to the guest are checked
 // for them and for zero padding).
 //
-// Pending, written when their features land (they do not exist in vnet yet):
-// - 3 (IPv6 payload length past the frame; echo replies), 4's IPv6 half, 14 (fragments again for IPv6) and
-//   18's IPv6 all-nodes address: the IPv6 issue. Until then every IPv6 frame is dropped as ipv6_unsupported
-//   (HostileFrameTests covers that drop).
-// - 9's DHCPv6 CLIENTID: the IPv6 issue. (8, 9's TFTP blksize and 10's TFTP file-not-found are in
-//   TFTPBadInputTests.swift.)
-// - control-socket inputs: issue 7.
+// Elsewhere: 3 (IPv6 payload length past the frame; echo replies), 4's IPv6 half, 9's DHCPv6 CLIENTID, 14 (fragments
+// again for IPv6) and 18's IPv6 all-nodes address are in IPv6BadInputTests.swift; 8, 9's TFTP blksize and 10's TFTP
+// file-not-found in TFTPBadInputTests.swift; control-socket inputs in VNetRuntimeTests (ControlServerTests).
 // Cases 1-21 end-to-end over a real `vnet user --socket` (frames from scapy): tests/e2e/test_bad_inputs.py.
 
 import Testing

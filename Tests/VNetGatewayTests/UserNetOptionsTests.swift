@@ -115,7 +115,7 @@ struct UserNetOptionsTests {
         ])
         // The default guest address follows dhcpstart, wherever it appears in the string.
         let d = try UserNetOptions.parse("hostfwd=tcp::1-:2,dhcpstart=10.0.2.40")
-        #expect(d.hostForwards.first?.guestAddress == IPv4Address(10, 0, 2, 40))
+        #expect(d.hostForwards.first?.guestAddress == IPAddress(IPv4Address(10, 0, 2, 40)))
     }
 
     @Test("guestfwd in QEMU syntax with tcp: and cmd: devices; ',,' keeps a comma in the command")
