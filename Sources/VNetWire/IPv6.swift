@@ -299,6 +299,12 @@ public struct IPv6Header: Hashable, Sendable {
         public var offset: Int
         public var moreFragments: Bool
         public var identification: UInt32
+
+        public init(offset: Int, moreFragments: Bool, identification: UInt32) {
+            self.offset = offset
+            self.moreFragments = moreFragments
+            self.identification = identification
+        }
     }
 
     /// Where the upper-layer header starts within the IPv6 payload, and which protocol it is.

@@ -178,3 +178,26 @@ def test_switch_counters(nat):
     assert c.get("switch_forwarded", 0) > 0 and c.get("switch_flooded", 0) > 0, c
     assert c.get("switch_macs", 0) >= 4, c   # three VMs and the gateway
     assert c.get("dns_local_answers", 0) >= 4, c
+
+
+def test_ipv6_slaac_ping_and_host_loopback(nat):
+    """The gateway serves IPv6 on the segment too: each VM forms its SLAAC address in fec0::/64, pings the
+    gateway and another VM over IPv6, and reaches host loopback ([::1] here is served by the IPv4 test server's
+    twin below) through fec0::2."""
+    def slaac(mac: str) -> str:
+        b = [int(x, 16) for x in mac.split(":")]
+        b[0] ^= 0x02
+        return "fec0::%x:%x:%x:%x" % (b[0] << 8 | b[1], b[2] << 8 | 0xFF, 0xFE << 8 | b[3], b[4] << 8 | b[5])
+    addrs = {n: slaac(mac) for n, mac in VMS}
+    for n, _ in VMS:
+        def ready(n=n):
+            out = nat.guests[n].run("ip -6 addr show dev eth0").output
+            return addrs[n] + "/64" in out and "tentative" not in out
+        rig.wait_for(ready, timeout=30, interval=0.3, message=f"{n} to form {addrs[n]} by SLAAC")
+    r = nat.guests["vm1"].run("ping -6 -c2 -W5 fec0::2")
+    assert r.rc == 0 and "2 packets received" in r.output, r.output
+    r = nat.guests["vm1"].run(f"ping -6 -c2 -W5 {addrs['vm3']}")
+    assert r.rc == 0 and "2 packets received" in r.output, r.output
+    with rig.HttpServer({"/": b"hello over ipv6 from the host\n"}, host="::1") as http6:
+        out = nat.guests["vm2"].check(f"wget -q -O - http://[fec0::2]:{http6.port}/")
+        assert out == "hello over ipv6 from the host\n", out
