@@ -23,7 +23,7 @@ GUEST6 = "fec0::5054:ff:fe12:3456"
 
 @pytest.fixture(scope="module")
 def net(guest_image, module_workdir, module_log_dir):
-    with rig.HttpServer({"/": b"hello over ipv6\n"}, host="::1") as http, \
+    with rig.HttpServer({"/": b"hello over ipv6\n"}, host="::1") as http, rig.UdpEchoServer(host="::1") as udp, \
             rig.DnsServer({"six.test": "192.0.2.60"}, aaaa={"six.test": "2001:db8::60"}, host="127.0.0.77", port=53) as dns:
         fwd6 = rig.free_tcp_port("::1")
         fwd4 = rig.free_tcp_port()
@@ -35,7 +35,7 @@ def net(guest_image, module_workdir, module_log_dir):
             with rig.Guest(guest_image, netdev, workdir=module_workdir, log_dir=module_log_dir, name="guest") as guest:
                 lease = guest.dhcp()
                 assert lease["ip"] == "10.0.2.15"
-                yield SimpleNamespace(guest=guest, vnet=vnet, http=http, dns=dns, fwd6=fwd6, fwd4=fwd4)
+                yield SimpleNamespace(guest=guest, vnet=vnet, http=http, udp=udp, dns=dns, fwd6=fwd6, fwd4=fwd4)
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +82,24 @@ def test_page_from_host_ipv6_loopback(net, slaac):
     out = net.guest.check(f"wget -q -O - http://[fec0::2]:{net.http.port}/")
     assert out == "hello over ipv6\n"
     assert net.http.requests and net.http.requests[-1][0][0] == "::1"
+
+
+def test_bulk_tcp_over_ipv6(net, slaac):
+    n = 4 << 20
+    out = net.guest.check(f"wget -q -O - http://[fec0::2]:{net.http.port}/bytes/{n} | sha256sum", timeout=120)
+    import hashlib
+    assert out.split()[0] == hashlib.sha256(rig.HttpServer.pattern_bytes(n)).hexdigest()
+
+
+def test_udp_round_trip_and_refusal_over_ipv6(net, slaac):
+    before = net.udp.count
+    rc, out = net.guest.run(f"udpping fec0::2 {net.udp.port} hello-ipv6")
+    assert (rc, out) == (0, "REPLY hello-ipv6\n")
+    assert net.udp.count == before + 1 and net.udp.peers[-1][0] == "::1"
+    # A closed port on host ::1: the host socket's ICMPv6 error (IPV6_RECVERR) comes back as port unreachable.
+    closed = rig.free_udp_port("::1")
+    rc, out = net.guest.run(f"udpping fec0::2 {closed} anyone 3000")
+    assert (rc, out.strip()) == (2, "REFUSED")
 
 
 def test_aaaa_through_the_forwarder_over_ipv6(net, slaac):
