@@ -138,6 +138,8 @@ def check_vnet_frame(f: bytes) -> None:
     etype = struct.unpack(">H", f[12:14])[0]
     if etype == 0x0806:
         content = 42
+    elif etype == 0x86DD:
+        content = 14 + 40 + struct.unpack(">H", f[18:20])[0]
     else:
         assert etype == 0x0800, f"ethertype {etype:#x} from vnet"
         content = 14 + struct.unpack(">H", f[16:18])[0]
@@ -148,8 +150,9 @@ def check_vnet_frame(f: bytes) -> None:
 
 @pytest.fixture(scope="module")
 def servers():
-    with rig.UdpEchoServer() as udp, rig.TcpEchoServer() as tcp, rig.DnsServer({"ok.test": "192.0.2.10"}) as dns:
-        yield SimpleNamespace(udp=udp, tcp=tcp, dns=dns)
+    with rig.UdpEchoServer() as udp, rig.TcpEchoServer() as tcp, rig.DnsServer({"ok.test": "192.0.2.10"}) as dns, \
+            rig.UdpEchoServer(host="::1") as udp6:
+        yield SimpleNamespace(udp=udp, tcp=tcp, dns=dns, udp6=udp6)
 
 
 @pytest.fixture(scope="module")
@@ -497,3 +500,61 @@ def test_cases_8_9_10_tftp(workdir, log_dir, servers):
         c = counters(v)
         assert c.get("tftp_transfers_completed") == 1, c
         q.close()
+
+
+GUEST6, GW6, GW6_LL = "fec0::5054:ff:fe12:3456", "fec0::2", "fe80::2"
+
+
+def test_cases_3_9_14_ipv6(vnet, link, servers):
+    """3: IPv6 payload length past the frame, echo padding never echoed; 9: a DHCPv6 CLIENTID larger than the reply
+    space; 14: IPv6 fragments out of order (reassembled, to a host ::1 echo server), overlapping, past 65535."""
+    from scapy.layers.inet6 import (ICMPv6EchoReply, ICMPv6EchoRequest, ICMPv6ND_NS, IPv6, IPv6ExtHdrFragment,
+                                    ICMPv6NDOptSrcLLAddr)
+    from scapy.layers.dhcp6 import DHCP6_InfoRequest, DHCP6OptClientId
+    h = Healthy(link, servers)
+    h.check()
+    # Announce the guest (its neighbour solicitation for the gateway), and take the NA and the first RA.
+    link.send(Ether(dst="33:33:ff:00:00:02", src=GUEST_MAC) / IPv6(src=GUEST6, dst="ff02::1:ff00:2", hlim=255)
+              / ICMPv6ND_NS(tgt=GW6) / ICMPv6NDOptSrcLLAddr(lladdr=GUEST_MAC))
+    link.frames(0.5)
+    before = counters(vnet)
+    # 3: payload length one byte past the frame, then a good echo stuffed with canary padding.
+    bad = bytearray(bytes(eth(IPv6(src=GUEST6, dst=GW6) / ICMPv6EchoRequest(id=7, seq=1, data=b"abcd"))))
+    bad[18:20] = struct.pack(">H", struct.unpack(">H", bad[18:20])[0] + 1)
+    link.send(bytes(bad))
+    link.send(bytes(eth(IPv6(src=GUEST6, dst=GW6) / ICMPv6EchoRequest(id=7, seq=2, data=b"abcd"))) + canary(100))
+    reply = link.wait_for(lambda p: ICMPv6EchoReply in p and p[ICMPv6EchoReply].seq == 2, what="IPv6 echo reply")
+    assert reply[IPv6].plen == 8 + 4 and bytes(reply[ICMPv6EchoReply].data) == b"abcd"
+    h.check()
+    # 9: a CLIENTID that cannot fit a reply within the MTU.
+    link.send(Ether(dst="33:33:00:01:00:02", src=GUEST_MAC) / IPv6(src="fe80::5054:ff:fe12:3456", dst="ff02::1:2")
+              / UDP(sport=546, dport=547) / DHCP6_InfoRequest(trid=5) / DHCP6OptClientId(duid=Raw(canary(1440))))
+    h.check()
+    # 14: a datagram to the host ::1 echo server, in fragments sent last-first (and one duplicated).
+    payload = b"".join(b"frag-%04d" % i for i in range(120))
+    pkt = IPv6(src=GUEST6, dst=GW6) / IPv6ExtHdrFragment(id=0xABCD) / UDP(sport=40600, dport=servers.udp6.port) / Raw(payload)
+    frags = fragment6_list(pkt, 600)
+    for f in reversed(frags):
+        link.send(eth(f))
+    link.send(eth(frags[0]))
+    echo = link.wait_for(lambda p: UDP in p and p[UDP].dport == 40600, timeout=10, what="reassembled datagram's echo")
+    # 1,200 bytes fit the MTU: the echo comes back whole, from the gateway's IPv6 address.
+    assert IPv6ExtHdrFragment not in echo and echo[IPv6].src == GW6 and bytes(echo[UDP].payload) == payload
+    assert servers.udp6.peers[-1][0] == "::1"
+    # An overlapping fragment with other bytes, and one past 65535.
+    pkt2 = IPv6(src=GUEST6, dst=GW6) / IPv6ExtHdrFragment(id=0xABCE, nh=17, m=1, offset=0) / Raw(bytes(UDP(sport=40601, dport=9)) + canary(56))
+    link.send(eth(pkt2))
+    link.send(eth(IPv6(src=GUEST6, dst=GW6) / IPv6ExtHdrFragment(id=0xABCE, nh=17, m=1, offset=2) / Raw(b"\x55" * 64)))
+    link.send(eth(IPv6(src=GUEST6, dst=GW6) / IPv6ExtHdrFragment(id=0xABCF, nh=17, m=0, offset=8191) / Raw(canary(16))))
+    h.check()
+    d = deltas(vnet, before)
+    assert d.get("drop_ipv6_malformed") == 1, d
+    assert d.get("drop_dhcpv6_malformed") == 1, d
+    assert d.get("drop_ipv6_fragment_overlap") == 1, d
+    assert d.get("drop_ipv6_fragment_invalid") == 1, d
+    assert counters(vnet).get("datagrams_reassembled", 0) >= 1
+
+
+def fragment6_list(pkt, size):
+    from scapy.layers.inet6 import fragment6
+    return fragment6(pkt, size)
