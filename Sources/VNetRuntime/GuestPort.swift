@@ -256,7 +256,7 @@ final class GuestPort {
         let limit: Int
         switch header.segmentation {
         case .unsegmented: limit = FrameLimits.maximumFrame(mtu: mtu)
-        case .tcpv4: limit = FrameLimits.maximumFrame(mtu: 65_535); counters.superSegmentsIn &+= 1
+        case .tcpv4, .tcpv6: limit = FrameLimits.maximumFrame(mtu: 65_535 + 40); counters.superSegmentsIn &+= 1
         default: counters.droppedOversize &+= 1; return
         }
         guard frameLength >= FrameLimits.minimumFrame else { counters.droppedShort &+= 1; return }

@@ -157,6 +157,8 @@ def put(host, port, size):
 def main(argv):
     cmd = argv[1]
     if cmd == "serve":
+        if ":" in argv[2]:
+            Server.address_family = socket.AF_INET6
         srv = Server((argv[2], int(argv[3])), Handler)
         print("LISTENING", flush=True)
         srv.serve_forever()

@@ -69,6 +69,12 @@ def tap(request, tun_available, module_workdir, module_log_dir):
         procs.append(server)
         events = rig.OutputCollector(server.stdout, Path(module_log_dir) / f"nettool-server-{request.param}.log", "nettool server")
         events.wait_for(r"LISTENING", 15)
+        # The same service on the host namespace's ::1, for the guest's IPv6 (fec0::2 reaches host ::1).
+        server6 = subprocess.Popen(["ip", "netns", "exec", host_ns, sys.executable, str(NETTOOL), "serve", "::1", str(server_port)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        procs.append(server6)
+        rig.OutputCollector(server6.stdout, Path(module_log_dir) / f"nettool-server6-{request.param}.log", "nettool server6") \
+            .wait_for(r"LISTENING", 15)
         args = ["netns", "exec", host_ns, str(rig.vnet_binary()), "user", "--netns", f"/run/netns/{guest_ns}",
                 "--tap", "tap0", "--dns-upstream", "127.0.0.1:53", "--log-level", "info"] + ([] if offload else ["--no-tap-offload"])
         env = {"VNET_FORCE_PEEK_FALLBACK": "1" if fallback else "0"}
@@ -182,3 +188,40 @@ def test_connection_refused_maps_to_rst(tap):
               "import socket\ntry:\n socket.create_connection(('192.0.2.1', 9), timeout=10); print('CONNECTED')\n"
               "except ConnectionRefusedError: print('REFUSED')")
     assert r.stdout.strip() == "REFUSED"
+
+
+def slaac_address(tap) -> str:
+    """The namespace kernel's SLAAC address on tap0 in fec0::/64, once duplicate address detection is done."""
+    found = {}
+
+    def ready():
+        out = in_ns(tap.guest_ns, "ip", "-6", "addr", "show", "dev", "tap0").stdout
+        for line in out.splitlines():
+            if "inet6 fec0::" in line and "tentative" not in line:
+                found["a"] = line.split()[1].split("/")[0]
+                return True
+        return False
+    rig.wait_for(ready, timeout=30, interval=0.2, message="the kernel's SLAAC address on tap0")
+    return found["a"]
+
+
+@pytest.mark.parametrize("direction", ["host-to-guest", "guest-to-host"])
+def test_ipv6_bulk_tcp_checked_by_sha256(tap, direction):
+    """The kernel stack forms its address from vnet's RA and moves data over IPv6 to host ::1 (with offloads:
+    TCPv6 super-segments both ways)."""
+    slaac_address(tap)
+    routes = in_ns(tap.guest_ns, "ip", "-6", "route").stdout
+    assert "default via fe80::2 dev tap0" in routes, routes
+    size = BULK // 4
+    expected = sh(sys.executable, NETTOOL, "pattern-sha", size).stdout.strip()
+    verb = "get" if direction == "host-to-guest" else "put"
+    r = in_ns(tap.guest_ns, sys.executable, NETTOOL, verb, "fec0::2", tap.server_port, size, timeout=600)
+    assert r.stdout.strip() == expected, r.stdout + r.stderr
+    c = rig.read_counters(tap.vnet)
+    assert c.get("drop_tcp_bad_checksum", 0) == 0 and c.get("drop_port_frame_too_long", 0) == 0, c
+
+
+def test_ipv6_ping_gateway(tap):
+    slaac_address(tap)
+    r = in_ns(tap.guest_ns, "busybox", "ping", "-6", "-c", "2", "-W", "5", "fec0::2", check=False)
+    assert r.returncode == 0 and "2 packets received" in r.stdout, r.stdout + r.stderr

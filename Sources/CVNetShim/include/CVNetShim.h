@@ -73,9 +73,9 @@ static inline int vnet_mcast_sender(int fd, uint32_t local) {
 }
 
 /// Turns on what the kernel may hand a TAP opened with IFF_VNET_HDR: partial checksums and TCPv4
-/// super-segments (TUN_F_CSUM | TUN_F_TSO4). Returns 0 or -errno.
+/// and TCPv6 super-segments (TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6). Returns 0 or -errno.
 static inline int vnet_tap_enable_offload(int fd) {
-    if (ioctl(fd, TUNSETOFFLOAD, (unsigned long)(TUN_F_CSUM | TUN_F_TSO4)) < 0) return -errno;
+    if (ioctl(fd, TUNSETOFFLOAD, (unsigned long)(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)) < 0) return -errno;
     return 0;
 }
 
