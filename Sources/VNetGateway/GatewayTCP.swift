@@ -72,6 +72,9 @@ struct TCPFlow {
     /// readable event (edge-triggered: one per arrival), a rewind, or (peek-and-skip fallback only) a
     /// discard, so with SO_PEEK_OFF a guest ACK never costs a peek that can only say EAGAIN.
     var hostDataPending = true
+    /// An event for the host socket reported a hang-up, reset or error (EPOLLRDHUP/HUP/ERR): a FIN or RST may wait
+    /// behind the data, so a short peek is followed by one more. Sticky: set once, it stays.
+    var peerMayHaveClosed = false
     var ackPending = false
     var wantWritable = false
     var lastAdvertised: UInt32 = 0
@@ -540,7 +543,13 @@ extension Gateway {
                 f.ackPending = false
                 armRTO(&f, now: now)
                 // A short peek may have stopped at a FIN or a reset that came with the data (no further edge
-                // will announce them): peek once more, which says EOF, reset or EAGAIN.
+                // will announce them): peek once more, which says EOF, reset or EAGAIN. With SO_PEEK_OFF and no
+                // hang-up reported for this socket yet, a short peek means it is drained: anything that arrives
+                // later (a FIN included) raises a new edge, so the extra peek could only say EAGAIN.
+                if n < want && host.tcpDrainedPeekIsFinal && !f.peerMayHaveClosed {
+                    f.hostDataPending = false
+                    return
+                }
             case .endOfStream:
                 f.hostEOF = true
                 f.finSeq = f.sndNxt
@@ -581,10 +590,11 @@ extension Gateway {
         if seqLT(f.sndMax, f.sndNxt) { f.sndMax = f.sndNxt }
     }
 
-    func tcpReadable(_ i: Int, now: Instant) {
+    func tcpReadable(_ i: Int, now: Instant, peerClosing: Bool = true) {
         guard var f = tcpFlows[i] else { return }
         f.lastActive = now
         f.hostDataPending = true
+        if peerClosing { f.peerMayHaveClosed = true }
         pushHostData(i, &f, now: now)
         if tcpFlows[i] != nil { tcpFlows[i] = f }
     }

@@ -315,11 +315,13 @@ extension Gateway {
     }
 
     /// Called by the event loop when a host socket registered under `tag` is readable.
-    public func hostReadable(_ tag: FlowTag, now: Instant) {
+    /// `peerClosing`: the event also reported a hang-up, reset or error (EPOLLRDHUP, EPOLLHUP, EPOLLERR). A loop
+    /// that cannot tell passes true, which costs one extra peek after a short one.
+    public func hostReadable(_ tag: FlowTag, now: Instant, peerClosing: Bool = true) {
         switch tag.kind {
         case .udp: udpReadable(tag.index, now: now)
         case .icmp: icmpReadable(tag.index, now: now)
-        case .tcp: tcpReadable(tag.index, now: now)
+        case .tcp: tcpReadable(tag.index, now: now, peerClosing: peerClosing)
         }
     }
 

@@ -81,9 +81,10 @@ public final class RealHost: HostIO {
     public func openTCP(to destination: IPAddress, port: UInt16, tag: FlowTag) -> Int32? {
         if let v4 = destination.v4 { return openTCP(destination: v4, port: port, tag: tag) }
         guard let fd = try? Sys.socket(AF_INET6, Int32(SOCK_STREAM.rawValue), 0) else { return nil }
+        var locked = false
         do {
             try Sys.setOption(fd, Int32(IPPROTO_TCP), TCP_NODELAY, 1)
-            RealHost.sizeSendBuffer(fd)
+            locked = RealHost.sizeSendBuffer(fd)
             if usePeekOffset { try Sys.setOption(fd, SOL_SOCKET, SO_PEEK_OFF, 0) } else { fallbackPeeked[fd] = 0 }
             _ = try Sys.connect(fd, RealHost.socketAddress(destination, port: port))
             try epoll.add(fd, events: Epoll.writable | Epoll.edgeTriggered, tag: tag.rawValue)
@@ -93,6 +94,7 @@ public final class RealHost: HostIO {
             return nil
         }
         ipv6Handles.insert(fd)
+        if locked { rememberSendBuffer(fd) }
         return fd
     }
 
@@ -252,9 +254,10 @@ public final class RealHost: HostIO {
 
     public func openTCP(destination: IPv4Address, port: UInt16, tag: FlowTag) -> Int32? {
         guard let fd = try? Sys.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0) else { return nil }
+        var locked = false
         do {
             try Sys.setOption(fd, Int32(IPPROTO_TCP), TCP_NODELAY, 1)
-            RealHost.sizeSendBuffer(fd)
+            locked = RealHost.sizeSendBuffer(fd)
             if usePeekOffset { try Sys.setOption(fd, SOL_SOCKET, SO_PEEK_OFF, 0) } else { fallbackPeeked[fd] = 0 }
             _ = try Sys.connect(fd, SocketAddress(ipv4: destination.rawValue, port: port))
             try epoll.add(fd, events: Epoll.writable | Epoll.edgeTriggered, tag: tag.rawValue)
@@ -263,6 +266,7 @@ public final class RealHost: HostIO {
             fallbackPeeked[fd] = nil
             return nil
         }
+        if locked { rememberSendBuffer(fd) }
         return fd
     }
 
@@ -270,8 +274,10 @@ public final class RealHost: HostIO {
     /// tcp_wmem's 16 KiB default: autotuning would never grow it, since the guest can only send what the
     /// window allows and the socket is then never cwnd-limited. The kernel caps the value at wmem_max; the
     /// memory is only used while data is queued.
-    static func sizeSendBuffer(_ fd: Int32) {
-        try? Sys.setOption(fd, SOL_SOCKET, SO_SNDBUF, 4 << 20)
+    /// True when the size was set (the kernel then locks it: SOCK_SNDBUF_LOCK).
+    @discardableResult
+    static func sizeSendBuffer(_ fd: Int32) -> Bool {
+        (try? Sys.setOption(fd, SOL_SOCKET, SO_SNDBUF, 4 << 20)) != nil
     }
 
     public func tcpConnectError(_ handle: Int32) -> Int32 { Sys.socketError(handle) }
@@ -295,9 +301,10 @@ public final class RealHost: HostIO {
         do {
             try Sys.setNonBlocking(handle)
             try Sys.setOption(handle, Int32(IPPROTO_TCP), TCP_NODELAY, 1)
-            RealHost.sizeSendBuffer(handle)
+            let locked = RealHost.sizeSendBuffer(handle)
             if usePeekOffset { try Sys.setOption(handle, SOL_SOCKET, SO_PEEK_OFF, 0) } else { fallbackPeeked[handle] = 0 }
             try epoll.add(handle, events: Epoll.edgeTriggered, tag: tag.rawValue)
+            if locked { rememberSendBuffer(handle) }
             return true
         } catch {
             return false
@@ -368,10 +375,24 @@ public final class RealHost: HostIO {
         }
     }
 
-    public func tcpSendSpace(_ handle: Int32) -> Int {
+    /// SO_SNDBUF of the TCP sockets whose buffer vnet set (locked by the kernel from then on, so it never changes):
+    /// read once instead of once per window computation.
+    var sendBufferSizes: [Int32: Int32] = { var d = [Int32: Int32](); d.reserveCapacity(16_384); return d }()
+
+    func rememberSendBuffer(_ fd: Int32) {
         var size: Int32 = 0
         var len = socklen_t(MemoryLayout<Int32>.size)
-        guard getsockopt(handle, SOL_SOCKET, SO_SNDBUF, &size, &len) == 0 else { return 0 }
+        if getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, &len) == 0 { sendBufferSizes[fd] = size }
+    }
+
+    public func tcpSendSpace(_ handle: Int32) -> Int {
+        var size: Int32 = 0
+        if let known = sendBufferSizes[handle] {
+            size = known
+        } else {
+            var len = socklen_t(MemoryLayout<Int32>.size)
+            guard getsockopt(handle, SOL_SOCKET, SO_SNDBUF, &size, &len) == 0 else { return 0 }
+        }
         let queued = vnet_outq(handle)
         guard queued >= 0 else { return 0 }
         // SO_SNDBUF reports twice the payload room (bookkeeping overhead); count half of it as data room.
@@ -382,6 +403,7 @@ public final class RealHost: HostIO {
 
     public func tcpAbort(_ handle: Int32) {
         ipv6Handles.remove(handle)
+        sendBufferSizes[handle] = nil
         epoll.remove(handle)
         fallbackPeeked[handle] = nil
         commandHandles.remove(handle)
@@ -397,6 +419,7 @@ public final class RealHost: HostIO {
 
     public func close(_ handle: Int32) {
         ipv6Handles.remove(handle)
+        sendBufferSizes[handle] = nil
         fallbackPeeked[handle] = nil
         commandHandles.remove(handle)
         epoll.remove(handle)

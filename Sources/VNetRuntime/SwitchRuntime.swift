@@ -577,7 +577,9 @@ public final class SwitchRuntime {
         if let flow = FlowTag(rawValue: tag), let gw = gateway, let h = host {
             h.eventHadError = events & Epoll.error != 0
             if events & Epoll.writable != 0 { gw.hostWritable(flow, now: instant) }
-            if events & (Epoll.readable | Epoll.hangup | Epoll.error) != 0 { gw.hostReadable(flow, now: instant) }
+            if events & (Epoll.readable | Epoll.hangup | Epoll.error) != 0 {
+                gw.hostReadable(flow, now: instant, peerClosing: events & (Epoll.hangup | Epoll.error) != 0)
+            }
             return
         }
         let low = Int(UInt32(truncatingIfNeeded: tag))

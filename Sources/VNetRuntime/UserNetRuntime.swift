@@ -408,7 +408,9 @@ public final class UserNetRuntime {
         if let flow = FlowTag(rawValue: tag) {
             host.eventHadError = events & Epoll.error != 0
             if events & Epoll.writable != 0 { gateway.hostWritable(flow, now: instant) }
-            if events & (Epoll.readable | Epoll.hangup | Epoll.error) != 0 { gateway.hostReadable(flow, now: instant) }
+            if events & (Epoll.readable | Epoll.hangup | Epoll.error) != 0 {
+                gateway.hostReadable(flow, now: instant, peerClosing: events & (Epoll.hangup | Epoll.error) != 0)
+            }
             return
         }
         switch LoopTag(rawValue: UInt8(truncatingIfNeeded: tag >> 56)) {
