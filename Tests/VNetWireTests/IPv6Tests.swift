@@ -81,7 +81,7 @@ struct IPv6WireTests {
         #expect(f.fragment == IPv6Header.Fragment(offset: 0x1230, moreFragments: true, identification: 0xDEAD_BEEF))
         #expect(f.protocolNumber == 58 && f.fragmentableOffset == 8)
         // A chain of more than 8 destination-options headers.
-        let chain = (0 ..< 10).flatMap { _ in [UInt8(60), 0, 0, 0, 0, 0, 0, 0] }
+        let chain: [UInt8] = (0 ..< 10).flatMap { _ -> [UInt8] in [60, 0, 0, 0, 0, 0, 0, 0] }
         #expect(throws: WireError.malformed) { try chain.withUnsafeBytes { try IPv6Header.upperLayer($0, nextHeader: 60) } }
     }
 
