@@ -22,6 +22,7 @@
 #include <errno.h>
 #include <signal.h>
 #include <sys/signalfd.h>
+#include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <string.h>
 
@@ -141,6 +142,9 @@ static inline int vnet_recv_fd(int sock) {
     int fd; memcpy(&fd, CMSG_DATA(c), sizeof fd);
     return fd;
 }
+/// A non-blocking, close-on-exec eventfd (the library API's command queue wakes the loop with it).
+static inline int vnet_eventfd(void) { return eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC); }
+
 /// A signalfd for SIGINT, SIGTERM, SIGHUP and SIGUSR1, which are blocked for normal delivery. SIGPIPE is ignored.
 static inline int vnet_signalfd(void) {
     sigset_t set;

@@ -3,8 +3,6 @@
 
 import ArgumentParser
 import Logging
-import Metrics
-import Prometheus
 import VNetRuntime
 import VNetSwitch
 import VNetWire
@@ -114,9 +112,8 @@ struct SwitchPortFlags: ParsableArguments {
                 guard let p = UInt16(m) else { throw ValidationError("--metrics: expected [ADDR:]PORT, got '\(m)'") }
                 port = p
             }
-            let registry = PrometheusCollectorRegistry()
-            MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
-            o.metrics = MetricsOptions(host: host, port: port, render: { registry.emitToBuffer() })
+            guard let render = CLIBootstrap.metrics() else { throw ValidationError("--metrics: this build has no metrics backend") }
+            o.metrics = MetricsOptions(host: host, port: port, render: render)
         }
         let logger = bootstrapLogging()
         let runtime = try SwitchRuntime(options: o, logger: logger)
@@ -125,12 +122,7 @@ struct SwitchPortFlags: ParsableArguments {
     }
 
     func bootstrapLogging() -> Logger {
-        let level = Logger.Level(rawValue: logLevel) ?? .notice
-        LoggingSystem.bootstrap { label in
-            var h = StreamLogHandler.standardError(label: label)
-            h.logLevel = level
-            return h
-        }
+        CLIBootstrap.logging(Logger.Level(rawValue: logLevel) ?? .notice)
         return Logger(label: "vnet")
     }
 }

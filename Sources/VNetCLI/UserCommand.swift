@@ -2,8 +2,6 @@
 
 import ArgumentParser
 import Logging
-import Metrics
-import Prometheus
 import VNetGateway
 import VNetRuntime
 #if canImport(Glibc)
@@ -176,17 +174,11 @@ struct UserCommand: ParsableCommand {
     func startRuntime(_ options: RuntimeOptions, extra: [String]) throws -> (UserNetRuntime, [String]) {
         var options = options, extra = extra
         if var m = options.metrics {
-            let registry = PrometheusCollectorRegistry()
-            MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
-            m.render = { registry.emitToBuffer() }
+            guard let render = CLIBootstrap.metrics() else { throw ValidationError("--metrics: this build has no metrics backend") }
+            m.render = render
             options.metrics = m
         }
-        let level = Logger.Level(rawValue: logLevel) ?? .notice
-        LoggingSystem.bootstrap { label in
-            var h = StreamLogHandler.standardError(label: label)
-            h.logLevel = level
-            return h
-        }
+        CLIBootstrap.logging(Logger.Level(rawValue: logLevel) ?? .notice)
         let logger = Logger(label: "vnet")
         let runtime = try UserNetRuntime(options: options, logger: logger)
         if let p = options.controlPath { extra.append("vnet: control socket \(p) (vnet ctl \(p) help)") }
