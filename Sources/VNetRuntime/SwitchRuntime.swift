@@ -530,6 +530,8 @@ public final class SwitchRuntime {
             try? LeaseFile.write(gw.dhcp.leases(now: Instant(nanoseconds: Sys.monotonicNanoseconds())), path: path)
         }
         commands.close { $0(self) }
+        for p in pathsToRemove { unlink(p) }   // the socket files go with the loop, not with the object
+        pathsToRemove = []
         if options.announce { printCounters() }
     }
 
