@@ -68,7 +68,7 @@ extension VirtualNetwork {
             g.domainName = domain
             g.mtu = mtu
             g.mapGatewayToHostLoopback = gatewayReachesHostLoopback
-            g.staticLeases = try staticLeases.map(check)
+            g.staticLeases = try staticLeases.map { try Configuration.check($0, first: first, last: last) }
             var o = SwitchOptions()
             o.mtu = mtu
             o.maximumPorts = maximumPorts
@@ -121,8 +121,7 @@ extension VirtualNetwork {
         }
 
         /// A static lease as the DHCP server takes it, checked against the range.
-        func check(_ s: StaticLease) throws -> DHCPStaticLease {
-            let (_, first, last) = try addressing()
+        static func check(_ s: StaticLease, first: UInt32, last: UInt32) throws -> DHCPStaticLease {
             guard !s.mac.isMulticast else { throw VirtualNetworkError.invalid("static lease \(s.mac): a group address") }
             guard let v = s.address.ipv4Value else { throw VirtualNetworkError.unsupported("static lease \(s.address): IPv6 is not supported yet") }
             guard (first ... last).contains(v) else {

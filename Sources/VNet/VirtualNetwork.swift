@@ -37,10 +37,10 @@ import Glibc
 public final class VirtualNetwork: Service, @unchecked Sendable {
     enum State { case idle, running, finished }
 
-    let runtime: SwitchRuntime
+    package let runtime: SwitchRuntime
+    /// Lines the CLI prints after the runtime's own start-up lines.
+    package var extraStartupLines: [String] = []
     let logger: Logger
-    /// The configuration the network was made with.
-    public let configuration: Configuration
     private let lock = NSLock()
     private var state = State.idle
     private var subscribers: [UInt64: AsyncStream<LeaseEvent>.Continuation] = [:]
@@ -51,10 +51,14 @@ public final class VirtualNetwork: Service, @unchecked Sendable {
     /// - Parameters:
     ///   - configuration: addressing, DHCP, DNS and MTU.
     ///   - logger: where the network logs; the library never bootstraps a logging backend.
-    public init(configuration: Configuration = Configuration(), logger: Logger) throws {
-        self.configuration = configuration
+    public convenience init(configuration: Configuration = Configuration(), logger: Logger) throws {
+        try self.init(options: try configuration.switchOptions(), logger: logger)
+    }
+
+    /// A network from the runtime's own options (the CLI's `vnet switch` and `vnet nat`, which have more knobs:
+    /// VLANs, listeners, TAPs, a control socket, metrics, a capture).
+    package init(options: SwitchOptions, logger: Logger) throws {
         self.logger = logger
-        let options = try configuration.switchOptions()
         do {
             runtime = try SwitchRuntime(options: options, logger: logger)
         } catch let e as RuntimeError {
@@ -75,13 +79,14 @@ public final class VirtualNetwork: Service, @unchecked Sendable {
             return true
         }
         guard starting else { throw VirtualNetworkError.notRunning }
-        nonisolated(unsafe) let runtime = self.runtime   // used by the loop thread only, from here on
+        nonisolated(unsafe) let runtime = self.runtime
+        let extra = extraStartupLines   // used by the loop thread only, from here on
         let failure: String? = await withGracefulShutdownHandler {
             await withTaskCancellationHandler {
                 await withCheckedContinuation { (done: CheckedContinuation<String?, Never>) in
                     let thread = Thread {
                         var failure: String? = nil
-                        do { try runtime.run() } catch { failure = "\(error)" }
+                        do { try runtime.run(extraStartupLines: extra) } catch { failure = "\(error)" }
                         done.resume(returning: failure)
                     }
                     thread.name = "vnet-loop"
@@ -258,9 +263,10 @@ public final class VirtualNetwork: Service, @unchecked Sendable {
 
     /// Reserves an address in the DHCP range for a MAC (replacing a static lease of the same MAC).
     public func addStaticLease(_ lease: StaticLease) async throws {
-        let s = try configuration.check(lease)
         try await perform { rt in
             guard let gw = rt.gateway else { throw VirtualNetworkError.notRunning }
+            let s = try VirtualNetwork.Configuration.check(lease, first: gw.config.dhcpStart.rawValue,
+                                                           last: gw.config.dhcpStart.rawValue &+ UInt32(gw.config.dhcpPoolSize - 1))
             var all = gw.dhcp.config.staticLeases.filter { $0.mac != s.mac }
             guard !all.contains(where: { $0.address == s.address }) else {
                 throw VirtualNetworkError.invalid("static lease \(lease.address): that address is reserved for another MAC")

@@ -36,6 +36,9 @@ struct UserCommand: ParsableCommand {
     @Option(name: .customLong("dgram-peer"), help: "QEMU's datagram address (PATH or HOST:PORT); learned from its first datagram if omitted.")
     var dgramPeer: String?
 
+    @Option(name: .customLong("vfkit"), help: "A unixgram socket PATH for vfkit/krunkit (--device virtio-net,unixSocketPath=PATH): the \"VFKT\" handshake, then one frame per datagram.")
+    var vfkitPath: String?
+
     @Option(name: .customLong("netns"), help: "Network namespace for --tap: a path such as /run/netns/NAME, or a PID.")
     var netns: String?
 
@@ -88,8 +91,8 @@ struct UserCommand: ParsableCommand {
         gw.mapGatewayToHostLoopback = !noMapHostLoopback
         try policy.apply(to: &gw)
 
-        let chosen = [socketPath != nil, listenAddress != nil, connectAddress != nil, dgramAddress != nil, tapName != nil].filter { $0 }.count
-        guard chosen <= 1 else { throw ValidationError("choose one transport: --socket, --listen, --connect, --dgram or --tap") }
+        let chosen = [socketPath != nil, listenAddress != nil, connectAddress != nil, dgramAddress != nil, vfkitPath != nil, tapName != nil].filter { $0 }.count
+        guard chosen <= 1 else { throw ValidationError("choose one transport: --socket, --listen, --connect, --dgram, --vfkit or --tap") }
         if dgramPeer != nil && dgramAddress == nil { throw ValidationError("--dgram-peer needs --dgram") }
         if (netns != nil) != (tapName != nil) { throw ValidationError("--tap and --netns go together") }
 
@@ -120,6 +123,8 @@ struct UserCommand: ParsableCommand {
                 if let peer = dgramPeer { let (a, b) = try hostPort(peer, flag: "--dgram-peer"); ph = a; pp = b }
                 transport = .dgramUDP(host: h, port: port, peerHost: ph, peerPort: pp)
             }
+        } else if let v = vfkitPath {
+            transport = .dgramUnix(path: v.hasPrefix("unixgram:") ? String(v.dropFirst(9)) : v, peer: nil)
         } else if let t = tapName, let n = netns {
             transport = .tap(netns: n, name: t)
         } else {
@@ -132,6 +137,7 @@ struct UserCommand: ParsableCommand {
         var opts = RuntimeOptions(gateway: gw, transport: transport)
         opts.resolvConfPath = resolvConf
         opts.transportIsDefault = isDefault
+        opts.vfkitHandshake = vfkitPath != nil
         opts.tapOffload = !noTapOffload
         opts.controlPath = controlPath
         opts.pcapPath = pcapPath

@@ -143,6 +143,9 @@ public struct SwitchOptions: Sendable {
     public var socketIsDefault = false
     /// Block SIGINT/SIGTERM/SIGHUP/SIGUSR1 and read them on the loop (the CLI). An embedder handles its own.
     public var handleSignals = true
+    /// With `handleSignals`: leave SIGINT and SIGTERM to someone else (the CLI's ServiceGroup), read only
+    /// SIGHUP (re-read resolv.conf) and SIGUSR1 (print the counters) on the loop.
+    public var stopSignalsElsewhere = false
     /// Print the start-up lines on stdout and the counters on stderr at exit (the CLI).
     public var announce = true
 

@@ -146,7 +146,7 @@ public final class SwitchRuntime {
         }
         resolvWatcher = options.gateway != nil && options.dnsUpstream == nil ? ResolvConfWatcher(path: options.resolvConfPath) : nil
         if options.handleSignals {
-            let sfd = vnet_signalfd()
+            let sfd = options.stopSignalsElsewhere ? vnet_signalfd_aux() : vnet_signalfd()
             guard sfd >= 0 else { throw RuntimeError("signalfd: \(Sys.errnoString(-sfd))") }
             signalFD = sfd
             try epoll.add(sfd, events: Epoll.readable, tag: SwitchTag.signal.tag())

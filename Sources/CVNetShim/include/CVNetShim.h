@@ -156,6 +156,18 @@ static inline int vnet_signalfd(void) {
     return fd < 0 ? -errno : fd;
 }
 
+/// A signalfd for SIGHUP and SIGUSR1 only (blocked for normal delivery), when something else (a
+/// swift-service-lifecycle ServiceGroup) handles SIGINT and SIGTERM. SIGPIPE is ignored.
+static inline int vnet_signalfd_aux(void) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGHUP); sigaddset(&set, SIGUSR1);
+    if (sigprocmask(SIG_BLOCK, &set, NULL) < 0) return -errno;
+    signal(SIGPIPE, SIG_IGN);
+    int fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+    return fd < 0 ? -errno : fd;
+}
+
 /// Reads one signal from a signalfd; returns its number, or 0 when none is pending.
 static inline int vnet_signalfd_read(int fd) {
     struct signalfd_siginfo si;
