@@ -80,7 +80,7 @@ let package = Package(
         .testTarget(name: "VNetTransportTests", dependencies: ["VNetTransport", "VNetWire", "VNetBuffers"]),
         .testTarget(name: "VNetRuntimeTests", dependencies: ["VNetRuntime", "VNetHost", "VNetGateway", "VNetWire", "VNetBuffers"]),
         .testTarget(name: "VNetTests", dependencies: [
-            "VNet", "VNetWire",
+            "VNet", "VNetWire", "vnet-embed-example",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ], resources: [.copy("Fixtures")]),
