@@ -10,8 +10,9 @@
 // (and after it ended) no other thread uses the runtime, so `perform` runs the closure on the caller's thread,
 // under the state lock. `run()` returns when the loop stops: on graceful shutdown (a ServiceGroup on SIGTERM),
 // on task cancellation, or on `shutdown()`. Lease events are produced on the loop's thread and fanned out to
-// every `leaseEvents()` stream. The runtime never installs signal handlers here and prints nothing on stdout:
-// the embedder owns the process.
+// every `leaseEvents()` stream. The runtime installs no signal handler here (it only ignores SIGPIPE, so a
+// peer that goes away cannot kill the process) and prints nothing: the embedder owns the process.
+// `run()` needs one task to start the thread; after that the cooperative pool is never used by the data path.
 //
 // IPv4 only today: the types take both families, and IPv6 forwards are refused with
 // `VirtualNetworkError.unsupported` until the gateway's IPv6 support is merged (see `Configuration`).
@@ -31,7 +32,7 @@ import Glibc
 /// A virtual Ethernet network for VMs: a learning switch joined to vnet's gateway (DHCP, DNS, NAT to the
 /// host, port forwards), run as a swift-service-lifecycle `Service`.
 ///
-/// Create it with a ``Configuration``, attach VMs (``attachDatagramPair(mac:)``, ``attach(fd:framing:)``,
+/// Create it with a ``Configuration``, attach VMs (``attachDatagramPair(mac:)``, ``attach(fd:framing:name:)``,
 /// ``listen(unixPath:framing:)``), then run it in a `ServiceGroup`. The data path runs on a thread of its own;
 /// every method is safe to call from any task.
 public final class VirtualNetwork: Service, @unchecked Sendable {

@@ -496,6 +496,7 @@ public final class SwitchRuntime {
             if now &- lastExpiry >= 1_000_000_000 {
                 lastExpiry = now
                 fabric.expire(now: instant)
+                if leaseEventSink != nil { reportLeaseChanges(now: instant) }   // expiries do not bump the generation
             }
             var timeout: Int32 = 1000
             for case let l? in links {

@@ -125,6 +125,23 @@ struct VirtualNetworkTests {
         #expect(after == 0)
     }
 
+    @Test("a lease that expires is reported as released")
+    func expiryIsReported() async throws {
+        let net = try RunningNetwork(subnet: "10.86.0.0/24") { $0.leaseSeconds = 2 }
+        let events = net.network.leaseEvents()
+        let a = try await net.network.attachDatagramPair()
+        let vm = TestVM(fd: a.fileDescriptor, mac: a.mac)
+        #expect(await vm.dhcp())
+        let deadline = Task { try await Task.sleep(nanoseconds: 15_000_000_000); net.network.shutdown() }   // never hang
+        var released: Lease? = nil
+        for await e in events {
+            if case .released(let l) = e { released = l; break }
+        }
+        deadline.cancel()
+        #expect(released?.mac == vm.mac)
+        try await net.stop()
+    }
+
     @Test("static leases at run time, DNS records")
     func staticLeasesAndDNS() async throws {
         let net = try RunningNetwork(subnet: "10.79.0.0/24")

@@ -1,9 +1,9 @@
 """The embeddable network and the vfkit transport, with a real guest.
 
 1. The example target (`vnet-embed-example`, README's "Embedding vnet" code) serves a QEMU TCG guest over its
-   stream socket and a datagram "VM" driven by this test over its vfkit socket (unixgram, the `VFKT`
+   stream socket and two datagram "VMs" driven by this test over its vfkit socket (unixgram, the `VFKT`
    handshake datagram first, then one frame per datagram, as vfkit does): both get leases, the example prints
-   the lease events, the guest pings the datagram VM; SIGTERM shuts it down gracefully.
+   the lease events, the guest pings both datagram VMs; SIGTERM shuts it down gracefully.
 2. `vnet nat --vfkit PATH` and `vnet user --vfkit PATH`: the same vfkit client gets a lease out of process,
    as vfkit and krunkit would from gvproxy.
 """
@@ -176,11 +176,13 @@ def test_the_example_serves_a_qemu_guest_and_a_vfkit_vm(guest_image, workdir, lo
     d = Path(workdir)
     sock, vfkit = d / "embed.sock", d / "vfkit.sock"
     with ExampleProcess([sock, vfkit], log_dir=log_dir, name="example", binary=example_binary()) as ex:
-        vm = vfkit_vm(vfkit)
-        vm_ip = vm.dhcp()
-        assert vm_ip.startswith("192.168.127."), vm_ip
+        vm, vm2 = vfkit_vm(vfkit), vfkit_vm(vfkit)   # two datagram VMs, one port each
+        vm_ip, vm2_ip = vm.dhcp(), vm2.dhcp()
+        assert vm_ip.startswith("192.168.127.") and vm2_ip.startswith("192.168.127.") and vm_ip != vm2_ip, (vm_ip, vm2_ip)
         ex.wait_for_line(rf"lease granted: {vm.mac_text} {vm_ip} vfkit", timeout=10)
+        ex.wait_for_line(rf"lease granted: {vm2.mac_text} {vm2_ip} vfkit", timeout=10)
         vm.serve()
+        vm2.serve()
         mac = "52:54:00:12:0e:01"
         netdev = ["-netdev", f"stream,id=n0,server=off,addr.type=unix,addr.path={sock}"]
         with rig.Guest(guest_image, netdev, workdir=d, log_dir=log_dir, name="embed-guest", mac=mac) as g:
@@ -188,9 +190,10 @@ def test_the_example_serves_a_qemu_guest_and_a_vfkit_vm(guest_image, workdir, lo
             assert lease["ip"].startswith("192.168.127.") and lease["ip"] != vm_ip, lease
             assert lease["router"] == "192.168.127.1", lease
             ex.wait_for_line(rf"lease granted: {mac} {lease['ip']}", timeout=10)
-            r = g.run(f"ping -c 2 -W 5 {vm_ip}")
-            assert r.rc == 0 and "2 packets received" in r.output, r.output
-            assert vm.answered_pings >= 2
+            for ip in (vm_ip, vm2_ip):
+                r = g.run(f"ping -c 2 -W 5 {ip}")
+                assert r.rc == 0 and "2 packets received" in r.output, (ip, r.output)
+            assert vm.answered_pings >= 2 and vm2.answered_pings >= 2
             # The example's DNS record answers from the gateway.
             r = g.run("nslookup host.internal 192.168.127.1")
             assert "192.168.127.1" in r.output.split("host.internal", 1)[-1], r.output
