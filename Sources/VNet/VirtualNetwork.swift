@@ -42,7 +42,7 @@ public final class VirtualNetwork: Service, @unchecked Sendable {
     /// Lines the CLI prints after the runtime's own start-up lines.
     package var extraStartupLines: [String] = []
     let logger: Logger
-    private let lock = NSLock()
+    private let lock = NSRecursiveLock()   // perform() holds it while a closure runs before the loop starts
     private var state = State.idle
     private var subscribers: [UInt64: AsyncStream<LeaseEvent>.Continuation] = [:]
     private var nextSubscriber: UInt64 = 0

@@ -222,6 +222,8 @@ final class GuestPort {
                         stateObserver?(true, "learned \(from)")
                     }
                     deliverWhole(received: n, truncated: n > frameBuffer.count, deliver)
+                case .failed(let e) where connectedDatagram && (e == ECONNRESET || e == ECONNREFUSED):
+                    return disconnect(queue: queue, reason: "the peer closed its end", now: now)
                 default:
                     return
                 }
@@ -312,6 +314,9 @@ final class GuestPort {
                 switch connectedDatagram ? Sys.send(fd, frame) : Sys.sendTo(fd, frame, peer!) {
                 case .done: counters.framesOut &+= 1; counters.bytesOut &+= UInt64(frame.count); queue.removeFirstFrame()
                 case .wouldBlock: return armWrite()
+                case .failed(let e) where connectedDatagram && (e == ECONNREFUSED || e == ECONNRESET):
+                    // A socket pair's other end closed: a datagram socket learns it only when it sends.
+                    return disconnect(queue: queue, reason: "the peer closed its end", now: now)
                 default: counters.sendErrors &+= 1; queue.removeFirstFrame()
                 }
             }

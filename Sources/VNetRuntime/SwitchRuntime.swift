@@ -545,7 +545,10 @@ public final class SwitchRuntime {
             drainGateway(now: now)
             for case let l? in links where !l.queue.isEmpty || l.port.writeArmed {
                 l.port.flush(queue: l.queue, now: now)
-                if l.hub == nil, l.port.fd < 0, case .streamListener = l.port.kind { removeLink(l.switchPort, reason: "write failed") }
+                if l.hub == nil, l.port.fd < 0, l.port.isStream || l.port.connectedDatagram {
+                    if case .streamConnector = l.port.kind { continue }   // it reconnects
+                    removeLink(l.switchPort, reason: "write failed")
+                }
             }
             guard let gw = gateway, gw.hasFlowsBlockedOnQueue || !gw.toGuest.isEmpty else { return }
             let before = gw.toGuest.frameCount

@@ -125,6 +125,23 @@ struct VirtualNetworkTests {
         #expect(after == 0)
     }
 
+    @Test("a VM that closes its end of the pair is removed from the switch")
+    func closedPairIsRemoved() async throws {
+        let net = try RunningNetwork(subnet: "10.87.0.0/24")
+        let a = try await net.network.attachDatagramPair()
+        do {
+            let vm = TestVM(fd: a.fileDescriptor, mac: a.mac)
+            #expect(await vm.dhcp())
+        }   // the VM's fd closes here
+        // A datagram socket learns that its peer closed when it next sends to it: a broadcast from another VM.
+        let b = try await net.network.attachDatagramPair()
+        let other = TestVM(fd: b.fileDescriptor, mac: b.mac)
+        other.send(Frames.arpRequest(from: other.mac, ip: [10, 87, 0, 99], target: [10, 87, 0, 98]))
+        let gone = try await eventually { try await net.network.portStatistics().allSatisfy { $0.port != a.port } }
+        #expect(gone)
+        try await net.stop()
+    }
+
     @Test("a lease that expires is reported as released")
     func expiryIsReported() async throws {
         let net = try RunningNetwork(subnet: "10.86.0.0/24") { $0.leaseSeconds = 2 }
