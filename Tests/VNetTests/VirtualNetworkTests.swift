@@ -125,6 +125,39 @@ struct VirtualNetworkTests {
         #expect(after == 0)
     }
 
+    @Test("attach(fd:framing:) with QEMU's stream framing and with TAP framing (one frame per read and write)")
+    func attachFramings() async throws {
+        let net = try RunningNetwork(subnet: "10.88.0.0/24")
+        // TAP framing over a SOCK_SEQPACKET pair: one frame per read and write, like a TAP fd.
+        var t: [Int32] = [-1, -1]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue), 0, &t) == 0)
+        try await net.network.attach(fd: t[0], framing: .tap, name: "tap-like")
+        let tapVM = TestVM(fd: t[1], mac: .random())
+        #expect(await tapVM.dhcp())
+
+        // QEMU stream framing over a stream pair: a 4-byte big-endian length before each frame.
+        var s: [Int32] = [-1, -1]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &s) == 0)
+        try await net.network.attach(fd: s[0], framing: .qemuStream)
+        defer { close(s[1]) }
+        let mac = EthernetAddress.random()
+        let discover = Frames.dhcp(.discover, mac: mac, xid: 0x5151, hostName: "streamer")
+        let framed = Frames.be16(0) + Frames.be16(UInt16(discover.count)) + discover
+        #expect(framed.withUnsafeBytes { Glibc.send(s[1], $0.baseAddress, $0.count, 0) } == framed.count)
+        var got: [UInt8] = []
+        let offered = await eventually {
+            var buf = [UInt8](repeating: 0, count: 4096)
+            let n = buf.withUnsafeMutableBytes { recv(s[1], $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+            if n > 0 { got += buf[0 ..< n] }
+            guard got.count >= 4 else { return false }
+            let length = Int(got[2]) << 8 | Int(got[3])
+            guard got.count >= 4 + length else { return false }
+            return Frames.parseDHCPReply(Array(got[4 ..< 4 + length]))?.xid == 0x5151
+        }
+        #expect(offered)
+        try await net.stop()
+    }
+
     @Test("a VM that closes its end of the pair is removed from the switch")
     func closedPairIsRemoved() async throws {
         let net = try RunningNetwork(subnet: "10.87.0.0/24")
