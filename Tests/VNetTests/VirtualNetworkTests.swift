@@ -32,6 +32,8 @@ final class RunningNetwork: @unchecked Sendable {
         network.shutdown()
         try await task.value
     }
+
+    deinit { network.shutdown() }   // a test that threw half-way still stops its loop
 }
 
 @Suite("VirtualNetwork")
@@ -134,6 +136,15 @@ struct VirtualNetworkTests {
         try await net.network.attach(fd: t[0], framing: .tap, name: "tap-like")
         let tapVM = TestVM(fd: t[1], mac: .random())
         #expect(await tapVM.dhcp())
+
+        // vfkit framing over a connected datagram pair: the VFKT datagram first, not counted as a bad frame.
+        var v: [Int32] = [-1, -1]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0, &v) == 0)
+        let vport = try await net.network.attach(fd: v[0], framing: .vfkit, name: "vfkit fd")
+        let vfkitVM = TestVM(fd: v[1], mac: .random())
+        vfkitVM.send(Array("VFKT".utf8))
+        #expect(await vfkitVM.dhcp())
+        #expect(try await net.network.portStatistics().first { $0.port == vport }?.rxDrops == 0)
 
         // QEMU stream framing over a stream pair: a 4-byte big-endian length before each frame.
         var s: [Int32] = [-1, -1]
