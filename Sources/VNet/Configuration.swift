@@ -28,7 +28,8 @@ extension VirtualNetwork {
         public var leaseSeconds: UInt64 = 3600
         /// The DNS domain given over DHCP; lease host names also answer under it.
         public var domain: String? = nil
-        /// DNS servers the gateway forwards to; empty: the resolv.conf file's, re-read when it changes.
+        /// DNS servers the gateway forwards to (port 53, in order, failing over); empty: the resolv.conf file's,
+        /// re-read when it changes.
         public var upstreamDNS: [IPAddress] = []
         /// The resolver file read when ``upstreamDNS`` is empty.
         public var resolvConfPath: String = "/etc/resolv.conf"

@@ -54,6 +54,13 @@ public final class VirtualNetwork: Service, @unchecked Sendable {
     ///   - logger: where the network logs; the library never bootstraps a logging backend.
     public convenience init(configuration: Configuration = Configuration(), logger: Logger) throws {
         try self.init(options: try configuration.switchOptions(), logger: logger)
+        if configuration.upstreamDNS.count > 1 {   // the options carry one; the gateway fails over between all
+            let all = try configuration.upstreamDNS.map { a -> (IPv4Address, UInt16) in
+                guard let v = a.ipv4Value else { throw VirtualNetworkError.unsupported("IPv6 upstream DNS servers are not supported yet") }
+                return (IPv4Address(rawValue: v), 53)
+            }
+            runtime.gateway?.setDNSUpstreams(all)
+        }
     }
 
     /// A network from the runtime's own options (the CLI's `vnet switch` and `vnet nat`, which have more knobs:
