@@ -6,6 +6,8 @@ let package = Package(
     platforms: [.macOS(.v14)],
     products: [
         .executable(name: "vnet", targets: ["vnet"]),
+        // The embeddable network: `VirtualNetwork`, a swift-service-lifecycle `Service`.
+        .library(name: "VNet", targets: ["VNet"]),
         .library(name: "VNetRuntime", targets: ["VNetRuntime"]),
     ],
     dependencies: [
@@ -14,6 +16,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics", from: "2.4.1"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"),
     ],
     targets: [
         // Tiny C target: Linux APIs Glibc does not import (epoll, mmsghdr, tun, setns).
@@ -40,15 +44,33 @@ let package = Package(
         ]),
         // Kernel modes: rtnetlink (bridges, links, addresses), TAPs, kernel NAT (nftables), PCI passthrough (sysfs).
         .target(name: "VNetKernel", dependencies: ["CVNetShim", "VNetWire", "VNetBuffers", "VNetServices", "VNetHost"]),
-        .executableTarget(name: "vnet", dependencies: [
-            "VNetRuntime", "VNetGateway", "VNetSwitch", "VNetServices", "VNetWire", "VNetBuffers", "VNetKernel", "VNetHost", "CVNetShim",
+        // The public library API: one network object (switch + gateway) that VM managers embed.
+        .target(name: "VNet", dependencies: [
+            "VNetRuntime", "VNetGateway", "VNetSwitch", "VNetServices", "VNetWire", "VNetBuffers", "VNetHost", "CVNetShim",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ]),
+        // The commands: argument parsing and wiring only. Backends (logging, metrics) come from the executable.
+        .target(name: "VNetCLI", dependencies: [
+            "VNet", "VNetRuntime", "VNetGateway", "VNetSwitch", "VNetServices", "VNetWire", "VNetBuffers", "VNetKernel", "VNetHost", "CVNetShim",
             .product(name: "Yams", package: "Yams"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ]),
+        .executableTarget(name: "vnet", dependencies: [
+            "VNetCLI",
             .product(name: "Logging", package: "swift-log"),
             // Only the executable picks the metrics backend (Prometheus) and bootstraps it.
             .product(name: "Metrics", package: "swift-metrics"),
             .product(name: "Prometheus", package: "swift-prometheus"),
         ]),
+        // The "Embedding vnet" example of README: a network, a QEMU guest on it, a ServiceGroup.
+        .executableTarget(name: "vnet-embed-example", dependencies: [
+            "VNet",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ], path: "Examples/EmbedQEMU"),
         .testTarget(name: "VNetWireTests", dependencies: ["VNetWire"], resources: [.copy("Fixtures")]),
         .testTarget(name: "VNetBuffersTests", dependencies: ["VNetBuffers"]),
         .testTarget(name: "VNetServicesTests", dependencies: ["VNetServices", "VNetWire"]),
@@ -57,5 +79,10 @@ let package = Package(
         .testTarget(name: "VNetKernelTests", dependencies: ["VNetKernel", "VNetWire"]),
         .testTarget(name: "VNetTransportTests", dependencies: ["VNetTransport", "VNetWire", "VNetBuffers"]),
         .testTarget(name: "VNetRuntimeTests", dependencies: ["VNetRuntime", "VNetHost", "VNetGateway", "VNetWire", "VNetBuffers"]),
+        .testTarget(name: "VNetTests", dependencies: [
+            "VNet", "VNetWire", "vnet-embed-example",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ], resources: [.copy("Fixtures")]),
     ]
 )

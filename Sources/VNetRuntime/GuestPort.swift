@@ -75,6 +75,10 @@ final class GuestPort {
     let frameBuffer: UnsafeMutableRawBufferPointer
     var counters = PortCounters()
     var boundDescription = ""
+    /// A connected datagram socket (a socketpair end handed to a VM manager): send, not sendto.
+    var connectedDatagram = false
+    /// vfkit framing: a 4-byte "VFKT" datagram announces the peer and is not a frame.
+    var vfkitHandshake = false
     /// Told when a QEMU attaches (true) or goes away (false), with a few words on it (control-plane events).
     var stateObserver: ((Bool, String) -> Void)?
 
@@ -206,12 +210,20 @@ final class GuestPort {
                 var from = SocketAddress()
                 switch Sys.receiveFrom(fd, into: frameBuffer, from: &from) {
                 case .done(let n):
+                    if vfkitHandshake, VfkitFraming.isMagic(UnsafeRawBufferPointer(frameBuffer.slice(0 ..< min(n, 5)))) {
+                        if from.length > 0 { peer = from }
+                        logger.info("vfkit handshake from \(from)")
+                        stateObserver?(true, "vfkit \(from)")
+                        continue
+                    }
                     if peer == nil, from.length > 0 {
                         peer = from
                         logger.info("learned QEMU's datagram address: \(from)")
                         stateObserver?(true, "learned \(from)")
                     }
                     deliverWhole(received: n, truncated: n > frameBuffer.count, deliver)
+                case .failed(let e) where connectedDatagram && (e == ECONNRESET || e == ECONNREFUSED):
+                    return disconnect(queue: queue, reason: "the peer closed its end", now: now)
                 default:
                     return
                 }
@@ -297,11 +309,14 @@ final class GuestPort {
                 }
             }
         case .datagram:
-            guard let p = peer else { queue.removeAll(); return }
+            guard connectedDatagram || peer != nil else { queue.removeAll(); return }
             while let frame = queue.firstFrame {
-                switch Sys.sendTo(fd, frame, p) {
+                switch connectedDatagram ? Sys.send(fd, frame) : Sys.sendTo(fd, frame, peer!) {
                 case .done: counters.framesOut &+= 1; counters.bytesOut &+= UInt64(frame.count); queue.removeFirstFrame()
                 case .wouldBlock: return armWrite()
+                case .failed(let e) where connectedDatagram && (e == ECONNREFUSED || e == ECONNRESET):
+                    // A socket pair's other end closed: a datagram socket learns it only when it sends.
+                    return disconnect(queue: queue, reason: "the peer closed its end", now: now)
                 default: counters.sendErrors &+= 1; queue.removeFirstFrame()
                 }
             }

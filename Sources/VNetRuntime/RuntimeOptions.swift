@@ -27,6 +27,8 @@ public struct RuntimeOptions: Sendable {
     public var dnsUpstream: (address: String, port: UInt16)? = nil
     /// True when the socket path was chosen by vnet (printed with QEMU arguments).
     public var transportIsDefault = false
+    /// `--vfkit`: the datagram socket speaks vfkit's framing (a 4-byte "VFKT" datagram announces the peer).
+    public var vfkitHandshake = false
     /// `.tap` only: open it with IFF_VNET_HDR and checksum/TSO offload (on unless --no-tap-offload).
     public var tapOffload = true
     /// `--control PATH`: the control socket (see ControlServer.swift).

@@ -20,9 +20,6 @@ extension SwitchRuntime: ControlTarget {
         guard let path = options.controlPath else { return }
         control = try ControlServer(path: path, epoll: epoll, listenerTag: SwitchTag.control.tag(), clientTag: SwitchTag.controlClient.tag(),
                                     target: self)
-        gateway?.leaseObserver = { [unowned self] address, mac in
-            self.control?.publish("LEASE_GRANTED", data: ["address": address.description, "mac": mac.description])
-        }
     }
 
     func publishPort(_ i: Int, connected: Bool, description: String) {
@@ -163,7 +160,7 @@ extension SwitchRuntime: ControlTarget {
         let t = now
         var lines: [String] = []
         var value: [[String: Any]] = []
-        for m in portMaps {
+        for case let m? in portMaps {
             let to = resolve(m.map.target, now: t)
             lines.append("\(m.map.proto.rawValue) \(m.bound) -> \(m.map.targetDescription):\(m.map.guestPort)" + (to.map { " (now \($0))" } ?? " (no such VM now)"))
             value.append(["protocol": m.map.proto.rawValue, "bound": m.bound, "target": m.map.targetDescription,

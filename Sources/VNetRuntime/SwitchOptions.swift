@@ -22,6 +22,9 @@ public enum SwitchEndpoint: Equatable, Sendable, CustomStringConvertible {
     case mcast(group: String, port: UInt16, localAddress: String)
     /// A TAP device created inside a network namespace.
     case tap(netns: String, name: String)
+    /// vfkit/krunkit peers on a unixgram socket: each announces itself with a 4-byte "VFKT" datagram, then
+    /// sends one frame per datagram; one port per peer address.
+    case vfkitUnix(path: String)
 
     public var description: String {
         switch self {
@@ -33,6 +36,7 @@ public enum SwitchEndpoint: Equatable, Sendable, CustomStringConvertible {
         case .dgramUDP(let h, let p): "dgram udp:\(h):\(p)"
         case .mcast(let g, let p, let l): "mcast \(g):\(p) localaddr \(l)"
         case .tap(let ns, let n): "tap \(n) in netns \(ns)"
+        case .vfkitUnix(let p): "vfkit unixgram:\(p)"
         }
     }
 }
@@ -137,6 +141,13 @@ public struct SwitchOptions: Sendable {
     public var controlPath: String? = nil
     /// Paths vnet chose itself (printed with QEMU arguments).
     public var socketIsDefault = false
+    /// Block SIGINT/SIGTERM/SIGHUP/SIGUSR1 and read them on the loop (the CLI). An embedder handles its own.
+    public var handleSignals = true
+    /// With `handleSignals`: leave SIGINT and SIGTERM to someone else (the CLI's ServiceGroup), read only
+    /// SIGHUP (re-read resolv.conf) and SIGUSR1 (print the counters) on the loop.
+    public var stopSignalsElsewhere = false
+    /// Print the start-up lines on stdout and the counters on stderr at exit (the CLI).
+    public var announce = true
 
     public init() {}
 }
@@ -196,6 +207,8 @@ extension SwitchPortSpec {
         case "mcast":
             guard let (g, p) = hostPort(address), p > 0 else { return .failure(SwitchOptionError("--mcast '\(address)': expected GROUP:PORT")) }
             endpoint = .mcast(group: g, port: p, localAddress: kv["localaddr"] ?? "127.0.0.1")
+        case "vfkit":
+            endpoint = .vfkitUnix(path: address.hasPrefix("unixgram:") ? String(address.dropFirst(9)) : address)
         case "tap":
             guard let ns = kv["netns"], !ns.isEmpty else { return .failure(SwitchOptionError("--tap '\(value)': netns=PATH|PID is required")) }
             guard address.utf8.count < 16 else { return .failure(SwitchOptionError("--tap '\(address)': interface names have at most 15 bytes")) }

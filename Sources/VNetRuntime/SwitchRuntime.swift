@@ -37,6 +37,8 @@ enum SwitchTag: UInt8 {
     case control = 27, controlClient = 28
     /// The metrics endpoint (`--metrics`) and its HTTP clients.
     case metrics = 29, metricsClient = 30
+    /// The eventfd of the command queue (`SwitchCommandQueue`): work posted from other threads.
+    case command = 31
     func tag(_ low: Int = 0) -> UInt64 { UInt64(rawValue) << 56 | UInt64(UInt32(truncatingIfNeeded: low)) }
 }
 
@@ -67,6 +69,8 @@ public final class SwitchRuntime {
         let fd: Int32
         let policy: VLANPolicy
         let description: String
+        /// vfkit framing: a peer's 4-byte "VFKT" datagram announces it (and is not a frame).
+        var vfkit = false
         var peers: [(address: SocketAddress, link: Int)] = []
     }
 
@@ -77,7 +81,7 @@ public final class SwitchRuntime {
         let ownSourcePort: UInt16
     }
 
-    public let options: SwitchOptions
+    public internal(set) var options: SwitchOptions
     let logger: Logger
     let epoll: Epoll
     public let fabric: L2Switch
@@ -88,8 +92,15 @@ public final class SwitchRuntime {
     var listeners: [Listener] = []
     var hubs: [Hub] = []
     var groups: [MulticastGroup] = []
-    var portMaps: [(map: PortMap, fd: Int32, bound: String)] = []
+    /// Port maps with their listening sockets; a removed map leaves its slot empty (slots are epoll tags).
+    var portMaps: [(map: PortMap, fd: Int32, bound: String)?] = []
+    /// -1 when the embedder handles signals (`SwitchOptions.handleSignals` false).
     let signalFD: Int32
+    /// Work posted from other threads (the library API), run on the loop's thread.
+    public let commands: SwitchCommandQueue
+    /// Told about lease changes on the loop's thread (the library's lease events).
+    public var leaseEventSink: ((LeaseChange) -> Void)?
+    var reportedLeases: [MACAddress: DHCPLease] = [:]
     let resolvWatcher: ResolvConfWatcher?
     var running = true
     var pathsToRemove: [String] = []
@@ -134,10 +145,17 @@ public final class SwitchRuntime {
             gateway = nil
         }
         resolvWatcher = options.gateway != nil && options.dnsUpstream == nil ? ResolvConfWatcher(path: options.resolvConfPath) : nil
-        let sfd = vnet_signalfd()
-        guard sfd >= 0 else { throw RuntimeError("signalfd: \(Sys.errnoString(-sfd))") }
-        signalFD = sfd
-        try epoll.add(sfd, events: Epoll.readable, tag: SwitchTag.signal.tag())
+        if options.handleSignals {
+            let sfd = options.stopSignalsElsewhere ? vnet_signalfd_aux() : vnet_signalfd()
+            guard sfd >= 0 else { throw RuntimeError("signalfd: \(Sys.errnoString(-sfd))") }
+            signalFD = sfd
+            try epoll.add(sfd, events: Epoll.readable, tag: SwitchTag.signal.tag())
+        } else {
+            signal(SIGPIPE, SIG_IGN)
+            signalFD = -1
+        }
+        commands = try SwitchCommandQueue()
+        try epoll.add(commands.fd, events: Epoll.readable, tag: SwitchTag.command.tag())
         if let gw = gateway {
             if let up = options.dnsUpstream {
                 guard let a = IPv4Address(up.address) else { throw RuntimeError("--dns-upstream: '\(up.address)' is not an IPv4 address") }
@@ -151,6 +169,7 @@ public final class SwitchRuntime {
                 do { try gw.localDNS.add(name: r.name, type: r.type, value: r.value) } catch { throw RuntimeError("--dns-record \(r.name): \(error)") }
             }
             try loadLeases()
+            gw.leaseObserver = { [unowned self] address, mac in self.leaseGranted(address: address, mac: mac) }
         }
         for (i, spec) in options.ports.enumerated() {
             try open(spec, tapFD: tapFDs[i])
@@ -170,6 +189,11 @@ public final class SwitchRuntime {
 
     deinit {
         for p in pathsToRemove { unlink(p) }
+        for case let m? in portMaps { Sys.close(m.fd) }
+        for case let l? in links where l.hub == nil && l.port.fd >= 0 { Sys.close(l.port.fd) }
+        for l in listeners { Sys.close(l.fd) }
+        for h in hubs { Sys.close(h.fd) }
+        if signalFD >= 0 { Sys.close(signalFD) }
         receiveBuffer.deallocate()
     }
 
@@ -203,6 +227,13 @@ public final class SwitchRuntime {
             try Sys.bindPrivate(fd, a)
             pathsToRemove.append(path)
             try addHub(fd, spec)
+        case .vfkitUnix(let path):
+            try UserNetRuntime.removeStaleSocket(path)
+            guard let a = SocketAddress(unixPath: path) else { throw RuntimeError("--vfkit: unix path too long") }
+            let fd = try Sys.socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
+            try Sys.bindPrivate(fd, a)
+            pathsToRemove.append(path)
+            try addHub(fd, spec)
         case .dgramUDP(let h, let p):
             guard let a = IPv4Address(h) else { throw RuntimeError("--dgram: '\(h)' is not an IPv4 address") }
             let fd = try Sys.socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
@@ -229,7 +260,9 @@ public final class SwitchRuntime {
         try? Sys.setOption(fd, SOL_SOCKET, SO_SNDBUF, 1 << 20)
         try? Sys.setOption(fd, SOL_SOCKET, SO_RCVBUF, 4 << 20)
         let i = hubs.count
-        hubs.append(Hub(fd: fd, policy: spec.vlan, description: description ?? spec.endpoint.description))
+        var hub = Hub(fd: fd, policy: spec.vlan, description: description ?? spec.endpoint.description)
+        if case .vfkitUnix = spec.endpoint { hub.vfkit = true }
+        hubs.append(hub)
         try epoll.add(fd, events: Epoll.readable, tag: SwitchTag.hub.tag(i))
     }
 
@@ -284,20 +317,43 @@ public final class SwitchRuntime {
     }
 
     func openPortMaps() throws {
-        for (i, m) in options.portMaps.enumerated() {
-            let type = m.proto == .tcp ? Int32(SOCK_STREAM.rawValue) : Int32(SOCK_DGRAM.rawValue)
-            let fd = try Sys.socket(AF_INET, type, 0)
-            do {
-                try Sys.setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1)
-                try Sys.bind(fd, SocketAddress(ipv4: m.hostAddress.rawValue, port: m.hostPort))
-                if m.proto == .tcp { try Sys.listen(fd, backlog: 128) }
-                try epoll.add(fd, events: Epoll.readable, tag: (m.proto == .tcp ? SwitchTag.portMapTCP : SwitchTag.portMapUDP).tag(i))
-            } catch {
-                Sys.close(fd)
-                throw RuntimeError("port map \(m): \(error)")
-            }
-            portMaps.append((m, fd, Sys.localAddress(fd)?.description ?? "\(m.hostAddress):\(m.hostPort)"))
+        for m in options.portMaps { _ = try addPortMap(m) }
+    }
+
+    /// Opens a port map's listening socket; returns its slot (an epoll tag, and the handle to remove it by).
+    public func addPortMap(_ m: PortMap) throws -> Int {
+        guard gateway != nil else { throw RuntimeError("port maps need the gateway") }
+        let i = portMaps.firstIndex(where: { $0 == nil }) ?? portMaps.count
+        let type = m.proto == .tcp ? Int32(SOCK_STREAM.rawValue) : Int32(SOCK_DGRAM.rawValue)
+        let fd = try Sys.socket(AF_INET, type, 0)
+        do {
+            try Sys.setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1)
+            try Sys.bind(fd, SocketAddress(ipv4: m.hostAddress.rawValue, port: m.hostPort))
+            if m.proto == .tcp { try Sys.listen(fd, backlog: 128) }
+            try epoll.add(fd, events: Epoll.readable, tag: (m.proto == .tcp ? SwitchTag.portMapTCP : SwitchTag.portMapUDP).tag(i))
+        } catch {
+            Sys.close(fd)
+            throw RuntimeError("port map \(m): \(error)")
         }
+        let entry = (map: m, fd: fd, bound: Sys.localAddress(fd)?.description ?? "\(m.hostAddress):\(m.hostPort)")
+        if i == portMaps.count { portMaps.append(entry) } else { portMaps[i] = entry }
+        return i
+    }
+
+    /// Closes a port map's socket. Connections it already forwarded keep running; its UDP flows are forgotten.
+    @discardableResult
+    public func removePortMap(slot i: Int) -> Bool {
+        guard i >= 0, i < portMaps.count, let m = portMaps[i] else { return false }
+        if m.map.proto == .udp { gateway?.forgetForwardedUDP(listener: m.fd) }
+        epoll.remove(m.fd)
+        Sys.close(m.fd)
+        portMaps[i] = nil
+        return true
+    }
+
+    /// The port maps in use: slot, rule and the address actually bound.
+    public var activePortMaps: [(slot: Int, map: PortMap, bound: String)] {
+        portMaps.enumerated().compactMap { i, m in m.map { (i, $0.map, $0.bound) } }
     }
 
     /// The VM a port map points at now: its address, or its lease host name's current address.
@@ -310,8 +366,7 @@ public final class SwitchRuntime {
     }
 
     func acceptPortMap(_ i: Int, now: UInt64) {
-        guard i < portMaps.count, let gw = gateway else { return }
-        let (map, fd, _) = portMaps[i]
+        guard i < portMaps.count, let gw = gateway, let (map, fd, _) = portMaps[i] else { return }
         let instant = Instant(nanoseconds: now)
         let target = resolve(map.target, now: instant)
         if map.proto == .tcp {
@@ -364,6 +419,27 @@ public final class SwitchRuntime {
             }
         }
         publishLeaseNames(now: now)
+        reportLeaseChanges(now: now)
+    }
+
+    /// Lease events for the embedder: a binding that is gone (released, declined or expired) since the last look.
+    /// Grants and renewals are reported as they are ACKed (`leaseGranted`).
+    func reportLeaseChanges(now: Instant) {
+        guard let sink = leaseEventSink, let gw = gateway else { return }
+        var current: [MACAddress: DHCPLease] = [:]
+        for l in gw.dhcp.leases(now: now) where l.remainingSeconds > 0 { current[l.mac] = l }
+        for (mac, l) in reportedLeases where current[mac] == nil { sink(.released(l)) }
+        reportedLeases = current
+    }
+
+    func leaseGranted(address: IPv4Address, mac: MACAddress) {
+        control?.publish("LEASE_GRANTED", data: ["address": address.description, "mac": mac.description])
+        guard let sink = leaseEventSink, let gw = gateway else { return }
+        let now = Instant(nanoseconds: Sys.monotonicNanoseconds())
+        let lease = gw.dhcp.leases(now: now).first { $0.mac == mac && $0.address == address }
+            ?? DHCPLease(mac: mac, address: address, hostName: nil, remainingSeconds: 0, isStatic: false)
+        reportedLeases[mac] = lease
+        sink(.granted(lease))
     }
 
     func publishLeaseNames(now: Instant) {
@@ -392,7 +468,7 @@ public final class SwitchRuntime {
         for h in hubs { lines.append("vnet: datagrams \(h.description) (\(h.policy))") }
         for case let l? in links { lines.append("vnet: port \(l.switchPort): \(l.description) (\(fabric.ports[l.switchPort]?.policy.description ?? ""))") }
         if let c = options.controlPath { lines.append("vnet: control socket \(c) (vnet ctl \(c) help)") }
-        for m in portMaps { lines.append("vnet: port map \(m.map.proto.rawValue) \(m.bound) -> \(m.map.targetDescription):\(m.map.guestPort)") }
+        for case let m? in portMaps { lines.append("vnet: port map \(m.map.proto.rawValue) \(m.bound) -> \(m.map.targetDescription):\(m.map.guestPort)") }
         return lines
     }
 
@@ -404,8 +480,10 @@ public final class SwitchRuntime {
 
     public func run(extraStartupLines extra: [String] = []) throws {
         startupLines = describeStartup() + extra
-        for l in startupLines { writeStdout(l) }
-        writeStdout("vnet: ready")
+        if options.announce {
+            for l in startupLines { writeStdout(l) }
+            writeStdout("vnet: ready")
+        }
         publishLeaseNames(now: Instant(nanoseconds: Sys.monotonicNanoseconds()))
         while running {
             let now = Sys.monotonicNanoseconds()
@@ -418,6 +496,7 @@ public final class SwitchRuntime {
             if now &- lastExpiry >= 1_000_000_000 {
                 lastExpiry = now
                 fabric.expire(now: instant)
+                if leaseEventSink != nil { reportLeaseChanges(now: instant) }   // expiries do not bump the generation
             }
             var timeout: Int32 = 1000
             for case let l? in links {
@@ -451,8 +530,14 @@ public final class SwitchRuntime {
         if let gw = gateway, let path = options.leasesFile {
             try? LeaseFile.write(gw.dhcp.leases(now: Instant(nanoseconds: Sys.monotonicNanoseconds())), path: path)
         }
-        printCounters()
+        commands.close { $0(self) }
+        for p in pathsToRemove { unlink(p) }   // the socket files go with the loop, not with the object
+        pathsToRemove = []
+        if options.announce { printCounters() }
     }
+
+    /// Ends `run` after the current iteration (call on the loop's thread, e.g. through `commands`).
+    public func stop() { running = false }
 
     /// Moves the gateway's frames into the switch (while their ports have room), then flushes every link.
     func pump(now: UInt64) {
@@ -460,7 +545,10 @@ public final class SwitchRuntime {
             drainGateway(now: now)
             for case let l? in links where !l.queue.isEmpty || l.port.writeArmed {
                 l.port.flush(queue: l.queue, now: now)
-                if l.hub == nil, l.port.fd < 0, case .streamListener = l.port.kind { removeLink(l.switchPort, reason: "write failed") }
+                if l.hub == nil, l.port.fd < 0, l.port.isStream || l.port.connectedDatagram {
+                    if case .streamConnector = l.port.kind { continue }   // it reconnects
+                    removeLink(l.switchPort, reason: "write failed")
+                }
             }
             guard let gw = gateway, gw.hasFlowsBlockedOnQueue || !gw.toGuest.isEmpty else { return }
             let before = gw.toGuest.frameCount
@@ -532,6 +620,10 @@ public final class SwitchRuntime {
             guard case .done(let n) = Sys.receiveFrom(hubs[h].fd, into: receiveBuffer, from: &from) else { return }
             guard from.length > 0 else { continue }
             var link = hubs[h].peers.first { SwitchRuntime.same($0.address, from) }?.link
+            if hubs[h].vfkit, n == VfkitFraming.magic.count, VfkitFraming.isMagic(UnsafeRawBufferPointer(receiveBuffer.slice(0 ..< n))) {
+                // A (re)starting vfkit announces itself: a fresh port, or a known one whose MACs are forgotten.
+                if let i = link, let l = links[i] { fabric.forgetMACs(of: l.switchPort); continue }
+            }
             if link == nil {
                 let gp = GuestPort(kind: .datagram(peer: from), epoll: epoll, mtu: options.mtu, logger: logger)
                 gp.fd = hubs[h].fd
@@ -542,6 +634,7 @@ public final class SwitchRuntime {
                 publishPort(i, connected: true, description: "\(hubs[h].description) peer \(from)")
             }
             guard let i = link, let l = links[i] else { continue }
+            if hubs[h].vfkit, n == VfkitFraming.magic.count, VfkitFraming.isMagic(UnsafeRawBufferPointer(receiveBuffer.slice(0 ..< n))) { continue }
             l.port.deliverWhole(received: n, truncated: n > receiveBuffer.count - 1, from: receiveBuffer) { frame, _ in
                 self.pcap?.record(frame)
             self.fabric.receive(from: l.switchPort, frame: frame, now: instant) { self.deliverLocal($0, now: instant) }
@@ -595,6 +688,7 @@ public final class SwitchRuntime {
                 for p in hubs[low].peers { if let l = links[p.link] { l.port.flush(queue: l.queue, now: now) } }
             }
         case .mcast: readMulticast(low, now: now)
+        case .command: commands.drain { $0(self) }
         case .portMapTCP, .portMapUDP: acceptPortMap(low, now: now)
         case .control: control?.handle(tag: tag, events: events, isListener: true)
         case .controlClient: control?.handle(tag: tag, events: events, isListener: false)

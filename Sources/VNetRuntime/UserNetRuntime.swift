@@ -123,7 +123,8 @@ public final class UserNetRuntime {
             port = GuestPort(kind: .datagram(peer: peer), epoll: epoll, mtu: mtu, logger: logger)
             port.fd = fd
             try epoll.add(fd, events: Epoll.readable, tag: LoopTag.datagram.tag)
-            port.boundDescription = "dgram unix:\(path)"
+            port.boundDescription = options.vfkitHandshake ? "vfkit unixgram:\(path)" : "dgram unix:\(path)"
+            port.vfkitHandshake = options.vfkitHandshake
         case .dgramUDP(let h, let p, let ph, let pp):
             guard let a = IPv4Address(h) else { throw RuntimeError("--dgram: '\(h)' is not an IPv4 address") }
             var peer: SocketAddress? = nil

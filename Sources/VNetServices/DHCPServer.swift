@@ -117,18 +117,22 @@ public struct DHCPServer: Sendable {
         public var hostName: String? = nil
     }
 
-    public let config: DHCPConfig
+    public private(set) var config: DHCPConfig
     public private(set) var slots: [Slot]
     /// Bumped whenever a binding is made, renewed with a new name, released or declined (for persistence
     /// and lease events).
     public private(set) var generation: UInt64 = 0
     /// The static lease of each MAC, and the slots static leases reserve.
-    let staticByMAC: [MACAddress: DHCPStaticLease]
-    let reservedSlots: Set<Int>
+    var staticByMAC: [MACAddress: DHCPStaticLease] = [:]
+    var reservedSlots: Set<Int> = []
 
     public init(config: DHCPConfig) {
         self.config = config
         slots = Array(repeating: Slot(mac: nil, expires: .zero, bound: false), count: config.poolSize)
+        indexStaticLeases()
+    }
+
+    mutating func indexStaticLeases() {
         var byMAC: [MACAddress: DHCPStaticLease] = [:]
         var reserved = Set<Int>()
         let start = Int64(config.poolStart.rawValue)
@@ -140,6 +144,20 @@ public struct DHCPServer: Sendable {
         }
         staticByMAC = byMAC
         reservedSlots = reserved
+    }
+
+    /// Replaces the static leases at run time. A dynamic binding of an address that is now reserved for another
+    /// MAC is dropped (that guest's next renewal is NAKed and it asks again); the generation changes.
+    public mutating func setStaticLeases(_ leases: [DHCPStaticLease]) {
+        config.staticLeases = leases
+        indexStaticLeases()
+        let start = Int64(config.poolStart.rawValue)
+        for l in leases {
+            let d = Int(Int64(l.address.rawValue) - start)
+            guard d >= 0 && d < slots.count, let m = slots[d].mac, m != l.mac else { continue }
+            slots[d] = Slot(mac: nil, expires: .zero, bound: false)
+        }
+        generation &+= 1
     }
 
     /// Keeps a host name usable as a DNS label: letters, digits and '-', at most 63 bytes; nil when nothing is left.

@@ -1,50 +1,21 @@
-// vnet: QEMU/KVM virtual networking. The CLI only parses arguments and wires modules together.
-//
-// Errors: bad arguments print one line, `vnet: error: …`, and exit 2; a run-time failure to start (socket in
-// use, no permission) prints one line and exits 1. Never a stack trace.
+// The `vnet` executable: the process-wide backends (logging to stderr, Prometheus metrics), then the CLI.
+// Everything else is in the VNetCLI library target.
 
-import ArgumentParser
-#if canImport(Glibc)
-import Glibc
-#endif
+import Logging
+import Metrics
+import Prometheus
+import VNetCLI
 
-struct Vnet: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "vnet",
-        abstract: "QEMU/KVM virtual networking: user-mode networks, switches, NAT.",
-        subcommands: [UserCommand.self, SwitchCommand.self, NatCommand.self, CtlCommand.self, RunCommand.self, BridgeCommand.self,
-                      TapCommand.self, TapHelperCommand.self, PassthroughCommand.self],
-        defaultSubcommand: nil)
-}
-
-func fail(_ message: String, code: Int32) -> Never {
-    var first = message.split(separator: "\n").first.map(String.init) ?? "failed"
-    if first.hasPrefix("Error: ") { first.removeFirst(7) }
-    let line = "vnet: error: " + first + "\n"
-    _ = line.withCString { Glibc.write(2, $0, strlen($0)) }
-    exit(code)
-}
-
-do {
-    var arguments = Array(CommandLine.arguments.dropFirst())
-    if arguments.first == "run", let dash = arguments.firstIndex(of: "--") {
-        RunCommand.qemuCommand = Array(arguments[(dash + 1)...])
-        arguments = Array(arguments[..<dash])
+CLIBootstrap.logging = { level in
+    LoggingSystem.bootstrap { label in
+        var h = StreamLogHandler.standardError(label: label)
+        h.logLevel = level
+        return h
     }
-    var command = try Vnet.parseAsRoot(arguments)
-    do {
-        try command.run()
-    } catch let e as ValidationError {
-        fail(e.message, code: 2)
-    } catch {
-        if Vnet.exitCode(for: error) == .success { Vnet.exit(withError: error) }  // --help inside a subcommand
-        fail("\(error)", code: 1)
-    }
-} catch {
-    let code = Vnet.exitCode(for: error)
-    if code == .success {
-        Vnet.exit(withError: error)  // --help, --version
-    }
-    let text = Vnet.message(for: error)
-    fail(text.isEmpty ? "invalid arguments" : text, code: 2)
 }
+CLIBootstrap.metrics = {
+    let registry = PrometheusCollectorRegistry()
+    MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+    return { registry.emitToBuffer() }
+}
+VNetMain.main()

@@ -22,6 +22,7 @@
 #include <errno.h>
 #include <signal.h>
 #include <sys/signalfd.h>
+#include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <string.h>
 
@@ -182,11 +183,26 @@ static inline int vnet_recv_fd(int sock) {
     int fd; memcpy(&fd, CMSG_DATA(c), sizeof fd);
     return fd;
 }
+/// A non-blocking, close-on-exec eventfd (the library API's command queue wakes the loop with it).
+static inline int vnet_eventfd(void) { return eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC); }
+
 /// A signalfd for SIGINT, SIGTERM, SIGHUP and SIGUSR1, which are blocked for normal delivery. SIGPIPE is ignored.
 static inline int vnet_signalfd(void) {
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGINT); sigaddset(&set, SIGTERM); sigaddset(&set, SIGHUP); sigaddset(&set, SIGUSR1);
+    if (sigprocmask(SIG_BLOCK, &set, NULL) < 0) return -errno;
+    signal(SIGPIPE, SIG_IGN);
+    int fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+    return fd < 0 ? -errno : fd;
+}
+
+/// A signalfd for SIGHUP and SIGUSR1 only (blocked for normal delivery), when something else (a
+/// swift-service-lifecycle ServiceGroup) handles SIGINT and SIGTERM. SIGPIPE is ignored.
+static inline int vnet_signalfd_aux(void) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGHUP); sigaddset(&set, SIGUSR1);
     if (sigprocmask(SIG_BLOCK, &set, NULL) < 0) return -errno;
     signal(SIGPIPE, SIG_IGN);
     int fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);

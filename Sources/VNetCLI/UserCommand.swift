@@ -2,8 +2,6 @@
 
 import ArgumentParser
 import Logging
-import Metrics
-import Prometheus
 import VNetGateway
 import VNetRuntime
 #if canImport(Glibc)
@@ -37,6 +35,9 @@ struct UserCommand: ParsableCommand {
 
     @Option(name: .customLong("dgram-peer"), help: "QEMU's datagram address (PATH or HOST:PORT); learned from its first datagram if omitted.")
     var dgramPeer: String?
+
+    @Option(name: .customLong("vfkit"), help: "A unixgram socket PATH for vfkit/krunkit (--device virtio-net,unixSocketPath=PATH): the \"VFKT\" handshake, then one frame per datagram.")
+    var vfkitPath: String?
 
     @Option(name: .customLong("netns"), help: "Network namespace for --tap: a path such as /run/netns/NAME, or a PID.")
     var netns: String?
@@ -90,8 +91,8 @@ struct UserCommand: ParsableCommand {
         gw.mapGatewayToHostLoopback = !noMapHostLoopback
         try policy.apply(to: &gw)
 
-        let chosen = [socketPath != nil, listenAddress != nil, connectAddress != nil, dgramAddress != nil, tapName != nil].filter { $0 }.count
-        guard chosen <= 1 else { throw ValidationError("choose one transport: --socket, --listen, --connect, --dgram or --tap") }
+        let chosen = [socketPath != nil, listenAddress != nil, connectAddress != nil, dgramAddress != nil, vfkitPath != nil, tapName != nil].filter { $0 }.count
+        guard chosen <= 1 else { throw ValidationError("choose one transport: --socket, --listen, --connect, --dgram, --vfkit or --tap") }
         if dgramPeer != nil && dgramAddress == nil { throw ValidationError("--dgram-peer needs --dgram") }
         if (netns != nil) != (tapName != nil) { throw ValidationError("--tap and --netns go together") }
 
@@ -122,6 +123,8 @@ struct UserCommand: ParsableCommand {
                 if let peer = dgramPeer { let (a, b) = try hostPort(peer, flag: "--dgram-peer"); ph = a; pp = b }
                 transport = .dgramUDP(host: h, port: port, peerHost: ph, peerPort: pp)
             }
+        } else if let v = vfkitPath {
+            transport = .dgramUnix(path: v.hasPrefix("unixgram:") ? String(v.dropFirst(9)) : v, peer: nil)
         } else if let t = tapName, let n = netns {
             transport = .tap(netns: n, name: t)
         } else {
@@ -134,6 +137,7 @@ struct UserCommand: ParsableCommand {
         var opts = RuntimeOptions(gateway: gw, transport: transport)
         opts.resolvConfPath = resolvConf
         opts.transportIsDefault = isDefault
+        opts.vfkitHandshake = vfkitPath != nil
         opts.tapOffload = !noTapOffload
         opts.controlPath = controlPath
         opts.pcapPath = pcapPath
@@ -176,17 +180,11 @@ struct UserCommand: ParsableCommand {
     func startRuntime(_ options: RuntimeOptions, extra: [String]) throws -> (UserNetRuntime, [String]) {
         var options = options, extra = extra
         if var m = options.metrics {
-            let registry = PrometheusCollectorRegistry()
-            MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
-            m.render = { registry.emitToBuffer() }
+            guard let render = CLIBootstrap.metrics() else { throw ValidationError("--metrics: this build has no metrics backend") }
+            m.render = render
             options.metrics = m
         }
-        let level = Logger.Level(rawValue: logLevel) ?? .notice
-        LoggingSystem.bootstrap { label in
-            var h = StreamLogHandler.standardError(label: label)
-            h.logLevel = level
-            return h
-        }
+        CLIBootstrap.logging(Logger.Level(rawValue: logLevel) ?? .notice)
         let logger = Logger(label: "vnet")
         let runtime = try UserNetRuntime(options: options, logger: logger)
         if let p = options.controlPath { extra.append("vnet: control socket \(p) (vnet ctl \(p) help)") }

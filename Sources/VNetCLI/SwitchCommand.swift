@@ -3,8 +3,9 @@
 
 import ArgumentParser
 import Logging
-import Metrics
-import Prometheus
+import Dispatch
+import ServiceLifecycle
+import VNet
 import VNetRuntime
 import VNetSwitch
 import VNetWire
@@ -24,6 +25,9 @@ struct SwitchPortFlags: ParsableArguments {
 
     @Option(name: .customLong("dgram"), help: "Datagram socket for -netdev dgram peers, one port per peer (PATH or HOST:PORT[,vlan…]). Repeatable.")
     var dgrams: [String] = []
+
+    @Option(name: .customLong("vfkit"), help: "A unixgram socket for vfkit/krunkit peers (\"VFKT\" handshake, then one frame per datagram), one port per peer (PATH[,vlan…]). Repeatable.")
+    var vfkits: [String] = []
 
     @Option(name: .customLong("mcast"), help: "A -netdev socket,mcast= group (GROUP:PORT[,localaddr=IP][,vlan…]). Repeatable.")
     var mcasts: [String] = []
@@ -58,7 +62,7 @@ struct SwitchPortFlags: ParsableArguments {
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "notice"
 
-    var hasPorts: Bool { !(sockets.isEmpty && listens.isEmpty && connects.isEmpty && dgrams.isEmpty && mcasts.isEmpty && taps.isEmpty) }
+    var hasPorts: Bool { !(sockets.isEmpty && listens.isEmpty && connects.isEmpty && dgrams.isEmpty && vfkits.isEmpty && mcasts.isEmpty && taps.isEmpty) }
 
     /// The switch part of the options; `defaultName` names the default socket when no port is given.
     func apply(to o: inout SwitchOptions, defaultName: String) throws -> [String] {
@@ -72,7 +76,7 @@ struct SwitchPortFlags: ParsableArguments {
         o.ageingSeconds = ageing
         o.controlPath = controlPath
         o.pcapPath = pcapPath
-        for (flag, values) in [("socket", sockets), ("listen", listens), ("connect", connects), ("dgram", dgrams), ("mcast", mcasts), ("tap", taps)] {
+        for (flag, values) in [("socket", sockets), ("listen", listens), ("connect", connects), ("dgram", dgrams), ("vfkit", vfkits), ("mcast", mcasts), ("tap", taps)] {
             for v in values {
                 switch SwitchPortSpec.parse(flag: flag, v) {
                 case .success(let s): o.ports.append(s)
@@ -102,8 +106,9 @@ struct SwitchPortFlags: ParsableArguments {
 
     /// Bootstraps logging (and, with --metrics, the Prometheus backend), then builds the runtime; adds the
     /// metrics address to the start-up lines.
-    func makeRuntime(_ options: SwitchOptions, extra: inout [String]) throws -> SwitchRuntime {
+    func makeRuntime(_ options: SwitchOptions, extra: inout [String]) throws -> VirtualNetwork {
         var o = options
+        o.stopSignalsElsewhere = true   // SIGINT/SIGTERM go to the ServiceGroup (runNetwork)
         if let m = metricsAddress {
             var host = "127.0.0.1", port: UInt16
             if let c = m.lastIndex(of: ":") {
@@ -114,23 +119,38 @@ struct SwitchPortFlags: ParsableArguments {
                 guard let p = UInt16(m) else { throw ValidationError("--metrics: expected [ADDR:]PORT, got '\(m)'") }
                 port = p
             }
-            let registry = PrometheusCollectorRegistry()
-            MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
-            o.metrics = MetricsOptions(host: host, port: port, render: { registry.emitToBuffer() })
+            guard let render = CLIBootstrap.metrics() else { throw ValidationError("--metrics: this build has no metrics backend") }
+            o.metrics = MetricsOptions(host: host, port: port, render: render)
         }
         let logger = bootstrapLogging()
-        let runtime = try SwitchRuntime(options: o, logger: logger)
-        if let a = runtime.metricsAddress { extra.append("vnet: metrics on http://\(a)/metrics") }
-        return runtime
+        let network: VirtualNetwork
+        do { network = try VirtualNetwork(options: o, logger: logger) } catch let e as VirtualNetworkError { throw RuntimeError(e.description) }
+        if let a = network.runtime.metricsAddress { extra.append("vnet: metrics on http://\(a)/metrics") }
+        return network
+    }
+
+    /// Runs the network in a ServiceGroup until SIGTERM or SIGINT, which shut it down gracefully (the loop
+    /// stops, the lease file is written, the counters are printed, socket files are removed).
+    func runNetwork(_ network: VirtualNetwork, extra: [String]) throws {
+        network.extraStartupLines = extra
+        let logger = Logger(label: "vnet")
+        let group = ServiceGroup(configuration: .init(services: [.init(service: network)],
+                                                      gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        let done = DispatchSemaphore(value: 0)
+        let outcome = Outcome()
+        Task {
+            do { try await group.run() } catch { outcome.failure = error }
+            done.signal()
+        }
+        done.wait()   // the main thread, not a thread of the cooperative pool
+        if let e = outcome.failure {
+            if let s = e as? ServiceGroupError { throw RuntimeError("\(s)") }
+            throw e
+        }
     }
 
     func bootstrapLogging() -> Logger {
-        let level = Logger.Level(rawValue: logLevel) ?? .notice
-        LoggingSystem.bootstrap { label in
-            var h = StreamLogHandler.standardError(label: label)
-            h.logLevel = level
-            return h
-        }
+        CLIBootstrap.logging(Logger.Level(rawValue: logLevel) ?? .notice)
         return Logger(label: "vnet")
     }
 }
@@ -151,7 +171,13 @@ struct SwitchCommand: ParsableCommand {
         guard Logger.Level(rawValue: ports.logLevel) != nil else { throw ValidationError("--log-level: unknown level '\(ports.logLevel)'") }
         var o = SwitchOptions()
         var extra = try ports.apply(to: &o, defaultName: "switch")
-        let runtime = try ports.makeRuntime(o, extra: &extra)
-        try runtime.run(extraStartupLines: extra)
+        let network = try ports.makeRuntime(o, extra: &extra)
+        try ports.runNetwork(network, extra: extra)
     }
+}
+
+/// What the ServiceGroup's task reports back to the waiting main thread (written before the semaphore is
+/// signalled, read after it is waited on).
+final class Outcome: @unchecked Sendable {
+    var failure: Error?
 }

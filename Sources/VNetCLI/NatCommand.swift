@@ -95,7 +95,7 @@ struct NatCommand: ParsableCommand {
         guard !netName.isEmpty, !netName.contains("/") else { throw ValidationError("--name must be a plain name") }
         var portFlags = ports
         let lists: [(String, WritableKeyPath<SwitchPortFlags, [String]>)] = [
-            ("socket", \.sockets), ("listen", \.listens), ("connect", \.connects), ("dgram", \.dgrams), ("mcast", \.mcasts), ("tap", \.taps)]
+            ("socket", \.sockets), ("listen", \.listens), ("connect", \.connects), ("dgram", \.dgrams), ("vfkit", \.vfkits), ("mcast", \.mcasts), ("tap", \.taps)]
         for (key, keyPath) in lists {
             portFlags[keyPath: keyPath] = try file.list(key) + portFlags[keyPath: keyPath]
         }
@@ -203,8 +203,8 @@ struct NatCommand: ParsableCommand {
         o.resolvConfPath = resolvConf ?? file.string("resolv-conf") ?? "/etc/resolv.conf"
         o.leasesFile = try leasesFile ?? file.string("leases-file") ?? NatCommand.defaultLeasesFile(name: netName)
 
-        let runtime = try portFlags.makeRuntime(o, extra: &extra)
-        try runtime.run(extraStartupLines: extra)
+        let network = try portFlags.makeRuntime(o, extra: &extra)
+        try portFlags.runNetwork(network, extra: extra)
     }
 
     func runKernel() throws {
@@ -246,7 +246,7 @@ struct NatConfigFile {
 
     static let known: Set<String> = ["name", "network", "gateway", "dhcp-range", "lease-time", "static-lease", "host", "port-map",
                                      "leases-file", "domain", "dns-upstream", "resolv-conf", "mtu", "dns-record", "control", "deny", "allow", "limit",
-                                     "socket", "listen", "connect", "dgram", "mcast", "tap"]
+                                     "socket", "listen", "connect", "dgram", "vfkit", "mcast", "tap"]
 
     static func load(_ path: String) throws -> NatConfigFile {
         guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw ValidationError("--config \(path): cannot read it") }
