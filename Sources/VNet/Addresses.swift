@@ -1,5 +1,6 @@
 // Address values of the public API: small, Sendable, parsed from and printed as text.
 
+import VNetWire
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -56,6 +57,21 @@ public struct IPAddress: Hashable, Sendable, CustomStringConvertible, LosslessSt
         return UInt32(bytes[0]) << 24 | UInt32(bytes[1]) << 16 | UInt32(bytes[2]) << 8 | UInt32(bytes[3])
     }
 
+    /// The data path's address value (VNetWire's, IPv4 held IPv4-mapped).
+    var wire: VNetWire.IPAddress {
+        if let v = ipv4Value { return VNetWire.IPAddress(IPv4Address(rawValue: v)) }
+        return VNetWire.IPAddress(IPv6Address(bytes: bytes))
+    }
+
+    init(family: Family, bytes: [UInt8]) {
+        self.family = family
+        self.bytes = bytes
+    }
+
+    init(wire a: VNetWire.IPAddress) {
+        if let v4 = a.v4 { self.init(ipv4Value: v4.rawValue) } else { self.init(family: .ipv6, bytes: a.v6.bytes) }
+    }
+
     init(ipv4Value v: UInt32) {
         self.init(UInt8(v >> 24), UInt8((v >> 16) & 0xFF), UInt8((v >> 8) & 0xFF), UInt8(v & 0xFF))
     }
@@ -67,6 +83,35 @@ public struct IPAddress: Hashable, Sendable, CustomStringConvertible, LosslessSt
         bytes.withUnsafeBytes { _ = inet_ntop(af, $0.baseAddress, &out, socklen_t(out.count)) }
         return String(decoding: out.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
+}
+
+/// An IPv6 prefix, as in `fd00:7:1::/64`: guests form addresses in it by SLAAC when it is a /64.
+public struct IPv6Prefix: Hashable, Sendable, CustomStringConvertible, LosslessStringConvertible, ExpressibleByStringLiteral {
+    /// The prefix's address (host bits must be zero).
+    public let address: IPAddress
+    /// The prefix length, 1 to 126 (SLAAC needs 64).
+    public let prefixLength: Int
+
+    /// Parses `ADDR/N` (N from 1 to 126, host bits zero; not link-local, multicast or loopback); nil otherwise.
+    public init?(_ text: String) {
+        let parts = text.split(separator: "/", omittingEmptySubsequences: false)
+        guard parts.count == 2, let a = IPAddress(String(parts[0])), a.family == .ipv6,
+              let n = Int(parts[1]), (1 ... 126).contains(n) else { return nil }
+        let wire = IPv6Address(bytes: a.bytes)
+        let net = IPv6Network(address: wire, prefixLength: n)
+        guard net.address == wire, !wire.isLinkLocal, !wire.isMulticast, !wire.isLoopback, !wire.isUnspecified else { return nil }
+        address = a
+        prefixLength = n
+    }
+
+    /// Parses a literal; a literal that is not a prefix is a programming error.
+    public init(stringLiteral value: String) {
+        guard let p = IPv6Prefix(value) else { preconditionFailure("'\(value)' is not an IPv6 prefix ADDR/1-126") }
+        self = p
+    }
+
+    /// `fec0::/64`.
+    public var description: String { "\(address)/\(prefixLength)" }
 }
 
 /// An IPv4 subnet: an address and a prefix length, as in `192.168.127.0/24`.

@@ -11,8 +11,8 @@ extension VirtualNetwork {
     /// A network's addressing and limits.
     ///
     /// The defaults make `192.168.127.0/24` with the gateway (and its DNS) on `.1` and DHCP handing out
-    /// `.2` to `.254`. IPv6 is not configurable yet: vnet's gateway is IPv4-only until its IPv6 support is
-    /// merged, and this type gains an IPv6 prefix then.
+    /// `.2` to `.254`, and IPv6 in `fec0::/64` (as QEMU's user network): guests form their own addresses by SLAAC,
+    /// the gateway is `PREFIX::2` (reaching host `::1`) and its DNS forwarder `PREFIX::3`.
     public struct Configuration: Sendable {
         /// The subnet (a /8 to a /30).
         public var subnet: IPv4Subnet = "192.168.127.0/24"
@@ -22,6 +22,8 @@ extension VirtualNetwork {
         public var dns: IPAddress? = nil
         /// The first and last addresses DHCP hands out; nil: every host address but the gateway's.
         public var dhcpRange: ClosedRange<IPv4Host>? = nil
+        /// The IPv6 prefix the gateway advertises (a /64 for SLAAC); nil: no IPv6 on the network.
+        public var ipv6Prefix: IPv6Prefix? = "fec0::/64"
         /// The largest IP packet on the segment, 576 to 65520.
         public var mtu: Int = 1500
         /// How long a DHCP lease lasts, in seconds.
@@ -69,6 +71,15 @@ extension VirtualNetwork {
             g.domainName = domain
             g.mtu = mtu
             g.mapGatewayToHostLoopback = gatewayReachesHostLoopback
+            if let p = ipv6Prefix {
+                let net = IPv6Network(address: IPv6Address(bytes: p.address.bytes), prefixLength: p.prefixLength)
+                g.ipv6Enabled = true
+                g.ipv6Prefix = net
+                g.ipv6GatewayAddress = net.address(withInterface: 2)
+                g.ipv6DNSAddress = net.address(withInterface: 3)
+            } else {
+                g.ipv6Enabled = false
+            }
             g.staticLeases = try staticLeases.map { try Configuration.check($0, first: first, last: last) }
             var o = SwitchOptions()
             o.mtu = mtu
@@ -270,23 +281,17 @@ public struct PortForward: Hashable, Sendable, CustomStringConvertible {
 
     func portMap() throws -> PortMap {
         guard guestPort > 0 else { throw VirtualNetworkError.invalid("port forward \(self): guest port 0") }
-        guard let h = hostAddress.ipv4Value else {
-            throw VirtualNetworkError.unsupported("port forward \(self): IPv6 forwards need the gateway's IPv6 support, which vnet does not have yet")
-        }
         let target: PortMap.Target
         switch guest {
         case .address(let a):
-            guard let v = a.ipv4Value else {
-                throw VirtualNetworkError.unsupported("port forward \(self): IPv6 guests need the gateway's IPv6 support, which vnet does not have yet")
-            }
-            target = .address(IPv4Address(rawValue: v))
+            target = .address(a.wire)
         case .hostName(let n):
             guard let clean = DHCPServer.cleanHostName(n), clean == n.lowercased() else {
                 throw VirtualNetworkError.invalid("port forward \(self): '\(n)' is not a host name")
             }
             target = .hostName(clean)
         }
-        return PortMap(proto: transportProtocol == .tcp ? .tcp : .udp, hostAddress: IPv4Address(rawValue: h), hostPort: hostPort,
+        return PortMap(proto: transportProtocol == .tcp ? .tcp : .udp, hostAddress: hostAddress.wire, hostPort: hostPort,
                        target: target, guestPort: guestPort)
     }
 
@@ -295,10 +300,10 @@ public struct PortForward: Hashable, Sendable, CustomStringConvertible {
         if let c = bound.lastIndex(of: ":"), let p = UInt16(bound[bound.index(after: c)...]) { port = p }
         let guest: Guest
         switch m.target {
-        case .address(let a): guest = .address(IPAddress(ipv4Value: a.rawValue))
+        case .address(let a): guest = .address(IPAddress(wire: a))
         case .hostName(let n): guest = .hostName(n)
         }
-        self.init(m.proto == .tcp ? .tcp : .udp, hostAddress: IPAddress(ipv4Value: m.hostAddress.rawValue), hostPort: port,
+        self.init(m.proto == .tcp ? .tcp : .udp, hostAddress: IPAddress(wire: m.hostAddress), hostPort: port,
                   guest: guest, guestPort: m.guestPort)
     }
 

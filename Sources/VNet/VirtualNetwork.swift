@@ -14,8 +14,8 @@
 // peer that goes away cannot kill the process) and prints nothing: the embedder owns the process.
 // `run()` needs one task to start the thread; after that the cooperative pool is never used by the data path.
 //
-// IPv4 only today: the types take both families, and IPv6 forwards are refused with
-// `VirtualNetworkError.unsupported` until the gateway's IPv6 support is merged (see `Configuration`).
+// Both families: guests get IPv4 by DHCP and IPv6 by SLAAC (`Configuration.ipv6Prefix`); port forwards listen on
+// either family and reach a guest's IPv4 or IPv6 address. Upstream DNS servers and static leases are IPv4.
 
 import Foundation
 import Logging

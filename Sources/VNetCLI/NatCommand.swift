@@ -63,6 +63,9 @@ struct NatCommand: ParsableCommand {
     @Option(name: .customLong("domain"), help: "DNS domain given over DHCP; lease names also answer under it.")
     var domain: String?
 
+    @Option(name: .customLong("ipv6-prefix"), help: "The IPv6 prefix advertised for SLAAC, PREFIX/LEN (default fec0::/64; gateway PREFIX::2, DNS PREFIX::3), or 'off'.")
+    var ipv6Prefix: String?
+
     @Option(name: .customLong("dns-upstream"), help: "Forward DNS to ADDR:PORT instead of resolv.conf's servers.")
     var dnsUpstream: String?
 
@@ -146,6 +149,21 @@ struct NatCommand: ParsableCommand {
         g.domainName = domain ?? file.string("domain")
         g.mtu = o.mtu
         g.id = netName
+        if let p = ipv6Prefix ?? file.string("ipv6-prefix") {
+            if p == "off" {
+                g.ipv6Enabled = false
+            } else {
+                let parts = p.split(separator: "/", omittingEmptySubsequences: false)
+                guard parts.count == 2, let a = IPv6Address(parts[0]), let n = Int(parts[1]), (1 ... 126).contains(n),
+                      IPv6Network(address: a, prefixLength: n).address == a, !a.isLinkLocal, !a.isMulticast, !a.isLoopback, !a.isUnspecified else {
+                    throw ValidationError("--ipv6-prefix '\(p)': expected PREFIX/LEN (1-126, host bits zero) or off")
+                }
+                let net6 = IPv6Network(address: a, prefixLength: n)
+                g.ipv6Prefix = net6
+                g.ipv6GatewayAddress = net6.address(withInterface: 2)
+                g.ipv6DNSAddress = net6.address(withInterface: 3)
+            }
+        }
 
         var statics: [DHCPStaticLease] = []
         for s in try file.list("static-lease") + staticLeases {
@@ -245,7 +263,7 @@ struct NatConfigFile {
     var path = ""
 
     static let known: Set<String> = ["name", "network", "gateway", "dhcp-range", "lease-time", "static-lease", "host", "port-map",
-                                     "leases-file", "domain", "dns-upstream", "resolv-conf", "mtu", "dns-record", "control", "deny", "allow", "limit",
+                                     "leases-file", "domain", "ipv6-prefix", "dns-upstream", "resolv-conf", "mtu", "dns-record", "control", "deny", "allow", "limit",
                                      "socket", "listen", "connect", "dgram", "vfkit", "mcast", "tap"]
 
     static func load(_ path: String) throws -> NatConfigFile {

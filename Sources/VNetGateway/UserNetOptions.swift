@@ -205,7 +205,7 @@ public enum UserNetOptions {
     }
 
     /// Splits `ADDR:PORT` where ADDR is empty, dotted IPv4 or bracketed IPv6 (`[::1]:22`).
-    static func splitAddressPort(_ key: String, _ text: Substring) throws(UserNetOptionError) -> (IPAddress?, Substring) {
+    public static func splitAddressPort(_ key: String, _ text: Substring) throws(UserNetOptionError) -> (IPAddress?, Substring) {
         if text.hasPrefix("[") {
             guard let close = text.firstIndex(of: "]"), text[text.index(after: close)...].hasPrefix(":") else {
                 throw UserNetOptionError("option '\(key)': bad address '\(text)'")
@@ -222,7 +222,7 @@ public enum UserNetOptions {
     }
 
     /// The `[tcp|udp]:` prefix of a forward rule, and the rest.
-    static func splitProtocol(_ key: String, _ text: Substring) throws(UserNetOptionError) -> (ForwardProtocol, Substring) {
+    public static func splitProtocol(_ key: String, _ text: Substring) throws(UserNetOptionError) -> (ForwardProtocol, Substring) {
         // The protocol is there when the text has a colon before any bracket and more than one colon outside brackets
         // ("tcp:[::1]:22", "udp::53", ":127.0.0.1:22"); "127.0.0.1:22" and "[::1]:22" have none.
         if text.hasPrefix("[") { return (.tcp, text) }

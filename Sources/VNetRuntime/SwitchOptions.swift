@@ -53,16 +53,23 @@ public struct SwitchPortSpec: Equatable, Sendable {
 /// A port map of `vnet nat`: host address:port to a VM chosen by address or by its lease host name.
 public struct PortMap: Equatable, Sendable, CustomStringConvertible {
     public enum Target: Equatable, Sendable {
-        case address(IPv4Address)
+        /// A guest address of either family (an IPv6 one is a VM's SLAAC address, say).
+        case address(IPAddress)
+        /// Whichever VM holds this lease host name (reached at its IPv4 lease address).
         case hostName(String)
     }
     public var proto: ForwardProtocol
-    public var hostAddress: IPv4Address
+    /// Either family; `[::]` binds every IPv6 address (IPv6 only), 0.0.0.0 every IPv4 one.
+    public var hostAddress: IPAddress
     public var hostPort: UInt16
     public var target: Target
     public var guestPort: UInt16
 
     public init(proto: ForwardProtocol, hostAddress: IPv4Address, hostPort: UInt16, target: Target, guestPort: UInt16) {
+        self.init(proto: proto, hostAddress: IPAddress(hostAddress), hostPort: hostPort, target: target, guestPort: guestPort)
+    }
+
+    public init(proto: ForwardProtocol, hostAddress: IPAddress, hostPort: UInt16, target: Target, guestPort: UInt16) {
         self.proto = proto
         self.hostAddress = hostAddress
         self.hostPort = hostPort
@@ -72,38 +79,57 @@ public struct PortMap: Equatable, Sendable, CustomStringConvertible {
 
     public var targetDescription: String {
         switch target {
-        case .address(let a): a.description
+        case .address(let a): a.bracketed
         case .hostName(let h): h
         }
     }
 
-    public var description: String { "\(proto.rawValue) \(hostAddress):\(hostPort) -> \(targetDescription):\(guestPort)" }
+    public var description: String { "\(proto.rawValue) \(hostAddress.bracketed):\(hostPort) -> \(targetDescription):\(guestPort)" }
 
     /// Parses `[tcp|udp]:[HOSTADDR]:HOSTPORT-VM:GUESTPORT`, VM being an address or a lease host name.
     public static func parse(_ text: String) -> Result<PortMap, SwitchOptionError> {
-        let bad = SwitchOptionError("port map '\(text)': expected [tcp|udp]:[HOSTADDR]:HOSTPORT-VM:GUESTPORT (VM: an address or a host name)")
-        guard let dash = text.firstIndex(of: "-") else { return .failure(bad) }
-        let left = text[..<dash].split(separator: ":", omittingEmptySubsequences: false).map(String.init)
-        let right = text[text.index(after: dash)...].split(separator: ":", omittingEmptySubsequences: false).map(String.init)
-        guard left.count == 3, right.count == 2 else { return .failure(bad) }
-        let proto: ForwardProtocol
-        switch left[0] {
-        case "", "tcp": proto = .tcp
-        case "udp": proto = .udp
-        default: return .failure(bad)
+        let bad = SwitchOptionError("port map '\(text)': expected [tcp|udp]:[HOSTADDR]:HOSTPORT-VM:GUESTPORT (VM: an address or a host name; IPv6 in brackets)")
+        // The dash between the sides: the first one outside brackets (host names may hold dashes too).
+        var depth = 0
+        var dash: String.Index? = nil
+        for i in text.indices where dash == nil {
+            switch text[i] {
+            case "[": depth += 1
+            case "]": depth -= 1
+            case "-" where depth == 0: dash = i
+            default: break
+            }
         }
-        let hostAddress: IPv4Address
-        if left[1].isEmpty { hostAddress = IPv4Address(0, 0, 0, 0) } else {   // as hostfwd: every address
-            guard let a = IPv4Address(left[1]) else { return .failure(bad) }
-            hostAddress = a
-        }
-        guard let hp = UInt16(left[2]), hp > 0, let gp = UInt16(right[1]), gp > 0, !right[0].isEmpty else { return .failure(bad) }
+        guard let d = dash else { return .failure(bad) }
+        let left = text[..<d]
+        guard left.hasPrefix("tcp:") || left.hasPrefix("udp:") || left.hasPrefix(":") else { return .failure(bad) }
+        let parsedLeft: (ForwardProtocol, IPAddress?, Substring)
+        let right = text[text.index(after: d)...]
+        do {
+            let (proto, rest) = try UserNetOptions.splitProtocol("port map", left)
+            let (address, port) = try UserNetOptions.splitAddressPort("port map", rest)
+            parsedLeft = (proto, address, port)
+        } catch { return .failure(bad) }
+        // As hostfwd: an empty host address is every IPv4 address.
+        let (proto, hostAddress, hostPortText) = (parsedLeft.0, parsedLeft.1 ?? IPAddress(IPv4Address(0, 0, 0, 0)), parsedLeft.2)
+        guard let hp = UInt16(hostPortText), hp > 0 else { return .failure(bad) }
         let target: Target
-        if let a = IPv4Address(right[0]) {
-            target = .address(a)
+        let gp: UInt16
+        if right.hasPrefix("[") {
+            guard let (a, portText) = try? UserNetOptions.splitAddressPort("port map", right), let addr = a,
+                  let p = UInt16(portText), p > 0 else { return .failure(bad) }
+            target = .address(addr)
+            gp = p
         } else {
-            guard let n = DHCPServer.cleanHostName(right[0]), n == right[0].lowercased() else { return .failure(bad) }
-            target = .hostName(n)
+            let parts = right.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
+            guard parts.count == 2, let p = UInt16(parts[1]), p > 0, !parts[0].isEmpty else { return .failure(bad) }
+            gp = p
+            if let a = IPv4Address(parts[0]) {
+                target = .address(IPAddress(a))
+            } else {
+                guard let n = DHCPServer.cleanHostName(parts[0]), n == parts[0].lowercased() else { return .failure(bad) }
+                target = .hostName(n)
+            }
         }
         return .success(PortMap(proto: proto, hostAddress: hostAddress, hostPort: hp, target: target, guestPort: gp))
     }

@@ -325,17 +325,21 @@ public final class SwitchRuntime {
         guard gateway != nil else { throw RuntimeError("port maps need the gateway") }
         let i = portMaps.firstIndex(where: { $0 == nil }) ?? portMaps.count
         let type = m.proto == .tcp ? Int32(SOCK_STREAM.rawValue) : Int32(SOCK_DGRAM.rawValue)
-        let fd = try Sys.socket(AF_INET, type, 0)
+        let v6 = !m.hostAddress.isIPv4
+        let fd = try Sys.socket(v6 ? AF_INET6 : AF_INET, type, 0)
         do {
             try Sys.setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1)
-            try Sys.bind(fd, SocketAddress(ipv4: m.hostAddress.rawValue, port: m.hostPort))
+            if v6 { try Sys.setOption(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, 1) }
+            try Sys.bind(fd, RealHost.socketAddress(m.hostAddress, port: m.hostPort))
             if m.proto == .tcp { try Sys.listen(fd, backlog: 128) }
             try epoll.add(fd, events: Epoll.readable, tag: (m.proto == .tcp ? SwitchTag.portMapTCP : SwitchTag.portMapUDP).tag(i))
         } catch {
             Sys.close(fd)
             throw RuntimeError("port map \(m): \(error)")
         }
-        let entry = (map: m, fd: fd, bound: Sys.localAddress(fd)?.description ?? "\(m.hostAddress):\(m.hostPort)")
+        let bound = Sys.localAddress(fd).flatMap(UserNetRuntime.peer).map { "\($0.0.bracketed):\($0.1)" }
+            ?? "\(m.hostAddress.bracketed):\(m.hostPort)"
+        let entry = (map: m, fd: fd, bound: bound)
         if i == portMaps.count { portMaps.append(entry) } else { portMaps[i] = entry }
         return i
     }
@@ -357,11 +361,11 @@ public final class SwitchRuntime {
     }
 
     /// The VM a port map points at now: its address, or its lease host name's current address.
-    func resolve(_ target: PortMap.Target, now: Instant) -> IPv4Address? {
+    func resolve(_ target: PortMap.Target, now: Instant) -> IPAddress? {
         switch target {
         case .address(let a): return a
         case .hostName(let n):
-            return gateway?.dhcp.boundNames(now: now).first { $0.0 == n }?.1
+            return gateway?.dhcp.boundNames(now: now).first { $0.0 == n }.map { IPAddress($0.1) }
         }
     }
 
@@ -373,8 +377,8 @@ public final class SwitchRuntime {
             for _ in 0 ..< 64 {
                 var from = SocketAddress()
                 guard let c = Sys.accept(fd, from: &from) else { return }
-                guard let to = target, let (a, p) = from.ipv4,
-                      gw.acceptForwardedTCP(handle: c, from: IPv4Address(rawValue: a), port: p, to: to, port: map.guestPort, now: instant) else {
+                guard let to = target, let (a, p) = UserNetRuntime.peer(from),
+                      gw.acceptForwardedTCP(handle: c, from: a, port: p, to: to, port: map.guestPort, now: instant) else {
                     if target == nil { logger.notice("port map \(map): no VM holds that name now; connection refused") }
                     vnet_abort_close(c)
                     continue
@@ -385,8 +389,8 @@ public final class SwitchRuntime {
                 var from = SocketAddress()
                 let buf = gw.forwardReceiveBuffer
                 guard case .done(let n) = Sys.receiveFrom(fd, into: buf, from: &from) else { return }
-                guard n <= buf.count, let to = target, let (a, p) = from.ipv4 else { continue }
-                gw.forwardedUDPDatagram(listener: fd, from: IPv4Address(rawValue: a), port: p, to: to, port: map.guestPort, length: n, now: instant)
+                guard n <= buf.count, let to = target, let (a, p) = UserNetRuntime.peer(from) else { continue }
+                gw.forwardedUDPDatagram(listener: fd, from: a, port: p, to: to, port: map.guestPort, length: n, now: instant)
             }
         }
     }
@@ -460,6 +464,9 @@ public final class SwitchRuntime {
             lines.append("vnet: nat network \(g.network), gateway \(g.gatewayAddress), dns \(g.dnsAddress), dhcp \(g.dhcpStart)+\(g.dhcpPoolSize), mtu \(options.mtu)")
             lines.append("vnet: guest traffic to \(g.gatewayAddress) reaches host loopback 127.0.0.1"
                          + (g.mapGatewayToHostLoopback ? "" : " (off)"))
+            lines.append(g.ipv6Enabled
+                ? "vnet: ipv6 prefix \(g.ipv6Prefix) (SLAAC), router fe80::2, gateway \(g.ipv6GatewayAddress) (host ::1), dns \(g.ipv6DNSAddress)"
+                : "vnet: ipv6 off")
             if let f = options.leasesFile { lines.append("vnet: leases kept in \(f)") }
         } else {
             lines.append("vnet: switch, \(options.maximumPorts) ports, mtu \(options.mtu)")

@@ -223,7 +223,7 @@ struct VirtualNetworkTests {
         try await net.stop()
     }
 
-    @Test("port forwards: add (TCP and UDP), list, remove; IPv6 refused with a clear error")
+    @Test("port forwards: add (TCP and UDP), list, remove; IPv6 on either side")
     func portForwards() async throws {
         let net = try RunningNetwork(subnet: "10.81.0.0/24")
         let tcp = try await net.network.addPortForward(PortForward(.tcp, hostPort: 0, guest: .address("10.81.0.10"), guestPort: 80))
@@ -239,13 +239,14 @@ struct VirtualNetworkTests {
         #expect(!canConnect(port: tcp.hostPort))
         #expect(try await !net.network.removePortForward(tcp))
 
-        let v6 = PortForward(.tcp, hostAddress: "::1", hostPort: 0, guest: .address("fd00::10"), guestPort: 22)
-        await #expect {
-            try await net.network.addPortForward(v6)
-        } throws: { error in
-            guard case VirtualNetworkError.unsupported(let why) = error else { return false }
-            return why.contains("IPv6")
-        }
+        // IPv6 on the host side, the guest's IPv4 address on the other; and an IPv4 listener to a guest's IPv6 address.
+        let v6 = try await net.network.addPortForward(PortForward(.tcp, hostAddress: "::1", hostPort: 0, guest: .address("10.81.0.10"), guestPort: 22))
+        #expect(v6.hostPort != 0 && v6.hostAddress == "::1")
+        #expect(canConnect6(port: v6.hostPort))
+        let to6 = try await net.network.addPortForward(PortForward(.tcp, hostPort: 0, guest: .address("fec0::5054:ff:fe00:10"), guestPort: 22))
+        #expect(try await net.network.portForwards().contains(to6))
+        #expect(try await net.network.removePortForward(v6))
+        #expect(!canConnect6(port: v6.hostPort))
         try await net.stop()
     }
 
@@ -339,4 +340,14 @@ func canConnect(port: UInt16) -> Bool {
     a.sin_port = port.bigEndian
     a.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
     return withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } } == 0
+}
+
+func canConnect6(port: UInt16) -> Bool {
+    let fd = socket(AF_INET6, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var a = sockaddr_in6()
+    a.sin6_family = sa_family_t(AF_INET6)
+    a.sin6_port = port.bigEndian
+    a.sin6_addr.__in6_u.__u6_addr8.15 = 1   // ::1
+    return withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) } } == 0
 }

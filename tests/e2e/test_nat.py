@@ -22,6 +22,8 @@ import pytest
 import rig
 
 VMS = [("vm1", "52:54:00:12:01:01"), ("vm2", "52:54:00:12:01:02"), ("vm3", "52:54:00:12:01:03")]
+# vm3's SLAAC address in the default fec0::/64 (its MAC as a modified EUI-64).
+VM3_SLAAC = "fec0::5054:ff:fe12:103"
 
 
 def unprivileged(workdir: Path, home: Path):
@@ -46,11 +48,12 @@ def nat(guest_image, module_workdir, module_log_dir):
     sock = home / "nat.sock"
     leases = home / "nat.leases"
     map_port = rig.free_tcp_port()
+    map_port6 = rig.free_tcp_port("::1")
     with rig.HttpServer({"/": b"hello from the host\n"}) as http, \
             rig.DnsServer({"upstream.test": "192.0.2.55"}) as dns:
         launcher, prefix, nobody = unprivileged(Path(module_workdir), home)
         args = prefix + ["nat", "--socket", sock, "--leases-file", leases, "--dns-upstream", f"{dns.address}", "--control", home / "nat.ctl", "--pcap", home / "nat.pcap",
-                         "--port-map", f"tcp:127.0.0.1:{map_port}-vm2:8080", "--domain", "vnet.test", "--log-level", "info"]
+                         "--port-map", f"tcp:127.0.0.1:{map_port}-vm2:8080", "--port-map", f"tcp:[::1]:{map_port6}-[{VM3_SLAAC}]:8080", "--domain", "vnet.test", "--log-level", "info"]
         with rig.VnetProcess(args, log_dir=module_log_dir, binary=launcher, env={"HOME": str(home)}) as vnet:
             guests = []
             try:
@@ -63,7 +66,7 @@ def nat(guest_image, module_workdir, module_log_dir):
                 for (name, _), g in zip(VMS, guests):
                     leases_by_name[name] = g.dhcp(extra=f"-x hostname:{name} -O mtu -O search")
                 yield SimpleNamespace(vnet=vnet, guests=dict(zip([n for n, _ in VMS], guests)), leases=leases_by_name,
-                                      http=http, dns=dns, map_port=map_port, leases_file=leases, nobody=nobody, sock=sock,
+                                      http=http, dns=dns, map_port=map_port, map_port6=map_port6, leases_file=leases, nobody=nobody, sock=sock,
                                       ctl=home / "nat.ctl", pcap=home / "nat.pcap")
             finally:
                 for g in guests:
@@ -201,3 +204,19 @@ def test_ipv6_slaac_ping_and_host_loopback(nat):
     with rig.HttpServer({"/": b"hello over ipv6 from the host\n"}, host="::1") as http6:
         out = nat.guests["vm2"].check(f"wget -q -O - http://[fec0::2]:{http6.port}/")
         assert out == "hello over ipv6 from the host\n", out
+
+
+def test_ipv6_port_map_from_host_ipv6_loopback_to_a_vm_over_ipv6(nat):
+    g = nat.guests["vm3"]
+    rig.wait_for(lambda: VM3_SLAAC + "/64" in g.run("ip -6 addr show dev eth0").output, timeout=30, interval=0.3,
+                 message="vm3's SLAAC address")
+    g.write_file("/www6/index.html", "vm3 over ipv6\n")
+    g.start_background("httpd -f -p 8080 -h /www6", "httpd6")
+    rig.wait_for(lambda: ":8080 " in g.check("netstat -ltn"), timeout=20, message="vm3 httpd listening")
+    with socket.create_connection(("::1", nat.map_port6), timeout=20) as s:
+        s.sendall(b"GET /index.html HTTP/1.0\r\nHost: x\r\n\r\n")
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+    assert data.endswith(b"\r\n\r\nvm3 over ipv6\n"), data
+    assert f"vnet: port map tcp [::1]:{nat.map_port6} -> [{VM3_SLAAC}]:8080" in nat.vnet.stdout.text
