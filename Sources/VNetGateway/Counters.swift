@@ -124,6 +124,7 @@ public enum ServedCounter: Int, CaseIterable, Sendable {
     case tcpFlowsOpened, tcpFlowsClosed, tcpFlowsExpired, tcpConnectRefused, tcpRetransmits, tcpResetsFromGuest, tcpResetsToGuest
     case tcpSuperSegmentsToGuest, dnsLocalAnswers
     case tftpTransfersStarted, tftpTransfersCompleted, tftpBlocksSent, tftpRetransmits, tftpErrorsSent
+    case flowsClosedGuestGone
 
     public var name: String {
         switch self {
@@ -157,6 +158,7 @@ public enum ServedCounter: Int, CaseIterable, Sendable {
         case .tftpBlocksSent: "tftp_blocks_sent"
         case .tftpRetransmits: "tftp_retransmits"
         case .tftpErrorsSent: "tftp_errors_sent"
+        case .flowsClosedGuestGone: "flows_closed_guest_gone"
         }
     }
 }

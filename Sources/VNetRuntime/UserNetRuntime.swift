@@ -143,6 +143,15 @@ public final class UserNetRuntime {
             try epoll.add(tapFD, events: Epoll.readable, tag: LoopTag.tap.tag)
             port.boundDescription = "tap \(name) in netns \(netns)"
         }
+        if case .streamListener = port.kind {
+            // A QEMU that connected to us and went away (exit, kill, crash) is gone for good: the next connection
+            // is a new guest. Its flows and host sockets go at once instead of lingering until they time out.
+            // In --connect mode QEMU is the server and outlives a lost connection, so its flows are kept.
+            port.disconnectHandler = { [unowned self] in
+                let n = self.gateway.closeAllFlows()
+                if n > 0 { self.logger.info("closed \(n) flows of the disconnected guest") }
+            }
+        }
         try openForwards()
         try startObservability()
     }
