@@ -507,7 +507,9 @@ extension Gateway {
             // segment is a super-segment of whole MSS-sized pieces that the kernel cuts.
             let segmentPayload = config.guestOffloads ? superSegmentPayload(mss: f.mss) : f.mss
             let overhead = 14 + 20 + 20 + FrameQueue.prefixLength + toGuest.frameHeaderLength
-            let free = toGuest.freeSpace
+            // Host data never takes the queue's last `guestQueueHeadroom` bytes: they are kept for everything else
+            // the gateway answers (ARP, DHCP, DNS, ICMP, RSTs, ACKs), which a full queue would drop.
+            let free = max(0, toGuest.freeSpace - guestQueueHeadroom)
             var queueRoom = (free / (segmentPayload + overhead)) * segmentPayload
             if queueRoom == 0 { queueRoom = (free / (f.mss + overhead)) * f.mss }
             guard queueRoom > 0 else { return blockOnQueue(i, &f) }
@@ -545,6 +547,9 @@ extension Gateway {
             }
         }
     }
+
+    /// Room in the guest queue that host TCP data leaves free: 1/16 of it, at most 64 KiB.
+    var guestQueueHeadroom: Int { min(toGuest.capacity / 16, 64 * 1024) }
 
     func blockOnQueue(_ i: Int, _ f: inout TCPFlow) {
         guard !f.queueBlocked else { return }
