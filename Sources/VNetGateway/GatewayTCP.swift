@@ -75,6 +75,8 @@ struct TCPFlow {
     var ackPending = false
     var wantWritable = false
     var lastAdvertised: UInt32 = 0
+    /// hostfwd: the guest answered our SYN with an ACK for an older connection; we reset it and sent the SYN again.
+    var staleGuestStateReset = false
 
     var inFlight: UInt32 { sndNxt &- sndUna }
     /// A window this small counts as closed: a window update goes out once the socket has this much room
@@ -236,7 +238,20 @@ extension Gateway {
             forgetTCPFlow(f)
             return
         }
-        guard tcp.flags.contains(.syn), tcp.flags.contains(.ack), tcp.acknowledgment == f.iss &+ 1 else { return drop(.tcpBadAck) }
+        guard tcp.flags.contains(.syn), tcp.flags.contains(.ack), tcp.acknowledgment == f.iss &+ 1 else {
+            if tcp.flags.contains(.ack) && tcp.acknowledgment != f.iss &+ 1 {
+                // RFC 9293 §3.10.7.3: an unacceptable ACK in SYN-SENT is answered with <SEQ=SEG.ACK><CTL=RST>. The guest
+                // still holds an older connection on this 4-tuple (TIME-WAIT after a vnet restart, or state whose
+                // reset was lost) and answered our SYN with an ACK for it; the RST clears that, and our SYN, sent
+                // again at once (only the first time: a guest that keeps doing this waits for the RTO), connects.
+                sendReset(answering: tcp, payloadLength: 0, key: f.key, mac: f.guestMAC)
+                if !f.staleGuestStateReset {
+                    f.staleGuestStateReset = true
+                    sendSyn(&f)
+                }
+            }
+            return drop(.tcpBadAck)
+        }
         f.rcvNxt = tcp.sequence &+ 1
         if let ws = tcp.windowScale { f.guestWScale = min(ws, 14) } else { f.guestWScale = 0; f.ourWScale = 0 }
         f.mss = max(64, min(Int(tcp.maxSegmentSize ?? 536), config.mtu - 40))

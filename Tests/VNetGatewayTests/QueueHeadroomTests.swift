@@ -29,3 +29,37 @@ struct QueueHeadroomTests {
         #expect(frames.contains { $0[23] == 6 && $0[36] == 0x9C && $0[37] == 0x40 && $0[47] & 0x04 != 0 }, "RST to port 40000")
     }
 }
+
+// Found by the hostfwd connection storm e2e test: after a vnet restart, client ports are reused while the guest
+// still holds TIME-WAIT for the same 4-tuple; the new ISN is not above the old one half the time, so the guest
+// answers our SYN with an ACK. We dropped that ACK, so the connection waited out TIME-WAIT (60 s) through SYN
+// retransmissions. RFC 9293 §3.10.7.3: answer with <SEQ=SEG.ACK><CTL=RST>, then send the SYN again.
+@Suite("hostfwd SYN answered by an old connection's ACK")
+struct StaleGuestStateTests {
+    @Test("the ACK is reset, the SYN goes again at once (once), and the guest's SYN-ACK then connects")
+    func staleAck() throws {
+        let h = TCPHarness()
+        h.introduceGuest()
+        #expect(h.gateway.acceptForwardedTCP(handle: 77, from: .loopback, port: 45_678, to: guestIP, port: 22, now: h.now))
+        let syn = try h.oneSegment("SYN to the guest")
+        #expect(syn.flags == .syn)
+        let stale: UInt32 = syn.seq &+ 123_456   // what the guest's TIME-WAIT acknowledges
+        h.send(FrameBuilder.tcpSegmentFrame(dst: gatewayIP, srcPort: 22, dstPort: 45_678, seq: 9_999, ack: stale, flags: .ack, window: 500))
+        let out = try h.segments()
+        try #require(out.count == 2, "\(out.map(describe))")
+        #expect(out[0].flags == .rst && out[0].seq == stale, "RST <SEQ=SEG.ACK>")
+        #expect(out[1].flags == .syn && out[1].seq == syn.seq, "the same SYN again")
+        #expect(h.counters[.tcpBadAck] == 1)
+        // A second stale ACK is reset too, but the SYN waits for its timer.
+        h.send(FrameBuilder.tcpSegmentFrame(dst: gatewayIP, srcPort: 22, dstPort: 45_678, seq: 9_999, ack: stale, flags: .ack, window: 500))
+        let again = try h.segments()
+        #expect(again.count == 1 && again.first?.flags == .rst)
+        // The guest, its old connection gone, accepts the SYN.
+        h.send(FrameBuilder.tcpSegmentFrame(dst: gatewayIP, srcPort: 22, dstPort: 45_678, seq: 5_000, ack: syn.seq &+ 1,
+                                            flags: [.syn, .ack], window: 64_000, mss: 1460, wscale: 7))
+        let ack = try h.oneSegment("ACK of the SYN-ACK")
+        #expect(ack.isPureAck && ack.ack == 5_001)
+        #expect(h.gateway.tcpHalfOpenFlowCount == 0 && h.gateway.tcpFlowCount == 1)
+        #expect(try h.host.socket(77).isOpen)
+    }
+}
