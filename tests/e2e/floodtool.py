@@ -23,6 +23,10 @@ Host side:
   floodtool.py storm HOST PORT N CONCURRENCY
         N connections, CONCURRENCY at a time; each sends b"S" + 8-byte size 64 (nettool's request) and reads
         64 bytes. Prints "STORM ok=… failed=… seconds=…".
+  floodtool.py hold HOST PORT N
+        Opens N connections and holds them without a word; prints "OPEN n" once connected (the kernel's handshake:
+        the other end may not have accepted them yet). On a line "go" from stdin, sends each nettool's request
+        (b"S" + size 64), reads 64 bytes from each (60 s deadline) and prints "DONE ok=… failed=…".
   floodtool.py reset-server HOST PORT
         Per connection: reads the request line b"MODE\\n" then
           "send": sends the pattern until 4 MiB went out, then aborts (RST, SO_LINGER 0);
@@ -509,6 +513,32 @@ def cmd_storm(host, port, n, concurrency):
     print(f"STORM ok={ok} failed={failed} seconds={time.monotonic() - t0:.2f}", flush=True)
 
 
+def cmd_hold(host, port, n):
+    conns = [socket.create_connection((host, port), timeout=30) for _ in range(n)]
+    print(f"OPEN {len(conns)}", flush=True)
+    for line in sys.stdin:
+        if line.strip() == "go":
+            break
+    for c in conns:
+        c.sendall(b"S" + struct.pack("!Q", 64))
+    ok = failed = 0
+    deadline = time.monotonic() + 60
+    for c in conns:
+        got = b""
+        try:
+            while len(got) < 64:
+                c.settimeout(max(0.1, deadline - time.monotonic()))
+                d = c.recv(64 - len(got))
+                if not d:
+                    break
+                got += d
+        except OSError:
+            pass
+        ok, failed = (ok + 1, failed) if got == BLOCK[:64] else (ok, failed + 1)
+        c.close()
+    print(f"DONE ok={ok} failed={failed}", flush=True)
+
+
 def abort(c):
     c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     c.close()
@@ -617,6 +647,8 @@ def main(argv):
         cmd_sink(a[0], int(a[1]))
     elif cmd == "storm":
         cmd_storm(a[0], int(a[1]), int(a[2]), int(a[3]))
+    elif cmd == "hold":
+        cmd_hold(a[0], int(a[1]), int(a[2]))
     elif cmd == "reset-server":
         cmd_reset_server(a[0], int(a[1]))
     elif cmd == "reset-client":

@@ -525,6 +525,51 @@ def test_hostfwd_connection_storm(nets, log_dir, variant):
             stop(p)
 
 
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_hostfwd_out_of_fds_waits_without_spinning(nets, log_dir):
+    """More held hostfwd connections than vnet has fds for (--nofile 32): the rest wait in the listener's backlog
+    while vnet stays idle (a listener that cannot be accepted from stays readable: vnet pauses it instead of
+    polling it in a loop) and keeps serving the guest; once the held connections finish, every waiting one is
+    taken and served."""
+    guest_port, n = 6003, 60
+    fwd_port = rig.free_tcp_port()
+    server = popen_ns(nets.guest_ns, sys.executable, NETTOOL, "serve", "0.0.0.0", guest_port)
+    try:
+        rig.OutputCollector(server.stdout, log_dir / "guest-server.log", "guest server").wait_for(r"LISTENING", 15)
+        with Vnet(nets, log_dir, [f"user,hostfwd=tcp:127.0.0.1:{fwd_port}-10.0.2.15:{guest_port}"], nofile=32) as v:
+            base_fds = v.fds()
+            holder = popen_ns(nets.host_ns, sys.executable, FLOODTOOL, "hold", "127.0.0.1", fwd_port, n, stdin=subprocess.PIPE)
+            try:
+                out = rig.OutputCollector(holder.stdout, log_dir / "hold.log", "hold")
+                out.wait_for(r"OPEN 60\n", 30)
+                rig.wait_for(lambda: v.fds() == 32, 20, message=lambda: f"vnet to run out of fds ({v.fds()} of 32)")
+                # Out of fds, with connections waiting: vnet must not spin. The window is a guest command's run time.
+                cpu0, t0 = cpu_seconds(v.pid), time.monotonic()
+                r = in_ns(nets.guest_ns, "busybox", "ping", "-c", "3", "-W", "5", GW, check=False)
+                cpu, wall = cpu_seconds(v.pid) - cpu0, time.monotonic() - t0
+                print(f"out of fds: vnet used {cpu:.2f} s of CPU in {wall:.2f} s")
+                assert r.returncode == 0 and "3 packets received" in r.stdout, r.stdout + r.stderr
+                assert cpu < 0.25 * wall, f"vnet used {cpu:.2f} s of CPU in {wall:.2f} s while out of fds"
+                v.proc.wait_for_line(r"out of file descriptors: hostfwd accepts paused", 20, stream="stderr")
+                holder.stdin.write(b"go\n")
+                holder.stdin.flush()
+                done = out.wait_for(r"DONE ok=(\d+) failed=(\d+)\n", 90)
+                assert (int(done.group(1)), int(done.group(2))) == (n, 0), done.group(0)
+                holder.wait(timeout=10)
+            finally:
+                stop(holder)
+            v.wait_settled(base_fds)
+            c = rig.read_counters(v.proc)
+            assert c.get("hostfwd_accept_pauses", 0) > 0 and c.get("tcp_forwards_accepted") == n, c
+    finally:
+        stop(server)
+
+
 # ------------------------------------------------------------------------ host peer resets or stalls
 
 
