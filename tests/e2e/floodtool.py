@@ -9,8 +9,9 @@ Guest side (in the guest namespace, behind vnet's TAP):
   floodtool.py udp IFACE GW_IP FIRST LAST SPORT
         One UDP datagram to every port FIRST..LAST of GW_IP from source port SPORT; same output (icmp=…).
   floodtool.py dhcp IFACE N HOLDER_IP
-        DHCP DISCOVER/REQUEST from N made-up MACs (pipelined), then a renewal REQUEST from the interface's own
-        MAC for HOLDER_IP. Prints "LEASES k", "RENEW ip" (or "RENEW none"), one line each.
+        A renewal REQUEST from the interface's own MAC for HOLDER_IP, DHCP DISCOVER/REQUEST from N made-up MACs
+        (pipelined), then the renewal again. Prints "RENEW-BEFORE ip", "LEASES k addresses…", "RENEW ip" ("none"
+        when unanswered).
   floodtool.py dhcp-one IFACE TAG
         DISCOVER/REQUEST from one fresh MAC (derived from TAG); prints "LEASE ip" or "LEASE none".
   floodtool.py stream HOST PORT STOPFILE MIN_BYTES
@@ -303,7 +304,7 @@ def dhcp_parse(f):
 
 
 def dhcp_exchange(s, frames_by_xid, want, timeout=3.0):
-    """Sends each frame, then collects replies of type `want` by xid until all answered or quiet for 0.5 s
+    """Sends each frame, then collects replies of type `want` by xid until all answered or quiet for 1 s
     after the last reply (bounded by `timeout`). Returns {xid: (yiaddr, server)}."""
     for fr in frames_by_xid.values():
         s.send(fr)
@@ -311,7 +312,7 @@ def dhcp_exchange(s, frames_by_xid, want, timeout=3.0):
     deadline = time.monotonic() + timeout
     last = time.monotonic()
     s.settimeout(0.05)
-    while len(got) < len(frames_by_xid) and time.monotonic() < deadline and time.monotonic() - last < 0.5:
+    while len(got) < len(frames_by_xid) and time.monotonic() < deadline and time.monotonic() - last < 1.0:
         try:
             f, addr = s.recvfrom(65535)
         except socket.timeout:
@@ -335,17 +336,21 @@ def dora(s, macs, xid_base):
     return {x: socket.inet_ntoa(v[0]) for x, v in acks.items()}
 
 
+def renew(s, mac, ip, xid):
+    got = dhcp_exchange(s, {xid: dhcp_frame(mac, xid, 3, ciaddr=socket.inet_aton(ip))}, 5, timeout=3.0)
+    return socket.inet_ntoa(got[xid][0]) if got else "none"
+
+
 def cmd_dhcp(iface, n, holder_ip):
     s = raw_socket(iface, BPF_DHCP_REPLY)
+    mac = iface_facts(iface)
+    print(f"RENEW-BEFORE {renew(s, mac, holder_ip, 0x7776)}", flush=True)   # the holder's lease runs from here
     macs = [fake_mac(i) for i in range(n)]
     leases = {}
     for start in range(0, n, 250):   # pipelined in batches: 250 DISCOVERs, their OFFERs, REQUESTs, ACKs
         leases.update(dora(s, macs[start:start + 250], 0x10000 + start))
     print(f"LEASES {len(leases)} {' '.join(sorted(set(leases.values())))}", flush=True)
-    mac = iface_facts(iface)
-    renew = {0x7777: dhcp_frame(mac, 0x7777, 3, ciaddr=socket.inet_aton(holder_ip))}
-    got = dhcp_exchange(s, renew, 5, timeout=3.0)
-    print(f"RENEW {socket.inet_ntoa(got[0x7777][0]) if got else 'none'}", flush=True)
+    print(f"RENEW {renew(s, mac, holder_ip, 0x7777)}", flush=True)
 
 
 def cmd_dhcp_one(iface, tag):

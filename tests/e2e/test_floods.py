@@ -379,8 +379,9 @@ def test_udp_sweep_every_port(nets, log_dir):
             # Port 67 of the gateway is its DHCP server ("sweep!" is no DHCP message); the rest is NAT.
             assert d["drop_dhcp_malformed"] == 1 and d["drop_host_socket_failed"] == 0 and d["drop_udp_bad_checksum"] == 0, d
             assert d["udp_flows_opened"] == 4096 and d["drop_udp_flow_table_full"] == 65535 - 1 - 4096, d
-            # Every port that got a flow is closed on host loopback: each answered with ICMP port unreachable.
-            assert d["icmp_errors_to_guest"] == 4096, d
+            # Every port that got a flow is closed on host loopback and answers with ICMP port unreachable (exactly
+            # 4096 here; a kernel that rate-limits ICMP on loopback would send fewer).
+            assert 0 < d["icmp_errors_to_guest"] <= 4096, d
             t.wait_moving(moving)
             seen = flood_seen(p, out)
             print(f"udp sweep: the guest saw {seen}")
@@ -403,7 +404,7 @@ def test_dhcp_from_1000_macs(nets, log_dir):
     """DISCOVER/REQUEST from 1,000 MACs against the 16-address pool while the guest (10.0.2.15) transfers:
     15 get leases, the rest are counted as drop_dhcp_pool_exhausted, the holder renews and keeps its address, and
     once the flood's leases expire (--limit dhcp-lease-time) a new MAC gets an address again."""
-    lease = 15
+    lease = 20
     with Vnet(nets, log_dir, ["--limit", f"dhcp-lease-time={lease}"]) as v:
         t = Transfer(nets.guest_ns, GW, STREAM_PORT, nets.workdir, log_dir)
         try:
@@ -419,6 +420,7 @@ def test_dhcp_from_1000_macs(nets, log_dir):
             print(f"dhcp: {leases.group(1)} leases {addrs}; pool exhausted {exhausted}; {r.stdout.strip().splitlines()[-1]}")
             assert int(leases.group(1)) == 15 and len(set(addrs)) == 15 and "10.0.2.15" not in addrs, r.stdout
             assert exhausted >= 985, after
+            assert re.search(r"^RENEW-BEFORE 10\.0\.2\.15$", r.stdout, re.M), r.stdout
             assert re.search(r"^RENEW 10\.0\.2\.15$", r.stdout, re.M), r.stdout
             mine = [l for l in v.call("leases") if l["address"] == "10.0.2.15"]
             assert len(mine) == 1 and mine[0]["state"] == "bound", mine
