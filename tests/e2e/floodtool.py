@@ -31,7 +31,8 @@ Host side:
   floodtool.py reset-server HOST PORT
         Per connection: reads the request line b"MODE\\n" then
           "send": sends the pattern until 4 MiB went out, then aborts (RST, SO_LINGER 0);
-          "stall": reads 1 MiB, then stops reading until a line "go" arrives on stdin, then aborts.
+          "stall": reads 1 MiB, then stops reading until a line "go" arrives on stdin, then aborts;
+          "stall-resume": the same, but on "go" it reads to EOF and answers "SHA256 LENGTH" of all it read.
         Prints LISTENING, "STALLED" when a stalled reader has stopped, "ABORTED mode" after each abort.
   floodtool.py reset-client HOST PORT MODE
         Guest side of reset-server: MODE send (reads until the reset) or stall (sends until blocked, reports
@@ -565,24 +566,43 @@ def cmd_reset_server(host, port):
     print("LISTENING", flush=True)
 
     def handle(c):
-        f = c.makefile("rb")
-        mode = f.readline().strip().decode()
+        line = b""
+        while not line.endswith(b"\n"):   # byte by byte: a buffered reader would swallow the data behind it
+            d = c.recv(1)
+            if not d:
+                return
+            line += d
+        mode = line.strip().decode()
         if mode == "send":
             sent = 0
             while sent < (4 << 20):
                 c.sendall(BLOCK)
                 sent += len(BLOCK)
             abort(c)
-        elif mode == "stall":
-            got = 0
+        elif mode in ("stall", "stall-resume"):
+            h, got = hashlib.sha256(), 0
             while got < (1 << 20):
-                d = c.recv(65536)
+                d = c.recv(min(65536, (1 << 20) - got))
                 if not d:
                     break
+                h.update(d)
                 got += len(d)
             print("STALLED", flush=True)
             go.wait(120)
-            abort(c)
+            go.clear()
+            if mode == "stall":
+                abort(c)
+            else:
+                while True:
+                    d = c.recv(1 << 20)
+                    if not d:
+                        break
+                    h.update(d)
+                    got += len(d)
+                c.sendall(f"{h.hexdigest()} {got}\n".encode())
+                c.close()
+                print("RESUMED", flush=True)
+                return
         print(f"ABORTED {mode}", flush=True)
 
     while True:
@@ -602,12 +622,14 @@ def cmd_reset_client(host, port, mode):
                     print(f"EOF {n}", flush=True)
                     return
                 n += len(d)
-        # stall: send until the window is shut (no progress for 2 s), then wait for the reset.
+        # stall / stall-resume: send until the window is shut (no progress for 2 s); then wait for the reset, or
+        # (stall-resume) go on sending to 16 MiB once the server reads again and check its digest.
         s.setblocking(False)
         blocked_since = None
         while True:
             try:
-                n += s.send(BLOCK)
+                off = n % len(BLOCK)
+                n += s.send(BLOCK[off:] + BLOCK[:off])   # the pattern stream, wherever the last send stopped
                 blocked_since = None
             except BlockingIOError:
                 if blocked_since is None:
@@ -616,6 +638,27 @@ def cmd_reset_client(host, port, mode):
                     break
                 select.select([], [s], [], 0.1)
         print(f"BLOCKED {n}", flush=True)
+        if mode == "stall-resume":
+            total = 16 << 20
+            s.setblocking(True)
+            s.settimeout(60)
+            rest = total - n
+            off = n % len(BLOCK)
+            while rest > 0:
+                chunk = (BLOCK[off:] + BLOCK)[:min(rest, len(BLOCK))]
+                s.sendall(chunk)
+                rest -= len(chunk)
+                off = (off + len(chunk)) % len(BLOCK)
+            s.shutdown(socket.SHUT_WR)
+            reply = b""
+            while not reply.endswith(b"\n"):
+                d = s.recv(200)
+                if not d:
+                    break
+                reply += d
+            ok = reply.decode().strip() == f"{pattern_sha(total)} {total}"
+            print(f"RESUMED {'ok' if ok else 'BAD'} {total} (server: {reply.decode().strip()})", flush=True)
+            return
         # The reset comes while we wait to write: select wakes with the error.
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

@@ -620,6 +620,30 @@ def test_host_peer_stalls_then_resets(nets, log_dir):
         get_ok(nets.guest_ns, GW, SERVE_PORT)
 
 
+def test_host_peer_stalls_then_resumes(nets, log_dir):
+    """The host server stops reading after 1 MiB: the guest's sends block as the window closes, the flow stays;
+    the server reads again: the guest's upload resumes and all 16 MiB arrive intact; then the flow closes."""
+    with Vnet(nets, log_dir) as v:
+        base_fds = v.fds()
+        reset = nets.servers["reset"]
+        start = len(reset.out)
+        client = popen_ns(nets.guest_ns, sys.executable, FLOODTOOL, "reset-client", GW, RESET_PORT, "stall-resume")
+        try:
+            out = rig.OutputCollector(client.stdout, log_dir / "resume-client.log", "resume client")
+            reset.out.wait_for(r"STALLED\n", 30, start)
+            blocked = int(out.wait_for(r"BLOCKED (\d+)\n", 60).group(1))
+            assert v.stats()["flows_tcp"] == 1 and blocked < 16 << 20, blocked
+            reset.proc.stdin.write(b"go\n")
+            reset.proc.stdin.flush()
+            res = out.wait_for(r"RESUMED (\S+)[^\n]*\n", 90)
+            assert res.group(1) == "ok", res.group(0)
+            print(f"stall-resume: blocked after {blocked} bytes, resumed, 16 MiB intact")
+            client.wait(timeout=10)
+        finally:
+            stop(client)
+        v.wait_settled(base_fds, timeout=15)
+
+
 # ------------------------------------------------------------------------ QEMU killed mid-transfer
 
 
