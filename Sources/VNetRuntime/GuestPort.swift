@@ -11,7 +11,8 @@
 //   the queue, which is bounded: the gateway counts what does not fit.
 // Stream listeners serve one QEMU at a time, like QEMU's own stream server: a second connection while one is
 // active is closed at once. A QEMU that disconnects is forgotten (its partial frame and queued output with
-// it, and in `vnet user` its flows: see `disconnectHandler`) and the next one is accepted. In connect mode the port retries every second until QEMU listens again.
+// it, and in `vnet user` its flows: see `disconnectHandler`) and the next one is accepted. In connect mode the
+// port retries every second until QEMU listens again.
 
 import CVNetShim
 import Logging
