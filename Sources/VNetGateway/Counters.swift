@@ -149,6 +149,7 @@ public enum ServedCounter: Int, CaseIterable, Sendable {
     case tcpSuperSegmentsToGuest, dnsLocalAnswers
     case tftpTransfersStarted, tftpTransfersCompleted, tftpBlocksSent, tftpRetransmits, tftpErrorsSent
     case neighborAdvertisements, routerAdvertisements, dhcpv6Replies, icmpv6EchoLocal
+    case flowsClosedGuestGone
 
     public var name: String {
         switch self {
@@ -186,6 +187,7 @@ public enum ServedCounter: Int, CaseIterable, Sendable {
         case .tftpBlocksSent: "tftp_blocks_sent"
         case .tftpRetransmits: "tftp_retransmits"
         case .tftpErrorsSent: "tftp_errors_sent"
+        case .flowsClosedGuestGone: "flows_closed_guest_gone"
         }
     }
 }

@@ -1,5 +1,6 @@
-// Read-only views of the gateway for the control plane (flows, leases), and the one control action that
-// must reach into the flow tables: forgetting the UDP flows of a hostfwd listener that is being closed.
+// Read-only views of the gateway for the control plane (flows, leases), and the control actions that must
+// reach into the flow tables: forgetting the UDP flows of a hostfwd listener that is being closed, and closing
+// every flow when the guest behind the port is gone (`closeAllFlows`).
 // Nothing here runs on the data path; these build arrays and may allocate.
 
 import VNetBuffers
@@ -101,6 +102,40 @@ extension Gateway {
             udpFlows.remove(f.key)
             n += 1
         }
+        return n
+    }
+
+    /// The guest is gone (its QEMU's stream connection closed, in the modes where vnet accepts connections):
+    /// every NAT flow goes with it. TCP host sockets are reset (the host peer sees RST, as it would from a
+    /// guest that rebooted), UDP and ICMP sockets closed, TFTP transfers ended. hostfwd listeners and DHCP
+    /// leases stay: the next QEMU is served by the same rules and keeps its address. Returns how many flows
+    /// were closed (each counted as `flows_closed_guest_gone`).
+    @discardableResult
+    public func closeAllFlows() -> Int {
+        var n = 0
+        for i in tcpFlows.activeIndices {
+            guard let f = tcpFlows[i] else { continue }
+            host.tcpAbort(f.handle)
+            forgetTCPFlow(f)
+            n += 1
+        }
+        for i in udpFlows.activeIndices {
+            guard let f = udpFlows[i] else { continue }
+            if f.replyTo == nil { host.close(f.handle) }   // hostfwd flows share the forward's listener
+            forgetUDPFlow(f)
+            n += 1
+        }
+        for i in icmpFlows.activeIndices {
+            guard let f = icmpFlows[i] else { continue }
+            host.close(f.handle)
+            icmpFlows.remove(f.key)
+            n += 1
+        }
+        tftp?.closeAll()
+        tcpAckList.removeAll(keepingCapacity: true)
+        tcpQueueBlocked.removeAll()
+        tcpWindowWatch.removeAll(keepingCapacity: true)
+        for _ in 0 ..< n { counters.count(.flowsClosedGuestGone) }
         return n
     }
 }

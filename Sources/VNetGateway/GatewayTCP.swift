@@ -78,6 +78,8 @@ struct TCPFlow {
     var ackPending = false
     var wantWritable = false
     var lastAdvertised: UInt32 = 0
+    /// hostfwd: the guest answered our SYN with an ACK for an older connection; we reset it and sent the SYN again.
+    var staleGuestStateReset = false
 
     var inFlight: UInt32 { sndNxt &- sndUna }
     /// A window this small counts as closed: a window update goes out once the socket has this much room
@@ -246,7 +248,20 @@ extension Gateway {
             forgetTCPFlow(f)
             return
         }
-        guard tcp.flags.contains(.syn), tcp.flags.contains(.ack), tcp.acknowledgment == f.iss &+ 1 else { return drop(.tcpBadAck) }
+        guard tcp.flags.contains(.syn), tcp.flags.contains(.ack), tcp.acknowledgment == f.iss &+ 1 else {
+            if tcp.flags.contains(.ack) && tcp.acknowledgment != f.iss &+ 1 {
+                // RFC 9293 §3.10.7.3: an unacceptable ACK in SYN-SENT is answered with <SEQ=SEG.ACK><CTL=RST>. The guest
+                // still holds an older connection on this 4-tuple (TIME-WAIT after a vnet restart, or state whose
+                // reset was lost) and answered our SYN with an ACK for it; the RST clears that, and our SYN, sent
+                // again at once (only the first time: a guest that keeps doing this waits for the RTO), connects.
+                sendReset(answering: tcp, payloadLength: 0, key: f.key, mac: f.guestMAC)
+                if !f.staleGuestStateReset {
+                    f.staleGuestStateReset = true
+                    sendSyn(&f)
+                }
+            }
+            return drop(.tcpBadAck)
+        }
         f.rcvNxt = tcp.sequence &+ 1
         if let ws = tcp.windowScale { f.guestWScale = min(ws, 14) } else { f.guestWScale = 0; f.ourWScale = 0 }
         f.mss = max(64, min(Int(tcp.maxSegmentSize ?? 536), maximumSegmentSize(f.key)))
@@ -517,7 +532,9 @@ extension Gateway {
             // segment is a super-segment of whole MSS-sized pieces that the kernel cuts.
             let segmentPayload = config.guestOffloads ? superSegmentPayload(mss: f.mss, ipv4: f.key.guestAddress.isIPv4) : f.mss
             let overhead = 14 + (f.key.guestAddress.isIPv4 ? 20 : 40) + 20 + FrameQueue.prefixLength + toGuest.frameHeaderLength
-            let free = toGuest.freeSpace
+            // Host data never takes the queue's last `guestQueueHeadroom` bytes: they are kept for everything else
+            // the gateway answers (ARP, DHCP, DNS, ICMP, RSTs, ACKs), which a full queue would drop.
+            let free = max(0, toGuest.freeSpace - guestQueueHeadroom)
             var queueRoom = (free / (segmentPayload + overhead)) * segmentPayload
             if queueRoom == 0 { queueRoom = (free / (f.mss + overhead)) * f.mss }
             guard queueRoom > 0 else { return blockOnQueue(i, &f) }
@@ -561,6 +578,9 @@ extension Gateway {
             }
         }
     }
+
+    /// Room in the guest queue that host TCP data leaves free: 1/16 of it, at most 64 KiB.
+    var guestQueueHeadroom: Int { min(toGuest.capacity / 16, 64 * 1024) }
 
     func blockOnQueue(_ i: Int, _ f: inout TCPFlow) {
         guard !f.queueBlocked else { return }

@@ -3,7 +3,8 @@
 // Theory of Operation
 // -------------------
 // Every table the guest can fill has a fixed cap, so memory stays bounded whatever it sends: flows per protocol,
-// half-open TCP flows, DNS flows, reassembly slots (64 KiB each) and their timeout. The DHCP pool's cap is its
+// half-open TCP flows, DNS flows, reassembly slots (64 KiB each) and their timeout, how long an idle UDP flow
+// keeps its host socket, and the DHCP lease time. The DHCP pool's cap is its
 // size (`dhcpstart=` to the end of the pool); leases expire and come back. A limit that bites refuses only the
 // new thing (RST for TCP, silence for UDP/ICMP/DHCP, eviction of the oldest unfinished datagram for fragments),
 // counts it under a named drop reason (`limitDropReason`), and the runtime logs each reason at most once per
@@ -17,14 +18,20 @@ public enum GatewayLimit: String, CaseIterable, Sendable {
     case dnsFlows = "dns-flows"
     case fragmentSlots = "fragment-slots"
     case fragmentTimeout = "fragment-timeout"
+    /// Seconds an idle UDP flow (and its host socket) is kept (not DNS flows, which have their own 30 s).
+    case udpTimeout = "udp-timeout"
+    /// Seconds a DHCP lease lasts (renewal at half of it).
+    case dhcpLeaseTime = "dhcp-lease-time"
 
-    /// Accepted values (fragment-timeout in seconds).
+    /// Accepted values (fragment-timeout, udp-timeout and dhcp-lease-time in seconds).
     public var range: ClosedRange<Int> {
         switch self {
         case .tcpFlows, .udpFlows: 1 ... 1 << 20
         case .tcpHalfOpen, .icmpFlows, .dnsFlows: 1 ... 1 << 16
         case .fragmentSlots: 1 ... 1024
         case .fragmentTimeout: 1 ... 120
+        case .udpTimeout: 1 ... 86_400
+        case .dhcpLeaseTime: 4 ... 1 << 30
         }
     }
 
@@ -37,6 +44,8 @@ public enum GatewayLimit: String, CaseIterable, Sendable {
         case .icmpFlows: .icmpFlowTableFull
         case .dnsFlows: .dnsFlowTableFull
         case .fragmentSlots, .fragmentTimeout: .ipv4FragmentTimeout
+        case .udpTimeout: .udpFlowTableFull
+        case .dhcpLeaseTime: .dhcpPoolExhausted
         }
     }
 }
@@ -51,6 +60,8 @@ extension GatewayConfig {
         case .dnsFlows: dnsFlowCapacity
         case .fragmentSlots: fragmentSlots
         case .fragmentTimeout: Int(fragmentTimeout.seconds)
+        case .udpTimeout: Int(udpIdleTimeout.seconds)
+        case .dhcpLeaseTime: Int(leaseTime.seconds)
         }
     }
 
@@ -65,6 +76,8 @@ extension GatewayConfig {
         case .dnsFlows: dnsFlowCapacity = value
         case .fragmentSlots: fragmentSlots = value
         case .fragmentTimeout: fragmentTimeout = .seconds(UInt64(value))
+        case .udpTimeout: udpIdleTimeout = .seconds(UInt64(value))
+        case .dhcpLeaseTime: leaseTime = .seconds(UInt64(value))
         }
         return true
     }
@@ -72,7 +85,7 @@ extension GatewayConfig {
     /// `tcp-flows 16384, tcp-half-open 1024, …` for the start-up banner.
     public var limitsSummary: String {
         GatewayLimit.allCases.map { l in
-            l == .fragmentTimeout ? "\(l.rawValue) \(limit(l)) s" : "\(l.rawValue) \(limit(l))"
+            [.fragmentTimeout, .udpTimeout, .dhcpLeaseTime].contains(l) ? "\(l.rawValue) \(limit(l)) s" : "\(l.rawValue) \(limit(l))"
         }.joined(separator: ", ") + ", dhcp pool \(dhcpPoolSize)"
     }
 

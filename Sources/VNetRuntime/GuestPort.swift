@@ -11,7 +11,8 @@
 //   the queue, which is bounded: the gateway counts what does not fit.
 // Stream listeners serve one QEMU at a time, like QEMU's own stream server: a second connection while one is
 // active is closed at once. A QEMU that disconnects is forgotten (its partial frame and queued output with
-// it) and the next one is accepted. In connect mode the port retries every second until QEMU listens again.
+// it, and in `vnet user` its flows: see `disconnectHandler`) and the next one is accepted. In connect mode the
+// port retries every second until QEMU listens again.
 
 import CVNetShim
 import Logging
@@ -81,6 +82,8 @@ final class GuestPort {
     var vfkitHandshake = false
     /// Told when a QEMU attaches (true) or goes away (false), with a few words on it (control-plane events).
     var stateObserver: ((Bool, String) -> Void)?
+    /// Told when the stream connection goes away (after `stateObserver`): `vnet user` closes the guest's flows.
+    var disconnectHandler: (() -> Void)?
 
     init(kind: Kind, epoll: Epoll, mtu: Int, logger: Logger) {
         self.kind = kind
@@ -128,6 +131,7 @@ final class GuestPort {
         queue.removeAll()
         logger.info("QEMU disconnected: \(reason)")
         stateObserver?(false, reason)
+        disconnectHandler?()
         if case .streamConnector = kind { reconnectAt = now + 1_000_000_000 }
     }
 

@@ -47,6 +47,13 @@ public final class UserNetRuntime {
     /// Limit drop counters at the last report, and when the next report is due (see `reportLimits`).
     var limitsReported: [DropReason: UInt64] = [:]
     var nextLimitReport: UInt64 = 0
+    /// hostfwd TCP listeners out of epoll because accept ran out of fds (EMFILE and the like), and when they are
+    /// tried again. A listener stays readable while its backlog waits, so polling it would spin the loop.
+    var pausedForwards: [Int] = []
+    var forwardsResumeAt: UInt64 = 0
+    var acceptPauses: UInt64 = 0
+    var acceptPausesReported: UInt64 = 0
+    static let acceptPause: UInt64 = 100_000_000
     static let limitReportInterval: UInt64 = 10_000_000_000
     /// Lines printed on stdout at start-up (also returned for tests).
     public private(set) var startupLines: [String] = []
@@ -144,6 +151,15 @@ public final class UserNetRuntime {
             try epoll.add(tapFD, events: Epoll.readable, tag: LoopTag.tap.tag)
             port.boundDescription = "tap \(name) in netns \(netns)"
         }
+        if case .streamListener = port.kind {
+            // A QEMU that connected to us and went away (exit, kill, crash) is gone for good: the next connection
+            // is a new guest. Its flows and host sockets go at once instead of lingering until they time out.
+            // In --connect mode QEMU is the server and outlives a lost connection, so its flows are kept.
+            port.disconnectHandler = { [unowned self] in
+                let n = self.gateway.closeAllFlows()
+                if n > 0 { self.logger.info("closed \(n) flows of the disconnected guest") }
+            }
+        }
         try openForwards()
         try startObservability()
     }
@@ -207,7 +223,11 @@ public final class UserNetRuntime {
         if rule.proto == .tcp {
             for _ in 0 ..< 64 {
                 var from = SocketAddress()
-                guard let c = Sys.accept(fd, from: &from) else { return }
+                guard let c = Sys.accept(fd, from: &from) else {
+                    let e = errno
+                    if e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM { pauseForward(i, fd: fd, now: now) }
+                    return
+                }
                 guard let (a, p) = UserNetRuntime.peer(from),
                       gateway.acceptForwardedTCP(handle: c, from: a, port: p, to: rule.guestAddress,
                                                  port: rule.guestPort, now: instant) else {
@@ -235,6 +255,24 @@ public final class UserNetRuntime {
             return (addr.isIPv4Mapped ? IPAddress(IPv4Address(rawValue: UInt32(truncatingIfNeeded: addr.low))) : IPAddress(addr), p)
         }
         return nil
+    }
+
+    /// Out of fds: the connections wait in the listener's backlog, and the listener leaves epoll for
+    /// `acceptPause` (counted as `hostfwd_accept_pauses`, logged once per report interval).
+    func pauseForward(_ slot: Int, fd: Int32, now: UInt64) {
+        try? epoll.modify(fd, events: 0, tag: LoopTag.forwardTCP.tag | UInt64(slot))
+        if !pausedForwards.contains(slot) { pausedForwards.append(slot) }
+        forwardsResumeAt = now + UserNetRuntime.acceptPause
+        acceptPauses &+= 1
+    }
+
+    func resumeForwards(now: UInt64) {
+        guard !pausedForwards.isEmpty, now >= forwardsResumeAt else { return }
+        for slot in pausedForwards where slot < forwards.count {
+            guard let f = forwards[slot], f.rule.proto == .tcp else { continue }
+            try? epoll.modify(f.fd, events: Epoll.readable, tag: LoopTag.forwardTCP.tag | UInt64(slot))
+        }
+        pausedForwards.removeAll()
     }
 
     // MARK: Set-up helpers
@@ -349,10 +387,14 @@ public final class UserNetRuntime {
                 applyResolvers(servers)
             }
             port.tryConnect(now: now)
+            resumeForwards(now: now)
             reportLimits(now: now)
             port.flush(queue: gateway.toGuest, now: now)
             var timeout = Int32(clamping: max(0, Int64(gateway.nextDeadline.nanoseconds) - Int64(now)) / 1_000_000)
             timeout = min(max(timeout, 1), 1000)
+            if !pausedForwards.isEmpty {
+                timeout = min(timeout, Int32(clamping: max(0, Int64(forwardsResumeAt) - Int64(now)) / 1_000_000))
+            }
             if case .streamConnector = port.kind, port.fd < 0 {
                 timeout = min(timeout, Int32(clamping: max(0, Int64(port.reconnectAt) - Int64(now)) / 1_000_000))
             }
@@ -392,6 +434,10 @@ public final class UserNetRuntime {
             guard count > last else { continue }
             limitsReported[reason] = count
             logger.warning("limit reached: \(reason.name) x\(count - last) since the last report (\(remedy))")
+        }
+        if acceptPauses > acceptPausesReported {
+            logger.warning("out of file descriptors: hostfwd accepts paused x\(acceptPauses - acceptPausesReported) since the last report; new connections wait in the backlog (raise the fd limit, ulimit -n)")
+            acceptPausesReported = acceptPauses
         }
     }
 
@@ -456,7 +502,7 @@ public final class UserNetRuntime {
             ("drop_port_frame_too_short", p.droppedShort), ("drop_port_frame_too_long", p.droppedOversize),
             ("port_desync_resets", p.desyncResets), ("port_connections", p.connections),
             ("port_rejected_connections", p.rejectedConnections), ("drop_port_send_errors", p.sendErrors),
-            ("drop_tx_queue_refused", gateway.toGuest.refused),
+            ("drop_tx_queue_refused", gateway.toGuest.refused), ("hostfwd_accept_pauses", acceptPauses),
         ]
         lines += portLines.filter { $0.1 > 0 }.map { "\($0.0) \($0.1)" }
         return lines

@@ -110,7 +110,7 @@ struct TCPForwardTests {
         #expect(h.drain().isEmpty)
     }
 
-    @Test("a SYN-ACK with the wrong ack is dropped as tcpBadAck and the flow keeps waiting")
+    @Test("a SYN-ACK with the wrong ack is dropped as tcpBadAck and reset (RFC 9293 §3.10.7.3); the flow keeps waiting")
     func wrongSynAck() throws {
         let h = TCPHarness()
         h.introduceGuest()
@@ -120,6 +120,8 @@ struct TCPForwardTests {
                                             flags: [.syn, .ack], window: 1000))
         #expect(dropDelta(before, h.counters) == [.tcpBadAck: 1])
         #expect(try h.host.socket(77).interest == nil)
+        let answer = try h.segments()
+        #expect(answer.map(\.flags) == [.rst, .syn] && answer[0].seq == syn.seq &+ 2 && answer[1].seq == syn.seq, "\(answer.map(describe))")
         _ = try guestAccepts(h, syn: syn)
         #expect(try h.oneSegment().isPureAck)
     }
