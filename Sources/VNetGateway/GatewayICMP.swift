@@ -5,7 +5,7 @@
 import VNetBuffers
 import VNetWire
 
-struct ICMPFlowKey: Hashable {
+struct ICMPFlowKey: GuestFlowKey {
     var guestAddress: IPv4Address
     var identifier: UInt16
     var destination: IPv4Address

@@ -11,7 +11,7 @@ import VNetBuffers
 import VNetServices
 import VNetWire
 
-struct UDPFlowKey: Hashable {
+struct UDPFlowKey: GuestFlowKey {
     var guestAddress: IPv4Address
     var guestPort: UInt16
     var destination: IPv4Address
@@ -122,6 +122,7 @@ extension Gateway {
                 hostPort = udp.destinationPort
             }
             guard udpFlows.count < udpFlows.capacity else { return drop(.udpFlowTableFull) }
+            guard udpFlows.count(forGuest: key.guestAddress) < config.guestUDPFlowCapacity else { return drop(.udpGuestFlowsFull) }
             guard !dns || dnsFlowCount < config.dnsFlowCapacity else { return drop(.dnsFlowTableFull) }
             let tagIndex = udpFlows.nextFreeIndex!
             guard let handle = host.openUDP(destination: hostAddress, port: hostPort, tag: FlowTag(kind: .udp, index: tagIndex)) else {
@@ -250,6 +251,7 @@ extension Gateway {
             udpFlows[i]!.lastActive = now
             udpFlows[i]!.replyTo = (client, clientPort)
         } else {
+            guard udpFlows.count(forGuest: guest) < config.guestUDPFlowCapacity else { return drop(.udpGuestFlowsFull) }
             guard udpFlows.insert(key, UDPFlow(key: key, handle: listener, guestMAC: mac, hostDestination: client, lastActive: now,
                                                ttl: 64, isDNS: false, replyTo: (client, clientPort))) != nil else {
                 return drop(.udpFlowTableFull)

@@ -19,7 +19,7 @@ extension SwitchRuntime: ControlTarget {
     func startControl() throws {
         guard let path = options.controlPath else { return }
         control = try ControlServer(path: path, epoll: epoll, listenerTag: SwitchTag.control.tag(), clientTag: SwitchTag.controlClient.tag(),
-                                    target: self)
+                                    target: self, clientLimit: options.gateway?.controlClientCapacity ?? ControlServer.maximumClients)
         gateway?.leaseObserver = { [unowned self] address, mac in
             self.control?.publish("LEASE_GRANTED", data: ["address": address.description, "mac": mac.description])
         }

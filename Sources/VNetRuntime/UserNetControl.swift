@@ -34,7 +34,8 @@ extension UserNetRuntime: ControlTarget {
         }
         if let path = options.controlPath {
             control = try ControlServer(path: path, epoll: epoll, listenerTag: LoopTag.control.tag,
-                                        clientTag: LoopTag.controlClient.tag, target: self)
+                                        clientTag: LoopTag.controlClient.tag, target: self,
+                                        clientLimit: options.gateway.controlClientCapacity)
         }
         port.stateObserver = { [unowned self] connected, detail in
             self.control?.publish(connected ? "PORT_CONNECTED" : "PORT_DISCONNECTED", data: ["port": UserNetRuntime.portName, "detail": detail])

@@ -408,6 +408,11 @@ public final class UserNetRuntime {
             limitsReported[reason] = count
             logger.warning("limit reached: \(reason.name) x\(count - last) since the last report (\(remedy))")
         }
+        if let c = control, c.rejectedClients > (limitsReported[.controlClientsFull] ?? 0) {
+            let last = limitsReported[.controlClientsFull] ?? 0
+            limitsReported[.controlClientsFull] = c.rejectedClients
+            logger.warning("limit reached: \(DropReason.controlClientsFull.name) x\(c.rejectedClients - last) since the last report (--limit control-clients)")
+        }
     }
 
     func applyResolvers(_ servers: [IPv4Address]) {
@@ -470,6 +475,7 @@ public final class UserNetRuntime {
             ("port_desync_resets", p.desyncResets), ("port_connections", p.connections),
             ("port_rejected_connections", p.rejectedConnections), ("drop_port_send_errors", p.sendErrors),
             ("drop_tx_queue_refused", gateway.toGuest.refused),
+            ("drop_control_clients_full", control?.rejectedClients ?? 0),
         ]
         lines += portLines.filter { $0.1 > 0 }.map { "\($0.0) \($0.1)" }
         return lines
