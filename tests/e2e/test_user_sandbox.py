@@ -172,3 +172,17 @@ def test_refused_at_start_with_a_clear_message(workdir, extra, message):
     assert r.returncode == 1, r.stdout + r.stderr
     assert message in r.stderr, r.stderr
     assert r.stderr.count("\n") == 1, r.stderr   # one line, no trace
+
+
+@pytest.mark.parametrize("sandbox", [False, True])
+def test_unlink_is_denied_after_the_drop(workdir, log_dir, sandbox):
+    """The filter really is in force: at exit vnet removes its control socket, except in the sandbox, where
+    unlink fails with EPERM (and vnet still exits cleanly); the next start replaces the stale socket."""
+    sock, control = Path(workdir) / "s.sock", Path(workdir) / "c.sock"
+    args = ["user", "--socket", sock, "--control", control] + (["--sandbox"] if sandbox else [])
+    for round in range(2):
+        with rig.VnetProcess(args, log_dir=log_dir, name=f"vnet-{round}") as vnet:
+            assert control.exists()
+            rc = vnet.stop()
+        assert rc == 0, vnet.describe()
+        assert control.exists() == sandbox and sock.exists() == sandbox
