@@ -36,6 +36,9 @@ extension SwitchRuntime: ControlTarget {
             ControlCommand("mac-table", help: "the learned MAC addresses: VLAN, MAC, port, seconds since seen") { [unowned self] _ in self.macTable() },
             ControlCommand("pcap-start", help: "file=PATH [rotate_bytes=N]: capture every frame entering the switch") { [unowned self] a in
                 let file = try a.string("file")
+                if self.sandboxed {
+                    throw ControlError("--sandbox: pcap-start would create a new file, which the sandbox forbids after start-up; start vnet with --pcap FILE instead")
+                }
                 var rotate: UInt64? = nil
                 if let r = try a.optionalInt("rotate_bytes") {
                     guard r > 0 else { throw ControlError("rotate_bytes must be positive") }

@@ -92,6 +92,8 @@ public final class SwitchRuntime {
     let signalFD: Int32
     let resolvWatcher: ResolvConfWatcher?
     var running = true
+    /// Set once `--sandbox` took effect.
+    public private(set) var sandboxed = false
     var pathsToRemove: [String] = []
     let receiveBuffer: UnsafeMutableRawBufferPointer
     var lastExpiry: UInt64 = 0
@@ -111,6 +113,9 @@ public final class SwitchRuntime {
     public init(options: SwitchOptions, logger: Logger) throws {
         self.options = options
         self.logger = logger
+        if options.sandbox, let leases = options.leasesFile {
+            throw RuntimeError("--sandbox: vnet nat writes its lease file (\(leases)) while running, which the sandbox forbids; --sandbox covers vnet user and vnet switch")
+        }
         // TAPs first: opening them switches this thread's netns while no other socket exists.
         var tapFDs: [Int: Int32] = [:]
         for (i, spec) in options.ports.enumerated() {
@@ -403,7 +408,15 @@ public final class SwitchRuntime {
     }
 
     public func run(extraStartupLines extra: [String] = []) throws {
-        startupLines = describeStartup() + extra
+        var sandboxLines: [String] = []
+        if options.sandbox {
+            let report: Sandbox.Report
+            do { report = try Sandbox.enter() } catch { throw RuntimeError("--sandbox: \(error)") }
+            sandboxed = true
+            sandboxLines = ["vnet: sandbox: capabilities dropped\(report.boundingSetDropped ? " (bounding set too)" : " (bounding set kept: no CAP_SETPCAP)"), no_new_privs, seccomp filter of \(report.filterLength) instructions (other syscalls fail with EPERM)",
+                            "vnet: sandbox: refused from now on: pcap-start (new files); socket files stay behind on exit"]
+        }
+        startupLines = describeStartup() + sandboxLines + extra
         for l in startupLines { writeStdout(l) }
         writeStdout("vnet: ready")
         publishLeaseNames(now: Instant(nanoseconds: Sys.monotonicNanoseconds()))

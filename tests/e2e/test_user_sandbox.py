@@ -186,3 +186,43 @@ def test_unlink_is_denied_after_the_drop(workdir, log_dir, sandbox):
             rc = vnet.stop()
         assert rc == 0, vnet.describe()
         assert control.exists() == sandbox and sock.exists() == sandbox
+
+
+def test_switch_sandbox_forwards_frames_and_refuses_pcap_start(workdir, log_dir):
+    """`vnet switch --sandbox`: confined like `vnet user`, and a frame from one stream port reaches the other."""
+    import socket
+    import struct
+    a, b, control = (Path(workdir) / n for n in ("a.sock", "b.sock", "c.sock"))
+    with rig.VnetProcess(["switch", "--socket", a, "--socket", b, "--control", control, "--sandbox"], log_dir=log_dir) as vnet:
+        s = status_fields(vnet.pid)
+        assert s["Seccomp"] == "2" and s["NoNewPrivs"] == "1" and int(s["CapEff"], 16) == 0 and int(s["CapPrm"], 16) == 0, s
+        ca, cb = socket.socket(socket.AF_UNIX), socket.socket(socket.AF_UNIX)
+        try:
+            ca.connect(str(a))
+            cb.connect(str(b))
+            cb.settimeout(10)
+            frame = (b"\xff" * 6 + bytes([0x52, 0x54, 0, 0x77, 0, 1]) + b"\x88\xb5" + b"through-the-sandbox").ljust(60, b"\0")
+            got = b""
+
+            def arrived():
+                nonlocal got
+                ca.sendall(struct.pack(">I", len(frame)) + frame)   # resent until the switch has both ports
+                try:
+                    cb.settimeout(0.2)
+                    got += cb.recv(4096)
+                except socket.timeout:
+                    pass
+                return b"through-the-sandbox" in got
+            rig.wait_for(arrived, 10)
+        finally:
+            ca.close()
+            cb.close()
+        r = sh(rig.vnet_binary(), "ctl", control, "pcap-start", f"file={Path(workdir) / 'x.pcap'}", check=False)
+        assert r.returncode != 0 and "--sandbox: pcap-start would create a new file" in r.stderr, r.stderr
+        assert "vnet: sandbox: capabilities dropped" in vnet.stdout.text
+
+
+def test_nat_refuses_sandbox_with_a_clear_message(workdir):
+    r = sh(rig.vnet_binary(), "nat", "--socket", Path(workdir) / "n.sock", "--leases-file", Path(workdir) / "l", "--sandbox",
+           check=False, timeout=30)
+    assert r.returncode == 1 and "--sandbox: vnet nat writes its lease file" in r.stderr, r.stdout + r.stderr
