@@ -92,6 +92,7 @@ public final class SwitchRuntime {
     let signalFD: Int32
     let resolvWatcher: ResolvConfWatcher?
     var running = true
+    var limitReporter = LimitReporter()
     /// Set once `--sandbox` took effect.
     public private(set) var sandboxed = false
     var pathsToRemove: [String] = []
@@ -427,6 +428,7 @@ public final class SwitchRuntime {
                 gw.poll(now: instant)
                 if let w = resolvWatcher, let servers = w.poll(nowNanoseconds: now) { gw.replaceDNSUpstreams(servers.map { ($0, 53) }) }
                 leasesChanged(now: instant)
+                limitReporter.report(now: now, counters: gw.counters, controlRejected: control?.rejectedClients ?? 0, logger: logger)
             }
             if now &- lastExpiry >= 1_000_000_000 {
                 lastExpiry = now

@@ -47,10 +47,7 @@ public final class UserNetRuntime {
     /// Set once `--sandbox` took effect (see `enterSandbox`); the lowest port hostfwd_add may still bind.
     public private(set) var sandboxed = false
     var sandboxPortStart = 1024
-    /// Limit drop counters at the last report, and when the next report is due (see `reportLimits`).
-    var limitsReported: [DropReason: UInt64] = [:]
-    var nextLimitReport: UInt64 = 0
-    static let limitReportInterval: UInt64 = 10_000_000_000
+    var limitReporter = LimitReporter()
     /// Lines printed on stdout at start-up (also returned for tests).
     public private(set) var startupLines: [String] = []
     /// Where the start-up lines go (`vnet run` leaves stdout to QEMU and uses stderr).
@@ -397,22 +394,9 @@ public final class UserNetRuntime {
         }
     }
 
-    /// Logs each limit that bit since the last report, with how often: once per interval, never per packet.
+    /// Logs each limit that bit since the last report (LimitReporter.swift).
     func reportLimits(now: UInt64) {
-        guard now >= nextLimitReport else { return }
-        nextLimitReport = now + UserNetRuntime.limitReportInterval
-        for (reason, remedy) in GatewayConfig.limitDropReasons {
-            let count = gateway.counters[reason]
-            let last = limitsReported[reason] ?? 0
-            guard count > last else { continue }
-            limitsReported[reason] = count
-            logger.warning("limit reached: \(reason.name) x\(count - last) since the last report (\(remedy))")
-        }
-        if let c = control, c.rejectedClients > (limitsReported[.controlClientsFull] ?? 0) {
-            let last = limitsReported[.controlClientsFull] ?? 0
-            limitsReported[.controlClientsFull] = c.rejectedClients
-            logger.warning("limit reached: \(DropReason.controlClientsFull.name) x\(c.rejectedClients - last) since the last report (--limit control-clients)")
-        }
+        limitReporter.report(now: now, counters: gateway.counters, controlRejected: control?.rejectedClients ?? 0, logger: logger)
     }
 
     func applyResolvers(_ servers: [IPv4Address]) {
