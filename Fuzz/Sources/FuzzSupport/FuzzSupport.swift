@@ -127,6 +127,8 @@ public func makeGateway(host: FuzzHost) -> Gateway<FuzzHost> {
     c.icmpFlowCapacity = 16
     c.tcpFlowCapacity = 32
     c.tcpHalfOpenCapacity = 16
+    c.guestUDPFlowCapacity = 24   // below the tables, so both the per-guest and the table-full refusals are reachable
+    c.guestTCPFlowCapacity = 24
     c.dnsFlowCapacity = 8
     c.fragmentSlots = 4
     c.guestForwards = [GuestForward(serverAddress: IPv4Address(10, 0, 2, 100), serverPort: 4444, target: .command("true"))]
