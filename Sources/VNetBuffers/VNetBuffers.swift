@@ -72,6 +72,14 @@ public final class FrameQueue {
 
     deinit { storage.deallocate() }
 
+    /// Forgets every frame and the refusal count, keeping the storage: zeroed again with `zeroing`, as `init`
+    /// left it, or with its stale bytes, as between frames in a running queue. For a gateway reused between
+    /// fuzz inputs.
+    public func reset(zeroing: Bool = true) {
+        head = 0; tail = 0; reserved = 0; frameCount = 0; partialFrameOffset = 0; refused = 0
+        if zeroing { storage.initializeMemory(as: UInt8.self, repeating: 0) }
+    }
+
     public var isEmpty: Bool { head == tail }
 
     /// Bytes a producer can still reserve (after compaction), prefixes included.

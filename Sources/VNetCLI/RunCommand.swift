@@ -36,6 +36,9 @@ struct RunCommand: ParsableCommand {
         let qemu = RunCommand.qemuCommand
         guard !qemu.isEmpty else { throw ValidationError("missing QEMU command: vnet run [OPTIONS] -- qemu-system-x86_64 ARGS…") }
         var (options, extra) = try user.makeOptions()
+        if options.sandbox {
+            throw ValidationError("--sandbox is not available with vnet run: it waits for and stops QEMU, which the sandbox forbids; run 'vnet user --sandbox' and QEMU separately")
+        }
         guard options.transportIsDefault else {
             throw ValidationError("vnet run chooses the transport itself: drop --socket, --listen, --connect, --dgram and --tap")
         }

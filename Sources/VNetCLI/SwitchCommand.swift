@@ -41,6 +41,9 @@ struct SwitchPortFlags: ParsableArguments {
     @Option(name: .customLong("metrics"), help: "Serve Prometheus metrics over HTTP on [ADDR:]PORT (ADDR defaults to 127.0.0.1).")
     var metricsAddress: String?
 
+    @Flag(name: .customLong("sandbox"), help: "After set-up, drop all capabilities and confine vnet with a seccomp allow-list (Linux; vnet switch only: vnet nat writes its lease file while running).")
+    var sandbox = false
+
     @Option(name: .customLong("pcap"), help: "Capture every frame entering the switch, from any port, to FILE (classic pcap, Ethernet).")
     var pcapPath: String?
 
@@ -76,6 +79,7 @@ struct SwitchPortFlags: ParsableArguments {
         o.ageingSeconds = ageing
         o.controlPath = controlPath
         o.pcapPath = pcapPath
+        o.sandbox = sandbox
         for (flag, values) in [("socket", sockets), ("listen", listens), ("connect", connects), ("dgram", dgrams), ("vfkit", vfkits), ("mcast", mcasts), ("tap", taps)] {
             for v in values {
                 switch SwitchPortSpec.parse(flag: flag, v) {

@@ -77,6 +77,9 @@ struct UserCommand: ParsableCommand {
     @Option(name: .customLong("metrics"), help: "Serve Prometheus metrics over HTTP on [ADDR:]PORT (ADDR defaults to 127.0.0.1).")
     var metricsAddress: String?
 
+    @Flag(name: .customLong("sandbox"), help: "After set-up, drop all capabilities and confine vnet with a seccomp allow-list (Linux); refuses guestfwd cmd:, --pcap-rotate, pcap-start and low-port hostfwd_add.")
+    var sandbox = false
+
     func makeOptions() throws -> (RuntimeOptions, [String]) {
         var gw: GatewayConfig
         do {
@@ -143,6 +146,7 @@ struct UserCommand: ParsableCommand {
         opts.pcapPath = pcapPath
         if pcapRotate != nil && pcapPath == nil { throw ValidationError("--pcap-rotate needs --pcap") }
         opts.pcapRotateBytes = pcapRotate
+        opts.sandbox = sandbox
         if let m = metricsAddress {
             var (h, p) = ("127.0.0.1", UInt16(0))
             if m.contains(":") { (h, p) = try hostPort(m, flag: "--metrics") } else { p = try metricsPort(m) }

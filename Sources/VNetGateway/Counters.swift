@@ -57,6 +57,12 @@ public enum DropReason: Int, CaseIterable, Sendable {
     case tcpRstOutOfWindow
     case tcpFlowTableFull
     case tcpHalfOpenFull
+    /// One guest address holds `guest-tcp-flows` TCP flows already (others still get theirs).
+    case tcpGuestFlowsFull
+    /// One guest address holds `guest-udp-flows` UDP flows already.
+    case udpGuestFlowsFull
+    /// A control-socket connection past `control-clients` (counted by the runtime's ControlServer, not the gateway).
+    case controlClientsFull
     case dnsFlowTableFull
     case txQueueFull
     case restricted
@@ -126,6 +132,9 @@ public enum DropReason: Int, CaseIterable, Sendable {
         case .tcpRstOutOfWindow: "tcp_rst_out_of_window"
         case .tcpFlowTableFull: "tcp_flow_table_full"
         case .tcpHalfOpenFull: "tcp_half_open_full"
+        case .tcpGuestFlowsFull: "tcp_guest_flows_full"
+        case .udpGuestFlowsFull: "udp_guest_flows_full"
+        case .controlClientsFull: "control_clients_full"
         case .dnsFlowTableFull: "dns_flow_table_full"
         case .txQueueFull: "tx_queue_full"
         case .restricted: "restricted"

@@ -3,13 +3,23 @@
 // Lifecycle of a slot: free -> active (insert) -> free (remove). Records live in one array allocated up
 // front; `free` is a stack of unused indices. The index is a Swift Dictionary reserved to the capacity, so
 // inserts never grow it, and its hashing is seeded per process (a secret the guest cannot predict). A full
-// table refuses inserts; the caller counts the refusal.
+// table refuses inserts; the caller counts the refusal. Active flows are also counted per guest address (the
+// per-guest limits); an address leaves that count with its last flow, so it holds at most `capacity` entries and,
+// reserved to that, never grows.
 
-struct FlowTable<Key: Hashable, Record> {
+import VNetWire
+
+/// A flow key that names the guest address owning the flow.
+protocol GuestFlowKey: Hashable {
+    var guestAddress: IPAddress { get }
+}
+
+struct FlowTable<Key: GuestFlowKey, Record> {
     let capacity: Int
     private(set) var records: [Record?]
     private var index: [Key: Int]
     private var free: [Int]
+    private var perGuest: [IPAddress: Int]
 
     init(capacity: Int) {
         self.capacity = capacity
@@ -17,7 +27,12 @@ struct FlowTable<Key: Hashable, Record> {
         index = [:]
         index.reserveCapacity(capacity)
         free = Array((0 ..< capacity).reversed())
+        perGuest = [:]
+        perGuest.reserveCapacity(capacity)
     }
+
+    /// Active flows of one guest address.
+    func count(forGuest a: IPAddress) -> Int { perGuest[a] ?? 0 }
 
     var count: Int { capacity - free.count }
 
@@ -31,6 +46,7 @@ struct FlowTable<Key: Hashable, Record> {
         guard let i = free.popLast() else { return nil }
         records[i] = record
         index[key] = i
+        perGuest[key.guestAddress, default: 0] += 1
         return i
     }
 
@@ -38,6 +54,8 @@ struct FlowTable<Key: Hashable, Record> {
         guard let i = index.removeValue(forKey: key) else { return }
         records[i] = nil
         free.append(i)
+        let a = key.guestAddress
+        if let n = perGuest[a], n > 1 { perGuest[a] = n - 1 } else { perGuest.removeValue(forKey: a) }
     }
 
     subscript(i: Int) -> Record? {

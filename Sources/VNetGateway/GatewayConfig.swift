@@ -36,6 +36,12 @@ public struct GatewayConfig: Sendable {
     public var udpFlowCapacity = 4096
     public var icmpFlowCapacity = 256
     public var tcpFlowCapacity = 16384
+    /// TCP and UDP flows one guest address may hold (`--limit guest-tcp-flows`, `guest-udp-flows`): on `vnet nat`
+    /// one guest cannot take the whole table. A quarter of the table by default.
+    public var guestTCPFlowCapacity = 4096
+    public var guestUDPFlowCapacity = 1024
+    /// Control-socket clients at once (`--limit control-clients`; the runtime's ControlServer enforces it).
+    public var controlClientCapacity = 128
     /// TCP flows not established yet (a guest SYN waiting for the host connect or the guest's ACK; a hostfwd SYN
     /// waiting for the guest): a SYN flood or a connection storm fills this, not the whole table.
     public var tcpHalfOpenCapacity = 1024

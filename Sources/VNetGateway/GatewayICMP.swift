@@ -5,7 +5,7 @@
 import VNetBuffers
 import VNetWire
 
-struct ICMPFlowKey: Hashable {
+struct ICMPFlowKey: GuestFlowKey {
     var guestAddress: IPAddress
     var identifier: UInt16
     var destination: IPAddress

@@ -22,7 +22,7 @@
 import VNetBuffers
 import VNetWire
 
-struct TCPFlowKey: Hashable {
+struct TCPFlowKey: GuestFlowKey {
     var guestAddress: IPAddress
     var guestPort: UInt16
     var destination: IPAddress
@@ -163,6 +163,10 @@ extension Gateway {
             drop(.tcpFlowTableFull)
             return sendReset(answering: tcp, payloadLength: 0, key: key, mac: mac)
         }
+        guard tcpFlows.count(forGuest: key.guestAddress) < config.guestTCPFlowCapacity else {
+            drop(.tcpGuestFlowsFull)
+            return sendReset(answering: tcp, payloadLength: 0, key: key, mac: mac)
+        }
         guard tcpHalfOpenCount < config.tcpHalfOpenCapacity else {
             drop(.tcpHalfOpenFull)
             return sendReset(answering: tcp, payloadLength: 0, key: key, mac: mac)
@@ -220,6 +224,7 @@ extension Gateway {
         let key = TCPFlowKey(guestAddress: guest, guestPort: guestPort, destination: facing, destinationPort: clientPort)
         guard tcpFlows.lookup(key) == nil else { drop(.tcpFlowTableFull); return false }
         guard tcpFlows.count < tcpFlows.capacity else { drop(.tcpFlowTableFull); return false }
+        guard tcpFlows.count(forGuest: guest) < config.guestTCPFlowCapacity else { drop(.tcpGuestFlowsFull); return false }
         guard tcpHalfOpenCount < config.tcpHalfOpenCapacity else { drop(.tcpHalfOpenFull); return false }
         let index = tcpFlows.nextFreeIndex!
         guard host.adoptTCP(handle, tag: FlowTag(kind: .tcp, index: index)) else { drop(.hostSocketFailed); return false }

@@ -11,7 +11,7 @@ import VNetBuffers
 import VNetServices
 import VNetWire
 
-struct UDPFlowKey: Hashable {
+struct UDPFlowKey: GuestFlowKey {
     var guestAddress: IPAddress
     var guestPort: UInt16
     var destination: IPAddress
@@ -128,6 +128,7 @@ extension Gateway {
                 hostPort = udp.destinationPort
             }
             guard udpFlows.count < udpFlows.capacity else { return drop(.udpFlowTableFull) }
+            guard udpFlows.count(forGuest: key.guestAddress) < config.guestUDPFlowCapacity else { return drop(.udpGuestFlowsFull) }
             guard !dns || dnsFlowCount < config.dnsFlowCapacity else { return drop(.dnsFlowTableFull) }
             let tagIndex = udpFlows.nextFreeIndex!
             guard let handle = host.openUDP(to: hostAddress, port: hostPort, tag: FlowTag(kind: .udp, index: tagIndex)) else {
@@ -275,6 +276,7 @@ extension Gateway {
             udpFlows[i]!.lastActive = now
             udpFlows[i]!.replyTo = (client, clientPort)
         } else {
+            guard udpFlows.count(forGuest: guest) < config.guestUDPFlowCapacity else { return drop(.udpGuestFlowsFull) }
             guard udpFlows.insert(key, UDPFlow(key: key, handle: listener, guestMAC: mac, hostDestination: client, lastActive: now,
                                                ttl: 64, isDNS: false, replyTo: (client, clientPort))) != nil else {
                 return drop(.udpFlowTableFull)

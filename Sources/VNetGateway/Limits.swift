@@ -3,12 +3,14 @@
 // Theory of Operation
 // -------------------
 // Every table the guest can fill has a fixed cap, so memory stays bounded whatever it sends: flows per protocol,
-// half-open TCP flows, DNS flows, reassembly slots (64 KiB each) and their timeout, how long an idle UDP flow
-// keeps its host socket, and the DHCP lease time. The DHCP pool's cap is its
+// TCP and UDP flows per guest address (so one guest of `vnet nat` cannot fill a table), half-open TCP flows, TFTP
+// transfers, DNS flows, reassembly slots (64 KiB each) and their timeout, how long an idle UDP flow keeps its host
+// socket, and the DHCP lease time. The DHCP pool's cap is its
 // size (`dhcpstart=` to the end of the pool); leases expire and come back. A limit that bites refuses only the
 // new thing (RST for TCP, silence for UDP/ICMP/DHCP, eviction of the oldest unfinished datagram for fragments),
 // counts it under a named drop reason (`limitDropReason`), and the runtime logs each reason at most once per
-// interval with the count since the last report, never once per packet.
+// interval with the count since the last report, never once per packet. `control-clients` caps the control
+// socket's connections (enforced by the runtime's ControlServer, counted there as `drop_control_clients_full`).
 
 public enum GatewayLimit: String, CaseIterable, Sendable {
     case tcpFlows = "tcp-flows"
@@ -22,11 +24,16 @@ public enum GatewayLimit: String, CaseIterable, Sendable {
     case udpTimeout = "udp-timeout"
     /// Seconds a DHCP lease lasts (renewal at half of it).
     case dhcpLeaseTime = "dhcp-lease-time"
+    case guestTCPFlows = "guest-tcp-flows"
+    case guestUDPFlows = "guest-udp-flows"
+    case tftpTransfers = "tftp-transfers"
+    case controlClients = "control-clients"
 
     /// Accepted values (fragment-timeout, udp-timeout and dhcp-lease-time in seconds).
     public var range: ClosedRange<Int> {
         switch self {
-        case .tcpFlows, .udpFlows: 1 ... 1 << 20
+        case .tcpFlows, .udpFlows, .guestTCPFlows, .guestUDPFlows: 1 ... 1 << 20
+        case .tftpTransfers, .controlClients: 1 ... 1024
         case .tcpHalfOpen, .icmpFlows, .dnsFlows: 1 ... 1 << 16
         case .fragmentSlots: 1 ... 1024
         case .fragmentTimeout: 1 ... 120
@@ -46,6 +53,10 @@ public enum GatewayLimit: String, CaseIterable, Sendable {
         case .fragmentSlots, .fragmentTimeout: .ipv4FragmentTimeout
         case .udpTimeout: .udpFlowTableFull
         case .dhcpLeaseTime: .dhcpPoolExhausted
+        case .guestTCPFlows: .tcpGuestFlowsFull
+        case .guestUDPFlows: .udpGuestFlowsFull
+        case .tftpTransfers: .tftpTooManyTransfers
+        case .controlClients: .controlClientsFull
         }
     }
 }
@@ -62,6 +73,10 @@ extension GatewayConfig {
         case .fragmentTimeout: Int(fragmentTimeout.seconds)
         case .udpTimeout: Int(udpIdleTimeout.seconds)
         case .dhcpLeaseTime: Int(leaseTime.seconds)
+        case .guestTCPFlows: guestTCPFlowCapacity
+        case .guestUDPFlows: guestUDPFlowCapacity
+        case .tftpTransfers: tftpTransferCapacity
+        case .controlClients: controlClientCapacity
         }
     }
 
@@ -78,6 +93,10 @@ extension GatewayConfig {
         case .fragmentTimeout: fragmentTimeout = .seconds(UInt64(value))
         case .udpTimeout: udpIdleTimeout = .seconds(UInt64(value))
         case .dhcpLeaseTime: leaseTime = .seconds(UInt64(value))
+        case .guestTCPFlows: guestTCPFlowCapacity = value
+        case .guestUDPFlows: guestUDPFlowCapacity = value
+        case .tftpTransfers: tftpTransferCapacity = value
+        case .controlClients: controlClientCapacity = value
         }
         return true
     }
@@ -93,7 +112,9 @@ extension GatewayConfig {
     public static let limitDropReasons: [(DropReason, String)] = [
         (.tcpFlowTableFull, "--limit tcp-flows"), (.tcpHalfOpenFull, "--limit tcp-half-open"),
         (.udpFlowTableFull, "--limit udp-flows"), (.icmpFlowTableFull, "--limit icmp-flows"),
-        (.dnsFlowTableFull, "--limit dns-flows"), (.ipv4FragmentTimeout, "--limit fragment-slots / fragment-timeout"),
+        (.dnsFlowTableFull, "--limit dns-flows"), (.tcpGuestFlowsFull, "--limit guest-tcp-flows"),
+        (.udpGuestFlowsFull, "--limit guest-udp-flows"), (.tftpTooManyTransfers, "--limit tftp-transfers"),
+        (.ipv4FragmentTimeout, "--limit fragment-slots / fragment-timeout"),
         (.dhcpPoolExhausted, "a larger pool: dhcpstart= lower in net="), (.txQueueFull, "the guest reads too slowly"),
     ]
 }

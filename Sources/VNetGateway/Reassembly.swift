@@ -69,6 +69,14 @@ final class Reassembler {
         bitmaps.deallocate()
     }
 
+    /// Back to the state `init` left: every slot free, bitmaps zeroed, no drops pending. The buffers keep their
+    /// bytes: nothing is read from a slot's buffer unless its bitmap marks the block as received.
+    func reset() {
+        for s in 0 ..< slotCount { slots[s] = Slot() }
+        bitmaps.update(repeating: 0, count: slotCount * Reassembler.blockCount)
+        drops.removeAll(keepingCapacity: true)
+    }
+
     var activeCount: Int { slots.filter { $0.key != nil }.count }
 
     func takeDrops() -> [Drop] {

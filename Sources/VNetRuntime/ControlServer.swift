@@ -45,15 +45,20 @@ public final class ControlServer {
     let listenFD: Int32
     let clientTag: UInt64
     let dispatcher: ControlDispatcher
-    var clients: [Client?] = Array(repeating: nil, count: ControlServer.maximumClients)
+    var clients: [Client?]
+    /// Connections at once (`--limit control-clients`, default `maximumClients`).
+    public let clientLimit: Int
     let readBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
     public private(set) var rejectedClients: UInt64 = 0
     public private(set) var requests: UInt64 = 0
 
     /// Binds `path` (a stale socket there is replaced; anything else is refused) and registers the listener.
     /// `clientTag` must have its low 56 bits zero.
-    public init(path: String, epoll: Epoll, listenerTag: UInt64, clientTag: UInt64, target: ControlTarget) throws {
+    public init(path: String, epoll: Epoll, listenerTag: UInt64, clientTag: UInt64, target: ControlTarget,
+                clientLimit: Int = ControlServer.maximumClients) throws {
         self.path = path
+        self.clientLimit = max(1, clientLimit)
+        clients = Array(repeating: nil, count: max(1, clientLimit))
         self.epoll = epoll
         self.clientTag = clientTag
         dispatcher = ControlDispatcher(target: target)
@@ -87,7 +92,7 @@ public final class ControlServer {
             guard let slot = clients.firstIndex(where: { $0 == nil }) else {
                 rejectedClients &+= 1
                 let line = ControlDispatcher.encode(["error": ["class": "GenericError",
-                                                               "desc": "too many control clients (at most \(ControlServer.maximumClients))"]])
+                                                               "desc": "too many control clients (at most \(clientLimit); --limit control-clients)"]])
                 line.withUnsafeBytes { _ = Sys.send(fd, $0) }
                 Sys.close(fd)
                 continue

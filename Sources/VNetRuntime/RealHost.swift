@@ -17,7 +17,8 @@ public final class RealHost: HostIO {
     public enum EchoMode: String, Sendable { case pingSocket = "ping socket", raw = "raw socket", unavailable }
 
     let epoll: Epoll
-    public let echoMode: EchoMode
+    /// `--sandbox` turns `.raw` into `.unavailable`: raw sockets need CAP_NET_RAW, which the drop removes.
+    public internal(set) var echoMode: EchoMode
     /// Set by the loop before `Gateway.hostReadable`: whether the event included EPOLLERR.
     var eventHadError = false
     var ttlCache: [Int32: UInt8] = [:]

@@ -39,6 +39,9 @@ public struct RuntimeOptions: Sendable {
     /// `--metrics ADDR:PORT`: the Prometheus endpoint; `render` produces the text of the backend the executable
     /// bootstrapped (the runtime updates the swift-metrics values just before calling it).
     public var metrics: MetricsOptions? = nil
+    /// `--sandbox`: once set-up is done (sockets bound, TAP and files open), drop every capability and install
+    /// the seccomp allow-list (VNetHost/Sandbox.swift). Features that would need more later are refused.
+    public var sandbox = false
 
     public init(gateway: GatewayConfig, transport: GuestTransport) {
         self.gateway = gateway

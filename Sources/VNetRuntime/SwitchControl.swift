@@ -19,7 +19,7 @@ extension SwitchRuntime: ControlTarget {
     func startControl() throws {
         guard let path = options.controlPath else { return }
         control = try ControlServer(path: path, epoll: epoll, listenerTag: SwitchTag.control.tag(), clientTag: SwitchTag.controlClient.tag(),
-                                    target: self)
+                                    target: self, clientLimit: options.gateway?.controlClientCapacity ?? ControlServer.maximumClients)
     }
 
     func publishPort(_ i: Int, connected: Bool, description: String) {
@@ -33,6 +33,9 @@ extension SwitchRuntime: ControlTarget {
             ControlCommand("mac-table", help: "the learned MAC addresses: VLAN, MAC, port, seconds since seen") { [unowned self] _ in self.macTable() },
             ControlCommand("pcap-start", help: "file=PATH [rotate_bytes=N]: capture every frame entering the switch") { [unowned self] a in
                 let file = try a.string("file")
+                if self.sandboxed {
+                    throw ControlError("--sandbox: pcap-start would create a new file, which the sandbox forbids after start-up; start vnet with --pcap FILE instead")
+                }
                 var rotate: UInt64? = nil
                 if let r = try a.optionalInt("rotate_bytes") {
                     guard r > 0 else { throw ControlError("rotate_bytes must be positive") }

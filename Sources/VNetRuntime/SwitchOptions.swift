@@ -165,6 +165,8 @@ public struct SwitchOptions: Sendable {
     public var metrics: MetricsOptions? = nil
     /// The control socket (`--control`), mode 0600.
     public var controlPath: String? = nil
+    /// `--sandbox` (`vnet switch`): drop capabilities and install the seccomp filter after set-up (VNetHost/Sandbox.swift).
+    public var sandbox = false
     /// Paths vnet chose itself (printed with QEMU arguments).
     public var socketIsDefault = false
     /// Block SIGINT/SIGTERM/SIGHUP/SIGUSR1 and read them on the loop (the CLI). An embedder handles its own.

@@ -103,6 +103,9 @@ public final class SwitchRuntime {
     var reportedLeases: [MACAddress: DHCPLease] = [:]
     let resolvWatcher: ResolvConfWatcher?
     var running = true
+    var limitReporter = LimitReporter()
+    /// Set once `--sandbox` took effect.
+    public private(set) var sandboxed = false
     var pathsToRemove: [String] = []
     let receiveBuffer: UnsafeMutableRawBufferPointer
     var lastExpiry: UInt64 = 0
@@ -122,6 +125,9 @@ public final class SwitchRuntime {
     public init(options: SwitchOptions, logger: Logger) throws {
         self.options = options
         self.logger = logger
+        if options.sandbox, let leases = options.leasesFile {
+            throw RuntimeError("--sandbox: vnet nat writes its lease file (\(leases)) while running, which the sandbox forbids; --sandbox covers vnet user and vnet switch")
+        }
         // TAPs first: opening them switches this thread's netns while no other socket exists.
         var tapFDs: [Int: Int32] = [:]
         for (i, spec) in options.ports.enumerated() {
@@ -486,7 +492,15 @@ public final class SwitchRuntime {
     }
 
     public func run(extraStartupLines extra: [String] = []) throws {
-        startupLines = describeStartup() + extra
+        var sandboxLines: [String] = []
+        if options.sandbox {
+            let report: Sandbox.Report
+            do { report = try Sandbox.enter() } catch { throw RuntimeError("--sandbox: \(error)") }
+            sandboxed = true
+            sandboxLines = ["vnet: sandbox: capabilities dropped\(report.boundingSetDropped ? " (bounding set too)" : " (bounding set kept: no CAP_SETPCAP)"), no_new_privs, seccomp filter of \(report.filterLength) instructions (other syscalls fail with EPERM)",
+                            "vnet: sandbox: refused from now on: pcap-start (new files); socket files stay behind on exit"]
+        }
+        startupLines = describeStartup() + sandboxLines + extra
         if options.announce {
             for l in startupLines { writeStdout(l) }
             writeStdout("vnet: ready")
@@ -499,6 +513,7 @@ public final class SwitchRuntime {
                 gw.poll(now: instant)
                 if let w = resolvWatcher, let servers = w.poll(nowNanoseconds: now) { gw.replaceDNSUpstreams(servers.map { ($0, 53) }) }
                 leasesChanged(now: instant)
+                limitReporter.report(now: now, counters: gw.counters, controlRejected: control?.rejectedClients ?? 0, logger: logger)
             }
             if now &- lastExpiry >= 1_000_000_000 {
                 lastExpiry = now

@@ -34,7 +34,8 @@ extension UserNetRuntime: ControlTarget {
         }
         if let path = options.controlPath {
             control = try ControlServer(path: path, epoll: epoll, listenerTag: LoopTag.control.tag,
-                                        clientTag: LoopTag.controlClient.tag, target: self)
+                                        clientTag: LoopTag.controlClient.tag, target: self,
+                                        clientLimit: options.gateway.controlClientCapacity)
         }
         port.stateObserver = { [unowned self] connected, detail in
             self.control?.publish(connected ? "PORT_CONNECTED" : "PORT_DISCONNECTED", data: ["port": UserNetRuntime.portName, "detail": detail])
@@ -244,6 +245,9 @@ extension UserNetRuntime: ControlTarget {
                 && ($0?.rule.hostAddress == rule.hostAddress || $0?.rule.hostAddress.isUnspecified == true || rule.hostAddress.isUnspecified) }) {
             throw ControlError("\(rule.proto.rawValue) port \(rule.hostPort) is already forwarded")
         }
+        if sandboxed, rule.hostPort != 0, Int(rule.hostPort) < sandboxPortStart {
+            throw ControlError("--sandbox: port \(rule.hostPort) is below \(sandboxPortStart) (net.ipv4.ip_unprivileged_port_start) and the sandbox dropped CAP_NET_BIND_SERVICE; use a higher port, or give the rule as hostfwd= at start")
+        }
         let slot: Int
         do { slot = try openForward(rule) } catch { throw ControlError("could not set up host forwarding rule '\(text)': \(error)") }
         let f = forwards[slot]!
@@ -284,6 +288,9 @@ extension UserNetRuntime: ControlTarget {
 
     func pcapStart(_ a: ControlArguments) throws -> ControlResult {
         let file = try a.string("file")
+        if sandboxed {
+            throw ControlError("--sandbox: pcap-start would create a new file, which the sandbox forbids after start-up; start vnet with --pcap FILE instead")
+        }
         if let p = try a.optionalString("port"), p != UserNetRuntime.portName, p != "0" {
             throw ControlError("no port '\(p)' (this network has one: \(UserNetRuntime.portName))")
         }

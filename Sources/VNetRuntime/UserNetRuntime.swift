@@ -44,15 +44,17 @@ public final class UserNetRuntime {
     var metricsEndpoint: MetricsEndpoint?
     let metrics = RuntimeMetrics()
     var socketPathToRemove: String?
-    /// Limit drop counters at the last report, and when the next report is due (see `reportLimits`).
-    var limitsReported: [DropReason: UInt64] = [:]
-    var nextLimitReport: UInt64 = 0
+    /// Set once `--sandbox` took effect (see `enterSandbox`); the lowest port hostfwd_add may still bind.
+    public private(set) var sandboxed = false
+    var sandboxPortStart = 1024
+    var limitReporter = LimitReporter()
     /// hostfwd TCP listeners out of epoll because accept ran out of fds (EMFILE and the like), and when they are
     /// tried again. A listener stays readable while its backlog waits, so polling it would spin the loop.
     var pausedForwards: [Int] = []
     var forwardsResumeAt: UInt64 = 0
     var acceptPauses: UInt64 = 0
     var acceptPausesReported: UInt64 = 0
+    var nextAcceptPauseReport: UInt64 = 0
     static let acceptPause: UInt64 = 100_000_000
     static let limitReportInterval: UInt64 = 10_000_000_000
     /// Lines printed on stdout at start-up (also returned for tests).
@@ -63,6 +65,7 @@ public final class UserNetRuntime {
     public init(options: RuntimeOptions, logger: Logger) throws {
         self.options = options
         self.logger = logger
+        if options.sandbox { try UserNetRuntime.checkSandboxable(options) }
         // The TAP must be opened first, while no other socket exists: it switches this thread's netns.
         var tapFD: Int32 = -1
         if case .tap(let netns, let name) = options.transport {
@@ -165,7 +168,38 @@ public final class UserNetRuntime {
     }
 
     deinit {
-        if let p = socketPathToRemove { unlink(p) }
+        // In the sandbox unlink is not allowed: the file stays, and the next start removes it as stale.
+        if let p = socketPathToRemove, !sandboxed { unlink(p) }
+    }
+
+    // MARK: Sandbox
+
+    /// Refuses, before anything is opened, the options that need a child process or new files after start-up.
+    static func checkSandboxable(_ options: RuntimeOptions) throws {
+        for g in options.gateway.guestForwards {
+            if case .command = g.target {
+                throw RuntimeError("--sandbox: guestfwd \(g) runs a command per connection, and the sandbox forbids starting processes; forward to HOST:PORT instead, or drop --sandbox")
+            }
+        }
+        if options.pcapRotateBytes != nil {
+            throw RuntimeError("--sandbox: --pcap-rotate creates new files while running, which the sandbox forbids; use --pcap FILE without rotation, or drop --sandbox")
+        }
+    }
+
+    /// Drops capabilities and installs the seccomp filter (everything is set up by now). Returns the start-up
+    /// lines that say what changed.
+    func enterSandbox() throws -> [String] {
+        sandboxPortStart = Sandbox.unprivilegedPortStart()
+        let report: Sandbox.Report
+        do { report = try Sandbox.enter() } catch { throw RuntimeError("--sandbox: \(error)") }
+        sandboxed = true
+        var lines = ["vnet: sandbox: capabilities dropped\(report.boundingSetDropped ? " (bounding set too)" : " (bounding set kept: no CAP_SETPCAP)"), no_new_privs, seccomp filter of \(report.filterLength) instructions (other syscalls fail with EPERM)",
+                     "vnet: sandbox: refused from now on: pcap-start (new files), hostfwd_add below port \(sandboxPortStart); socket files stay behind on exit"]
+        if host.echoMode == .raw {
+            host.echoMode = .unavailable
+            lines.append("vnet: sandbox: icmp echo to the outside is off (it needs a raw socket and CAP_NET_RAW); 10.0.2.2 and the DNS address still answer ping")
+        }
+        return lines
     }
 
     struct ActiveForward {
@@ -376,7 +410,8 @@ public final class UserNetRuntime {
 
     /// Prints the start-up lines (plus `extra`), then `vnet: ready`, then serves until a signal stops it.
     public func run(extraStartupLines extra: [String] = []) throws {
-        startupLines = describeStartup() + extra
+        let sandboxLines = options.sandbox ? try enterSandbox() : []
+        startupLines = describeStartup() + sandboxLines + extra
         for l in startupLines { writeStdout(l) }
         writeStdout("vnet: ready")
         while running {
@@ -424,18 +459,11 @@ public final class UserNetRuntime {
         }
     }
 
-    /// Logs each limit that bit since the last report, with how often: once per interval, never per packet.
+    /// Logs each limit that bit since the last report (LimitReporter.swift).
     func reportLimits(now: UInt64) {
-        guard now >= nextLimitReport else { return }
-        nextLimitReport = now + UserNetRuntime.limitReportInterval
-        for (reason, remedy) in GatewayConfig.limitDropReasons {
-            let count = gateway.counters[reason]
-            let last = limitsReported[reason] ?? 0
-            guard count > last else { continue }
-            limitsReported[reason] = count
-            logger.warning("limit reached: \(reason.name) x\(count - last) since the last report (\(remedy))")
-        }
-        if acceptPauses > acceptPausesReported {
+        limitReporter.report(now: now, counters: gateway.counters, controlRejected: control?.rejectedClients ?? 0, logger: logger)
+        if acceptPauses > acceptPausesReported && now >= nextAcceptPauseReport {
+            nextAcceptPauseReport = now + UserNetRuntime.limitReportInterval
             logger.warning("out of file descriptors: hostfwd accepts paused x\(acceptPauses - acceptPausesReported) since the last report; new connections wait in the backlog (raise the fd limit, ulimit -n)")
             acceptPausesReported = acceptPauses
         }
@@ -503,6 +531,7 @@ public final class UserNetRuntime {
             ("port_desync_resets", p.desyncResets), ("port_connections", p.connections),
             ("port_rejected_connections", p.rejectedConnections), ("drop_port_send_errors", p.sendErrors),
             ("drop_tx_queue_refused", gateway.toGuest.refused), ("hostfwd_accept_pauses", acceptPauses),
+            ("drop_control_clients_full", control?.rejectedClients ?? 0),
         ]
         lines += portLines.filter { $0.1 > 0 }.map { "\($0.0) \($0.1)" }
         return lines

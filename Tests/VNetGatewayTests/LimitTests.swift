@@ -93,3 +93,61 @@ struct LimitFlowTests {
         try r.finish()
     }
 }
+
+@Suite("Per-guest limits")
+struct GuestLimitTests {
+    static let otherGuest = IPv4Address(10, 0, 2, 16)
+    static let otherMAC = MACAddress(0x52, 0x54, 0x00, 0x12, 0x34, 0x57)
+
+    @Test("names, defaults, ranges and the start-up summary of the newer limits")
+    func names() {
+        var c = GatewayConfig()
+        #expect(c.limit(.guestTCPFlows) == 4096 && c.limit(.guestUDPFlows) == 1024 && c.limit(.tftpTransfers) == 16 && c.limit(.controlClients) == 128)
+        #expect(c.setLimit(.guestTCPFlows, 7) && c.guestTCPFlowCapacity == 7)
+        #expect(c.setLimit(.tftpTransfers, 2) && c.tftpTransferCapacity == 2)
+        #expect(c.setLimit(.controlClients, 5) && c.controlClientCapacity == 5)
+        #expect(!c.setLimit(.controlClients, 0) && !c.setLimit(.guestUDPFlows, 0) && c.guestUDPFlowCapacity == 1024)
+        let s = c.limitsSummary
+        #expect(s.hasPrefix("tcp-flows 16384, tcp-half-open 1024, udp-flows 4096"), "\(s)")
+        #expect(s.contains("guest-tcp-flows 7") && s.contains("guest-udp-flows 1024") && s.contains("tftp-transfers 2") && s.contains("control-clients 5"))
+        #expect(GatewayLimit.guestUDPFlows.dropReason == .udpGuestFlowsFull && GatewayLimit.guestTCPFlows.dropReason == .tcpGuestFlowsFull)
+        #expect(GatewayConfig.limitDropReasons.contains { $0.0 == .tcpGuestFlowsFull } && GatewayConfig.limitDropReasons.contains { $0.0 == .udpGuestFlowsFull })
+    }
+
+    @Test("guest-udp-flows: one guest address is capped, another still opens flows")
+    func udp() throws {
+        let r = try BadInputRig { $0.guestUDPFlowCapacity = 4; $0.udpFlowCapacity = 64 }
+        // The healthy flow is the guest's first; three more fit.
+        for p in UInt16(42_000) ..< 42_003 { r.send(FrameBuilder.udpFrame(dst: externalIP, srcPort: p, dstPort: 9, [1])) }
+        #expect(r.gateway.udpFlowCount == 4)
+        r.expectDrop(.udpGuestFlowsFull, FrameBuilder.udpFrame(dst: externalIP, srcPort: 42_003, dstPort: 9, [1]))
+        // Existing flows go on.
+        try r.healthy()
+        // Another guest address has its own allowance.
+        let opened = r.host.opens.count
+        for p in UInt16(43_000) ..< 43_004 {
+            r.send(FrameBuilder.udpFrame(src: Self.otherGuest, dst: externalIP, srcPort: p, dstPort: 9, mac: Self.otherMAC, [2]))
+        }
+        #expect(r.host.opens.count == opened + 4 && r.gateway.udpFlowCount == 8)
+        #expect(r.counters[.udpGuestFlowsFull] == 1 && r.counters[.udpFlowTableFull] == 0)
+    }
+
+    @Test("guest-tcp-flows: the next SYN of a capped guest is answered with RST; another guest connects")
+    func tcp() throws {
+        let r = try TCPBadInputRig { $0.guestTCPFlowCapacity = 3; $0.tcpFlowCapacity = 64 }
+        // The healthy connection is one; two more SYNs become flows.
+        for p in UInt16(20_000) ..< 20_002 {
+            let segs = try r.send(FrameBuilder.tcpSegmentFrame(dst: externalIP, srcPort: p, dstPort: 80, seq: 1, ack: 0, flags: .syn, window: 64240))
+            #expect(segs.isEmpty)
+        }
+        #expect(r.h.gateway.tcpFlowCount == 3)
+        let segs = try r.expectDrop(.tcpGuestFlowsFull, FrameBuilder.tcpSegmentFrame(dst: externalIP, srcPort: 20_002, dstPort: 80, seq: 1, ack: 0,
+                                                                                      flags: .syn, window: 64240))
+        #expect(segs.count == 1 && segs[0].flags == [.rst, .ack])
+        try r.healthy()
+        let other = try r.send(FrameBuilder.tcpSegmentFrame(src: Self.otherGuest, dst: externalIP, srcPort: 21_000, dstPort: 80, seq: 1, ack: 0,
+                                                            flags: .syn, window: 64240, mac: Self.otherMAC))
+        #expect(other.isEmpty && r.h.gateway.tcpFlowCount == 4)
+        #expect(r.counters[.tcpGuestFlowsFull] == 1 && r.counters[.tcpFlowTableFull] == 0)
+    }
+}

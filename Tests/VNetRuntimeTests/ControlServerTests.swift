@@ -18,11 +18,12 @@ final class ServerRig {
     let dir: String
     var path: String { dir + "/ctl.sock" }
 
-    init() throws {
+    init(clientLimit: Int = ControlServer.maximumClients) throws {
         var template = Array("/tmp/vnet-ctl-XXXXXX".utf8CString)
         dir = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
         epoll = try Epoll()
-        server = try ControlServer(path: dir + "/ctl.sock", epoll: epoll, listenerTag: 1 << 56, clientTag: 2 << 56, target: target)
+        server = try ControlServer(path: dir + "/ctl.sock", epoll: epoll, listenerTag: 1 << 56, clientTag: 2 << 56, target: target,
+                               clientLimit: clientLimit)
     }
 
     deinit {
@@ -187,6 +188,26 @@ struct ControlServerTests {
         #expect(rig.server.rejectedClients == 1)
         clients[0].send(#"{"execute": "echo", "arguments": {"text": "still"}}"# + "\n")
         #expect(rig.pump(until: { clients[0].poll(); return clients[0].lines.count == 1 }))
+    }
+
+    @Test("--limit control-clients sets the cap, and the refusal names the knob")
+    func configuredCap() throws {
+        let rig = try ServerRig(clientLimit: 3)
+        var clients: [TestClient] = []
+        for _ in 0 ..< 3 { clients.append(try rig.connect()) }
+        #expect(rig.pump(until: { rig.server.clientCount == 3 }))
+        let extra = try rig.connect()
+        #expect(rig.pump(until: { extra.poll(); return extra.closed }))
+        let message = errorOf(extra.replies().first ?? [:])?.1 ?? ""
+        #expect(message.contains("at most 3") && message.contains("--limit control-clients"), "\(message)")
+        #expect(rig.server.rejectedClients == 1 && rig.server.clientCount == 3)
+        // A slot freed by a client that leaves is taken by the next one.
+        clients.removeFirst()   // its deinit closes the socket
+        #expect(rig.pump(until: { rig.server.clientCount == 2 }))
+        let late = try rig.connect()
+        late.send(#"{"execute": "echo", "arguments": {"text": "in"}}"# + "\n")
+        #expect(rig.pump(until: { late.poll(); return late.lines.count == 1 }))
+        #expect(rig.server.rejectedClients == 1)
     }
 
     @Test("events reach subscribed clients only, in QMP's shape")

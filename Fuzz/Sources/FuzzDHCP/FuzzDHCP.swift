@@ -28,8 +28,7 @@ public func fuzzDHCP(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
     udp[0] = 0; udp[1] = 68; udp[2] = 0; udp[3] = 67
     let len = min(udp.count, 65_535 - 20)
     udp[4] = UInt8(len >> 8); udp[5] = UInt8(len & 0xFF)
-    let host = FuzzHost()
-    let g = makeGateway(host: host)
+    let (_, g) = reusedGateway()
     deliver(g, guestFrame(dst: .broadcast, proto: .udp, udp, src: .any, ethDst: .broadcast), now: startTime)
     deliver(g, guestFrame(dst: gatewayIP, proto: .udp, udp), now: startTime)
     drainAndCheck(g)

@@ -23,8 +23,7 @@ public func fuzzDNS(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
     let len = min(udp.count, 65_535 - 20)
     udp[4] = UInt8(len >> 8); udp[5] = UInt8(len & 0xFF)
     for withUpstreams in [false, true] {
-        let host = FuzzHost()
-        let g = makeGateway(host: host)
+        let (host, g) = reusedGateway()
         if !withUpstreams { g.setDNSUpstreams([]) }
         deliver(g, guestFrame(dst: dnsIP, proto: .udp, udp), now: startTime)
         host.pending = [HostReceiveScript(kind: 0, identifier: nil, sequence: 0, offender: dnsIP, bytes: Array(input))]

@@ -20,8 +20,7 @@ public func fuzzEthernetARP(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32
             precondition(again == arp, "ARP parse -> emit -> parse changed the packet")
         }
     }
-    let host = FuzzHost()
-    let g = makeGateway(host: host)
+    let (_, g) = reusedGateway()
     deliver(g, Array(input), now: startTime)
     if size >= 14 {
         var f = Array(input)

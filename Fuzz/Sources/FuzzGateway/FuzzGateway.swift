@@ -12,9 +12,8 @@ public func fuzzGatewayMain(_ argc: Int32, _ argv: UnsafeMutablePointer<UnsafeMu
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzGateway(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
     guard let data else { return 0 }
-    let host = FuzzHost()
-    let g = makeGateway(host: host)
-    let deframer = StreamDeframer(mtu: 1500, capacity: 1 << 17)
+    let (host, g) = reusedGateway()
+    let deframer = reusedDeframer()
     var now = startTime
     var records = RecordReader(UnsafeRawBufferPointer(start: data, count: size))
     while let (selector, bytes) = records.next() {

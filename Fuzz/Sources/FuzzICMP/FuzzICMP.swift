@@ -13,8 +13,7 @@ public func fuzzICMP(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
     guard let data else { return 0 }
     let input = Array(UnsafeRawBufferPointer(start: data, count: size))
     _ = input.withUnsafeBytes { try? ICMPv4Header.parse($0) }
-    let host = FuzzHost()
-    let g = makeGateway(host: host)
+    let (host, g) = reusedGateway()
     for dst in [gatewayIP, dnsIP, externalIP, IPv4Address(169, 254, 169, 254)] {
         deliver(g, guestFrame(dst: dst, proto: .icmp, input), now: startTime)
     }

@@ -11,8 +11,7 @@ public func fuzzIPv4FragmentsMain(_ argc: Int32, _ argv: UnsafeMutablePointer<Un
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzIPv4Fragments(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
     guard let data else { return 0 }
-    let host = FuzzHost()
-    let g = makeGateway(host: host)
+    let (_, g) = reusedGateway()
     var now = startTime
     var records = RecordReader(UnsafeRawBufferPointer(start: data, count: size))
     while let (selector, bytes) = records.next() {

@@ -11,9 +11,8 @@ public func fuzzStreamFramingMain(_ argc: Int32, _ argv: UnsafeMutablePointer<Un
 public func fuzzStreamFraming(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
     guard let data else { return 0 }
     let input = UnsafeRawBufferPointer(start: data, count: size)
-    let deframer = StreamDeframer(mtu: 1500, capacity: 1 << 17)
-    let host = FuzzHost()
-    let g = makeGateway(host: host)
+    let deframer = reusedDeframer()
+    let (_, g) = reusedGateway()
     var offset = 0
     var i = 0
     while offset < size {

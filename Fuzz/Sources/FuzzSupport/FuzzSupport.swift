@@ -4,11 +4,16 @@
 //
 // Theory of Operation
 // -------------------
-// Each target's `LLVMFuzzerTestOneInput` builds a fresh gateway (small tables so a run is cheap and inputs do
-// not leak state into each other), feeds it, drains what it queued for the guest and checks the invariants a
-// crash would not show: every frame to the guest is at least 60 bytes and its padding is zero.
+// Each target's `LLVMFuzzerTestOneInput` takes the process's one gateway (small tables), reset to the state a
+// fresh one has (`Gateway.reset`, GatewayReset.swift: inputs do not leak state into each other), feeds it,
+// drains what it queued for the guest and checks the invariants a crash would not show: every frame to the
+// guest is at least 60 bytes and its padding is zero. Building a fresh gateway per input (VNET_FUZZ_FRESH=1)
+// costs ~650 KiB of zeroed buffers and held the targets to 1-2 thousand inputs a second under ASan.
 
 import CFuzzDriver
+#if canImport(Glibc)
+import Glibc
+#endif
 @_exported import VNetBuffers
 @_exported import VNetGateway
 @_exported import VNetServices
@@ -35,6 +40,12 @@ public final class FuzzHost: HostIO {
     public var sendSpace = 65_536
 
     public init() {}
+
+    /// Back to the state `init` left (for the gateway reused between inputs).
+    public func reset() {
+        nextHandle = 100; failOpen = false; pending = []; peerBytes = []; peerClosed = false; connectError = 0
+        sendSpace = 65_536; peekOffset = 0
+    }
 
     func open() -> Int32? {
         guard !failOpen else { return nil }
@@ -116,13 +127,48 @@ public func makeGateway(host: FuzzHost) -> Gateway<FuzzHost> {
     c.icmpFlowCapacity = 16
     c.tcpFlowCapacity = 32
     c.tcpHalfOpenCapacity = 16
+    c.guestUDPFlowCapacity = 24   // below the tables, so both the per-guest and the table-full refusals are reachable
+    c.guestTCPFlowCapacity = 24
     c.dnsFlowCapacity = 8
     c.fragmentSlots = 4
     c.guestForwards = [GuestForward(serverAddress: IPv4Address(10, 0, 2, 100), serverPort: 4444, target: .command("true"))]
     let g = Gateway(config: c, host: host, queueCapacity: 0)
-    g.setDNSUpstreams([(IPv4Address(192, 0, 2, 53), 53), (IPv4Address(198, 51, 100, 53), 53)])
+    g.setDNSUpstreams(fuzzDNSUpstreams)
     return g
 }
+
+nonisolated(unsafe) var sharedGateway: (FuzzHost, Gateway<FuzzHost>)?   // libFuzzer calls in on one thread
+let freshPerInput: Bool = {
+    guard let v = getenv("VNET_FUZZ_FRESH") else { return false }
+    return String(cString: v) == "1"
+}()
+
+/// The gateway for this input: the process's one gateway and host, reset (see the Theory of Operation), or a
+/// fresh pair with VNET_FUZZ_FRESH=1 (to check that a crash does not depend on reuse).
+public func reusedGateway() -> (FuzzHost, Gateway<FuzzHost>) {
+    if !freshPerInput, let (h, g) = sharedGateway {
+        h.reset()
+        g.reset()
+        g.setDNSUpstreams(fuzzDNSUpstreams)
+        return (h, g)
+    }
+    let h = FuzzHost()
+    let g = makeGateway(host: h)
+    if !freshPerInput { sharedGateway = (h, g) }
+    return (h, g)
+}
+
+nonisolated(unsafe) var sharedDeframer: StreamDeframer?
+
+/// A stream deframer (MTU 1500, 128 KiB) for this input: the process's one, reset (or fresh with VNET_FUZZ_FRESH=1).
+public func reusedDeframer() -> StreamDeframer {
+    if !freshPerInput, let d = sharedDeframer { d.reset(); return d }
+    let d = StreamDeframer(mtu: 1500, capacity: 1 << 17)
+    if !freshPerInput { sharedDeframer = d }
+    return d
+}
+
+let fuzzDNSUpstreams = [(IPv4Address(192, 0, 2, 53), UInt16(53)), (IPv4Address(198, 51, 100, 53), UInt16(53))]
 
 public let startTime = Instant(nanoseconds: 1_000_000_000_000)
 

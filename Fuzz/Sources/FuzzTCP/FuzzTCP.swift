@@ -11,8 +11,7 @@ public func fuzzTCPMain(_ argc: Int32, _ argv: UnsafeMutablePointer<UnsafeMutabl
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzTCP(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
     guard let data else { return 0 }
-    let host = FuzzHost()
-    let g = makeGateway(host: host)
+    let (host, g) = reusedGateway()
     var now = startTime
     var records = RecordReader(UnsafeRawBufferPointer(start: data, count: size))
     while let (selector, bytes) = records.next() {

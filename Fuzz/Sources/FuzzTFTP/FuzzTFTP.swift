@@ -36,8 +36,7 @@ public func fuzzTFTPMain(_ argc: Int32, _ argv: UnsafeMutablePointer<UnsafeMutab
 public func fuzzTFTP(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
     guard let data else { return 0 }
     var records = RecordReader(UnsafeRawBufferPointer(start: data, count: size))
-    let host = FuzzHost()
-    let g = makeGateway(host: host)
+    let (_, g) = reusedGateway()
     let gatewayFiles = FuzzFiles()
     g.enableTFTP(files: gatewayFiles)
     let files = FuzzFiles()

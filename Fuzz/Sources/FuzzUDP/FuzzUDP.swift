@@ -13,8 +13,7 @@ public func fuzzUDP(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
     guard let data else { return 0 }
     let input = Array(UnsafeRawBufferPointer(start: data, count: size))
     _ = input.withUnsafeBytes { try? UDPHeader.parse($0) }
-    let host = FuzzHost()
-    let g = makeGateway(host: host)
+    let (host, g) = reusedGateway()
     for dst in [externalIP, dnsIP, gatewayIP, IPv4Address.broadcast, IPv4Address(10, 0, 2, 255)] {
         deliver(g, guestFrame(dst: dst, proto: .udp, input, ethDst: dst.rawValue & 0xFF == 0xFF ? .broadcast : gatewayMAC), now: startTime)
     }

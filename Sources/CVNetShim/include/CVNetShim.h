@@ -25,6 +25,7 @@
 #include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <string.h>
+#include <linux/filter.h>
 
 static inline unsigned long vnet_TUNSETIFF(void) { return TUNSETIFF; }
 static inline unsigned long vnet_TUNSETVNETHDRSZ(void) { return TUNSETVNETHDRSZ; }
@@ -358,4 +359,32 @@ int vnet_wait_for_stop_signal(void);
 /// Blocks SIGINT, SIGTERM and SIGHUP for normal delivery, so they can be waited for (signalfd, poll).
 /// Returns a signalfd for them (non-blocking, close-on-exec) or -errno.
 int vnet_stop_signalfd(void);
+// MARK: --sandbox (sandbox.c)
+//
+// Policy: calls outside the allow-list fail with the `deny` action the caller picks (vnet passes EPERM, so a
+// path nobody traced reports an error instead of killing the network); a syscall of another ABI (i386, x32)
+// kills the process. Checked arguments: openat/open only without O_WRONLY, O_RDWR, O_CREAT, O_TRUNC, O_APPEND;
+// mmap/mprotect without PROT_EXEC; socket only AF_INET, AF_INET6, AF_UNIX; ioctl only FIONREAD and TIOCOUTQ.
+// Not allowed at all: execve, fork/clone, unlink/rename/mkdir, chmod/chown, ptrace, mount, setns, prctl,
+// capset, kill, bpf, and everything else not listed in sandbox.c.
+
+/// Builds the seccomp program into `out` (room for `capacity` instructions). Returns its length, -ENOSPC when
+/// `capacity` is too small, or -ENOSYS on an
+/// architecture without a table (anything but little-endian x86_64 and aarch64).
+int vnet_sandbox_build_filter(struct sock_filter *out, int capacity, unsigned int deny);
+/// PR_SET_NO_NEW_PRIVS, then seccomp(SECCOMP_SET_MODE_FILTER, TSYNC) with `program`. 0 or -errno.
+int vnet_sandbox_install_filter(const struct sock_filter *program, int count);
+/// Drops the bounding set (when CAP_SETPCAP allows; `*bounding_dropped` says whether it did), clears the
+/// ambient set, and sets the effective, permitted and inheritable sets to empty. 0 or -errno.
+int vnet_sandbox_drop_capabilities(int *bounding_dropped);
+/// The calls allowed without an argument check, for tests and the documentation.
+int vnet_sandbox_plain_count(void);
+int vnet_sandbox_plain_syscall(int i);
+/// AUDIT_ARCH_* of this build (0 when unsupported).
+unsigned int vnet_sandbox_audit_arch(void);
+unsigned int vnet_seccomp_ret_errno(int e);
+unsigned int vnet_seccomp_ret_allow(void);
+unsigned int vnet_seccomp_ret_kill_process(void);
+/// This architecture's number for a few syscalls by name (tests), or -1.
+int vnet_nr_named(const char *name);
 #endif
