@@ -58,12 +58,42 @@ def write(target: str, data: bytes) -> None:
     (d / hashlib.sha1(data).hexdigest()[:16]).write_bytes(data)
 
 
+def ipv6_seeds() -> list[bytes]:
+    """Hand-made FuzzIPv6 inputs for what the captures lack: NDP, RS, DHCPv6, fragments, TCP over IPv6."""
+    gw = bytes.fromhex("fec00000000000000000000000000002")
+    ns = bytes([135, 0, 0, 0, 0, 0, 0, 0]) + gw + bytes([1, 1]) + GUEST_MAC          # NS for fec0::2 with SLLA
+    rs = bytes([133, 0, 0, 0, 0, 0, 0, 0]) + bytes([1, 1]) + GUEST_MAC
+    echo = bytes([128, 0, 0, 0, 0, 7, 0, 1]) + b"ping6-payload"
+    info = bytes([11, 1, 2, 3, 0, 1, 0, 10, 0, 3, 0, 1]) + GUEST_MAC + bytes([0, 6, 0, 4, 0, 23, 0, 24])
+    dns = struct.pack(">HHHH", 5353, 53, 8 + 29, 0) + bytes.fromhex("123401000001000000000000") + b"\x03six\x04test\x00\x00\x1c\x00\x01"
+    syn = struct.pack(">HHIIBBHHH", 40000, 8080, 1000, 0, 0x60, 0x02, 65535, 0, 0) + bytes([2, 4, 5, 0xa0])
+    udp = struct.pack(">HHHH", 4000, 9, 8 + 64, 0) + bytes(range(64))
+    return [
+        record(1 | (1 << 3) | (7 << 3), ns) + record(1 | (5 << 3) | (8 << 3), rs) + record(1 | (1 << 3), echo),
+        record(2, info) + record(7, b"\x04") + record(2, info[:9]),
+        record(3 | (2 << 3), dns) + record(6 | (0 << 3), b"answer") + record(3 | (3 << 3), udp),
+        record(4 | (3 << 3), udp[:32]) + record(4 | (3 << 3) | (1 << 3), udp[32:]),
+        record(5 | (1 << 3), syn) + record(5 | (3 << 3), syn) + record(6 | (2 << 3), b"data") + record(7, b"\x10"),
+        record(0, bytes([0x60, 0, 0, 0, 0, 8, 0, 64]) + bytes(32) + bytes([59, 0, 0, 0, 0, 0, 0, 0])),
+    ]
+
+
 def main() -> None:
     pcaps = Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_PCAPS
     for pcap in sorted(pcaps.glob("*.pcap")):
         fs = frames(pcap)
-        stream, gateway, fragments, tcp = b"", b"", b"", b""
+        stream, gateway, fragments, tcp, ipv6 = b"", b"", b"", b"", b""
         for f in fs:
+            if len(f) >= 54 and f[12:14] == b"\x86\xdd":
+                # FuzzIPv6: the packet as sent (selector 0), and its upper layer re-sent with checksums fixed
+                # (1: ICMPv6, 3: UDP, 5: TCP) when no extension header sits in between.
+                packet = f[14:]
+                ipv6 += record(0, packet)
+                nh, body = packet[6], packet[40:40 + struct.unpack(">H", packet[4:6])[0]]
+                kind = {58: 1, 17: 3, 6: 5}.get(nh)
+                if kind is not None:
+                    ipv6 += record(kind | (1 << 3), body)
+
             write("FuzzEthernetARP", f)
             stream += struct.pack(">I", len(f)) + f
             gateway += record(0, f) + record(1, f)
@@ -84,9 +114,11 @@ def main() -> None:
             elif proto == 6:
                 tcp += record(0, l4) + record(4, b"\x00") + record(5, b"hello")
         for target, data in (("FuzzStreamFraming", stream), ("FuzzGateway", gateway),
-                             ("FuzzIPv4Fragments", fragments), ("FuzzTCP", tcp)):
+                             ("FuzzIPv4Fragments", fragments), ("FuzzTCP", tcp), ("FuzzIPv6", ipv6)):
             if data:
                 write(target, data)
+    for data in ipv6_seeds():
+        write("FuzzIPv6", data)
     for target in sorted(p.name for p in (HERE / "Corpus").iterdir()):
         print(f"{target}: {len(list((HERE / 'Corpus' / target).iterdir()))} seeds")
 

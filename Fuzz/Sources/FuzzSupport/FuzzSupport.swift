@@ -55,6 +55,11 @@ public final class FuzzHost: HostIO {
 
     public func openUDP(destination: IPv4Address, port: UInt16, tag: FlowTag) -> Int32? { open() }
     public func openICMPEcho(destination: IPv4Address, tag: FlowTag) -> Int32? { open() }
+    // IPv6 flows get stub sockets too, so their NAT paths are reached.
+    public func openUDP(to destination: IPAddress, port: UInt16, tag: FlowTag) -> Int32? { open() }
+    public func openICMPEcho(to destination: IPAddress, tag: FlowTag) -> Int32? { open() }
+    public func openTCP(to destination: IPAddress, port: UInt16, tag: FlowTag) -> Int32? { open() }
+    public func sendUDP(_ handle: Int32, _ payload: UnsafeRawBufferPointer, to address: IPAddress, port: UInt16) -> Bool { true }
     public func setTTL(_ handle: Int32, ttl: UInt8) {}
     public func sendUDP(_ handle: Int32, _ payload: UnsafeRawBufferPointer) -> Bool { true }
     public func sendICMPEcho(_ handle: Int32, identifier: UInt16, sequence: UInt16, payload: UnsafeRawBufferPointer) -> Bool { true }
@@ -72,6 +77,9 @@ public final class FuzzHost: HostIO {
         case 1: return .echoReply(identifier: s.identifier, sequence: s.sequence, length: n)
         case 2: return .icmpError(type: UInt8(truncatingIfNeeded: s.sequence >> 8), code: UInt8(truncatingIfNeeded: s.sequence),
                                   offender: s.offender, length: n)
+        case 3: return .icmp6Error(type: UInt8(truncatingIfNeeded: s.sequence >> 8), code: UInt8(truncatingIfNeeded: s.sequence),
+                                   offender: s.offender == .loopback ? .loopback : IPv6Address(high: 0x2001_0db8_0000_0000, low: UInt64(s.offender.rawValue)),
+                                   length: n)
         default: return .ignored
         }
     }
@@ -182,7 +190,8 @@ public func drainAndCheck<H: HostIO>(_ g: Gateway<H>) {
         var content = frame.count
         if type == EtherType.arp.rawValue { content = 14 + ARPPacket.length }
         if type == EtherType.ipv4.rawValue { content = 14 + Int(frame.u16(16)) }
-        precondition(content <= frame.count, "IPv4 total length past the frame")
+        if type == EtherType.ipv6.rawValue { content = 14 + 40 + Int(frame.u16(18)) }
+        precondition(content <= frame.count, "IP length past the frame")
         for i in content ..< frame.count { precondition(frame[i] == 0, "non-zero padding in a frame to the guest") }
         q.removeFirstFrame()
     }
