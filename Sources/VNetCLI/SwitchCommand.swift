@@ -112,7 +112,9 @@ struct SwitchPortFlags: ParsableArguments {
     /// metrics address to the start-up lines.
     func makeRuntime(_ options: SwitchOptions, extra: inout [String]) throws -> VirtualNetwork {
         var o = options
-        o.stopSignalsElsewhere = true   // SIGINT/SIGTERM go to the ServiceGroup (runNetwork)
+        // SIGINT/SIGTERM go to the ServiceGroup (runNetwork); a sandboxed switch runs its loop on the main thread and
+        // takes them itself (see SwitchCommand.run).
+        o.stopSignalsElsewhere = !o.sandbox
         if let m = metricsAddress {
             var host = "127.0.0.1", port: UInt16
             if let c = m.lastIndex(of: ":") {
@@ -176,6 +178,12 @@ struct SwitchCommand: ParsableCommand {
         var o = SwitchOptions()
         var extra = try ports.apply(to: &o, defaultName: "switch")
         let network = try ports.makeRuntime(o, extra: &extra)
+        guard !o.sandbox else {
+            // Capabilities are per thread: the sandbox must be entered by the only thread there is, so the loop runs
+            // here, on the main thread, with its own SIGINT/SIGTERM handling, instead of under a ServiceGroup.
+            try network.runtime.run(extraStartupLines: extra)
+            return
+        }
         try ports.runNetwork(network, extra: extra)
     }
 }
