@@ -8,7 +8,6 @@ public enum DropReason: Int, CaseIterable, Sendable {
     case unknownEtherType
     case ipv6Disabled
     case ipv6Malformed
-    case ipv6ExtensionUnsupported
     case ndpMalformed
     case ndpIgnored
     case icmpv6Malformed
@@ -83,7 +82,6 @@ public enum DropReason: Int, CaseIterable, Sendable {
         case .unknownEtherType: "unknown_ethertype"
         case .ipv6Disabled: "ipv6_disabled"
         case .ipv6Malformed: "ipv6_malformed"
-        case .ipv6ExtensionUnsupported: "ipv6_extension_unsupported"
         case .ndpMalformed: "ndp_malformed"
         case .ndpIgnored: "ndp_ignored"
         case .icmpv6Malformed: "icmpv6_malformed"

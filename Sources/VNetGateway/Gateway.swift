@@ -66,6 +66,8 @@ public final class Gateway<Host: HostIO> {
     /// Router advertisements: whether one went out yet, and when the next unsolicited one is due.
     var routerAdvertisedOnce = false
     var nextRouterAdvertisement: Instant = .zero
+    /// What router solicitations are answered with (see GatewayIPv6.swift).
+    let routerAdvertisement: RouterAdvertisement
     /// Identification of IPv6 fragments sent to the guest.
     var fragmentIdentification: UInt32 = 0
     var dnsUpstreamIndex = 0
@@ -96,6 +98,7 @@ public final class Gateway<Host: HostIO> {
         icmpFlows = FlowTable(capacity: config.icmpFlowCapacity)
         tcpFlows = FlowTable(capacity: config.tcpFlowCapacity)
         reassembler = Reassembler(slotCount: max(1, config.fragmentSlots), timeout: config.fragmentTimeout)
+        routerAdvertisement = Gateway.makeRouterAdvertisement(config)
         tcpAckList = []
         tcpAckList.reserveCapacity(config.tcpFlowCapacity)
         tcpWindowWatch.reserveCapacity(config.tcpFlowCapacity)
@@ -236,13 +239,7 @@ public final class Gateway<Host: HostIO> {
         let key = FragmentKey(source: IPAddress(ip.source), destination: IPAddress(ip.destination), protocolNumber: ip.protocolNumber.rawValue,
                               identification: UInt32(ip.identification))
         let outcome = reassembler.add(p.slice(ip.payloadRange), offset: ip.fragmentOffset, more: ip.moreFragments, key: key, now: now)
-        for d in reassembler.takeDrops() {
-            switch d {
-            case .tooLong, .badLength: drop(.ipv4FragmentInvalid)
-            case .overlap: drop(.ipv4FragmentOverlap)
-            case .evicted, .timedOut: drop(.ipv4FragmentTimeout)
-            }
-        }
+        countReassemblyDrops(ipv6: false)
         guard case .complete(let payload, _) = outcome else { return }
         counters.count(.datagramsReassembled)
         var whole = ip
@@ -255,6 +252,17 @@ public final class Gateway<Host: HostIO> {
         case .icmp: handleICMP(payload, ip: whole, ethernet: ethernet, now: now)
         case .tcp: handleTCP(payload, ip: GuestPacket(whole), ethernet: ethernet, now: now)
         default: drop(.unknownIPProtocol)
+        }
+    }
+
+    /// Counts what the reassembler refused or gave up on while handling the last fragment, under the family's reasons.
+    func countReassemblyDrops(ipv6: Bool) {
+        for d in reassembler.takeDrops() {
+            switch d {
+            case .tooLong, .badLength: drop(ipv6 ? .ipv6FragmentInvalid : .ipv4FragmentInvalid)
+            case .overlap: drop(ipv6 ? .ipv6FragmentOverlap : .ipv4FragmentOverlap)
+            case .evicted, .timedOut: drop(ipv6 ? .ipv6FragmentTimeout : .ipv4FragmentTimeout)
+            }
         }
     }
 
@@ -291,13 +299,6 @@ public final class Gateway<Host: HostIO> {
             return hostAddress
         }
         if hostAddress.isIPv4 || hostAddress.isLoopback || hostAddress.isUnspecified { return IPAddress(config.ipv6GatewayAddress) }
-        return hostAddress
-    }
-
-    /// Guest-facing source for traffic that came from `hostAddress` on behalf of a flow aimed at `guestDestination`.
-    func guestFacingSource(hostAddress: IPv4Address, flowHostDestination: IPv4Address, guestDestination: IPv4Address) -> IPv4Address {
-        if hostAddress == flowHostDestination { return guestDestination }
-        if hostAddress.isLoopback || hostAddress.isUnspecified { return config.gatewayAddress }
         return hostAddress
     }
 

@@ -86,11 +86,6 @@ public struct GatewayConfig: Sendable {
         a == GatewayConfig.ipv6LinkLocalGateway || a == ipv6GatewayAddress || a == ipv6DNSAddress
     }
 
-    public func isVirtualAddress(_ a: IPAddress) -> Bool {
-        if let v4 = a.v4 { return isVirtualAddress(v4) }
-        return isVirtualAddress6(a.v6)
-    }
-
     /// The DNS forwarder's address in either family.
     @inline(__always) public func isDNSAddress(_ a: IPAddress) -> Bool {
         if let v4 = a.v4 { return v4 == dnsAddress }

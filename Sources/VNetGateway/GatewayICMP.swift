@@ -38,36 +38,42 @@ extension Gateway {
             return
         }
         guard !config.restricted else { return drop(.restricted) }
-        let key = ICMPFlowKey(guestAddress: IPAddress(ip.source), identifier: icmp.identifier, destination: IPAddress(ip.destination))
+        forwardEcho(p, ip: GuestPacket(ip), type: icmp.type, code: icmp.code, checksum: icmp.checksum, identifier: icmp.identifier,
+                    sequence: icmp.sequence, mac: ethernet.source, now: now)
+    }
+
+    /// An echo request (`p`, the whole ICMP or ICMPv6 message) to a host of either family: one flow per (guest
+    /// address, identifier, destination) with its own host echo socket; the egress policy is checked when it opens.
+    func forwardEcho(_ p: UnsafeRawBufferPointer, ip: GuestPacket, type: UInt8, code: UInt8, checksum: UInt16, identifier: UInt16,
+                     sequence: UInt16, mac: MACAddress, now: Instant) {
+        let key = ICMPFlowKey(guestAddress: ip.source, identifier: identifier, destination: ip.destination)
         var index = icmpFlows.lookup(key)
         if index == nil {
             let (dst, reason) = hostDestination(for: ip.destination)
             guard let hostAddress = dst else {
                 if reason == .egressDenied {
-                    sendAdministrativelyProhibited(ip: GuestPacket(ip), mac: ethernet.source,
-                                                   quotedWords: (UInt16(icmp.type) << 8 | UInt16(icmp.code), icmp.checksum, icmp.identifier, icmp.sequence))
+                    sendAdministrativelyProhibited(ip: ip, mac: mac, quotedWords: (UInt16(type) << 8 | UInt16(code), checksum, identifier, sequence))
                 }
                 return drop(reason!)
             }
             guard icmpFlows.count < icmpFlows.capacity else { return drop(.icmpFlowTableFull) }
             let tagIndex = icmpFlows.nextFreeIndex!
-            guard let handle = host.openICMPEcho(destination: hostAddress, tag: FlowTag(kind: .icmp, index: tagIndex)) else {
+            guard let handle = host.openICMPEcho(to: hostAddress, tag: FlowTag(kind: .icmp, index: tagIndex)) else {
                 return drop(.hostSocketFailed)
             }
-            index = icmpFlows.insert(key, ICMPFlow(key: key, handle: handle, guestMAC: ethernet.source, hostDestination: IPAddress(hostAddress),
-                                                   lastActive: now, ttl: 64))
+            index = icmpFlows.insert(key, ICMPFlow(key: key, handle: handle, guestMAC: mac, hostDestination: hostAddress, lastActive: now, ttl: 64))
             counters.count(.icmpFlowsOpened)
         }
         let i = index!
         var flow = icmpFlows[i]!
         flow.lastActive = now
-        flow.guestMAC = ethernet.source
-        if flow.ttl != ip.ttl {
-            host.setTTL(flow.handle, ttl: ip.ttl)
-            flow.ttl = ip.ttl
+        flow.guestMAC = mac
+        if flow.ttl != ip.hopLimit {
+            host.setTTL(flow.handle, ttl: ip.hopLimit)
+            flow.ttl = ip.hopLimit
         }
         icmpFlows[i] = flow
-        if !host.sendICMPEcho(flow.handle, identifier: icmp.identifier, sequence: icmp.sequence, payload: p.slice(8 ..< p.count)) {
+        if !host.sendICMPEcho(flow.handle, identifier: identifier, sequence: sequence, payload: p.slice(8 ..< p.count)) {
             drop(.hostSendFailed)
         }
     }

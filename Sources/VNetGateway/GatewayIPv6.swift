@@ -25,6 +25,16 @@ import VNetWire
 extension Gateway {
     static var routerAdvertisementInterval: Instant.Duration { .seconds(600) }
 
+    /// The RA every solicitation gets, built once from the configuration (its DNS data also answers DHCPv6).
+    /// restrict=on advertises no DNS; a search list that does not fit the option's 255 units is left out, not cut.
+    static func makeRouterAdvertisement(_ config: GatewayConfig) -> RouterAdvertisement {
+        var ra = RouterAdvertisement(sourceLinkLayer: config.gatewayMAC, mtu: UInt32(config.mtu), prefix: config.ipv6Prefix,
+                                     dnsServers: config.restricted ? [] : [config.ipv6DNSAddress],
+                                     searchList: config.restricted ? [] : (DNSNameEncoding.encode(config.dnsSearch) ?? []))
+        if ra.searchList.count > 1500 { ra.searchList = [] }
+        return ra
+    }
+
     // MARK: Neighbours
 
     @inline(__always) func learnNeighbour6(_ ip: IPv6Address, _ mac: MACAddress) {
@@ -88,8 +98,7 @@ extension Gateway {
         case IPProtocol.tcp.rawValue:
             guard !ip.source.isUnspecified, !ip.destination.isMulticast else { return drop(.martianSource) }
             handleTCP(l4, ip: GuestPacket(ip, protocolNumber: protocolNumber), ethernet: ethernet, now: now)
-        case IPv6Header.noNextHeader: drop(.unknownIPProtocol)
-        default: drop(.unknownIPProtocol)
+        default: drop(.unknownIPProtocol)   // no next header (59) included
         }
     }
 
@@ -103,13 +112,7 @@ extension Gateway {
         let key = FragmentKey(source: IPAddress(ip.source), destination: IPAddress(ip.destination), protocolNumber: upper.protocolNumber,
                               identification: fragment.identification)
         let outcome = reassembler.add(part, offset: fragment.offset, more: fragment.moreFragments, key: key, now: now)
-        for d in reassembler.takeDrops() {
-            switch d {
-            case .tooLong, .badLength: drop(.ipv6FragmentInvalid)
-            case .overlap: drop(.ipv6FragmentOverlap)
-            case .evicted, .timedOut: drop(.ipv6FragmentTimeout)
-            }
-        }
+        countReassemblyDrops(ipv6: true)
         guard case .complete(let whole, _) = outcome else { return }
         counters.count(.datagramsReassembled)
         // Extension headers may follow the fragment header inside the fragmentable part.
@@ -179,11 +182,7 @@ extension Gateway {
     func sendRouterAdvertisement(to destination: IPv6Address, mac: MACAddress, now: Instant) {
         routerAdvertisedOnce = true
         nextRouterAdvertisement = now + Self.routerAdvertisementInterval
-        var ra = RouterAdvertisement(sourceLinkLayer: config.gatewayMAC, mtu: UInt32(config.mtu), prefix: config.ipv6Prefix,
-                                     dnsServers: config.restricted ? [] : [config.ipv6DNSAddress],
-                                     searchList: config.restricted ? [] : (DNSNameEncoding.encode(config.dnsSearch) ?? []))
-        // A search list that does not fit the option's 255 units is left out rather than cut.
-        if ra.searchList.count > 1500 { ra.searchList = [] }
+        let ra = routerAdvertisement
         let length = ra.length
         guard length + 40 <= config.mtu else { return }
         let source = GatewayConfig.ipv6LinkLocalGateway
@@ -216,38 +215,8 @@ extension Gateway {
         }
         guard !config.restricted else { return drop(.restricted) }
         guard !dst.isMulticast else { return drop(.martianDestination) }
-        let key = ICMPFlowKey(guestAddress: IPAddress(ip.source), identifier: icmp.identifier, destination: IPAddress(dst))
-        var index = icmpFlows.lookup(key)
-        if index == nil {
-            let (target, reason) = hostDestination6(for: dst)
-            guard let hostAddress = target else {
-                if reason == .egressDenied {
-                    sendAdministrativelyProhibited(ip: GuestPacket(ip, protocolNumber: IPProtocol.icmpv6.rawValue), mac: ethernet.source,
-                                                   quotedWords: (UInt16(icmp.type) << 8 | UInt16(icmp.code), icmp.checksum, icmp.identifier, icmp.sequence))
-                }
-                return drop(reason!)
-            }
-            guard icmpFlows.count < icmpFlows.capacity else { return drop(.icmpFlowTableFull) }
-            let tagIndex = icmpFlows.nextFreeIndex!
-            guard let handle = host.openICMPEcho(to: IPAddress(hostAddress), tag: FlowTag(kind: .icmp, index: tagIndex)) else {
-                return drop(.hostSocketFailed)
-            }
-            index = icmpFlows.insert(key, ICMPFlow(key: key, handle: handle, guestMAC: ethernet.source, hostDestination: IPAddress(hostAddress),
-                                                   lastActive: now, ttl: 64))
-            counters.count(.icmpFlowsOpened)
-        }
-        let i = index!
-        var flow = icmpFlows[i]!
-        flow.lastActive = now
-        flow.guestMAC = ethernet.source
-        if flow.ttl != ip.hopLimit {
-            host.setTTL(flow.handle, ttl: ip.hopLimit)
-            flow.ttl = ip.hopLimit
-        }
-        icmpFlows[i] = flow
-        if !host.sendICMPEcho(flow.handle, identifier: icmp.identifier, sequence: icmp.sequence, payload: p.slice(8 ..< p.count)) {
-            drop(.hostSendFailed)
-        }
+        forwardEcho(p, ip: GuestPacket(ip, protocolNumber: IPProtocol.icmpv6.rawValue), type: icmp.type, code: icmp.code,
+                    checksum: icmp.checksum, identifier: icmp.identifier, sequence: icmp.sequence, mac: ethernet.source, now: now)
     }
 
     // MARK: UDP
@@ -273,9 +242,8 @@ extension Gateway {
         guard msg.type == DHCPv6Message.informationRequest, !ip.source.isUnspecified else { return drop(.dhcpv6Ignored) }
         // The reply must fit the MTU: room for the IPv6 and UDP headers (BAD-INPUTS 9, an oversized CLIENTID).
         let room = min(config.mtu - 48, scratch.count - 8)
-        let searchList = config.restricted ? [] : (DNSNameEncoding.encode(config.dnsSearch) ?? [])
-        guard let n = msg.emitReply(request: p, serverMAC: config.gatewayMAC, dnsServers: config.restricted ? [] : [config.ipv6DNSAddress],
-                                    searchList: searchList, into: scratch.slice(8 ..< 8 + room)) else {
+        guard let n = msg.emitReply(request: p, serverMAC: config.gatewayMAC, dnsServers: routerAdvertisement.dnsServers,
+                                    searchList: routerAdvertisement.searchList, into: scratch.slice(8 ..< 8 + room)) else {
             return drop(.dhcpv6Malformed)
         }
         counters.count(.dhcpv6Replies)
