@@ -99,13 +99,14 @@ static inline int vnet_link_up(const char *name, int mtu) {
     return 0;
 }
 
-/// Reads one IP_RECVERR error from a socket's error queue. On success fills the ICMP type/code, the
-/// offender's IPv4 address (network order, 0 if none) and returns 0; returns -errno otherwise.
-static inline int vnet_read_icmp_error(int fd, unsigned char *type, unsigned char *code,
-                                       unsigned int *offender, unsigned char *payload, int payload_cap,
-                                       int *payload_len) {
+/// Reads one extended error (IP_RECVERR or IPV6_RECVERR) from a socket's error queue: the quoted payload into
+/// `payload`, the ICMP/ICMPv6 type and code, and the offender's address (`offender_len` bytes copied from
+/// `sin_addr`/`sin6_addr`, zeros if none). 0 on success, -errno otherwise (-ENOMSG: not an ICMP error).
+static inline int vnet_read_error_queue(int fd, int level, int cmsg_type, int origin, int family,
+                                        unsigned char *type, unsigned char *code, void *offender, int offender_len,
+                                        unsigned char *payload, int payload_cap, int *payload_len) {
     char control[512];
-    struct sockaddr_in from;
+    struct sockaddr_storage from;
     struct iovec iov = { payload, (size_t)payload_cap };
     struct msghdr msg;
     memset(&msg, 0, sizeof msg);
@@ -115,17 +116,30 @@ static inline int vnet_read_icmp_error(int fd, unsigned char *type, unsigned cha
     ssize_t n = recvmsg(fd, &msg, MSG_ERRQUEUE | MSG_DONTWAIT);
     if (n < 0) return -errno;
     *payload_len = (int)n;
+    memset(offender, 0, (size_t)offender_len);
     for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-        if (c->cmsg_level == SOL_IP && c->cmsg_type == IP_RECVERR) {
+        if (c->cmsg_level == level && c->cmsg_type == cmsg_type) {
             struct sock_extended_err *ee = (struct sock_extended_err *)CMSG_DATA(c);
-            if (ee->ee_origin != SO_EE_ORIGIN_ICMP) return -ENOMSG;
+            if (ee->ee_origin != origin) return -ENOMSG;
             *type = ee->ee_type; *code = ee->ee_code;
-            struct sockaddr_in *off = (struct sockaddr_in *)SO_EE_OFFENDER(ee);
-            *offender = off->sin_family == AF_INET ? off->sin_addr.s_addr : 0;
+            struct sockaddr *off = SO_EE_OFFENDER(ee);
+            if (off->sa_family == family) {
+                if (family == AF_INET) memcpy(offender, &((struct sockaddr_in *)off)->sin_addr, (size_t)offender_len);
+                else memcpy(offender, &((struct sockaddr_in6 *)off)->sin6_addr, (size_t)offender_len);
+            }
             return 0;
         }
     }
     return -ENOMSG;
+}
+
+/// Reads one IP_RECVERR error from a socket's error queue. On success fills the ICMP type/code, the
+/// offender's IPv4 address (network order, 0 if none) and returns 0; returns -errno otherwise.
+static inline int vnet_read_icmp_error(int fd, unsigned char *type, unsigned char *code,
+                                       unsigned int *offender, unsigned char *payload, int payload_cap,
+                                       int *payload_len) {
+    return vnet_read_error_queue(fd, SOL_IP, IP_RECVERR, SO_EE_ORIGIN_ICMP, AF_INET, type, code, offender, 4,
+                                 payload, payload_cap, payload_len);
 }
 
 /// The IPv6 twin of vnet_read_icmp_error (IPV6_RECVERR): fills the ICMPv6 type/code and the offender's
@@ -133,29 +147,8 @@ static inline int vnet_read_icmp_error(int fd, unsigned char *type, unsigned cha
 static inline int vnet_read_icmp6_error(int fd, unsigned char *type, unsigned char *code,
                                         unsigned char *offender16, unsigned char *payload, int payload_cap,
                                         int *payload_len) {
-    char control[512];
-    struct sockaddr_in6 from;
-    struct iovec iov = { payload, (size_t)payload_cap };
-    struct msghdr msg;
-    memset(&msg, 0, sizeof msg);
-    msg.msg_name = &from; msg.msg_namelen = sizeof from;
-    msg.msg_iov = &iov; msg.msg_iovlen = 1;
-    msg.msg_control = control; msg.msg_controllen = sizeof control;
-    ssize_t n = recvmsg(fd, &msg, MSG_ERRQUEUE | MSG_DONTWAIT);
-    if (n < 0) return -errno;
-    *payload_len = (int)n;
-    memset(offender16, 0, 16);
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-        if (c->cmsg_level == SOL_IPV6 && c->cmsg_type == IPV6_RECVERR) {
-            struct sock_extended_err *ee = (struct sock_extended_err *)CMSG_DATA(c);
-            if (ee->ee_origin != SO_EE_ORIGIN_ICMP6) return -ENOMSG;
-            *type = ee->ee_type; *code = ee->ee_code;
-            struct sockaddr_in6 *off = (struct sockaddr_in6 *)SO_EE_OFFENDER(ee);
-            if (off->sin6_family == AF_INET6) memcpy(offender16, &off->sin6_addr, 16);
-            return 0;
-        }
-    }
-    return -ENOMSG;
+    return vnet_read_error_queue(fd, SOL_IPV6, IPV6_RECVERR, SO_EE_ORIGIN_ICMP6, AF_INET6, type, code, offender16, 16,
+                                 payload, payload_cap, payload_len);
 }
 
 /// Builds a sockaddr_in6 (address as 16 network-order bytes) into `out`; returns its length.
