@@ -221,6 +221,21 @@ public enum UserNetOptions {
         return (IPAddress(try parseAddress(key, String(parts[0]))), parts[1])
     }
 
+    /// The dash between a forward rule's host and guest sides: the first one outside brackets (IPv6 addresses and
+    /// host names never hide it).
+    public static func sideSeparator(_ text: String) -> String.Index? {
+        var depth = 0
+        for i in text.indices {
+            switch text[i] {
+            case "[": depth += 1
+            case "]": depth -= 1
+            case "-" where depth == 0: return i
+            default: break
+            }
+        }
+        return nil
+    }
+
     /// The `[tcp|udp]:` prefix of a forward rule, and the rest.
     public static func splitProtocol(_ key: String, _ text: Substring) throws(UserNetOptionError) -> (ForwardProtocol, Substring) {
         // The protocol is there when the text has a colon before any bracket and more than one colon outside brackets
@@ -240,18 +255,7 @@ public enum UserNetOptions {
 
     /// `[tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport`, each address IPv4 or bracketed IPv6.
     static func parseHostForward(_ v: String) throws(UserNetOptionError) -> (ForwardProtocol, IPAddress, UInt16, IPAddress?, UInt16) {
-        // The dash between the sides: the first one outside brackets.
-        var depth = 0
-        var dash: String.Index? = nil
-        for i in v.indices {
-            switch v[i] {
-            case "[": depth += 1
-            case "]": depth -= 1
-            case "-" where depth == 0: dash = dash ?? i
-            default: break
-            }
-        }
-        guard let d = dash else { throw UserNetOptionError("option 'hostfwd': expected [tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport, got '\(v)'") }
+        guard let d = sideSeparator(v) else { throw UserNetOptionError("option 'hostfwd': expected [tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport, got '\(v)'") }
         let (proto, hostSide) = try splitProtocol("hostfwd", v[..<d])
         let (hostAddress, hostPortText) = try splitAddressPort("hostfwd", hostSide)
         let hostPort = try parsePort("hostfwd", hostPortText, allowZero: true)

@@ -89,18 +89,7 @@ public struct PortMap: Equatable, Sendable, CustomStringConvertible {
     /// Parses `[tcp|udp]:[HOSTADDR]:HOSTPORT-VM:GUESTPORT`, VM being an address or a lease host name.
     public static func parse(_ text: String) -> Result<PortMap, SwitchOptionError> {
         let bad = SwitchOptionError("port map '\(text)': expected [tcp|udp]:[HOSTADDR]:HOSTPORT-VM:GUESTPORT (VM: an address or a host name; IPv6 in brackets)")
-        // The dash between the sides: the first one outside brackets (host names may hold dashes too).
-        var depth = 0
-        var dash: String.Index? = nil
-        for i in text.indices where dash == nil {
-            switch text[i] {
-            case "[": depth += 1
-            case "]": depth -= 1
-            case "-" where depth == 0: dash = i
-            default: break
-            }
-        }
-        guard let d = dash else { return .failure(bad) }
+        guard let d = UserNetOptions.sideSeparator(text) else { return .failure(bad) }
         let left = text[..<d]
         guard left.hasPrefix("tcp:") || left.hasPrefix("udp:") || left.hasPrefix(":") else { return .failure(bad) }
         let parsedLeft: (ForwardProtocol, IPAddress?, Substring)
