@@ -71,6 +71,24 @@ struct ControlProtocolTests {
         #expect(r["return"] == nil)
     }
 
+    @Test("error replies are written by hand with exactly the bytes JSONSerialization would give")
+    func errorEncodingMatchesFoundation() throws {
+        var every = ""
+        for u in UInt32(0) ..< 0x80 { every.unicodeScalars.append(Unicode.Scalar(u)!) }
+        let descs = ["plain", every, "quote \" backslash \\ slash / tab \t", "é ✓ 🚀 \u{7f}\u{80}\u{2028}", ""]
+        let ids: [Any?] = [nil, 7, -1.5, "x/y\"z", ["b": [1, "two", NSNull()], "a": true] as [String: Any], [1, 2], NSNull()]
+        for desc in descs {
+            for cls in ["GenericError", "CommandNotFound"] {
+                for id in ids {
+                    var o: [String: Any] = ["error": ["class": cls, "desc": desc]]
+                    if let id { o["id"] = id }
+                    let byHand = ControlDispatcher.encodeError(ControlError(desc, class: cls), id: id)
+                    #expect(byHand == ControlDispatcher.encode(o), "\(String(decoding: byHand, as: UTF8.self))")
+                }
+            }
+        }
+    }
+
     @Test("an unknown command is CommandNotFound and lists the known ones")
     func unknown() throws {
         let (cls, desc) = try #require(errorOf(try respond(#"{"execute": "nope"}"#)))
