@@ -81,9 +81,13 @@ struct TCPFlow {
     /// hostfwd: the guest answered our SYN with an ACK for an older connection; we reset it and sent the SYN again.
     var staleGuestStateReset = false
 
+    /// The host socket's free send space when last measured, and the bytes written to the socket since: their
+    /// difference is a lower bound on the space now (only the host peer's ACKs free space, and they can only
+    /// add to it). See `advertisedWindow`.
+    var measuredSendSpace = 0
+    var writtenSinceMeasure = 0
+
     var inFlight: UInt32 { sndNxt &- sndUna }
-    /// A window this small counts as closed: a window update goes out once the socket has this much room
-    /// (an MSS, but at most 8 KiB so jumbo MTUs cannot keep the window shut).
     /// A window update is worth sending once the window has room for a full segment (RFC 1122 §4.2.3.3,
     /// receiver SWS avoidance): a Linux sender with a window under one MSS does not send at all.
     var windowUpdateThreshold: Int { mss }
@@ -331,7 +335,9 @@ extension Gateway {
         }
         guard f.state == .established else { return }
 
-        // ACK processing.
+        // ACK processing. Acknowledged host data leaves the socket after the segment's own data went to the
+        // host (below): a request that acknowledges the previous reply reaches the host one syscall sooner.
+        var acked: UInt32 = 0
         let window = UInt32(tcp.window) << UInt32(f.guestWScale)
         if seqLT(f.sndUna, tcp.acknowledgment) && seqLE(tcp.acknowledgment, f.sndMax) {
             let ack = tcp.acknowledgment
@@ -341,11 +347,7 @@ extension Gateway {
                 dataEnd = f.finSeq
                 f.finAcked = true
             }
-            let acked = seqLT(f.sndUna, dataEnd) ? dataEnd &- f.sndUna : 0
-            if acked > 0 {
-                host.tcpDiscard(f.handle, count: Int(acked))
-                if !host.tcpDrainedPeekIsFinal { f.hostDataPending = true }
-            }
+            acked = seqLT(f.sndUna, dataEnd) ? dataEnd &- f.sndUna : 0
             f.sndUna = ack
             if seqLT(f.sndNxt, ack) {
                 // After a rewind, the guest acknowledged data sent before it: continue from there.
@@ -406,6 +408,7 @@ extension Gateway {
                 switch host.tcpSend(f.handle, data) {
                 case .done(let n):
                     f.rcvNxt &+= UInt32(n)
+                    f.writtenSinceMeasure += n
                     if n < data.count { fin = false; waitForSendSpace(i, &f) }
                 case .wouldBlock:
                     fin = false
@@ -421,6 +424,10 @@ extension Gateway {
                 host.tcpShutdownWrite(f.handle)
                 markAckPending(i, &f)
             }
+        }
+        if acked > 0 {
+            host.tcpDiscard(f.handle, count: Int(acked))
+            if !host.tcpDrainedPeekIsFinal { f.hostDataPending = true }
         }
         if f.guestFinReceived && f.finAcked {
             sendPendingAck(&f)
@@ -445,10 +452,18 @@ extension Gateway {
         }
     }
 
+    /// The host socket's free send space now (a syscall), remembered as the base of later estimates.
+    func measureSendSpace(_ f: inout TCPFlow) -> Int {
+        let space = max(0, host.tcpSendSpace(f.handle))
+        f.measuredSendSpace = space
+        f.writtenSinceMeasure = 0
+        return space
+    }
+
     /// Sends the window update once the host socket has room for a segment. Returns true when it went out.
     @discardableResult
     func sendWindowUpdateIfOpen(_ i: Int, _ f: inout TCPFlow) -> Bool {
-        guard f.wantWritable, host.tcpSendSpace(f.handle) >= f.windowUpdateThreshold else { return false }
+        guard f.wantWritable, measureSendSpace(&f) >= f.windowUpdateThreshold else { return false }
         f.wantWritable = false
         host.tcpSetInterest(f.handle, tag: FlowTag(kind: .tcp, index: i), readable: true, writable: false)
         emitSegment(&f, flags: .ack, sequence: f.sndNxt, payload: nil)
@@ -502,8 +517,20 @@ extension Gateway {
     /// The window field we advertise: the host socket's free send space, scaled.
     /// When it is under one MSS, EPOLLOUT is armed so the window update goes out as soon as the host socket
     /// drains (the guest would otherwise wait for its persist timer).
+    /// The space is measured (SO_SNDBUF less SIOCOUTQ, a syscall) only when the lower bound left from the last
+    /// measure (`measuredSendSpace - writtenSinceMeasure`) has fallen under half of it, or under four segments:
+    /// a request/response flow then advertises its window without a syscall per segment. Advertising the bound
+    /// keeps the window's right edge where it was (the bound falls by what `rcvNxt` rose), so it never shrinks.
     func advertisedWindow(_ f: inout TCPFlow) -> UInt16 {
-        let space = f.guestFinReceived ? 0 : max(0, host.tcpSendSpace(f.handle))
+        let space: Int
+        let bound = f.measuredSendSpace - f.writtenSinceMeasure
+        if f.guestFinReceived {
+            space = 0
+        } else if bound >= f.measuredSendSpace / 2 && bound >= 4 * f.windowUpdateThreshold {
+            space = bound
+        } else {
+            space = measureSendSpace(&f)
+        }
         f.lastAdvertised = UInt32(min(space, Int(UInt32.max)))
         if space < f.windowUpdateThreshold && !f.guestFinReceived && f.state == .established { waitForSendSpace(f.slot, &f) }
         let scaled = space >> Int(f.ourWScale)

@@ -212,7 +212,12 @@ final class FakeTCPHost: HostIO {
         s.peekOffset = offset
     }
 
-    func tcpSendSpace(_ handle: Int32) -> Int { live(handle, "tcpSendSpace")?.sendSpace ?? 0 }
+    /// How often the gateway asked for a socket's send space (a syscall pair on a real host).
+    private(set) var sendSpaceQueries = 0
+    func tcpSendSpace(_ handle: Int32) -> Int {
+        sendSpaceQueries += 1
+        return live(handle, "tcpSendSpace")?.sendSpace ?? 0
+    }
 
     func tcpShutdownWrite(_ handle: Int32) {
         guard let s = live(handle, "tcpShutdownWrite") else { return }
