@@ -44,6 +44,7 @@ public final class ControlServer {
     let epoll: Epoll
     let listenFD: Int32
     let clientTag: UInt64
+    let listenerTag: UInt64
     let dispatcher: ControlDispatcher
     var clients: [Client?]
     /// Connections at once (`--limit control-clients`, default `maximumClients`).
@@ -61,6 +62,7 @@ public final class ControlServer {
         clients = Array(repeating: nil, count: max(1, clientLimit))
         self.epoll = epoll
         self.clientTag = clientTag
+        self.listenerTag = listenerTag
         dispatcher = ControlDispatcher(target: target)
         listenFD = try UserNetRuntime.listenUnix(path: path)
         try epoll.add(listenFD, events: Epoll.readable, tag: listenerTag)   // on failure, deinit closes and unlinks
@@ -88,7 +90,10 @@ public final class ControlServer {
 
     func acceptClients() {
         for _ in 0 ..< 64 {
-            guard let fd = Sys.accept(listenFD) else { return }
+            guard let fd = Sys.accept(listenFD) else {
+                epoll.pauseListenerIfShort(listenFD, error: errno, tag: listenerTag)
+                return
+            }
             guard let slot = clients.firstIndex(where: { $0 == nil }) else {
                 rejectedClients &+= 1
                 let line = ControlDispatcher.encode(["error": ["class": "GenericError",

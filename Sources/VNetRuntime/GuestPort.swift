@@ -101,9 +101,14 @@ final class GuestPort {
 
     // MARK: Stream listener
 
-    func accept(queue: FrameQueue) {
+    /// Accepts QEMU's connection on the listener registered under `listenerTag` (a second one is refused).
+    func accept(queue: FrameQueue, listenerTag: UInt64) {
         guard case .streamListener(let lfd) = kind else { return }
-        while let c = Sys.accept(lfd) {
+        while true {
+            guard let c = Sys.accept(lfd) else {
+                epoll.pauseListenerIfShort(lfd, error: errno, tag: listenerTag)
+                return
+            }
             if fd >= 0 {
                 counters.rejectedConnections &+= 1
                 logger.warning("rejected a second connection: one QEMU is already attached")

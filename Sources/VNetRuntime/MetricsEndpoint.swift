@@ -30,6 +30,7 @@ public final class MetricsEndpoint {
     let epoll: Epoll
     let listenFD: Int32
     let clientTag: UInt64
+    let listenerTag: UInt64
     let render: () -> [UInt8]
     var clients: [Client?] = Array(repeating: nil, count: MetricsEndpoint.maximumClients)
     public let boundAddress: String
@@ -38,6 +39,7 @@ public final class MetricsEndpoint {
     public init(host: String, port: UInt16, epoll: Epoll, listenerTag: UInt64, clientTag: UInt64, render: @escaping () -> [UInt8]) throws {
         guard let a = IPv4Address(host) else { throw RuntimeError("--metrics: '\(host)' is not an IPv4 address") }
         self.epoll = epoll
+        self.listenerTag = listenerTag
         self.clientTag = clientTag
         self.render = render
         let fd = try Sys.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
@@ -62,7 +64,10 @@ public final class MetricsEndpoint {
     public func handle(tag: UInt64, events: UInt32, isListener: Bool) {
         if isListener {
             for _ in 0 ..< 16 {
-                guard let fd = Sys.accept(listenFD) else { return }
+                guard let fd = Sys.accept(listenFD) else {
+                    epoll.pauseListenerIfShort(listenFD, error: errno, tag: listenerTag)
+                    return
+                }
                 guard let slot = clients.firstIndex(where: { $0 == nil }),
                       (try? epoll.add(fd, events: Epoll.readable | Epoll.hangup, tag: clientTag | UInt64(slot))) != nil else {
                     Sys.close(fd)

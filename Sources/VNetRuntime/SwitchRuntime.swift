@@ -382,7 +382,10 @@ public final class SwitchRuntime {
         if map.proto == .tcp {
             for _ in 0 ..< 64 {
                 var from = SocketAddress()
-                guard let c = Sys.accept(fd, from: &from) else { return }
+                guard let c = Sys.accept(fd, from: &from) else {
+                    epoll.pauseListenerIfShort(fd, error: errno, tag: SwitchTag.portMapTCP.tag(i))
+                    return
+                }
                 guard let to = target, let (a, p) = UserNetRuntime.peer(from),
                       gw.acceptForwardedTCP(handle: c, from: a, port: p, to: to, port: map.guestPort, now: instant) else {
                     if target == nil { logger.notice("port map \(map): no VM holds that name now; connection refused") }
@@ -620,7 +623,11 @@ public final class SwitchRuntime {
 
     func accept(_ li: Int) {
         let listener = listeners[li]
-        while let c = Sys.accept(listener.fd) {
+        while true {
+            guard let c = Sys.accept(listener.fd) else {
+                epoll.pauseListenerIfShort(listener.fd, error: errno, tag: SwitchTag.listener.tag(li))
+                return
+            }
             let gp = GuestPort(kind: .streamListener(listenFD: -1), epoll: epoll, mtu: options.mtu, logger: logger)
             gp.fd = c
             do {

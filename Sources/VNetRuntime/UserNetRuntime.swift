@@ -48,14 +48,11 @@ public final class UserNetRuntime {
     public private(set) var sandboxed = false
     var sandboxPortStart = 1024
     var limitReporter = LimitReporter()
-    /// hostfwd TCP listeners out of epoll because accept ran out of fds (EMFILE and the like), and when they are
-    /// tried again. A listener stays readable while its backlog waits, so polling it would spin the loop.
-    var pausedForwards: [Int] = []
-    var forwardsResumeAt: UInt64 = 0
+    /// Accepts on a listener that failed for want of fds (the listener pauses, see Epoll), hostfwd's counted apart,
+    /// and what the last report said.
     var acceptPauses: UInt64 = 0
     var acceptPausesReported: UInt64 = 0
     var nextAcceptPauseReport: UInt64 = 0
-    static let acceptPause: UInt64 = 100_000_000
     static let limitReportInterval: UInt64 = 10_000_000_000
     /// Lines printed on stdout at start-up (also returned for tests).
     public private(set) var startupLines: [String] = []
@@ -258,8 +255,7 @@ public final class UserNetRuntime {
             for _ in 0 ..< 64 {
                 var from = SocketAddress()
                 guard let c = Sys.accept(fd, from: &from) else {
-                    let e = errno
-                    if e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM { pauseForward(i, fd: fd, now: now) }
+                    if epoll.pauseListenerIfShort(fd, error: errno, tag: LoopTag.forwardTCP.tag | UInt64(i)) { acceptPauses &+= 1 }
                     return
                 }
                 guard let (a, p) = UserNetRuntime.peer(from),
@@ -289,24 +285,6 @@ public final class UserNetRuntime {
             return (addr.isIPv4Mapped ? IPAddress(IPv4Address(rawValue: UInt32(truncatingIfNeeded: addr.low))) : IPAddress(addr), p)
         }
         return nil
-    }
-
-    /// Out of fds: the connections wait in the listener's backlog, and the listener leaves epoll for
-    /// `acceptPause` (counted as `hostfwd_accept_pauses`, logged once per report interval).
-    func pauseForward(_ slot: Int, fd: Int32, now: UInt64) {
-        try? epoll.modify(fd, events: 0, tag: LoopTag.forwardTCP.tag | UInt64(slot))
-        if !pausedForwards.contains(slot) { pausedForwards.append(slot) }
-        forwardsResumeAt = now + UserNetRuntime.acceptPause
-        acceptPauses &+= 1
-    }
-
-    func resumeForwards(now: UInt64) {
-        guard !pausedForwards.isEmpty, now >= forwardsResumeAt else { return }
-        for slot in pausedForwards where slot < forwards.count {
-            guard let f = forwards[slot], f.rule.proto == .tcp else { continue }
-            try? epoll.modify(f.fd, events: Epoll.readable, tag: LoopTag.forwardTCP.tag | UInt64(slot))
-        }
-        pausedForwards.removeAll()
     }
 
     // MARK: Set-up helpers
@@ -422,14 +400,10 @@ public final class UserNetRuntime {
                 applyResolvers(servers)
             }
             port.tryConnect(now: now)
-            resumeForwards(now: now)
             reportLimits(now: now)
             port.flush(queue: gateway.toGuest, now: now)
             var timeout = Int32(clamping: max(0, Int64(gateway.nextDeadline.nanoseconds) - Int64(now)) / 1_000_000)
             timeout = min(max(timeout, 1), 1000)
-            if !pausedForwards.isEmpty {
-                timeout = min(timeout, Int32(clamping: max(0, Int64(forwardsResumeAt) - Int64(now)) / 1_000_000))
-            }
             if case .streamConnector = port.kind, port.fd < 0 {
                 timeout = min(timeout, Int32(clamping: max(0, Int64(port.reconnectAt) - Int64(now)) / 1_000_000))
             }
@@ -462,10 +436,10 @@ public final class UserNetRuntime {
     /// Logs each limit that bit since the last report (LimitReporter.swift).
     func reportLimits(now: UInt64) {
         limitReporter.report(now: now, counters: gateway.counters, controlRejected: control?.rejectedClients ?? 0, logger: logger)
-        if acceptPauses > acceptPausesReported && now >= nextAcceptPauseReport {
+        if epoll.listenerPauses > acceptPausesReported && now >= nextAcceptPauseReport {
             nextAcceptPauseReport = now + UserNetRuntime.limitReportInterval
-            logger.warning("out of file descriptors: hostfwd accepts paused x\(acceptPauses - acceptPausesReported) since the last report; new connections wait in the backlog (raise the fd limit, ulimit -n)")
-            acceptPausesReported = acceptPauses
+            logger.warning("out of file descriptors: accepts paused x\(epoll.listenerPauses - acceptPausesReported) since the last report (hostfwd \(acceptPauses) in all); new connections wait in the backlog (raise the fd limit, ulimit -n)")
+            acceptPausesReported = epoll.listenerPauses
         }
     }
 
@@ -490,7 +464,7 @@ public final class UserNetRuntime {
         }
         switch LoopTag(rawValue: UInt8(truncatingIfNeeded: tag >> 56)) {
         case .listener:
-            port.accept(queue: gateway.toGuest)
+            port.accept(queue: gateway.toGuest, listenerTag: LoopTag.listener.tag)
         case .forwardTCP, .forwardUDP:
             acceptForwards(Int(UInt32(truncatingIfNeeded: tag)), now: now)
         case .connection, .datagram, .tap, .connector:
@@ -530,7 +504,7 @@ public final class UserNetRuntime {
             ("drop_port_frame_too_short", p.droppedShort), ("drop_port_frame_too_long", p.droppedOversize),
             ("port_desync_resets", p.desyncResets), ("port_connections", p.connections),
             ("port_rejected_connections", p.rejectedConnections), ("drop_port_send_errors", p.sendErrors),
-            ("drop_tx_queue_refused", gateway.toGuest.refused), ("hostfwd_accept_pauses", acceptPauses),
+            ("drop_tx_queue_refused", gateway.toGuest.refused), ("hostfwd_accept_pauses", acceptPauses), ("accept_pauses", epoll.listenerPauses),
             ("drop_control_clients_full", control?.rejectedClients ?? 0),
         ]
         lines += portLines.filter { $0.1 > 0 }.map { "\($0.0) \($0.1)" }

@@ -559,7 +559,7 @@ def test_hostfwd_out_of_fds_waits_without_spinning(nets, log_dir):
                 print(f"out of fds: vnet used {cpu:.2f} s of CPU in {wall:.2f} s")
                 assert r.returncode == 0 and "3 packets received" in r.stdout, r.stdout + r.stderr
                 assert cpu < 0.25 * wall, f"vnet used {cpu:.2f} s of CPU in {wall:.2f} s while out of fds"
-                v.proc.wait_for_line(r"out of file descriptors: hostfwd accepts paused", 20, stream="stderr")
+                v.proc.wait_for_line(r"out of file descriptors: accepts paused x\d+ .*\(hostfwd [1-9]", 20, stream="stderr")
                 holder.stdin.write(b"go\n")
                 holder.stdin.flush()
                 done = out.wait_for(r"DONE ok=(\d+) failed=(\d+)\n", 90)
@@ -572,6 +572,57 @@ def test_hostfwd_out_of_fds_waits_without_spinning(nets, log_dir):
             assert c.get("hostfwd_accept_pauses", 0) > 0 and c.get("tcp_forwards_accepted") == n, c
     finally:
         stop(server)
+
+
+def test_control_socket_out_of_fds_waits_without_spinning(nets, log_dir):
+    """Control clients past vnet's fds (--nofile 32, under the 128-client limit): the listener pauses rather
+    than spinning on a backlog it cannot accept from, the guest is still served, the pause is logged and counted,
+    and once the held clients leave, the waiting ones are served in turn."""
+    with Vnet(nets, log_dir, nofile=32) as v:
+        base_fds = v.fds()
+        # Ten more than vnet has fds for: they wait in the listener's backlog (16 deep; a unix connect past a
+        # full backlog would block).
+        n = 32 - base_fds + 10
+        held = []
+        try:
+            def connected(c: socket.socket) -> bool:
+                try:
+                    c.connect(str(v.ctl_path))   # the kernel completes it from the backlog
+                    return True
+                except BlockingIOError:          # the backlog is full until vnet accepts (a unix socket says EAGAIN)
+                    return False
+
+            for i in range(n):
+                c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                c.settimeout(30)
+                held.append(c)
+                rig.wait_for(lambda: connected(c), 20, message=f"control client {i} to connect")
+            rig.wait_for(lambda: v.fds() == 32, 20, message=lambda: f"vnet to run out of fds ({v.fds()} of 32)")
+            cpu0, t0 = cpu_seconds(v.pid), time.monotonic()
+            r = in_ns(nets.guest_ns, "busybox", "ping", "-c", "3", "-W", "5", GW, check=False)
+            cpu, wall = cpu_seconds(v.pid) - cpu0, time.monotonic() - t0
+            print(f"out of fds (control): vnet used {cpu:.2f} s of CPU in {wall:.2f} s")
+            assert r.returncode == 0 and "3 packets received" in r.stdout, r.stdout + r.stderr
+            assert cpu < 0.25 * wall, f"vnet used {cpu:.2f} s of CPU in {wall:.2f} s while out of fds"
+            v.proc.wait_for_line(r"out of file descriptors: accepts paused", 20, stream="stderr")
+            # The held clients leave but the last five, which waited in the backlog: they are accepted in turn
+            # and served.
+            for c in held[:-5]:
+                c.close()
+            for c in held[-5:]:
+                c.sendall(b'{"execute": "stats", "id": 1}\n')
+                reply = b""
+                while not reply.endswith(b"\n"):
+                    chunk = c.recv(65536)
+                    assert chunk, "the control socket closed a client that waited in the backlog"
+                    reply += chunk
+                assert b'"return"' in reply and b'"id":1' in reply, reply[:200]
+        finally:
+            for c in held:
+                c.close()
+        v.wait_settled(base_fds)
+        c = rig.read_counters(v.proc)
+        assert c.get("accept_pauses", 0) > 0, c
 
 
 # ------------------------------------------------------------------------ host peer resets or stalls
