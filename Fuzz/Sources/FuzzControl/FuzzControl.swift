@@ -15,7 +15,7 @@ final class FuzzTarget: ControlTarget {
                 return ControlResult(value: ["name": s, "n": n], text: "\(s) \(n)")
             },
             ControlCommand("fail", help: "always fails") { _ in throw ControlError("no") },
-            ControlCommand("big", help: "a large reply") { _ in ControlResult(value: Array(repeating: "x", count: 1000), text: "big") },
+            ControlCommand("big", help: "a reply of many values") { _ in ControlResult(value: Array(repeating: "x", count: 64), text: "big") },
         ]
     }
 }
