@@ -16,8 +16,11 @@ struct GatewayPolicyFlags: ParsableArguments {
     @Option(name: .customLong("limit"), help: ArgumentHelp("Set a limit (repeatable): \(GatewayLimit.allCases.map(\.rawValue).joined(separator: ", ")) (seconds).", valueName: "NAME=N"))
     var limits: [String] = []
 
-    /// Extra entries (from `vnet nat`'s config file) are applied before the command line's.
-    func apply(to gw: inout GatewayConfig, extraDeny: [String] = [], extraAllow: [String] = [], extraLimits: [String] = []) throws {
+    /// Extra entries (from `vnet nat`'s config file) are applied before the command line's. `singleGuest` (`vnet
+    /// user`: the gateway serves one VM) makes the per-guest flow limits default to the whole table's, since a
+    /// quarter of the table would only cap the one guest there is; a `guest-*-flows` limit given still applies.
+    func apply(to gw: inout GatewayConfig, extraDeny: [String] = [], extraAllow: [String] = [], extraLimits: [String] = [],
+               singleGuest: Bool = false) throws {
         let limits = extraLimits + self.limits
         let deny = extraDeny + self.deny
         let allow = extraAllow + self.allow
@@ -30,6 +33,11 @@ struct GatewayPolicyFlags: ParsableArguments {
             guard let v = Int(parts[1]), gw.setLimit(l, v) else {
                 throw ValidationError("--limit \(l.rawValue) must be a number from \(l.range.lowerBound) to \(l.range.upperBound)")
             }
+        }
+        if singleGuest {
+            let named = Set(limits.compactMap { $0.split(separator: "=", maxSplits: 1).first.map(String.init) })
+            if !named.contains(GatewayLimit.guestTCPFlows.rawValue) { gw.guestTCPFlowCapacity = gw.tcpFlowCapacity }
+            if !named.contains(GatewayLimit.guestUDPFlows.rawValue) { gw.guestUDPFlowCapacity = gw.udpFlowCapacity }
         }
         for (flag, list) in [("--deny", deny), ("--allow", allow)] {
             for text in list {

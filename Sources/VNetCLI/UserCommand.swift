@@ -92,7 +92,7 @@ struct UserCommand: ParsableCommand {
         }
         gw.mtu = mtu
         gw.mapGatewayToHostLoopback = !noMapHostLoopback
-        try policy.apply(to: &gw)
+        try policy.apply(to: &gw, singleGuest: true)
 
         let chosen = [socketPath != nil, listenAddress != nil, connectAddress != nil, dgramAddress != nil, vfkitPath != nil, tapName != nil].filter { $0 }.count
         guard chosen <= 1 else { throw ValidationError("choose one transport: --socket, --listen, --connect, --dgram, --vfkit or --tap") }

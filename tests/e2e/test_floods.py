@@ -355,7 +355,8 @@ def test_udp_sweep_every_port(nets, log_dir):
     """One datagram to each of the 65,535 ports of 10.0.2.2 (host loopback): 4096 flows (the cap) get host
     sockets, the rest are dropped and counted, closed ports answer with ICMP port unreachable, the transfer goes
     on, and with --limit udp-timeout=3 every socket is gone 3 s later; then UDP works again. The per-guest cap
-    (guest-udp-flows, 1024 by default) is raised above the table's, so the table's own cap is what bites here."""
+    (guest-udp-flows; `vnet user` defaults it to the table's) is set above the table's, so the table's own cap is
+    what bites here."""
     with Vnet(nets, log_dir, ["--limit", "udp-timeout=3", "--limit", "guest-udp-flows=8192"]) as v:
         assert "udp-timeout 3 s" in v.proc.stdout.text
         base_fds = v.fds()

@@ -36,3 +36,22 @@ def test_guest_udp_flows_caps_one_guest_and_is_logged_once(workdir, log_dir, ser
         h.check()
         assert proc.stderr.text.count("limit reached: udp_guest_flows_full") == 1
         q.close()
+
+
+def test_single_guest_defaults_follow_the_tables(workdir, log_dir):
+    """`vnet user` serves one VM: its per-guest flow limits default to the whole table's (also when tcp-flows or
+    udp-flows is raised), and an explicit guest-*-flows limit still wins."""
+    cases = [
+        ([], "tcp-flows 16384,", ("guest-tcp-flows 16384,", "guest-udp-flows 4096,")),
+        (["--limit", "tcp-flows=20000", "--limit", "udp-flows=5000"], "tcp-flows 20000,",
+         ("guest-tcp-flows 20000,", "guest-udp-flows 5000,")),
+        (["--limit", "guest-tcp-flows=7"], "tcp-flows 16384,", ("guest-tcp-flows 7,", "guest-udp-flows 4096,")),
+    ]
+    for i, (extra, table, expected) in enumerate(cases):
+        sock = workdir / f"defaults-{i}.sock"
+        with rig.VnetProcess(["user", "--socket", sock, *extra], log_dir=log_dir, name=f"vnet-defaults-{i}") as proc:
+            line = next(l for l in proc.stdout.text.splitlines() if l.startswith("vnet: limits:"))
+            assert table in line, line
+            for e in expected:
+                assert e in line, line
+
