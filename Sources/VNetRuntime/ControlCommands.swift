@@ -224,23 +224,31 @@ public final class ControlDispatcher {
 
     /// `s` as a JSON string literal, escaped as JSONSerialization escapes it (with `.withoutEscapingSlashes`).
     static func appendJSONString(_ s: String, to out: inout [UInt8]) {
-        let hex: [UInt8] = Array("0123456789abcdef".utf8)
         out.append(0x22)
         for b in s.utf8 {
+            let escaped: UInt8
             switch b {
-            case 0x22: out += [0x5C, 0x22]
-            case 0x5C: out += [0x5C, 0x5C]
-            case 0x08: out += [0x5C, 0x62]
-            case 0x0C: out += [0x5C, 0x66]
-            case 0x0A: out += [0x5C, 0x6E]
-            case 0x0D: out += [0x5C, 0x72]
-            case 0x09: out += [0x5C, 0x74]
-            case 0x00 ..< 0x20: out += [0x5C, 0x75, 0x30, 0x30, hex[Int(b >> 4)], hex[Int(b & 0xF)]]
-            default: out.append(b)
+            case 0x22, 0x5C: escaped = b
+            case 0x08: escaped = 0x62   // \b
+            case 0x0C: escaped = 0x66   // \f
+            case 0x0A: escaped = 0x6E   // \n
+            case 0x0D: escaped = 0x72   // \r
+            case 0x09: escaped = 0x74   // \t
+            case 0x00 ..< 0x20:
+                out.append(0x5C); out.append(0x75); out.append(0x30); out.append(0x30)
+                out.append(hexDigit(b >> 4)); out.append(hexDigit(b & 0xF))
+                continue
+            default:
+                out.append(b)
+                continue
             }
+            out.append(0x5C)
+            out.append(escaped)
         }
         out.append(0x22)
     }
+
+    @inline(__always) static func hexDigit(_ v: UInt8) -> UInt8 { v < 10 ? 0x30 + v : 0x61 + v - 10 }
 
     /// An asynchronous event line (QMP's shape).
     public static func event(_ name: String, data: [String: Any], now: timespec) -> [UInt8] {
