@@ -90,7 +90,6 @@ extension VirtualNetwork {
             o.leasesFile = leasesFile
             o.resolvConfPath = resolvConfPath
             if let up = upstreamDNS.first {
-                guard up.family == .ipv4 else { throw VirtualNetworkError.unsupported("IPv6 upstream DNS servers are not supported yet") }
                 o.dnsUpstream = (up.description, 53)
             }
             var check = LocalDNSRecords()

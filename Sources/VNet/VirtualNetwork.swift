@@ -55,11 +55,7 @@ public final class VirtualNetwork: Service, @unchecked Sendable {
     public convenience init(configuration: Configuration = Configuration(), logger: Logger) throws {
         try self.init(options: try configuration.switchOptions(), logger: logger)
         if configuration.upstreamDNS.count > 1 {   // the options carry one; the gateway fails over between all
-            let all = try configuration.upstreamDNS.map { a -> (IPv4Address, UInt16) in
-                guard let v = a.ipv4Value else { throw VirtualNetworkError.unsupported("IPv6 upstream DNS servers are not supported yet") }
-                return (IPv4Address(rawValue: v), 53)
-            }
-            runtime.gateway?.setDNSUpstreams(all)
+            runtime.gateway?.setDNSUpstreams(configuration.upstreamDNS.map { ($0.wire, UInt16(53)) })
         }
     }
 

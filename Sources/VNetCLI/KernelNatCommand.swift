@@ -81,7 +81,7 @@ struct KernelNatMode {
             }
             return (a, p)
         }
-        guard let text = readSmallFile(resolvConf), let first = ResolvConf.parse(text).first else { return nil }
+        guard let text = readSmallFile(resolvConf), let first = ResolvConf.parse(text).compactMap(\.v4).first else { return nil }
         return (first, 53)
     }
 

@@ -154,17 +154,23 @@ struct UserCommand: ParsableCommand {
             opts.metrics = MetricsOptions(host: h, port: p, render: { [] })
         }
         if let u = dnsUpstream {
-            let (h, p) = try hostPort(u, flag: "--dns-upstream")
+            let (h, p) = try hostPort(u, flag: "--dns-upstream", allowIPv6: true)
             opts.dnsUpstream = (h, p)
         }
         return (opts, extra)
     }
 
-    func hostPort(_ s: String, flag: String) throws -> (String, UInt16) {
+    func hostPort(_ s: String, flag: String, allowIPv6: Bool = false) throws -> (String, UInt16) {
         guard let colon = s.lastIndex(of: ":") else { throw ValidationError("\(flag): expected HOST:PORT, got '\(s)'") }
-        let h = String(s[..<colon])
+        var h = String(s[..<colon])
         guard let p = UInt16(s[s.index(after: colon)...]) else { throw ValidationError("\(flag): bad port in '\(s)'") }
-        guard IPv4Address(h) != nil else { throw ValidationError("\(flag): '\(h)' is not an IPv4 address") }
+        if allowIPv6, h.hasPrefix("["), h.hasSuffix("]"), IPv6Address(h.dropFirst().dropLast()) != nil {
+            h = String(h.dropFirst().dropLast())
+            return (h, p)
+        }
+        guard IPv4Address(h) != nil else {
+            throw ValidationError("\(flag): '\(h)' is not an IPv4 address\(allowIPv6 ? " (an IPv6 one goes in brackets: [::1]:53)" : "")")
+        }
         return (h, p)
     }
 

@@ -32,7 +32,7 @@ public final class Gateway<Host: HostIO> {
     public internal(set) var counters = GatewayCounters()
     public internal(set) var dhcp: DHCPServer
     /// Upstream DNS resolvers (host side), tried in order; set by the runtime from resolv.conf.
-    public private(set) var dnsUpstreams: [(IPv4Address, UInt16)] = []
+    public private(set) var dnsUpstreams: [(IPAddress, UInt16)] = []
     /// Names the gateway's DNS answers itself (see LocalDNSRecords.swift).
     public var localDNS = LocalDNSRecords()
     /// Called when DHCP acknowledges a lease (address, client MAC): control-plane events.
@@ -118,7 +118,10 @@ public final class Gateway<Host: HostIO> {
         tcpPeekBuffer.deallocate()
     }
 
-    public func setDNSUpstreams(_ upstreams: [(IPv4Address, UInt16)]) { dnsUpstreams = upstreams }
+    /// Upstream resolvers of either family: an IPv4 guest's query may go to an IPv6 resolver and back.
+    public func setDNSUpstreams(_ upstreams: [(IPAddress, UInt16)]) { dnsUpstreams = upstreams }
+    @_disfavoredOverload
+    public func setDNSUpstreams(_ upstreams: [(IPv4Address, UInt16)]) { setDNSUpstreams(upstreams.map { (IPAddress($0.0), $0.1) }) }
 
     public var udpFlowCount: Int { udpFlows.count }
     public var icmpFlowCount: Int { icmpFlows.count }

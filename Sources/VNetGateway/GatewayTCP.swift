@@ -155,7 +155,7 @@ extension Gateway {
             // DNS over TCP: relayed to the first upstream resolver, like DNS over UDP.
             guard key.destinationPort == 53 else { return .refused(.dnsWrongPort) }
             guard let up = currentDNSUpstream else { return .refused(.dnsNoUpstream) }
-            return .host(IPAddress(up.0), up.1)
+            return .host(up.0, up.1)
         }
         let (dst, reason) = hostDestination(for: key.destination)
         guard let d = dst else { return .refused(reason!) }

@@ -114,7 +114,7 @@ extension Gateway {
             if dns {
                 counters.count(.dnsQueries)
                 guard let upstream = currentDNSUpstream else { return answerDNSFailure(payload, ip: ip, udp: udp, mac: mac) }
-                (hostAddress, hostPort) = (IPAddress(upstream.0), upstream.1)
+                (hostAddress, hostPort) = upstream
             } else {
                 let (dst, reason) = hostDestination(for: ip.destination)
                 guard let d = dst else {
@@ -155,14 +155,14 @@ extension Gateway {
     }
 
     /// The upstream new DNS flows use: the first one, or the next after one stopped answering.
-    var currentDNSUpstream: (IPv4Address, UInt16)? {
+    var currentDNSUpstream: (IPAddress, UInt16)? {
         dnsUpstreams.isEmpty ? nil : dnsUpstreams[dnsUpstreamIndex % dnsUpstreams.count]
     }
 
     /// The upstream of `flow` failed (ICMP error, or no answer within `dnsFailoverTimeout`): later queries
     /// go to the next resolver, and the flow is closed so the guest's retry opens a flow to it.
     func failOverDNS(_ flow: UDPFlow) {
-        if dnsUpstreams.count > 1, let cur = currentDNSUpstream, IPAddress(cur.0) == flow.hostDestination {
+        if dnsUpstreams.count > 1, let cur = currentDNSUpstream, cur.0 == flow.hostDestination {
             dnsUpstreamIndex = (dnsUpstreamIndex + 1) % dnsUpstreams.count
             counters.count(.dnsFailovers)
         }
@@ -306,7 +306,12 @@ extension Gateway {
     }
 
     /// Replaces the upstream resolvers; open DNS flows to the old ones are closed so new queries follow the change.
+    @_disfavoredOverload
     public func replaceDNSUpstreams(_ upstreams: [(IPv4Address, UInt16)]) {
+        replaceDNSUpstreams(upstreams.map { (IPAddress($0.0), $0.1) })
+    }
+
+    public func replaceDNSUpstreams(_ upstreams: [(IPAddress, UInt16)]) {
         setDNSUpstreams(upstreams)
         dnsUpstreamIndex = 0
         for i in udpFlows.activeIndices {

@@ -1,5 +1,6 @@
 // Upstream DNS resolvers from a resolv.conf-style file, re-read when the file changes (VPNs rewrite it).
-// Only IPv4 `nameserver` lines are used (vnet's upstream sockets are IPv4 for now); others are skipped.
+// IPv4 and IPv6 `nameserver` lines are used, in order; an IPv6 link-local one (fe80::/10, which needs a zone such
+// as `%eth0` to mean anything) is skipped, as are unspecified addresses and anything that does not parse.
 
 import VNetGateway
 import VNetHost
@@ -9,13 +10,15 @@ import Glibc
 #endif
 
 public enum ResolvConf {
-    /// Parses `nameserver A.B.C.D` lines, in order. Comments (# ;) and other keywords are ignored.
-    public static func parse(_ text: String) -> [IPv4Address] {
-        var out: [IPv4Address] = []
+    /// Parses `nameserver ADDRESS` lines, in order. Comments (# ;) and other keywords are ignored.
+    public static func parse(_ text: String) -> [IPAddress] {
+        var out: [IPAddress] = []
         for line in text.split(whereSeparator: { $0 == "\n" || $0 == "\r" }) {
             let fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
             guard fields.count >= 2, fields[0] == "nameserver" else { continue }
-            if let a = IPv4Address(fields[1]), !a.isUnspecified { out.append(a) }
+            guard let a = IPAddress(text: fields[1]), !a.isUnspecified else { continue }
+            if !a.isIPv4 && a.v6.isLinkLocal { continue }
+            out.append(a)
         }
         return out
     }
@@ -46,7 +49,7 @@ final class ResolvConfWatcher {
     init(path: String) { self.path = path }
 
     /// Returns the new resolver list when the file changed since the last call (or on the first call).
-    func poll(nowNanoseconds: UInt64, force: Bool = false) -> [IPv4Address]? {
+    func poll(nowNanoseconds: UInt64, force: Bool = false) -> [IPAddress]? {
         guard force || nowNanoseconds &- lastCheck >= 1_000_000_000 || lastCheck == 0 else { return nil }
         lastCheck = nowNanoseconds
         let id = Sys.fileIdentity(path)

@@ -164,7 +164,7 @@ public final class SwitchRuntime {
         try epoll.add(commands.fd, events: Epoll.readable, tag: SwitchTag.command.tag())
         if let gw = gateway {
             if let up = options.dnsUpstream {
-                guard let a = IPv4Address(up.address) else { throw RuntimeError("--dns-upstream: '\(up.address)' is not an IPv4 address") }
+                guard let a = IPAddress(text: up.address) else { throw RuntimeError("--dns-upstream: '\(up.address)' is not an IP address") }
                 gw.setDNSUpstreams([(a, up.port)])
             }
             guard let p = fabric.addPort(name: "gateway", policy: .access(options.gatewayVLAN), sink: .local) else {

@@ -82,7 +82,7 @@ public final class UserNetRuntime {
         try epoll.add(sfd, events: Epoll.readable, tag: LoopTag.signal.tag)
 
         if let up = options.dnsUpstream {
-            guard let a = IPv4Address(up.address) else { throw RuntimeError("--dns-upstream: '\(up.address)' is not an IPv4 address") }
+            guard let a = IPAddress(text: up.address) else { throw RuntimeError("--dns-upstream: '\(up.address)' is not an IP address") }
             gateway.setDNSUpstreams([(a, up.port)])
             resolvWatcher = nil
         } else {
@@ -361,7 +361,7 @@ public final class UserNetRuntime {
         lines.append("vnet: egress: " + c.egress.summary)
         lines.append("vnet: limits: " + c.limitsSummary)
         if let up = options.dnsUpstream {
-            lines.append("vnet: dns upstream \(up.address):\(up.port)")
+            lines.append("vnet: dns upstream \(IPAddress(text: up.address)?.bracketed ?? up.address):\(up.port)")
         } else {
             lines.append("vnet: dns upstreams from \(options.resolvConfPath) (re-read on change)")
         }
@@ -443,10 +443,10 @@ public final class UserNetRuntime {
         }
     }
 
-    func applyResolvers(_ servers: [IPv4Address]) {
+    func applyResolvers(_ servers: [IPAddress]) {
         gateway.replaceDNSUpstreams(servers.map { ($0, 53) })
         if servers.isEmpty {
-            logger.warning("no IPv4 nameserver in \(options.resolvConfPath): DNS queries get SERVFAIL")
+            logger.warning("no usable nameserver in \(options.resolvConfPath): DNS queries get SERVFAIL")
         } else {
             logger.info("dns upstreams: \(servers.map(\.description).joined(separator: ", "))")
         }

@@ -203,6 +203,14 @@ public struct IPAddress: Hashable, Sendable, CustomStringConvertible {
 
     @inline(__always) public init(_ a: IPv4Address) { v6 = IPv6Address(high: 0, low: 0xFFFF_0000_0000 | UInt64(a.rawValue)) }
     @inline(__always) public init(_ a: IPv6Address) { v6 = a }
+    /// Either family's text form: dotted IPv4, or IPv6 (RFC 4291), with or without brackets.
+    public init?(text: some StringProtocol) {
+        if let a = IPv4Address(text) { self.init(a); return }
+        var t = Substring(text)
+        if t.hasPrefix("["), t.hasSuffix("]") { t = t.dropFirst().dropLast() }
+        guard let a = IPv6Address(t) else { return nil }
+        self.init(a)
+    }
 
     @inline(__always) public var isIPv4: Bool { v6.isIPv4Mapped }
     /// The IPv4 address, when this is one.

@@ -30,6 +30,40 @@ struct DNSForwardingTests {
         #expect(h.counters[.dnsQueries] == 2)
     }
 
+    @Test("an IPv6 upstream serves an IPv4 guest: the query goes out on an IPv6 socket, the reply comes back from 10.0.2.3")
+    func ipv6UpstreamForIPv4Guest() throws {
+        let h = GatewayHarness()
+        let v6 = IPAddress(IPv6Address("2001:db8::53")!)
+        h.gateway.setDNSUpstreams([(v6, 53)])
+        let query = FrameBuilder.dnsQuery(id: 0x6006)
+        #expect(h.exchange(FrameBuilder.udpFrame(dst: dnsIP, srcPort: 33_334, dstPort: 53, query)).isEmpty)
+        let open = try h.lastOpen()
+        #expect(open.kind == .udp && open.destination6 == v6.v6 && open.port == 53)
+        #expect(h.host.sent == [FakeHost.Sent(handle: open.handle, bytes: query)])
+        var answer = query
+        answer[2] = 0x81; answer[3] = 0x80
+        h.host.queue(open.handle, .datagram(answer))
+        h.hostReadable(open.tag)
+        let frames = h.drain()
+        try #require(frames.count == 1)
+        #expect(try expectUDP(frames[0], src: dnsIP, srcPort: 53, dstPort: 33_334) == answer)
+    }
+
+    @Test("an unreachable IPv6 upstream fails over to the next resolver (an IPv4 one)")
+    func ipv6UpstreamFailsOver() throws {
+        let h = GatewayHarness()
+        let v6 = IPAddress(IPv6Address("2001:db8::53")!)
+        h.gateway.setDNSUpstreams([(v6, 53), (IPAddress(upstream1.0), upstream1.1)])
+        h.send(FrameBuilder.udpFrame(dst: dnsIP, srcPort: 33_335, dstPort: 53, FrameBuilder.dnsQuery(id: 1)))
+        let first = try h.lastOpen()
+        #expect(first.destination6 == v6.v6)
+        h.host.queue(first.handle, .result(.icmp6Error(type: 1, code: 4, offender: v6.v6, length: 0)))
+        h.hostReadable(first.tag)
+        h.send(FrameBuilder.udpFrame(dst: dnsIP, srcPort: 33_335, dstPort: 53, FrameBuilder.dnsQuery(id: 2)))
+        let second = try h.lastOpen()
+        #expect(second.handle != first.handle && second.destination == upstream1.0 && second.port == upstream1.1)
+    }
+
     @Test("the upstream's reply reaches the guest from 10.0.2.3:53, with a valid UDP checksum")
     func reply() throws {
         let h = GatewayHarness()
