@@ -112,29 +112,44 @@ extension Gateway {
     /// were closed (each counted as `flows_closed_guest_gone`).
     @discardableResult
     public func closeAllFlows() -> Int {
+        let n = closeFlows(owned: { _ in true })
+        tftp?.closeAll()
+        tcpAckList.removeAll(keepingCapacity: true)
+        tcpQueueBlocked.removeAll()
+        tcpWindowWatch.removeAll(keepingCapacity: true)
+        return n
+    }
+
+    /// Some guests are gone (`vnet nat`/`switch`: the switch port they were learned on lost its peer): their NAT
+    /// flows go as in `closeAllFlows`, the other guests' stay. TFTP transfers end by their own timeout. The lists
+    /// of flows waiting for an ACK flush, queue room or window may still name a freed slot: each checks the
+    /// flow it finds there.
+    @discardableResult
+    public func closeFlows(ofGuests macs: Set<MACAddress>) -> Int {
+        guard !macs.isEmpty else { return 0 }
+        return closeFlows(owned: { macs.contains($0) })
+    }
+
+    func closeFlows(owned isGone: (MACAddress) -> Bool) -> Int {
         var n = 0
         for i in tcpFlows.activeIndices {
-            guard let f = tcpFlows[i] else { continue }
+            guard let f = tcpFlows[i], isGone(f.guestMAC) else { continue }
             host.tcpAbort(f.handle)
             forgetTCPFlow(f)
             n += 1
         }
         for i in udpFlows.activeIndices {
-            guard let f = udpFlows[i] else { continue }
+            guard let f = udpFlows[i], isGone(f.guestMAC) else { continue }
             if f.replyTo == nil { host.close(f.handle) }   // hostfwd flows share the forward's listener
             forgetUDPFlow(f)
             n += 1
         }
         for i in icmpFlows.activeIndices {
-            guard let f = icmpFlows[i] else { continue }
+            guard let f = icmpFlows[i], isGone(f.guestMAC) else { continue }
             host.close(f.handle)
             icmpFlows.remove(f.key)
             n += 1
         }
-        tftp?.closeAll()
-        tcpAckList.removeAll(keepingCapacity: true)
-        tcpQueueBlocked.removeAll()
-        tcpWindowWatch.removeAll(keepingCapacity: true)
         for _ in 0 ..< n { counters.count(.flowsClosedGuestGone) }
         return n
     }

@@ -285,6 +285,17 @@ public final class SwitchRuntime {
         return sp
     }
 
+    /// The peer of a port went away: the guests learned behind it are gone, and so are their NAT flows (TCP
+    /// host peers see RST, as with `vnet user`'s one guest), counted as `flows_closed_guest_gone`. A guest whose
+    /// MAC aged out of the table before (idle longer than the ageing time) keeps its flows until they time out.
+    func closeDepartedGuestsFlows(_ l: Link, reason: String) {
+        guard let gw = gateway else { return }
+        let macs = fabric.macs(of: l.switchPort)
+        guard !macs.isEmpty else { return }
+        let n = gw.closeFlows(ofGuests: Set(macs))
+        if n > 0 { logger.info("port \(l.description): \(reason); closed \(n) flows of \(macs.map(\.description).joined(separator: ", "))") }
+    }
+
     func removeLink(_ i: Int, reason: String) {
         guard let l = links[i] else { return }
         if l.hub == nil, l.port.fd >= 0 {
@@ -293,6 +304,7 @@ public final class SwitchRuntime {
             l.port.fd = -1
         }
         if let h = l.hub { hubs[h].peers.removeAll { $0.link == i } }
+        closeDepartedGuestsFlows(l, reason: reason)
         fabric.removePort(l.switchPort)
         links[i] = nil
         logger.info("port \(i) (\(l.description)) left: \(reason)")
@@ -612,11 +624,13 @@ public final class SwitchRuntime {
         gateway?.flushPendingAcks()
         if l.port.fd < 0 {
             if case .streamConnector = l.port.kind {
+                closeDepartedGuestsFlows(l, reason: "disconnected")
                 fabric.forgetMACs(of: l.switchPort)
             } else {
                 removeLink(i, reason: "disconnected")
             }
         } else if !wasConnected && l.port.isConnected {
+            closeDepartedGuestsFlows(l, reason: "a new peer connected")
             fabric.forgetMACs(of: l.switchPort)
         }
     }
@@ -651,7 +665,11 @@ public final class SwitchRuntime {
             var link = hubs[h].peers.first { SwitchRuntime.same($0.address, from) }?.link
             if hubs[h].vfkit, n == VfkitFraming.magic.count, VfkitFraming.isMagic(UnsafeRawBufferPointer(receiveBuffer.slice(0 ..< n))) {
                 // A (re)starting vfkit announces itself: a fresh port, or a known one whose MACs are forgotten.
-                if let i = link, let l = links[i] { fabric.forgetMACs(of: l.switchPort); continue }
+                if let i = link, let l = links[i] {
+                    closeDepartedGuestsFlows(l, reason: "vfkit restarted")
+                    fabric.forgetMACs(of: l.switchPort)
+                    continue
+                }
             }
             if link == nil {
                 let gp = GuestPort(kind: .datagram(peer: from), epoll: epoll, mtu: options.mtu, logger: logger)

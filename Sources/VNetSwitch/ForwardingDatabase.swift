@@ -82,6 +82,14 @@ public struct ForwardingDatabase {
         return .learned
     }
 
+    /// The MAC addresses learned on `port` (each once, whatever its VLANs).
+    public func macs(on port: Int) -> [MACAddress] {
+        guard port >= 0 && port < perPort.count, perPort[port] > 0 else { return [] }
+        var seen = Set<MACAddress>()
+        for (k, e) in entries where e.port == port { seen.insert(k.mac) }
+        return Array(seen)
+    }
+
     /// Forgets every entry of `port` (it left, or its peer reconnected).
     public mutating func forget(port: Int) {
         guard port >= 0 && port < perPort.count, perPort[port] > 0 else { return }

@@ -96,6 +96,9 @@ public final class L2Switch {
         fdb.forget(port: i)
     }
 
+    /// The MACs learned on port `i` (the guests behind it).
+    public func macs(of i: Int) -> [MACAddress] { fdb.macs(on: i) }
+
     /// Forgets the MACs of a port that stays (its peer went away and may come back).
     public func forgetMACs(of i: Int) { fdb.forget(port: i) }
 

@@ -56,6 +56,32 @@ struct GuestGoneTests {
         #expect(h.gateway.udpFlowCount == 1 && h.host.opens.count == opened.count + 1)
     }
 
+    @Test("closeFlows(ofGuests:): only the departed guests' flows go (vnet nat/switch: one port's peer left)")
+    func someGuestsGone() throws {
+        let h = GatewayHarness()
+        let otherMAC = MACAddress(0x52, 0x54, 0x00, 0x12, 0x34, 0x99)
+        let otherIP = IPv4Address(10, 0, 2, 16)
+        _ = h.exchange(FrameBuilder.udpFrame(dst: gatewayIP, srcPort: 40_000, dstPort: 8080, pattern(4)))
+        let mine = try h.lastOpen()
+        _ = h.exchange(FrameBuilder.udpFrame(src: otherIP, dst: gatewayIP, srcPort: 40_000, dstPort: 8080, mac: otherMAC, pattern(4)))
+        let theirs = try h.lastOpen()
+        #expect(h.gateway.udpFlowCount == 2)
+        #expect(h.gateway.closeFlows(ofGuests: []) == 0)
+        #expect(h.gateway.closeFlows(ofGuests: [otherMAC]) == 1)
+        #expect(h.gateway.udpFlowCount == 1 && h.host.closed == [theirs.handle] && !h.host.closed.contains(mine.handle))
+        #expect(h.counters[.flowsClosedGuestGone] == 1)
+        // The remaining guest's flow still carries its datagrams.
+        _ = h.exchange(FrameBuilder.udpFrame(dst: gatewayIP, srcPort: 40_000, dstPort: 8080, pattern(5)))
+        #expect(h.host.sent.last == FakeHost.Sent(handle: mine.handle, bytes: pattern(5)))
+
+        let t = TCPHarness()
+        t.introduceGuest()
+        let c = try t.connect(to: gatewayIP, port: 8080, from: 50_000)
+        #expect(t.gateway.closeFlows(ofGuests: [otherMAC]) == 0 && t.gateway.tcpFlowCount == 1)
+        #expect(t.gateway.closeFlows(ofGuests: [guestMAC]) == 1 && t.gateway.tcpFlowCount == 0)
+        #expect(try t.host.socket(c.handle).aborted, "the host peer is reset")
+    }
+
     @Test("udp-timeout and dhcp-lease-time are limits: parsed, ranged, shown and applied")
     func timeoutLimits() {
         var c = GatewayConfig()

@@ -12,6 +12,7 @@ import os
 import pwd
 import re
 import shutil
+import signal
 import socket
 import subprocess
 from pathlib import Path
@@ -220,3 +221,34 @@ def test_ipv6_port_map_from_host_ipv6_loopback_to_a_vm_over_ipv6(nat):
             data += chunk
     assert data.endswith(b"\r\n\r\nvm3 over ipv6\n"), data
     assert f"vnet: port map tcp [::1]:{nat.map_port6} -> [{VM3_SLAAC}]:8080" in nat.vnet.stdout.text
+
+
+def test_a_vm_that_goes_away_takes_its_flows(nat):
+    """vm1's QEMU is killed (SIGKILL) while it holds a TCP connection to a host loopback server through the
+    gateway: its switch port's peer is gone, so the gateway closes vm1's flows at once (the host server sees a
+    reset, not a connection left open until some timeout), counts them, and the other VMs keep their network.
+    Runs last in this file: vm1 is gone after it."""
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        srv.settimeout(30)
+        port = srv.getsockname()[1]
+        before = rig.read_counters(nat.vnet).get("flows_closed_guest_gone", 0)
+        g = nat.guests["vm1"]
+        g.start_background(f"sleep 600 | nc 192.168.122.1 {port}", "holder")
+        conn, _ = srv.accept()
+        with conn:
+            conn.settimeout(30)
+            conn.sendall(b"hold\n")
+            rig.wait_for(lambda: "hold" in g.background_output("holder"), timeout=20, message="vm1's nc to get the bytes")
+            os.kill(g.pid, signal.SIGKILL)
+            try:
+                ended = conn.recv(1)
+            except ConnectionResetError:
+                ended = b""
+            assert ended == b"", f"the connection stayed open after its VM went away: {ended!r}"
+        c = rig.read_counters(nat.vnet)
+        assert c.get("flows_closed_guest_gone", 0) > before, c
+        nat.vnet.wait_for_line(r"closed \d+ flows of 52:54:00:12:01:01", 10, stream="stderr")
+        r = nat.guests["vm2"].run("ping -c1 -W5 192.168.122.1")
+        assert r.rc == 0 and "1 packets received" in r.output, r.output
