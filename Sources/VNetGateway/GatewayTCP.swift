@@ -520,7 +520,8 @@ extension Gateway {
     /// The space is measured (SO_SNDBUF less SIOCOUTQ, a syscall) only when the lower bound left from the last
     /// measure (`measuredSendSpace - writtenSinceMeasure`) has fallen under half of it, or under four segments:
     /// a request/response flow then advertises its window without a syscall per segment. Advertising the bound
-    /// keeps the window's right edge where it was (the bound falls by what `rcvNxt` rose), so it never shrinks.
+    /// keeps the window's right edge where it was (the bound falls by what `rcvNxt` rose), so it does not shrink
+    /// (beyond the window scale's rounding, as before).
     func advertisedWindow(_ f: inout TCPFlow) -> UInt16 {
         let space: Int
         let bound = f.measuredSendSpace - f.writtenSinceMeasure

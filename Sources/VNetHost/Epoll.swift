@@ -6,7 +6,7 @@
 // want of a resource (EMFILE, ENFILE, ENOBUFS, ENOMEM), waiting on such a listener again would return at once,
 // forever: the loop spins at 100% CPU until an fd frees up. So `pauseListener` takes it out of the set (events 0)
 // for a while, and `wait` puts it back once the pause is over (the wait's timeout is cut to the earliest
-// resume). The connections wait in the backlog meanwhile; nothing is lost. `remove` and `add` forget any pause
+// resume). The connections wait in the backlog meanwhile; nothing is lost. `remove`, `add` and `modify` forget any pause
 // of that fd, so a closed listener's number reused by another socket is never modified behind its owner's back.
 
 import CVNetShim
