@@ -216,10 +216,10 @@ struct NatCommand: ParsableCommand {
             guard let c = u.lastIndex(of: ":"), let p = UInt16(u[u.index(after: c)...]) else {
                 throw ValidationError("--dns-upstream '\(u)': expected ADDR:PORT")
             }
-            var h = String(u[..<c])
-            if h.hasPrefix("["), h.hasSuffix("]") { h = String(h.dropFirst().dropLast()) }
-            guard IPAddress(text: h) != nil else { throw ValidationError("--dns-upstream '\(u)': '\(h)' is not an IP address (IPv6 in brackets: [::1]:53)") }
-            o.dnsUpstream = (h, p)
+            guard let a = IPAddress(text: u[..<c]) else {   // IPAddress(text:) takes IPv6 with or without brackets
+                throw ValidationError("--dns-upstream '\(u)': '\(u[..<c])' is not an IP address (IPv6 in brackets: [::1]:53)")
+            }
+            o.dnsUpstream = (a.description, p)
         }
         o.resolvConfPath = resolvConf ?? file.string("resolv-conf") ?? "/etc/resolv.conf"
         o.leasesFile = try leasesFile ?? file.string("leases-file") ?? NatCommand.defaultLeasesFile(name: netName)

@@ -286,14 +286,16 @@ public final class SwitchRuntime {
     }
 
     /// The peer of a port went away: the guests learned behind it are gone, and so are their NAT flows (TCP
-    /// host peers see RST, as with `vnet user`'s one guest), counted as `flows_closed_guest_gone`. A guest whose
-    /// MAC aged out of the table before (idle longer than the ageing time) keeps its flows until they time out.
-    func closeDepartedGuestsFlows(_ l: Link, reason: String) {
-        guard let gw = gateway else { return }
+    /// host peers see RST, as with `vnet user`'s one guest), counted as `flows_closed_guest_gone`; then the port
+    /// forgets their MACs. A guest whose MAC aged out of the table before (idle longer than the ageing time)
+    /// keeps its flows until they time out.
+    func guestsDeparted(_ l: Link, reason: String) {
         let macs = fabric.macs(of: l.switchPort)
-        guard !macs.isEmpty else { return }
-        let n = gw.closeFlows(ofGuests: Set(macs))
-        if n > 0 { logger.info("port \(l.description): \(reason); closed \(n) flows of \(macs.map(\.description).joined(separator: ", "))") }
+        if let gw = gateway, !macs.isEmpty {
+            let n = gw.closeFlows(ofGuests: Set(macs))
+            if n > 0 { logger.info("port \(l.description): \(reason); closed \(n) flows of \(macs.map(\.description).joined(separator: ", "))") }
+        }
+        fabric.forgetMACs(of: l.switchPort)
     }
 
     func removeLink(_ i: Int, reason: String) {
@@ -304,7 +306,7 @@ public final class SwitchRuntime {
             l.port.fd = -1
         }
         if let h = l.hub { hubs[h].peers.removeAll { $0.link == i } }
-        closeDepartedGuestsFlows(l, reason: reason)
+        guestsDeparted(l, reason: reason)
         fabric.removePort(l.switchPort)
         links[i] = nil
         logger.info("port \(i) (\(l.description)) left: \(reason)")
@@ -624,14 +626,12 @@ public final class SwitchRuntime {
         gateway?.flushPendingAcks()
         if l.port.fd < 0 {
             if case .streamConnector = l.port.kind {
-                closeDepartedGuestsFlows(l, reason: "disconnected")
-                fabric.forgetMACs(of: l.switchPort)
+                guestsDeparted(l, reason: "disconnected")
             } else {
                 removeLink(i, reason: "disconnected")
             }
         } else if !wasConnected && l.port.isConnected {
-            closeDepartedGuestsFlows(l, reason: "a new peer connected")
-            fabric.forgetMACs(of: l.switchPort)
+            guestsDeparted(l, reason: "a new peer connected")
         }
     }
 
@@ -665,11 +665,7 @@ public final class SwitchRuntime {
             var link = hubs[h].peers.first { SwitchRuntime.same($0.address, from) }?.link
             if hubs[h].vfkit, n == VfkitFraming.magic.count, VfkitFraming.isMagic(UnsafeRawBufferPointer(receiveBuffer.slice(0 ..< n))) {
                 // A (re)starting vfkit announces itself: a fresh port, or a known one whose MACs are forgotten.
-                if let i = link, let l = links[i] {
-                    closeDepartedGuestsFlows(l, reason: "vfkit restarted")
-                    fabric.forgetMACs(of: l.switchPort)
-                    continue
-                }
+                if let i = link, let l = links[i] { guestsDeparted(l, reason: "vfkit restarted"); continue }
             }
             if link == nil {
                 let gp = GuestPort(kind: .datagram(peer: from), epoll: epoll, mtu: options.mtu, logger: logger)

@@ -536,6 +536,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def assert_idle_out_of_fds(v, nets, what: str, nofile: int = 32):
+    """vnet reaches its fd limit with connections waiting in a listener's backlog; then, over a guest command's
+    run time, it must keep serving the guest (3 pings) without spinning (under a quarter of a CPU)."""
+    rig.wait_for(lambda: v.fds() == nofile, 20, message=lambda: f"vnet to run out of fds ({v.fds()} of {nofile})")
+    cpu0, t0 = cpu_seconds(v.pid), time.monotonic()
+    r = in_ns(nets.guest_ns, "busybox", "ping", "-c", "3", "-W", "5", GW, check=False)
+    cpu, wall = cpu_seconds(v.pid) - cpu0, time.monotonic() - t0
+    print(f"out of fds ({what}): vnet used {cpu:.2f} s of CPU in {wall:.2f} s")
+    assert r.returncode == 0 and "3 packets received" in r.stdout, r.stdout + r.stderr
+    assert cpu < 0.25 * wall, f"vnet used {cpu:.2f} s of CPU in {wall:.2f} s while out of fds"
+
+
 def test_hostfwd_out_of_fds_waits_without_spinning(nets, log_dir):
     """More held hostfwd connections than vnet has fds for (--nofile 32): the rest wait in the listener's backlog
     while vnet stays idle (a listener that cannot be accepted from stays readable: vnet pauses it instead of
@@ -552,14 +564,7 @@ def test_hostfwd_out_of_fds_waits_without_spinning(nets, log_dir):
             try:
                 out = rig.OutputCollector(holder.stdout, log_dir / "hold.log", "hold")
                 out.wait_for(r"OPEN 60\n", 30)
-                rig.wait_for(lambda: v.fds() == 32, 20, message=lambda: f"vnet to run out of fds ({v.fds()} of 32)")
-                # Out of fds, with connections waiting: vnet must not spin. The window is a guest command's run time.
-                cpu0, t0 = cpu_seconds(v.pid), time.monotonic()
-                r = in_ns(nets.guest_ns, "busybox", "ping", "-c", "3", "-W", "5", GW, check=False)
-                cpu, wall = cpu_seconds(v.pid) - cpu0, time.monotonic() - t0
-                print(f"out of fds: vnet used {cpu:.2f} s of CPU in {wall:.2f} s")
-                assert r.returncode == 0 and "3 packets received" in r.stdout, r.stdout + r.stderr
-                assert cpu < 0.25 * wall, f"vnet used {cpu:.2f} s of CPU in {wall:.2f} s while out of fds"
+                assert_idle_out_of_fds(v, nets, "hostfwd")
                 v.proc.wait_for_line(r"out of file descriptors: accepts paused x\d+ .*\(hostfwd [1-9]", 20, stream="stderr")
                 holder.stdin.write(b"go\n")
                 holder.stdin.flush()
@@ -598,13 +603,7 @@ def test_control_socket_out_of_fds_waits_without_spinning(nets, log_dir):
                 c.settimeout(30)
                 held.append(c)
                 rig.wait_for(lambda: connected(c), 20, message=f"control client {i} to connect")
-            rig.wait_for(lambda: v.fds() == 32, 20, message=lambda: f"vnet to run out of fds ({v.fds()} of 32)")
-            cpu0, t0 = cpu_seconds(v.pid), time.monotonic()
-            r = in_ns(nets.guest_ns, "busybox", "ping", "-c", "3", "-W", "5", GW, check=False)
-            cpu, wall = cpu_seconds(v.pid) - cpu0, time.monotonic() - t0
-            print(f"out of fds (control): vnet used {cpu:.2f} s of CPU in {wall:.2f} s")
-            assert r.returncode == 0 and "3 packets received" in r.stdout, r.stdout + r.stderr
-            assert cpu < 0.25 * wall, f"vnet used {cpu:.2f} s of CPU in {wall:.2f} s while out of fds"
+            assert_idle_out_of_fds(v, nets, "control")
             v.proc.wait_for_line(r"out of file descriptors: accepts paused", 20, stream="stderr")
             # The held clients leave but the last five, which waited in the backlog: they are accepted in turn
             # and served.
