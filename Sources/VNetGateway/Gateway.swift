@@ -55,6 +55,10 @@ public final class Gateway<Host: HostIO> {
     var windowWatchPasses: UInt32 = 0
     /// `now` of the last `poll`, for timers armed outside it.
     var lastPollTime: Instant = .zero
+    /// Guest TCP data of one flow gathered across held frames, sent with one gather send (GatewayTCPBatch.swift).
+    var guestSendBatch = GuestSendBatch()
+    /// The frame being handled when its caller holds it in place until `flushGuestSends` (else empty).
+    var heldGuestFrame = UnsafeRawBufferPointer(start: nil, count: 0)
     /// Host bytes peeked for the guest, cut into segments from here.
     let tcpPeekBuffer: UnsafeMutableRawBufferPointer
     let isnSecret: UInt64
@@ -116,6 +120,7 @@ public final class Gateway<Host: HostIO> {
         tftp?.closeAll()
         scratch.deallocate()
         tcpPeekBuffer.deallocate()
+        guestSendBatch.parts.deallocate()
     }
 
     /// Upstream resolvers of either family: an IPv4 guest's query may go to an IPv6 resolver and back.
@@ -146,10 +151,16 @@ public final class Gateway<Host: HostIO> {
     /// Handles one Ethernet frame from the guest. `checksumPartial` (a TAP's virtio-net NEEDS_CSUM) says the
     /// layer-4 checksum holds only the pseudo-header sum: the local kernel left it for the "device" to finish,
     /// so it is not verified.
-    public func handleGuestFrame(_ frame: UnsafeRawBufferPointer, now: Instant, checksumPartial: Bool = false) {
+    /// `held`: the caller keeps the frame's bytes in place until it calls `flushGuestSends`, so TCP data in it
+    /// may be gathered with the data of the next frames into one send (GatewayTCPBatch.swift).
+    public func handleGuestFrame(_ frame: UnsafeRawBufferPointer, now: Instant, checksumPartial: Bool = false, held: Bool = false) {
         counters.count(.framesFromGuest)
         guestChecksumPartial = checksumPartial && config.guestOffloads
-        defer { guestChecksumPartial = false }
+        if held { heldGuestFrame = frame }
+        defer {
+            guestChecksumPartial = false
+            heldGuestFrame = UnsafeRawBufferPointer(start: nil, count: 0)
+        }
         guard let eth = try? EthernetHeader.parse(frame) else { return drop(.ethernetTruncated) }
         guard eth.vlanTag == nil else { return drop(.vlanTagged) }
         // IPv6 reaches the gateway at multicast groups (all-nodes, all-routers, solicited-node, DHCPv6 servers).

@@ -9,8 +9,9 @@
 //   guest FIN consumed -> shutdown(SHUT_WR) on the host socket (`guestFinReceived`).
 //   host EOF after every byte was peeked (`hostEOF`, `finSeq`) -> FIN to guest; the guest's ACK of it -> `finAcked`.
 //   both directions closed -> socket closed, flow freed. RST maps both ways at any point.
-// Guest -> host: a segment at `rcvNxt` is written straight to the socket; only what the socket accepted is
-// acknowledged, so the socket's send buffer is the buffer. The window we advertise is the socket's free send
+// Guest -> host: a segment at `rcvNxt` is written straight to the socket (or, from a stream port, gathered
+// with the next in-order segments of the same read into one send: GatewayTCPBatch.swift); only what the
+// socket accepted is acknowledged, so the socket's send buffer is the buffer. The window we advertise is the socket's free send
 // space (scaled, RFC 7323); when it is short we arm EPOLLOUT and send a window update once it drains.
 // Out-of-order segments are dropped with a duplicate ACK (the guest retransmits); overlaps are trimmed.
 // Host -> guest: bytes stay in the kernel's receive queue. We peek (SO_PEEK_OFF continues after what was
@@ -208,6 +209,8 @@ extension Gateway {
     /// Frees a flow's slot (the caller has closed or aborted its socket), keeping the half-open count.
     func forgetTCPFlow(_ f: TCPFlow) {
         if f.state != .established { tcpHalfOpenCount -= 1 }
+        // Its fd may be reused by the next flow in this slot: gathered data must not reach that one.
+        if guestSendBatch.flow == f.slot { guestSendBatch.reset() }
         tcpFlows.remove(f.key)
     }
 
@@ -295,6 +298,12 @@ extension Gateway {
     }
 
     func segmentForFlow(_ i: Int, tcp: TCPHeader, payload: UnsafeRawBufferPointer, mac: MACAddress, now: Instant) {
+        // Gathered data of this flow goes out first unless this segment is the next in-order data behind it
+        // (GatewayTCPBatch.swift): everything below then sees `rcvNxt` as if each segment had been sent at once.
+        if guestSendBatch.flow == i
+            && (payload.isEmpty || tcp.sequence != guestSendBatch.nextSequence || !tcp.flags.isSubset(of: [.ack, .psh])) {
+            flushGuestSends()
+        }
         guard var f = tcpFlows[i] else { return }
         f.lastActive = now
         f.guestMAC = mac
@@ -376,7 +385,10 @@ extension Gateway {
         }
         f.guestWindow = window
 
-        // Data and FIN.
+        // Data and FIN. `expected` is rcvNxt, or the end of this flow's gathered data, which this segment
+        // continues (checked above).
+        let gathering = guestSendBatch.flow == i
+        let expected = gathering ? guestSendBatch.nextSequence : f.rcvNxt
         var data = payload
         var seq = tcp.sequence
         var fin = tcp.flags.contains(.fin)
@@ -398,13 +410,15 @@ extension Gateway {
                 }
                 seq = f.rcvNxt
             }
-            if (!data.isEmpty || fin) && seq != f.rcvNxt {
+            if (!data.isEmpty || fin) && seq != expected {
                 drop(.tcpOutOfOrder)
                 markAckPending(i, &f)
                 data = UnsafeRawBufferPointer(start: nil, count: 0)
                 fin = false
             }
-            if !data.isEmpty && !f.guestFinReceived {
+            if !data.isEmpty && !f.guestFinReceived && !fin && (gathering || guestDataIsHeld(data)) {
+                guard gatherGuestData(i, &f, data) else { return }
+            } else if !data.isEmpty && !f.guestFinReceived {
                 switch host.tcpSend(f.handle, data) {
                 case .done(let n):
                     f.rcvNxt &+= UInt32(n)
@@ -499,6 +513,7 @@ extension Gateway {
 
     /// Sends the ACKs owed to the guest. Call after a batch of guest frames: one ACK per flow per batch.
     public func flushPendingAcks() {
+        flushGuestSends()  // the ACKs say what the sockets took
         guard !tcpAckList.isEmpty else { return }
         for i in tcpAckList {
             guard var f = tcpFlows[i], f.ackPending else { continue }

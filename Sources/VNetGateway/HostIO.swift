@@ -81,6 +81,8 @@ public protocol HostTCP {
     /// 0 when the connect completed, else the errno it failed with.
     func tcpConnectError(_ handle: Int32) -> Int32
     func tcpSend(_ handle: Int32, _ bytes: UnsafeRawBufferPointer) -> TCPIOResult
+    /// Sends `parts` in order as one stream write (sendmsg); `.done(n)` may stop short, as `tcpSend` may.
+    func tcpSendGather(_ handle: Int32, _ parts: UnsafeBufferPointer<UnsafeRawBufferPointer>) -> TCPIOResult
     /// Peeks the next bytes after those already peeked (the socket keeps them until `tcpDiscard`).
     func tcpPeek(_ handle: Int32, into buffer: UnsafeMutableRawBufferPointer) -> TCPIOResult
     /// Drops `count` acknowledged bytes from the head of the receive queue.
@@ -114,6 +116,22 @@ extension HostTCP {
     public func openTCP(destination: IPv4Address, port: UInt16, tag: FlowTag) -> Int32? { nil }
     public func tcpConnectError(_ handle: Int32) -> Int32 { 111 }
     public func tcpSend(_ handle: Int32, _ bytes: UnsafeRawBufferPointer) -> TCPIOResult { .failed }
+    /// One `tcpSend` per part, stopping where the socket stops taking bytes.
+    public func tcpSendGather(_ handle: Int32, _ parts: UnsafeBufferPointer<UnsafeRawBufferPointer>) -> TCPIOResult {
+        var total = 0
+        for part in parts {
+            switch tcpSend(handle, part) {
+            case .done(let n):
+                total += n
+                if n < part.count { return .done(total) }
+            case .wouldBlock:
+                return total > 0 ? .done(total) : .wouldBlock
+            case let other:
+                return total > 0 ? .done(total) : other
+            }
+        }
+        return .done(total)
+    }
     public func tcpPeek(_ handle: Int32, into buffer: UnsafeMutableRawBufferPointer) -> TCPIOResult { .failed }
     public func tcpDiscard(_ handle: Int32, count: Int) {}
     public var tcpDrainedPeekIsFinal: Bool { false }

@@ -71,6 +71,17 @@ public enum Sys {
         return .failed(errno)
     }
 
+    /// sendmsg(2) of `count` iovecs, with MSG_NOSIGNAL.
+    public static func sendGather(_ fd: Int32, _ iov: UnsafeMutablePointer<iovec>, count: Int) -> IOResult {
+        var m = msghdr()
+        m.msg_iov = iov
+        m.msg_iovlen = count
+        let n = retryEINTR { Glibc.sendmsg(fd, &m, Int32(MSG_NOSIGNAL)) }
+        if n >= 0 { return .done(n) }
+        if errno == EAGAIN || errno == EWOULDBLOCK { return .wouldBlock }
+        return .failed(errno)
+    }
+
     public static func sendTo(_ fd: Int32, _ buf: UnsafeRawBufferPointer, _ addr: SocketAddress) -> IOResult {
         var a = addr
         let n = a.withSockaddr { sa, len in retryEINTR { Glibc.sendto(fd, buf.baseAddress, buf.count, Int32(MSG_NOSIGNAL), sa, len) } }

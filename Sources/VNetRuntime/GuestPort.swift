@@ -172,7 +172,17 @@ final class GuestPort {
 
     /// Reads what the transport holds and hands each frame to `deliver`. Returns false when the connection
     /// must be dropped (EOF, error, or lost framing sync).
-    func readFrames(now: UInt64, queue: FrameQueue, _ deliver: (UnsafeRawBufferPointer, Bool) -> Void) {
+    /// True for the stream kinds: a delivered frame stays in place until `readFrames` calls `beforeReuse`
+    /// (before its next read) or returns, so the gateway may gather TCP data across frames.
+    var holdsFramesUntilNextRead: Bool {
+        switch kind {
+        case .streamListener, .streamConnector: return true
+        default: return false
+        }
+    }
+
+    func readFrames(now: UInt64, queue: FrameQueue, beforeReuse: () -> Void = {},
+                    _ deliver: (UnsafeRawBufferPointer, Bool) -> Void) {
         guard fd >= 0 else { return }
         if connecting {
             let e = Sys.socketError(fd)
@@ -183,7 +193,8 @@ final class GuestPort {
         }
         switch kind {
         case .streamListener, .streamConnector:
-            for _ in 0 ..< 16 {
+            for round in 0 ..< 16 {
+                if round > 0 { beforeReuse() }  // readSpace may move a partial frame over delivered ones
                 let space = deframer.readSpace
                 switch Sys.read(fd, into: space) {
                 case .done(let n):

@@ -33,6 +33,11 @@ public final class RealHost: HostIO {
         echoMode6 = RealHost.probeEchoMode(family: AF_INET6, proto: Int32(IPPROTO_ICMPV6))
     }
 
+    deinit {
+        gatherVectors.deallocate()
+        echoBuffer.deallocate()
+    }
+
     static func probeEchoMode(family: Int32, proto: Int32) -> EchoMode {
         if let fd = try? Sys.socket(family, Int32(SOCK_DGRAM.rawValue), proto) { Sys.close(fd); return .pingSocket }
         if let fd = try? Sys.socket(family, Int32(SOCK_RAW.rawValue), proto) { Sys.close(fd); return .raw }
@@ -315,6 +320,23 @@ public final class RealHost: HostIO {
     public func sendUDP(_ handle: Int32, _ payload: UnsafeRawBufferPointer, to address: IPv4Address, port: UInt16) -> Bool {
         if case .done = Sys.sendTo(handle, payload, SocketAddress(ipv4: address.rawValue, port: port)) { return true }
         return false
+    }
+
+    /// iovecs for `tcpSendGather`, allocated once (the gateway gathers at most GuestSendBatch.capacity parts).
+    let gatherVectors = UnsafeMutablePointer<iovec>.allocate(capacity: 1024)
+
+    public func tcpSendGather(_ handle: Int32, _ parts: UnsafeBufferPointer<UnsafeRawBufferPointer>) -> TCPIOResult {
+        if parts.count == 1 { return tcpSend(handle, parts[0]) }
+        let n = min(parts.count, 1024)
+        for k in 0 ..< n {
+            gatherVectors[k] = iovec(iov_base: UnsafeMutableRawPointer(mutating: parts[k].baseAddress), iov_len: parts[k].count)
+        }
+        switch Sys.sendGather(handle, gatherVectors, count: n) {
+        case .done(let sent): return .done(sent)
+        case .wouldBlock: return .wouldBlock
+        case .closed: return .reset
+        case .failed(let e): return e == ECONNRESET || e == EPIPE ? .reset : .failed
+        }
     }
 
     public func tcpSend(_ handle: Int32, _ bytes: UnsafeRawBufferPointer) -> TCPIOResult {

@@ -469,10 +469,12 @@ public final class UserNetRuntime {
             acceptForwards(Int(UInt32(truncatingIfNeeded: tag)), now: now)
         case .connection, .datagram, .tap, .connector:
             if events & (Epoll.readable | Epoll.hangup | Epoll.error) != 0 || port.connecting {
-                port.readFrames(now: now, queue: gateway.toGuest) { frame, checksumPartial in
+                let held = port.holdsFramesUntilNextRead
+                port.readFrames(now: now, queue: gateway.toGuest, beforeReuse: { self.gateway.flushGuestSends() }) { frame, checksumPartial in
                     if let capture = self.pcap { capture.record(frame) }
-                    self.gateway.handleGuestFrame(frame, now: instant, checksumPartial: checksumPartial)
+                    self.gateway.handleGuestFrame(frame, now: instant, checksumPartial: checksumPartial, held: held)
                 }
+                gateway.flushGuestSends()
                 gateway.flushPendingAcks()
             }
             if events & Epoll.writable != 0 { flushToGuest() }

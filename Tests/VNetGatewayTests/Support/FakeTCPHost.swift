@@ -58,6 +58,8 @@ final class FakeTCPHost: HostIO {
 
     /// Every call, in order (for checks like "shutdown after the write").
     enum Call: Equatable {
+        /// gather(handle, parts, bytes taken)
+        case gather(Int32, Int, Int)
         case open(Int32), adopt(Int32), send(Int32, Int), peek(Int32, Int), discard(Int32, Int), setPeekOffset(Int32, Int)
         case shutdownWrite(Int32), abort(Int32), close(Int32), interest(Int32, readable: Bool, writable: Bool)
     }
@@ -83,7 +85,7 @@ final class FakeTCPHost: HostIO {
     func calls(_ handle: Int32) -> [Call] {
         calls.filter {
             switch $0 {
-            case .open(let h), .adopt(let h), .send(let h, _), .peek(let h, _), .discard(let h, _), .setPeekOffset(let h, _),
+            case .gather(let h, _, _), .open(let h), .adopt(let h), .send(let h, _), .peek(let h, _), .discard(let h, _), .setPeekOffset(let h, _),
                  .shutdownWrite(let h), .abort(let h), .close(let h), .interest(let h, _, _): h == handle
             }
         }
@@ -122,14 +124,22 @@ final class FakeTCPHost: HostIO {
 
     // MARK: HostTCP
 
+    /// New sockets take the lowest closed handle, as the kernel reuses the lowest free fd.
+    var reuseClosedHandles = false
+
     func openTCP(destination: IPv4Address, port: UInt16, tag: FlowTag) -> Int32? {
         guard !failOpen else { return nil }
-        nextHandle += 1
-        let s = newSocket(nextHandle, tag: tag)
+        var handle = nextHandle + 1
+        if reuseClosedHandles, let h = sockets.values.filter({ !$0.isOpen }).map(\.handle).min() {
+            handle = h
+        } else {
+            nextHandle += 1
+        }
+        let s = newSocket(handle, tag: tag)
         s.destination = destination
         s.port = port
-        calls.append(.open(nextHandle))
-        return nextHandle
+        calls.append(.open(handle))
+        return handle
     }
 
     func openTCP(to destination: IPAddress, port: UInt16, tag: FlowTag) -> Int32? {
@@ -172,6 +182,29 @@ final class FakeTCPHost: HostIO {
         s.sendBuffered += n
         calls.append(.send(handle, n))
         return .done(n)
+    }
+
+    /// Like sendmsg: takes the parts in order while there is space, as one call.
+    func tcpSendGather(_ handle: Int32, _ parts: UnsafeBufferPointer<UnsafeRawBufferPointer>) -> TCPIOResult {
+        guard let s = live(handle, "tcpSendGather") else { return .failed }
+        if s.shutdownWrite { Issue.record("tcpSendGather on handle \(handle) after shutdown(SHUT_WR)") }
+        if parts.isEmpty || parts.contains(where: \.isEmpty) { Issue.record("empty part in tcpSendGather on handle \(handle)") }
+        if let r = s.sendOverride { return r }
+        var taken = 0
+        for part in parts {
+            let n = min(part.count, s.sendSpace)
+            s.written += part.prefix(n)
+            s.sendBuffered += n
+            taken += n
+            if n < part.count { break }
+        }
+        guard taken > 0 else { return .wouldBlock }
+        calls.append(.gather(handle, parts.count, taken))
+        return .done(taken)
+    }
+
+    func gathers(_ handle: Int32) -> [(parts: Int, bytes: Int)] {
+        calls(handle).compactMap { if case .gather(_, let p, let n) = $0 { (p, n) } else { nil } }
     }
 
     func tcpPeek(_ handle: Int32, into buffer: UnsafeMutableRawBufferPointer) -> TCPIOResult {
@@ -347,6 +380,32 @@ final class TCPHarness {
     var counters: GatewayCounters { gateway.counters }
 
     func send(_ frame: [UInt8]) { frame.withUnsafeBytes { gateway.handleGuestFrame($0, now: now) } }
+
+    /// Frames passed as held (a stream port's read buffer): they stay in place until `releaseHeld`.
+    private var heldFrames: [UnsafeMutableRawBufferPointer] = []
+    /// Hands the gateway a copy of `frame` that stays in place until `releaseHeld`, as a stream port does.
+    func sendHeld(_ frame: [UInt8]) {
+        let b = UnsafeMutableRawBufferPointer.allocate(byteCount: frame.count, alignment: 16)
+        b.copyBytes(from: frame)
+        heldFrames.append(b)
+        gateway.handleGuestFrame(UnsafeRawBufferPointer(b), now: now, held: true)
+    }
+    /// The port's next read: the gateway flushes, then the held bytes are overwritten (so a stale pointer
+    /// would show as 0xEE bytes in what a socket received) and freed.
+    func releaseHeld() {
+        gateway.flushGuestSends()
+        for b in heldFrames {
+            b.initializeMemory(as: UInt8.self, repeating: 0xEE)
+            b.deallocate()
+        }
+        heldFrames.removeAll()
+    }
+    /// `guestSends` through a held frame.
+    func guestSendsHeld(_ c: inout GuestConn, ack: UInt32, flags: TCPFlags = .ack, _ payload: [UInt8]) {
+        sendHeld(frame(c, ack: ack, flags: flags, payload))
+        c.seq &+= UInt32(payload.count) &+ (flags.contains(.fin) ? 1 : 0)
+    }
+    deinit { releaseHeld() }
     func advance(_ d: Instant.Duration) { now = now + d }
     func advance(ms: UInt64) { now = now + .milliseconds(ms) }
     func poll() { gateway.poll(now: now) }
