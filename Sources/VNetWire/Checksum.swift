@@ -6,26 +6,50 @@
 public enum InternetChecksum {
     /// Adds `buf` to a running (unfolded) sum, treating it as big-endian 16-bit words; an odd final byte is
     /// padded with zero, as RFC 1071 requires. Only call with an odd-length buffer as the *last* piece.
+    ///
+    /// The buffer is summed in native byte order, 64 bits at a time with end-around carry (two accumulators,
+    /// 32 bytes per round), folded to 16 bits and byte-swapped once: the one's complement sum does not
+    /// depend on byte order (RFC 1071 §2(B)), so this equals the big-endian word sum.
     @inlinable
     public static func add(_ buf: UnsafeRawBufferPointer, to sum: UInt64 = 0) -> UInt64 {
-        var acc = sum
         let n = buf.count
-        guard n > 0, let base = buf.baseAddress else { return acc }
+        guard n > 0, let base = buf.baseAddress else { return sum }
+        var a: UInt64 = 0
+        var b: UInt64 = 0
         var i = 0
-        // Eight bytes at a time: a native-endian 64-bit load, summed as four 16-bit lanes via 32-bit halves.
-        while i + 8 <= n {
-            let w = (base + i).loadUnaligned(as: UInt64.self)
-            let be = UInt64(bigEndian: w)
-            acc &+= (be >> 32) &+ (be & 0xFFFF_FFFF)
-            i += 8
-            if acc >> 62 != 0 { acc = (acc & 0xFFFF_FFFF) &+ (acc >> 32) }
+        @inline(__always) func addCarry(_ x: inout UInt64, _ w: UInt64) {
+            let (s, o) = x.addingReportingOverflow(w)
+            x = s &+ (o ? 1 : 0)
         }
+        while i + 32 <= n {
+            addCarry(&a, (base + i).loadUnaligned(as: UInt64.self))
+            addCarry(&b, (base + i + 8).loadUnaligned(as: UInt64.self))
+            addCarry(&a, (base + i + 16).loadUnaligned(as: UInt64.self))
+            addCarry(&b, (base + i + 24).loadUnaligned(as: UInt64.self))
+            i += 32
+        }
+        while i + 8 <= n {
+            addCarry(&a, (base + i).loadUnaligned(as: UInt64.self))
+            i += 8
+        }
+        addCarry(&a, b)
+        // Fold to 32 bits before the tail so its few additions cannot overflow.
+        var c = (a & 0xFFFF_FFFF) &+ (a >> 32)
         while i + 2 <= n {
-            acc &+= UInt64(buf[i]) << 8 | UInt64(buf[i + 1])
+            c &+= UInt64((base + i).loadUnaligned(as: UInt16.self))
             i += 2
         }
-        if i < n { acc &+= UInt64(buf[i]) << 8 }
-        return acc
+        if i < n {
+            // The odd byte is the first byte of a word whose second byte is zero.
+            let last = UInt64(base.load(fromByteOffset: i, as: UInt8.self))
+            #if _endian(little)
+            c &+= last
+            #else
+            c &+= last << 8
+            #endif
+        }
+        while c >> 16 != 0 { c = (c & 0xFFFF) &+ (c >> 16) }
+        return sum &+ UInt64(UInt16(bigEndian: UInt16(truncatingIfNeeded: c)))
     }
 
     @inlinable

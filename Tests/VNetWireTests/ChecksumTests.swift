@@ -48,11 +48,11 @@ import Testing
         }
     }
 
-    // Every length 0...64 (covers the 8-byte loop, the 2-byte tail and the odd byte in every combination), at
+    // Every length 0...100 (covers the 32- and 8-byte loops, the 2-byte tail and the odd byte in every combination), at
     // every start offset 0..<8 inside a larger buffer, so the unaligned 8-byte loads are exercised.
     @Test(arguments: patterns)
     func everyLengthAndOffsetMatchesReference(pattern: String) {
-        for n in 0 ... 64 {
+        for n in 0 ... 100 {
             let data = Self.pattern(pattern, n)
             let expected = referenceChecksum(data)
             for offset in 0 ..< 8 {
