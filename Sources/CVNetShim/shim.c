@@ -7,6 +7,9 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <stdio.h>
+#include <errno.h>
+#include <string.h>
+#include <netinet/in.h>
 #include "CVNetShim.h"
 
 extern char **environ;
@@ -152,4 +155,26 @@ int vnet_stop_signalfd(void) {
     if (sigprocmask(SIG_BLOCK, &set, NULL) < 0) return -errno;
     int fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
     return fd < 0 ? -errno : fd;
+}
+
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+
+long vnet_send_udp_segments(int fd, const void *buf, unsigned long len, unsigned short segment_size) {
+    struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
+    union {
+        char bytes[CMSG_SPACE(sizeof(unsigned short))];
+        struct cmsghdr align;
+    } control;
+    memset(&control, 0, sizeof(control));
+    struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.bytes, .msg_controllen = sizeof(control.bytes) };
+    struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+    c->cmsg_level = IPPROTO_UDP;
+    c->cmsg_type = UDP_SEGMENT;
+    c->cmsg_len = CMSG_LEN(sizeof(unsigned short));
+    memcpy(CMSG_DATA(c), &segment_size, sizeof(segment_size));
+    long n;
+    do { n = sendmsg(fd, &m, MSG_NOSIGNAL); } while (n < 0 && errno == EINTR);
+    return n;
 }

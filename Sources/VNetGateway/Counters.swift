@@ -157,6 +157,8 @@ public enum ServedCounter: Int, CaseIterable, Sendable {
     case tftpTransfersStarted, tftpTransfersCompleted, tftpBlocksSent, tftpRetransmits, tftpErrorsSent
     case neighborAdvertisements, routerAdvertisements, dhcpv6Replies, icmpv6EchoLocal
     case flowsClosedGuestGone
+    /// Gather sends of guest TCP data (more than one segment each) and GSO sends of guest datagrams (more than one).
+    case tcpGatheredSends, udpBatchedSends
 
     public var name: String {
         switch self {
@@ -195,6 +197,8 @@ public enum ServedCounter: Int, CaseIterable, Sendable {
         case .tftpRetransmits: "tftp_retransmits"
         case .tftpErrorsSent: "tftp_errors_sent"
         case .flowsClosedGuestGone: "flows_closed_guest_gone"
+        case .tcpGatheredSends: "tcp_gathered_sends"
+        case .udpBatchedSends: "udp_batched_sends"
         }
     }
 }

@@ -57,6 +57,10 @@ public final class Gateway<Host: HostIO> {
     var lastPollTime: Instant = .zero
     /// Guest TCP data of one flow gathered across held frames, sent with one gather send (GatewayTCPBatch.swift).
     var guestSendBatch = GuestSendBatch()
+    /// Guest UDP datagrams of one flow, copied, waiting for one GSO send (GatewayUDPBatch.swift).
+    var udpSendBatch = GuestDatagramBatch()
+    /// Set by a runtime that calls `flushGuestSends` after every read of the guest port: datagrams are gathered.
+    public var gathersGuestDatagrams = false
     /// The frame being handled when its caller holds it in place until `flushGuestSends` (else empty).
     var heldGuestFrame = UnsafeRawBufferPointer(start: nil, count: 0)
     /// Host bytes peeked for the guest, cut into segments from here.
@@ -121,6 +125,7 @@ public final class Gateway<Host: HostIO> {
         scratch.deallocate()
         tcpPeekBuffer.deallocate()
         guestSendBatch.parts.deallocate()
+        udpSendBatch.storage.deallocate()
     }
 
     /// Upstream resolvers of either family: an IPv4 guest's query may go to an IPv6 resolver and back.

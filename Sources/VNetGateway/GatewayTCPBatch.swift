@@ -53,9 +53,10 @@ struct GuestSendBatch {
 }
 
 extension Gateway {
-    /// Sends the gathered guest data, if any. The runtime calls this before it reuses the memory of frames it
+    /// Sends the gathered guest data (and datagrams: GatewayUDPBatch.swift), if any. The runtime calls this before it reuses the memory of frames it
     /// passed as held (`handleGuestFrame(_:now:checksumPartial:held:)`), and before `flushPendingAcks`.
     public func flushGuestSends() {
+        flushGuestDatagrams()
         let i = guestSendBatch.flow
         guard i >= 0 else { return }
         guard var f = tcpFlows[i] else { return guestSendBatch.reset() }
@@ -96,6 +97,7 @@ extension Gateway {
         guard guestSendBatch.flow == i, guestSendBatch.count > 0, f.handle == guestSendBatch.handle,
               f.state == .established, !f.guestFinReceived else { return }
         let parts = UnsafeBufferPointer(rebasing: guestSendBatch.parts[0 ..< guestSendBatch.count])
+        if parts.count > 1 { counters.count(.tcpGatheredSends) }
         switch host.tcpSendGather(f.handle, parts) {
         case .done(let n):
             f.rcvNxt &+= UInt32(n)

@@ -146,12 +146,17 @@ extension Gateway {
         flow.lastActive = now
         flow.guestMAC = mac
         if flow.ttl != ip.hopLimit {
+            flushGuestDatagrams(of: i)
             host.setTTL(flow.handle, ttl: ip.hopLimit)
             flow.ttl = ip.hopLimit
         }
         if flow.isDNS && flow.queryPendingSince == .zero { flow.queryPendingSince = now }
         udpFlows[i] = flow
-        if !host.sendUDP(flow.handle, payload) { drop(.hostSendFailed) }
+        if flow.isDNS {
+            if !host.sendUDP(flow.handle, payload) { drop(.hostSendFailed) }
+        } else {
+            sendGuestDatagram(i, handle: flow.handle, payload)
+        }
     }
 
     /// The upstream new DNS flows use: the first one, or the next after one stopped answering.
@@ -172,6 +177,8 @@ extension Gateway {
 
     /// Frees a flow's slot (its socket is closed or shared), keeping the DNS flow count.
     func forgetUDPFlow(_ f: UDPFlow) {
+        // Its socket is closed (or shared) by now, and its fd may be reused: gathered datagrams are dropped.
+        if let i = udpFlows.lookup(f.key), udpSendBatch.flow == i { udpSendBatch.reset() }
         if f.isDNS { dnsFlowCount -= 1 }
         udpFlows.remove(f.key)
     }

@@ -41,6 +41,9 @@ public protocol HostIO: AnyObject, HostTCP {
     func openICMPEcho(destination: IPv4Address, tag: FlowTag) -> Int32?
     func setTTL(_ handle: Int32, ttl: UInt8)
     func sendUDP(_ handle: Int32, _ payload: UnsafeRawBufferPointer) -> Bool
+    /// Sends `datagrams` as consecutive datagrams of `segmentSize` bytes (the last may be shorter) on a
+    /// connected UDP socket; returns how many went out (UDP GSO where the kernel has it).
+    func sendUDPSegments(_ handle: Int32, _ datagrams: UnsafeRawBufferPointer, segmentSize: Int) -> Int
     func sendICMPEcho(_ handle: Int32, identifier: UInt16, sequence: UInt16, payload: UnsafeRawBufferPointer) -> Bool
     func receiveUDP(_ handle: Int32, into buffer: UnsafeMutableRawBufferPointer) -> HostReceive
     func receiveICMPEcho(_ handle: Int32, into buffer: UnsafeMutableRawBufferPointer) -> HostReceive
@@ -53,6 +56,18 @@ public protocol HostIO: AnyObject, HostTCP {
 }
 
 extension HostIO {
+    /// One `sendUDP` per datagram.
+    public func sendUDPSegments(_ handle: Int32, _ datagrams: UnsafeRawBufferPointer, segmentSize: Int) -> Int {
+        var sent = 0
+        var offset = 0
+        while offset < datagrams.count {
+            let end = min(offset + segmentSize, datagrams.count)
+            if sendUDP(handle, UnsafeRawBufferPointer(rebasing: datagrams[offset ..< end])) { sent += 1 }
+            offset = end
+        }
+        return sent
+    }
+
     public func openUDP(to destination: IPAddress, port: UInt16, tag: FlowTag) -> Int32? {
         guard let v4 = destination.v4 else { return nil }
         return openUDP(destination: v4, port: port, tag: tag)

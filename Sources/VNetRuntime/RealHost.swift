@@ -157,6 +157,31 @@ public final class RealHost: HostIO {
         try? Sys.setOption(handle, Int32(IPPROTO_IP), IP_TTL, Int32(max(ttl, 1)))
     }
 
+    /// False once the kernel refused UDP_SEGMENT as unknown (pre-4.18): every batch is then sent datagram by datagram.
+    var udpSegmentationWorks = true
+    /// Batches the kernel refused (EINVAL/EIO: a path MTU under the segment size, no checksum offload, ...).
+    public private(set) var udpSegmentationFallbacks = 0
+
+    public func sendUDPSegments(_ handle: Int32, _ datagrams: UnsafeRawBufferPointer, segmentSize: Int) -> Int {
+        let count = (datagrams.count + segmentSize - 1) / segmentSize
+        if count > 1 && udpSegmentationWorks {
+            let n = vnet_send_udp_segments(handle, datagrams.baseAddress, UInt(datagrams.count), UInt16(segmentSize))
+            if n >= 0 { return count }
+            let e = errno
+            if e == EAGAIN || e == EWOULDBLOCK || e == ENOBUFS || e == ECONNREFUSED { return 0 }
+            if e == ENOPROTOOPT { udpSegmentationWorks = false }
+            udpSegmentationFallbacks &+= 1
+        }
+        var sent = 0
+        var offset = 0
+        while offset < datagrams.count {
+            let end = min(offset + segmentSize, datagrams.count)
+            if sendUDP(handle, UnsafeRawBufferPointer(rebasing: datagrams[offset ..< end])) { sent += 1 }
+            offset = end
+        }
+        return sent
+    }
+
     public func sendUDP(_ handle: Int32, _ payload: UnsafeRawBufferPointer) -> Bool {
         if case .done = Sys.send(handle, payload) { return true }
         return false

@@ -75,6 +75,8 @@ public final class UserNetRuntime {
         // Tests exercise both host-read paths; kernels before 6.9 take the fallback on their own.
         if let v = getenv("VNET_FORCE_PEEK_FALLBACK"), String(cString: v) == "1" { host.forcePeekFallback = true }
         gateway = Gateway(config: gatewayConfig, host: host)
+        // dispatch() calls flushGuestSends after every read of the guest port (GatewayUDPBatch.swift).
+        gateway.gathersGuestDatagrams = true
         if let root = gatewayConfig.tftpRoot { gateway.enableTFTP(files: try HostTFTPFiles(directory: root)) }
         let sfd = vnet_signalfd()
         guard sfd >= 0 else { throw RuntimeError("signalfd: \(Sys.errnoString(-sfd))") }
@@ -506,7 +508,7 @@ public final class UserNetRuntime {
             ("drop_port_frame_too_short", p.droppedShort), ("drop_port_frame_too_long", p.droppedOversize),
             ("port_desync_resets", p.desyncResets), ("port_connections", p.connections),
             ("port_rejected_connections", p.rejectedConnections), ("drop_port_send_errors", p.sendErrors),
-            ("drop_tx_queue_refused", gateway.toGuest.refused), ("hostfwd_accept_pauses", acceptPauses), ("accept_pauses", epoll.listenerPauses),
+            ("drop_tx_queue_refused", gateway.toGuest.refused), ("hostfwd_accept_pauses", acceptPauses), ("accept_pauses", epoll.listenerPauses), ("udp_gso_fallbacks", UInt64(host.udpSegmentationFallbacks)),
             ("drop_control_clients_full", control?.rejectedClients ?? 0),
         ]
         lines += portLines.filter { $0.1 > 0 }.map { "\($0.0) \($0.1)" }

@@ -17,6 +17,9 @@
   nettool.py pattern-sha SIZE          prints the SHA-256 of SIZE pattern bytes
   nettool.py udp-refused HOST PORT     sends one datagram on a connected socket; prints REFUSED if an ICMP
                                         port unreachable comes back within 5 s, else TIMEOUT
+  nettool.py udp-sink HOST PORT N SIZE  receives N datagrams (a 4 MiB buffer; gives up 10 s after the last);
+                                        prints "GOT <count> ORDERED <yes|no> BAD <count>" (BAD: wrong size/content)
+  nettool.py udp-burst HOST PORT N SIZE sends N numbered datagrams of SIZE bytes back to back
 """
 
 import hashlib
@@ -37,6 +40,13 @@ def pattern_chunks(size):
         n = min(size, len(BLOCK))
         yield BLOCK[:n]
         size -= n
+
+
+def udp_datagram(seq, size):
+    """Datagram `seq` of a udp-burst: its number, then pattern bytes that depend on it."""
+    head = struct.pack("!I", seq)
+    body = BLOCK[seq % 251:][:size - 4]
+    return (head + body)[:size]
 
 
 def pattern_sha(size):
@@ -215,6 +225,36 @@ def main(argv):
         print("SENT")
     elif cmd == "pattern-sha":
         print(pattern_sha(int(argv[2])))
+    elif cmd == "udp-sink":
+        n, size = int(argv[4]), int(argv[5])
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            s.setsockopt(socket.SOL_SOCKET, 33, 4 << 20)  # SO_RCVBUFFORCE (root)
+        except OSError:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        s.bind((argv[2], int(argv[3])))
+        s.settimeout(10)
+        print("LISTENING", flush=True)
+        got, bad, last, ordered = 0, 0, -1, True
+        while got < n:
+            try:
+                d = s.recv(65536)
+            except socket.timeout:
+                break
+            got += 1
+            seq = struct.unpack("!I", d[:4])[0] if len(d) >= 4 else -1
+            if len(d) != size or d != udp_datagram(seq, size):
+                bad += 1
+            ordered = ordered and seq > last
+            last = seq
+        print(f"GOT {got} ORDERED {'yes' if ordered else 'no'} BAD {bad}", flush=True)
+    elif cmd == "udp-burst":
+        n, size = int(argv[4]), int(argv[5])
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.connect((argv[2], int(argv[3])))
+        for i in range(n):
+            s.send(udp_datagram(i, size))
+        print("SENT", n, flush=True)
     elif cmd == "udp-refused":
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.settimeout(5)

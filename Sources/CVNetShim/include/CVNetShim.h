@@ -352,6 +352,10 @@ int vnet_wait_for_stop_signal(void);
 /// Blocks SIGINT, SIGTERM and SIGHUP for normal delivery, so they can be waited for (signalfd, poll).
 /// Returns a signalfd for them (non-blocking, close-on-exec) or -errno.
 int vnet_stop_signalfd(void);
+
+/* One sendmsg of `len` bytes as UDP datagrams of `segment_size` bytes each (the last may be shorter):
+   UDP GSO (UDP_SEGMENT, Linux 4.18). Returns bytes sent, or -1 with errno. */
+long vnet_send_udp_segments(int fd, const void *buf, unsigned long len, unsigned short segment_size);
 // MARK: --sandbox (sandbox.c)
 //
 // Policy: calls outside the allow-list fail with the `deny` action the caller picks (vnet passes EPERM, so a

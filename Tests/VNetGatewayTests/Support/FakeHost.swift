@@ -78,11 +78,34 @@ final class FakeHost: HostIO {
         return nextHandle
     }
     func openICMPEcho(destination: IPv4Address, tag: FlowTag) -> Int32? { open(.icmp, destination, nil, tag) }
-    func setTTL(_ handle: Int32, ttl: UInt8) { ttlSets.append(TTLSet(handle: handle, ttl: ttl)) }
+    func setTTL(_ handle: Int32, ttl: UInt8) {
+        ttlSets.append(TTLSet(handle: handle, ttl: ttl))
+        log.append("ttl \(ttl)")
+    }
 
     func sendUDP(_ handle: Int32, _ payload: UnsafeRawBufferPointer) -> Bool {
         sent.append(Sent(handle: handle, bytes: Array(payload)))
+        log.append("send")
         return !failSend
+    }
+
+    /// Every sendUDPSegments call: (handle, segment size, datagrams); its datagrams also land in `sent`.
+    private(set) var segmentSends: [(handle: Int32, segmentSize: Int, count: Int)] = []
+    /// Events in order: "send" per datagram sent alone, "gso N" per batch, "ttl T" per TTL change.
+    private(set) var log: [String] = []
+
+    func sendUDPSegments(_ handle: Int32, _ datagrams: UnsafeRawBufferPointer, segmentSize: Int) -> Int {
+        var n = 0
+        var offset = 0
+        while offset < datagrams.count {
+            let end = min(offset + segmentSize, datagrams.count)
+            sent.append(Sent(handle: handle, bytes: Array(datagrams[offset ..< end])))
+            n += 1
+            offset = end
+        }
+        segmentSends.append((handle, segmentSize, n))
+        log.append("gso \(n)")
+        return failSend ? 0 : n
     }
 
     func sendICMPEcho(_ handle: Int32, identifier: UInt16, sequence: UInt16, payload: UnsafeRawBufferPointer) -> Bool {
