@@ -58,6 +58,11 @@ public protocol HostIO: AnyObject, HostTCP {
 extension HostIO {
     /// One `sendUDP` per datagram.
     public func sendUDPSegments(_ handle: Int32, _ datagrams: UnsafeRawBufferPointer, segmentSize: Int) -> Int {
+        sendUDPOneByOne(handle, datagrams, segmentSize: segmentSize)
+    }
+
+    /// `datagrams` cut into `segmentSize` pieces, one `sendUDP` each; returns how many went out.
+    public func sendUDPOneByOne(_ handle: Int32, _ datagrams: UnsafeRawBufferPointer, segmentSize: Int) -> Int {
         var sent = 0
         var offset = 0
         while offset < datagrams.count {

@@ -172,14 +172,7 @@ public final class RealHost: HostIO {
             if e == ENOPROTOOPT { udpSegmentationWorks = false }
             udpSegmentationFallbacks &+= 1
         }
-        var sent = 0
-        var offset = 0
-        while offset < datagrams.count {
-            let end = min(offset + segmentSize, datagrams.count)
-            if sendUDP(handle, UnsafeRawBufferPointer(rebasing: datagrams[offset ..< end])) { sent += 1 }
-            offset = end
-        }
-        return sent
+        return sendUDPOneByOne(handle, datagrams, segmentSize: segmentSize)
     }
 
     public func sendUDP(_ handle: Int32, _ payload: UnsafeRawBufferPointer) -> Bool {
