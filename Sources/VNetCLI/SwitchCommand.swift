@@ -35,6 +35,9 @@ struct SwitchPortFlags: ParsableArguments {
     @Option(name: .customLong("tap"), help: "A TAP device created in a network namespace (NAME,netns=PATH|PID[,vlan…]). Repeatable.")
     var taps: [String] = []
 
+    @Flag(name: .customLong("no-tap-offload"), help: "Open --tap ports without IFF_VNET_HDR: no checksum or TCP segmentation offload.")
+    var noTapOffload = false
+
     @Option(name: .customLong("control"), help: "A control socket (unix, mode 0600) for `vnet ctl PATH …`: ports, mac-table, leases, dns-*, stats.")
     var controlPath: String?
 
@@ -80,6 +83,7 @@ struct SwitchPortFlags: ParsableArguments {
         o.controlPath = controlPath
         o.pcapPath = pcapPath
         o.sandbox = sandbox
+        o.tapOffload = !noTapOffload
         for (flag, values) in [("socket", sockets), ("listen", listens), ("connect", connects), ("dgram", dgrams), ("vfkit", vfkits), ("mcast", mcasts), ("tap", taps)] {
             for v in values {
                 switch SwitchPortSpec.parse(flag: flag, v) {

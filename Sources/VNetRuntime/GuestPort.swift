@@ -4,8 +4,8 @@
 // -------------------
 // A `GuestPort` owns the fds of one transport and moves frames both ways:
 // - in: everything readable is read now (stream reads are split into frames in place by `StreamDeframer`;
-//   datagram and TAP reads are one frame each), and each frame goes to `deliver`, with a flag saying its
-//   layer-4 checksum is partial (only a TAP with a virtio-net header can say so);
+//   datagram and TAP reads are one frame each), and each frame goes to `deliver`, with the virtio-net header
+//   it came with (only a TAP opened with IFF_VNET_HDR has one: a partial checksum, a TCP super-segment);
 // - out: `flush` drains the gateway's `FrameQueue` with as few syscalls as it can (one write of the stream
 //   bytes; one send per datagram/TAP frame). When the socket is full, EPOLLOUT is armed and the rest waits in
 //   the queue, which is bounded: the gateway counts what does not fit.
@@ -182,7 +182,7 @@ final class GuestPort {
     }
 
     func readFrames(now: UInt64, queue: FrameQueue, beforeReuse: () -> Void = {},
-                    _ deliver: (UnsafeRawBufferPointer, Bool) -> Void) {
+                    _ deliver: (UnsafeRawBufferPointer, VirtioNetHeader?) -> Void) {
         guard fd >= 0 else { return }
         if connecting {
             let e = Sys.socketError(fd)
@@ -204,7 +204,7 @@ final class GuestPort {
                         case .frame(let f):
                             counters.framesIn &+= 1
                             counters.bytesIn &+= UInt64(f.count)
-                            deliver(f, false)
+                            deliver(f, nil)
                             continue
                         case .needMore:
                             break
@@ -267,12 +267,12 @@ final class GuestPort {
     /// One frame per read (datagram or TAP): checked against the length rules, then delivered or counted.
     @inline(__always)
     func deliverWhole(received n: Int, truncated: Bool, from buffer: UnsafeMutableRawBufferPointer? = nil,
-                      _ deliver: (UnsafeRawBufferPointer, Bool) -> Void) {
+                      _ deliver: (UnsafeRawBufferPointer, VirtioNetHeader?) -> Void) {
         switch DatagramFraming.check(received: n, truncated: truncated, mtu: mtu) {
         case .accept:
             counters.framesIn &+= 1
             counters.bytesIn &+= UInt64(n)
-            deliver(UnsafeRawBufferPointer((buffer ?? frameBuffer).slice(0 ..< n)), false)
+            deliver(UnsafeRawBufferPointer((buffer ?? frameBuffer).slice(0 ..< n)), nil)
         case .tooShort: counters.droppedShort &+= 1
         case .tooLong: counters.droppedOversize &+= 1
         }
@@ -281,7 +281,7 @@ final class GuestPort {
     /// A TAP read with a virtio-net header: the frame may be a TCP super-segment of up to 64 KiB (whatever the
     /// MTU) whose checksum the kernel left partial. Other segmentation types are never enabled, so they are
     /// dropped as oversize.
-    func deliverOffloaded(received n: Int, _ deliver: (UnsafeRawBufferPointer, Bool) -> Void) {
+    func deliverOffloaded(received n: Int, _ deliver: (UnsafeRawBufferPointer, VirtioNetHeader?) -> Void) {
         let all = UnsafeRawBufferPointer(frameBuffer.slice(0 ..< n))
         guard let header = try? VirtioNetHeader.parse(all) else { counters.droppedShort &+= 1; return }
         let frameLength = n - VirtioNetHeader.length
@@ -295,7 +295,7 @@ final class GuestPort {
         guard frameLength <= limit else { counters.droppedOversize &+= 1; return }
         counters.framesIn &+= 1
         counters.bytesIn &+= UInt64(frameLength)
-        deliver(all.slice(VirtioNetHeader.length ..< n), header.flags.contains(.needsChecksum))
+        deliver(all.slice(VirtioNetHeader.length ..< n), header)
     }
 
     func syncCounters() {

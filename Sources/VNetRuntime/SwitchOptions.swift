@@ -136,6 +136,9 @@ public struct SwitchOptions: Sendable {
     public var fdbCapacity = 8192
     public var ageingSeconds: UInt64 = 300
     public var mtu = 1500
+    /// `.tap` ports: open them with IFF_VNET_HDR and checksum/TSO offload (on unless --no-tap-offload). The
+    /// switch finishes offloaded frames in software for ports without offload.
+    public var tapOffload = true
     /// `vnet nat`: the built-in gateway (DHCP, DNS, NAT) on the segment, and where it sits.
     public var gateway: GatewayConfig? = nil
     public var gatewayVLAN: UInt16 = VLANPolicy.defaultVLAN

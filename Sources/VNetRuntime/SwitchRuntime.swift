@@ -132,7 +132,7 @@ public final class SwitchRuntime {
         var tapFDs: [Int: Int32] = [:]
         for (i, spec) in options.ports.enumerated() {
             if case .tap(let ns, let name) = spec.endpoint {
-                tapFDs[i] = try UserNetRuntime.openTapInNamespace(netns: ns, name: name, mtu: options.mtu, offload: false)
+                tapFDs[i] = try UserNetRuntime.openTapInNamespace(netns: ns, name: name, mtu: options.mtu, offload: options.tapOffload)
             }
         }
         epoll = try Epoll()
@@ -140,12 +140,19 @@ public final class SwitchRuntime {
                           ageingTime: .seconds(options.ageingSeconds), mtu: options.mtu)
         links = Array(repeating: nil, count: options.maximumPorts)
         receiveBuffer = .allocate(byteCount: FrameLimits.qemuMaximumFrame + 1, alignment: 16)
+        // With an offload port the gateway takes and makes super-segments and partial checksums; the switch
+        // finishes them in software for the ports without offload.
+        let offloads = options.tapOffload && options.ports.contains { if case .tap = $0.endpoint { true } else { false } }
+        fabric.localTakesOffloads = offloads
         if var g = options.gateway {
-            g.guestOffloads = false
+            g.guestOffloads = offloads
             g.mtu = options.mtu
             let h = RealHost(epoll: epoll)
             host = h
-            gateway = Gateway(config: g, host: h)
+            let gw = Gateway(config: g, host: h)
+            // Every read of a port ends with flushGuestSends (readLink, readHub, readMulticast).
+            gw.gathersGuestDatagrams = true
+            gateway = gw
         } else {
             host = nil
             gateway = nil
@@ -249,9 +256,9 @@ public final class SwitchRuntime {
             try openMulticast(group: g, port: p, localAddress: l, spec)
         case .tap(let ns, let name):
             guard let fd = tapFD else { throw RuntimeError("--tap \(name): not opened") }
-            let gp = GuestPort(kind: .tap(virtioHeader: false), epoll: epoll, mtu: mtu, logger: logger)
+            let gp = GuestPort(kind: .tap(virtioHeader: options.tapOffload), epoll: epoll, mtu: mtu, logger: logger)
             gp.fd = fd
-            let i = try addLink(gp, spec.vlan, "tap \(name) in netns \(ns)")
+            let i = try addLink(gp, spec.vlan, "tap \(name) in netns \(ns)" + (options.tapOffload ? " (offload)" : ""))
             try epoll.add(fd, events: Epoll.readable, tag: SwitchTag.link.tag(i))
         }
     }
@@ -274,7 +281,9 @@ public final class SwitchRuntime {
 
     /// A link holds a switch port and an output queue; nil when the switch is full.
     func addLink(_ port: GuestPort, _ policy: VLANPolicy, _ description: String, hub: Int? = nil) throws -> Int {
-        let queue = FrameQueue(capacity: SwitchRuntime.linkQueueCapacity)
+        var offloads = false
+        if case .tap(let virtioHeader) = port.kind { offloads = virtioHeader }
+        let queue = FrameQueue(capacity: SwitchRuntime.linkQueueCapacity, frameHeaderLength: offloads ? VirtioNetHeader.length : 0)
         guard let sp = fabric.addPort(name: description, policy: policy, sink: .queue(queue)) else {
             refusedPeers &+= 1
             throw RuntimeError("the switch is full (\(options.maximumPorts) ports)")
@@ -600,30 +609,43 @@ public final class SwitchRuntime {
     func drainGateway(now: UInt64) {
         guard let gw = gateway else { return }
         let instant = Instant(nanoseconds: now)
-        while let frame = gw.toGuest.firstFrame {
-            guard frame.count >= 14 else { gw.toGuest.removeFirstFrame(); continue }
+        let headerLength = gw.toGuest.frameHeaderLength
+        while let stored = gw.toGuest.firstFrame {
+            guard stored.count >= headerLength + 14 else { gw.toGuest.removeFirstFrame(); continue }
+            let offload = headerLength > 0 ? try? VirtioNetHeader.parse(stored) : nil
+            let frame = stored.slice(headerLength ..< stored.count)
             let dst = MACAddress(reading: frame, at: 0)
             guard fabric.hasRoom(for: frame.count, destination: dst, from: gatewaySwitchPort, now: instant) else { return }
             pcap?.record(frame)
-            fabric.receive(from: gatewaySwitchPort, frame: frame, now: instant)
+            fabric.receive(from: gatewaySwitchPort, frame: frame, offload: offload, now: instant)
             gw.toGuest.removeFirstFrame()
         }
     }
 
+    /// A frame the switch hands the gateway. `held`: the port keeps the bytes in place until its next read (a
+    /// stream port), so TCP data may be gathered across frames, unless the switch handed over a copy.
     @inline(__always)
-    func deliverLocal(_ frame: UnsafeRawBufferPointer, now: Instant) {
-        gateway?.handleGuestFrame(frame, now: now)
+    func deliverLocal(_ frame: UnsafeRawBufferPointer, _ delivery: LocalDelivery, held: Bool, now: Instant) {
+        gateway?.handleGuestFrame(frame, now: now, checksumPartial: delivery.checksumPartial, held: held && delivery.inPlace)
+    }
+
+    /// After a read of a port: gathered TCP data and UDP datagrams go out, then the ACKs that wait for them.
+    func flushGatewaySends() {
+        guard let gw = gateway else { return }
+        gw.flushGuestSends()
+        gw.flushPendingAcks()
     }
 
     func readLink(_ i: Int, now: UInt64) {
         guard let l = links[i] else { return }
         let instant = Instant(nanoseconds: now)
         let wasConnected = l.port.isConnected
-        l.port.readFrames(now: now, queue: l.queue) { frame, _ in
+        let held = l.port.holdsFramesUntilNextRead
+        l.port.readFrames(now: now, queue: l.queue, beforeReuse: { self.gateway?.flushGuestSends() }) { frame, offload in
             self.pcap?.record(frame)
-            self.fabric.receive(from: l.switchPort, frame: frame, now: instant) { self.deliverLocal($0, now: instant) }
+            self.fabric.receive(from: l.switchPort, frame: frame, offload: offload, now: instant) { self.deliverLocal($0, $1, held: held, now: instant) }
         }
-        gateway?.flushPendingAcks()
+        flushGatewaySends()
         if l.port.fd < 0 {
             if case .streamConnector = l.port.kind {
                 guestsDeparted(l, reason: "disconnected")
@@ -680,10 +702,10 @@ public final class SwitchRuntime {
             if hubs[h].vfkit, n == VfkitFraming.magic.count, VfkitFraming.isMagic(UnsafeRawBufferPointer(receiveBuffer.slice(0 ..< n))) { continue }
             l.port.deliverWhole(received: n, truncated: n > receiveBuffer.count - 1, from: receiveBuffer) { frame, _ in
                 self.pcap?.record(frame)
-            self.fabric.receive(from: l.switchPort, frame: frame, now: instant) { self.deliverLocal($0, now: instant) }
+                self.fabric.receive(from: l.switchPort, frame: frame, now: instant) { self.deliverLocal($0, $1, held: false, now: instant) }
             }
         }
-        gateway?.flushPendingAcks()
+        flushGatewaySends()
     }
 
     func readMulticast(_ g: Int, now: UInt64) {
@@ -696,10 +718,10 @@ public final class SwitchRuntime {
             if let (_, p) = from.ipv4, p == group.ownSourcePort { continue }   // our own datagram, looped back
             l.port.deliverWhole(received: n, truncated: n > receiveBuffer.count - 1, from: receiveBuffer) { frame, _ in
                 self.pcap?.record(frame)
-            self.fabric.receive(from: l.switchPort, frame: frame, now: instant) { self.deliverLocal($0, now: instant) }
+                self.fabric.receive(from: l.switchPort, frame: frame, now: instant) { self.deliverLocal($0, $1, held: false, now: instant) }
             }
         }
-        gateway?.flushPendingAcks()
+        flushGatewaySends()
     }
 
     static func same(_ a: SocketAddress, _ b: SocketAddress) -> Bool {

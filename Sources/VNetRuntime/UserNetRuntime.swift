@@ -472,9 +472,9 @@ public final class UserNetRuntime {
         case .connection, .datagram, .tap, .connector:
             if events & (Epoll.readable | Epoll.hangup | Epoll.error) != 0 || port.connecting {
                 let held = port.holdsFramesUntilNextRead
-                port.readFrames(now: now, queue: gateway.toGuest, beforeReuse: { self.gateway.flushGuestSends() }) { frame, checksumPartial in
+                port.readFrames(now: now, queue: gateway.toGuest, beforeReuse: { self.gateway.flushGuestSends() }) { frame, offload in
                     if let capture = self.pcap { capture.record(frame) }
-                    self.gateway.handleGuestFrame(frame, now: instant, checksumPartial: checksumPartial, held: held)
+                    self.gateway.handleGuestFrame(frame, now: instant, checksumPartial: offload?.flags.contains(.needsChecksum) ?? false, held: held)
                 }
                 gateway.flushGuestSends()
                 gateway.flushPendingAcks()

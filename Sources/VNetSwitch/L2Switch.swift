@@ -13,6 +13,15 @@
 //      multicast and unknown unicast: flooded to every other port that carries the VLAN;
 //   5. on each egress port the frame is written tagged or untagged as that port's policy says.
 // A full egress queue drops the frame for that port only and counts it there. Nothing allocates per frame.
+//
+// Offload per port: a frame may arrive with a virtio-net header (a TAP with IFF_VNET_HDR): a TCP
+// super-segment of up to 64 KiB and/or a partial layer-4 checksum. A port whose queue keeps a frame header
+// (`FrameQueue.frameHeaderLength`) takes such frames as they are, header included. For any other port the
+// switch finishes the offload in software first (`SoftwareOffload`: the super-segment is cut into MTU-sized
+// wire frames, the checksum completed), so a large frame is never dropped for want of offload and one
+// offload port never forces offload off for the rest. The local sink is told whether a frame's checksum is
+// partial and whether the bytes are the caller's own (so it may keep pointers into them until the caller's
+// next read, see `LocalDelivery`).
 
 import VNetBuffers
 import VNetWire
@@ -50,6 +59,19 @@ public struct SwitchCounters: Equatable, Sendable {
     public subscript(_ r: SwitchDropReason) -> UInt64 { drops[r.rawValue] }
 }
 
+/// How a frame reached the local sink.
+public struct LocalDelivery: Sendable {
+    /// The layer-4 checksum holds only the pseudo-header sum (virtio-net NEEDS_CSUM).
+    public var checksumPartial: Bool
+    /// The bytes are the caller's frame itself, not a copy the switch made (untagged, segmented): the sink
+    /// may hold on to them as long as the caller keeps them.
+    public var inPlace: Bool
+    public init(checksumPartial: Bool = false, inPlace: Bool = true) {
+        self.checksumPartial = checksumPartial
+        self.inPlace = inPlace
+    }
+}
+
 public final class L2Switch {
     public enum Sink {
         case queue(FrameQueue)
@@ -70,6 +92,14 @@ public final class L2Switch {
     public private(set) var counters = SwitchCounters()
     /// Largest frame accepted (MTU + Ethernet header + one tag).
     public let maximumFrame: Int
+    /// Largest offloaded TCP super-segment accepted (64 KiB of IP plus Ethernet and a tag).
+    public static let maximumSuperSegment = 65_535 + 18
+    /// Frames rebuilt in software (a segment of a super-segment, a completed checksum) are built here.
+    let scratch: UnsafeMutableRawBufferPointer
+    /// Super-segments cut in software and the segments made of them; partial checksums completed.
+    public private(set) var softwareSegmented: UInt64 = 0
+    public private(set) var softwareSegments: UInt64 = 0
+    public private(set) var softwareChecksums: UInt64 = 0
 
     public init(maximumPorts: Int = 64, fdbCapacity: Int = 8192, macQuotaPerPort: Int = 256,
                 ageingTime: Instant.Duration = .seconds(300), mtu: Int = 1500) {
@@ -78,7 +108,10 @@ public final class L2Switch {
         fdb = ForwardingDatabase(capacity: fdbCapacity, perPortQuota: macQuotaPerPort, maximumPorts: self.maximumPorts,
                                  ageingTime: ageingTime)
         maximumFrame = mtu + 18
+        scratch = .allocate(byteCount: L2Switch.maximumSuperSegment + 4, alignment: 16)
     }
+
+    deinit { scratch.deallocate() }
 
     public var portCount: Int { ports.reduce(0) { $0 + ($1 == nil ? 0 : 1) } }
 
@@ -106,13 +139,16 @@ public final class L2Switch {
 
     @inline(__always) func drop(_ r: SwitchDropReason) { counters.drops[r.rawValue] &+= 1 }
 
-    /// Handles one frame that arrived on `ingress`. `local` takes frames for the local sink.
-    public func receive(from ingress: Int, frame: UnsafeRawBufferPointer, now: Instant,
-                        local: (UnsafeRawBufferPointer) -> Void = { _ in }) {
+    /// Handles one frame that arrived on `ingress`, with the virtio-net header it came with (`offload`; nil
+    /// or all zero: a plain wire frame). `local` takes frames for the local sink.
+    public func receive(from ingress: Int, frame: UnsafeRawBufferPointer, offload: VirtioNetHeader? = nil, now: Instant,
+                        local: (UnsafeRawBufferPointer, LocalDelivery) -> Void = { _, _ in }) {
         guard ingress >= 0 && ingress < ports.count, ports[ingress] != nil else { return drop(.noSuchPort) }
         ports[ingress]!.counters.rxPackets &+= 1
         ports[ingress]!.counters.rxBytes &+= UInt64(frame.count)
-        guard frame.count >= 14, frame.count <= maximumFrame, let eth = try? EthernetHeader.parse(frame) else {
+        let offload = offload.flatMap { $0.isPlain ? nil : $0 }
+        let limit = offload.map { $0.segmentation == .unsegmented ? maximumFrame : L2Switch.maximumSuperSegment } ?? maximumFrame
+        guard frame.count >= 14, frame.count <= limit, let eth = try? EthernetHeader.parse(frame) else {
             ports[ingress]!.counters.rxDrops &+= 1
             return drop(.malformed)
         }
@@ -130,32 +166,77 @@ public final class L2Switch {
         if !eth.destination.isMulticast, let out = fdb.lookup(eth.destination, vlan: vlan, now: now) {
             guard out != ingress else { return }   // the destination is on the segment it came from
             counters.forwarded &+= 1
-            send(frame, tagged: eth.vlanTag != nil, vlan: vlan, priority: priority, to: out, local: local)
+            send(frame, offload: offload, tagged: eth.vlanTag != nil, vlan: vlan, priority: priority, to: out, local: local)
             return
         }
         counters.flooded &+= 1
         for out in 0 ..< ports.count where out != ingress && ports[out] != nil {
-            send(frame, tagged: eth.vlanTag != nil, vlan: vlan, priority: priority, to: out, local: local)
+            send(frame, offload: offload, tagged: eth.vlanTag != nil, vlan: vlan, priority: priority, to: out, local: local)
         }
     }
 
-    /// Writes `frame` out of port `out` if that port carries `vlan`, tagging or untagging it as needed.
+    /// Whether port `out` takes offloaded frames as they are: its queue keeps a virtio-net header per frame.
+    /// The local sink (the gateway) takes partial checksums and super-segments when `localTakesOffloads`.
+    public var localTakesOffloads = false
+
     @inline(__always)
-    func send(_ frame: UnsafeRawBufferPointer, tagged: Bool, vlan: UInt16, priority: UInt16, to out: Int,
-              local: (UnsafeRawBufferPointer) -> Void) {
+    func takesOffloads(_ out: Int) -> Bool {
+        switch ports[out]!.sink {
+        case .queue(let q): return q.frameHeaderLength >= VirtioNetHeader.length
+        case .local: return localTakesOffloads
+        }
+    }
+
+    /// Sends an offloaded frame out of a port: as it is where the port takes offloads, else finished in
+    /// software first (cut into wire frames, checksum completed). A frame that cannot be finished is dropped
+    /// and counted as malformed.
+    @inline(__always)
+    func send(_ frame: UnsafeRawBufferPointer, offload: VirtioNetHeader?, tagged: Bool, vlan: UInt16, priority: UInt16, to out: Int,
+              local: (UnsafeRawBufferPointer, LocalDelivery) -> Void) {
+        guard let o = offload, !takesOffloads(out) else {
+            return send(frame, header: offload, inPlace: true, tagged: tagged, vlan: vlan, priority: priority, to: out, local: local)
+        }
+        if o.segmentation == .tcpv4 || o.segmentation == .tcpv6 {
+            let n = SoftwareOffload.segment(frame, segmentSize: Int(o.segmentSize), scratch: scratch) { piece in
+                send(piece, header: nil, inPlace: false, tagged: tagged, vlan: vlan, priority: priority, to: out, local: local)
+            }
+            guard let n else { ports[out]!.counters.txDrops &+= 1; return drop(.malformed) }
+            softwareSegmented &+= 1
+            softwareSegments &+= UInt64(n)
+            return
+        }
+        guard o.segmentation == .unsegmented, frame.count <= maximumFrame else { ports[out]!.counters.txDrops &+= 1; return drop(.malformed) }
+        if o.flags.contains(.needsChecksum) {
+            let copy = scratch.slice(0 ..< frame.count)
+            copy.copy(frame, to: 0)
+            guard SoftwareOffload.completeChecksum(copy, header: o) else { ports[out]!.counters.txDrops &+= 1; return drop(.malformed) }
+            softwareChecksums &+= 1
+            return send(UnsafeRawBufferPointer(copy), header: nil, inPlace: false, tagged: tagged, vlan: vlan, priority: priority, to: out, local: local)
+        }
+        send(frame, header: nil, inPlace: true, tagged: tagged, vlan: vlan, priority: priority, to: out, local: local)
+    }
+
+    /// Writes `frame` out of port `out` if that port carries `vlan`, tagging or untagging it as needed.
+    /// `header` (a port that takes offloads only) goes before the frame in the port's queue; a tag added or
+    /// removed moves the checksum start it names by the tag's 4 bytes.
+    @inline(__always)
+    func send(_ frame: UnsafeRawBufferPointer, header: VirtioNetHeader?, inPlace: Bool, tagged: Bool, vlan: UInt16, priority: UInt16,
+              to out: Int, local: (UnsafeRawBufferPointer, LocalDelivery) -> Void) {
         let (member, wantTag) = ports[out]!.policy.egress(vlan: vlan)
         guard member else { return }
-        let outLength = frame.count + (wantTag == tagged ? 0 : (wantTag ? 4 : -4))
+        let shift = wantTag == tagged ? 0 : (wantTag ? 4 : -4)
+        let outLength = frame.count + shift
+        let partial = header?.flags.contains(.needsChecksum) ?? false
         switch ports[out]!.sink {
         case .local:
             if wantTag == tagged {
-                local(frame)
+                local(frame, LocalDelivery(checksumPartial: partial, inPlace: inPlace))
             } else {
                 // The local sink takes untagged frames only (the gateway sits on an access VLAN).
                 guard !wantTag else { return }
                 withUnsafeTemporaryAllocation(byteCount: outLength, alignment: 16) { buf in
                     rewrite(frame, tagged: tagged, into: buf, wantTag: false, tci: 0)
-                    local(UnsafeRawBufferPointer(buf))
+                    local(UnsafeRawBufferPointer(buf), LocalDelivery(checksumPartial: partial, inPlace: false))
                 }
             }
         case .queue(let q):
@@ -164,7 +245,14 @@ public final class L2Switch {
                 return drop(.egressQueueFull)
             }
             rewrite(frame, tagged: tagged, into: buf, wantTag: wantTag, tci: priority | vlan)
-            q.commit(length: outLength)
+            if var h = header, q.frameHeaderLength >= VirtioNetHeader.length {
+                if h.flags.contains(.needsChecksum) { h.checksumStart = UInt16(truncatingIfNeeded: Int(h.checksumStart) + shift) }
+                if h.headerLength > 0 { h.headerLength = UInt16(truncatingIfNeeded: Int(h.headerLength) + shift) }
+                h.emit(into: q.reservedFrameHeader)
+                q.commit(length: outLength, keepingFrameHeader: true)
+            } else {
+                q.commit(length: outLength)
+            }
         }
         ports[out]!.counters.txPackets &+= 1
         ports[out]!.counters.txBytes &+= UInt64(outLength)
@@ -195,7 +283,8 @@ public final class L2Switch {
     /// Lets a producer that can wait (the gateway) hold frames back instead of having them dropped.
     public func hasRoom(for frameLength: Int, destination: MACAddress, from ingress: Int, now: Instant) -> Bool {
         guard ingress >= 0 && ingress < ports.count, let p = ports[ingress], let vlan = p.policy.ingressVLAN(tag: nil) else { return true }
-        let need = frameLength + 4 + FrameQueue.prefixLength + 64
+        // A super-segment cut in software takes a header copy and a prefix per segment: twice its size is ample.
+        let need = (frameLength > maximumFrame ? 2 * frameLength : frameLength) + 4 + FrameQueue.prefixLength + 64
         if !destination.isMulticast, let out = fdb.lookup(destination, vlan: vlan, now: now) {
             if case .queue(let q) = ports[out]?.sink { return q.freeSpace >= need }
             return true

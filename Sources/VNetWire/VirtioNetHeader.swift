@@ -45,6 +45,9 @@ public struct VirtioNetHeader: Hashable, Sendable {
 
     public var segmentation: SegmentationType? { SegmentationType(rawValue: segmentationTypeRaw & 0x7F) }
 
+    /// Nothing left for the receiver to do: no partial checksum, no segmentation (a plain wire frame).
+    public var isPlain: Bool { !flags.contains(.needsChecksum) && segmentationTypeRaw & 0x7F == 0 }
+
     public static func parse(_ p: UnsafeRawBufferPointer) throws(WireError) -> VirtioNetHeader {
         guard p.count >= length else { throw .malformed }
         var h = VirtioNetHeader(flags: Flags(rawValue: p[0]))

@@ -37,7 +37,7 @@ final class Rig {
     }
 
     func send(_ port: Int, _ f: [UInt8]) {
-        f.withUnsafeBytes { b in sw.receive(from: port, frame: b, now: now) { self.local.append(Array($0)) } }
+        f.withUnsafeBytes { b in sw.receive(from: port, frame: b, now: now) { f, _ in self.local.append(Array(f)) } }
     }
     func out(_ port: Int) -> [[UInt8]] { drain(queues[port]) }
 }
