@@ -32,8 +32,8 @@ let package = Package(
         .target(name: "VNetGateway", dependencies: ["VNetWire", "VNetServices", "VNetBuffers"]),
         // The learning L2 switch: forwarding database, VLANs, ports. Pure.
         .target(name: "VNetSwitch", dependencies: ["VNetWire", "VNetBuffers"]),
-        // Syscalls: epoll, sockets, tap, netns.
-        .target(name: "VNetHost", dependencies: ["CVNetShim"]),
+        // Syscalls (sockets, epoll, signals, netns) and the one event loop every mode runs on.
+        .target(name: "VNetHost", dependencies: ["CVNetShim", "VNetBuffers"]),
         // QEMU stream/dgram framing.
         .target(name: "VNetTransport", dependencies: ["VNetWire", "VNetBuffers"]),
         // Wiring: event loop, ports, real host sockets behind the gateway.

@@ -94,8 +94,8 @@ struct KernelNatMode {
             return
         }
         let dns = try upstream()
-        let sfd = vnet_stop_signalfd()
-        guard sfd >= 0 else { fail("signalfd: \(String(cString: strerror(-sfd)))", code: 1) }
+        // Stop signals are blocked from here on, so a SIGTERM during set-up still tears down.
+        let loop = try EventLoop(signals: .stopOnly)
         let nat = KernelNat(config: config, log: log)
         try kernelCall {
             do {
@@ -125,19 +125,19 @@ struct KernelNatMode {
             fflush(nil)
             var sig: Int32 = 0
             if let path = controlPath {
-                let epoll = try Epoll()
                 let target = KernelNatControl(services: services, config: config)
-                let control = try ControlServer(path: path, epoll: epoll, listenerTag: 1 << 56, clientTag: 2 << 56, target: target)
+                let control = try ControlServer(path: path, epoll: loop.epoll, listenerTag: EventKind.control.tag(),
+                                                clientTag: EventKind.controlClient.tag(), target: target)
                 services.onLease = { address, mac in
                     control.publish("LEASE_GRANTED", data: ["address": address.description, "mac": mac.description, "bridge": config.bridge])
                 }
                 print("vnet: control socket \(path) (vnet ctl \(path) help)")
                 fflush(nil)
-                sig = services.run(signalFD: sfd, extraFD: epoll.fd) {
-                    try? epoll.wait(timeoutMilliseconds: 0) { tag, events in control.handle(tag: tag, events: events, isListener: tag >> 56 == 1) }
+                sig = try services.run(on: loop) { kind, index, events in
+                    control.handle(tag: kind.tag(index), events: events, isListener: kind == .control)
                 }
             } else {
-                sig = services.run(signalFD: sfd)
+                sig = try services.run(on: loop)
             }
             let c = services.counters
             print("vnet: stopping (signal \(sig)); dhcp replies \(c.dhcpReplies) dropped \(c.dhcpDropped), dns forwarded \(c.dnsForwarded) "

@@ -7,6 +7,7 @@
 
 import ArgumentParser
 import CVNetShim
+import VNetHost
 import VNetKernel
 #if canImport(Glibc)
 import Glibc
@@ -115,8 +116,7 @@ struct TapCommand: ParsableCommand {
         func run() throws {
             let tapOptions = try device.tapOptions()
             // Signals are blocked before anything is made, so a SIGTERM during setup still tears down.
-            let sfd = vnet_stop_signalfd()
-            guard sfd >= 0 else { fail("signalfd: \(String(cString: strerror(-sfd)))", code: 1) }
+            let loop = try EventLoop(signals: .stopOnly)
             try kernelCall {
                 let route = try RouteSocket()
                 let name = try TapDevice.createPersistent(tapOptions, route: route)
@@ -130,12 +130,8 @@ struct TapCommand: ParsableCommand {
                 print("vnet: tap \(name) up; start QEMU with: \(device.qemuArguments(name))")
                 print("vnet: ready")
                 fflush(nil)
-                var pfd = pollfd(fd: sfd, events: Int16(POLLIN), revents: 0)
-                var sig: Int32 = 0
-                while sig == 0 {
-                    _ = poll(&pfd, 1, -1)
-                    sig = vnet_signalfd_read(sfd)
-                }
+                try loop.run(turn: { _ in nil }, dispatch: { _, _, _, _ in })
+                let sig = loop.stopSignal
                 var failure: Error? = nil
                 if let s = InterfaceScript.path(downscript) {
                     do { try InterfaceScript.run(s, interface: name, role: "downscript") } catch { failure = error }

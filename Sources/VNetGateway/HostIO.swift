@@ -2,19 +2,32 @@
 // implement it with a fake. Handles are opaque Int32s (file descriptors in the real one). Each open call
 // carries the `FlowTag` the event loop hands back to `Gateway.hostReadable` when the handle becomes readable.
 
+import VNetBuffers
 import VNetWire
 
-/// Identifies a flow to the event loop: kind in the high byte, index in the low 32 bits.
+/// Identifies a flow to the event loop: its `EventKind` (the registry) in the high byte, index in the low 32 bits.
 public struct FlowTag: Hashable, Sendable {
-    public enum Kind: UInt8, Sendable { case udp = 1, icmp = 2, tcp = 3 }
+    public enum Kind: Sendable {
+        case udp, icmp, tcp
+        public var eventKind: EventKind {
+            switch self {
+            case .udp: .udpFlow
+            case .icmp: .icmpFlow
+            case .tcp: .tcpFlow
+            }
+        }
+    }
     public var kind: Kind
     public var index: Int
     public init(kind: Kind, index: Int) { self.kind = kind; self.index = index }
-    public var rawValue: UInt64 { UInt64(kind.rawValue) << 56 | UInt64(UInt32(truncatingIfNeeded: index)) }
+    public var rawValue: UInt64 { kind.eventKind.tag(index) }
     public init?(rawValue: UInt64) {
-        guard let k = Kind(rawValue: UInt8(truncatingIfNeeded: rawValue >> 56)) else { return nil }
-        kind = k
-        index = Int(UInt32(truncatingIfNeeded: rawValue))
+        switch EventKind.of(rawValue) {
+        case (.udpFlow, let i)?: self.init(kind: .udp, index: i)
+        case (.icmpFlow, let i)?: self.init(kind: .icmp, index: i)
+        case (.tcpFlow, let i)?: self.init(kind: .tcp, index: i)
+        default: return nil
+        }
     }
 }
 

@@ -12,7 +12,9 @@
 // At most `pendingCapacity` queries are outstanding; each is forgotten after `queryTimeout`. A query or answer
 // shorter than a DNS header, or an answer nobody asked for, is dropped and counted.
 //
-// The loop is poll(2) over the stop signals and the three sockets; buffers are allocated once.
+// The sockets are served on the one `EventLoop` (VNetHost), under the registry's `dhcpSocket`, `dnsSocket` and
+// `dnsUpstream` kinds, beside whatever else the caller registered (the control socket); buffers are allocated
+// once.
 
 import CVNetShim
 import VNetBuffers
@@ -93,30 +95,26 @@ public final class KernelNatServices {
         guard r == 0 else { throw KernelError("bind the DHCP socket to \(name)", errno: errno) }
     }
 
-    /// Serves until a stop signal arrives on `signalFD`; returns the signal number. `extraFD` (e.g. the epoll set
-    /// of a control socket) is polled too, and `onExtra` is called when it is readable.
-    public func run(signalFD: Int32, extraFD: Int32 = -1, onExtra: () -> Void = {}) -> Int32 {
-        var fds = [pollfd(fd: signalFD, events: Int16(POLLIN), revents: 0), pollfd(fd: dhcpSocket, events: Int16(POLLIN), revents: 0),
-                   pollfd(fd: extraFD, events: Int16(POLLIN), revents: 0)]
+    /// Serves on `loop` until it stops (a stop signal); returns the signal number. Events of other kinds (the
+    /// control socket's) go to `other`.
+    public func run(on loop: EventLoop, other: (EventKind, Int, UInt32) -> Void = { _, _, _ in }) throws -> Int32 {
+        try loop.add(dhcpSocket, events: Epoll.readable, kind: .dhcpSocket)
         if let d = dnsSocket, let u = upstreamSocket {
-            fds.append(pollfd(fd: d, events: Int16(POLLIN), revents: 0))
-            fds.append(pollfd(fd: u, events: Int16(POLLIN), revents: 0))
+            try loop.add(d, events: Epoll.readable, kind: .dnsSocket)
+            try loop.add(u, events: Epoll.readable, kind: .dnsUpstream)
         }
-        while true {
-            let n = poll(&fds, nfds_t(fds.count), 1000)
-            if n < 0 && errno != EINTR { return SIGTERM }
-            if fds[0].revents != 0 {
-                let sig = vnet_signalfd_read(signalFD)
-                if sig != 0 { return sig }
-            }
-            if fds[1].revents != 0 { serveDHCP() }
-            if fds[2].revents != 0 { onExtra() }   // a negative fd is ignored by poll(2)
-            if fds.count == 5 {
-                if fds[3].revents != 0 { forwardQueries() }
-                if fds[4].revents != 0 { returnAnswers() }
-            }
+        try loop.run(turn: { _ in
             expirePending()
-        }
+            return nil
+        }, dispatch: { kind, index, events, _ in
+            switch kind {
+            case .dhcpSocket: serveDHCP()
+            case .dnsSocket: forwardQueries()
+            case .dnsUpstream: returnAnswers()
+            default: other(kind, index, events)
+            }
+        })
+        return loop.stopSignal
     }
 
     /// Every binding the DHCP server knows, for status output.

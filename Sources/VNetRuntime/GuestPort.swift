@@ -24,19 +24,6 @@ import VNetWire
 import Glibc
 #endif
 
-enum LoopTag: UInt8 {
-    case listener = 10, connection = 11, datagram = 12, tap = 13, signal = 14, connector = 15
-    /// hostfwd listeners; the low bits index `UserNetRuntime.forwards`.
-    case forwardTCP = 16, forwardUDP = 17
-    /// The control socket's listener and its clients (low bits: the client's slot).
-    case control = 18, controlClient = 19
-    /// The metrics endpoint's listener and its HTTP clients (low bits: the client's slot).
-    case metrics = 20, metricsClient = 21
-    /// An fd whose readability ends the loop (`vnet run`: QEMU's pidfd).
-    case stopWatch = 22
-    var tag: UInt64 { UInt64(rawValue) << 56 }
-}
-
 public struct PortCounters: Sendable {
     public var framesIn: UInt64 = 0
     public var framesOut: UInt64 = 0
@@ -119,7 +106,7 @@ final class GuestPort {
             counters.connections &+= 1
             deframer.reset()
             queue.removeAll()
-            try? epoll.add(c, events: Epoll.readable | Epoll.hangup, tag: LoopTag.connection.tag)
+            try? epoll.add(c, events: Epoll.readable | Epoll.hangup, tag: ioTag)
             logger.info("QEMU connected")
             stateObserver?(true, "accepted")
         }
@@ -356,17 +343,8 @@ final class GuestPort {
         disarmWrite()
     }
 
-    /// The epoll tag of this port's fd when a runtime other than `vnet user`'s owns it.
-    var tagOverride: UInt64? = nil
-
-    var ioTag: UInt64 {
-        if let t = tagOverride { return t }
-        switch kind {
-        case .streamListener, .streamConnector: return LoopTag.connection.tag
-        case .datagram: return LoopTag.datagram.tag
-        case .tap: return LoopTag.tap.tag
-        }
-    }
+    /// The epoll tag of this port's fd: its kind and its link slot (a hub's peers share the hub's fd and tag).
+    var ioTag = EventKind.port.tag()
 
     func armWrite() {
         guard !writeArmed, fd >= 0 else { return }

@@ -18,7 +18,7 @@ import VNetWire
 extension SwitchRuntime: ControlTarget {
     func startControl() throws {
         guard let path = options.controlPath else { return }
-        control = try ControlServer(path: path, epoll: epoll, listenerTag: SwitchTag.control.tag(), clientTag: SwitchTag.controlClient.tag(),
+        control = try ControlServer(path: path, epoll: epoll, listenerTag: EventKind.control.tag(), clientTag: EventKind.controlClient.tag(),
                                     target: self, clientLimit: options.gateway?.controlClientCapacity ?? ControlServer.maximumClients)
     }
 

@@ -127,7 +127,7 @@ extension SwitchRuntime {
         gp.fd = fd
         let i = try addLink(gp, .access(options.gatewayVLAN), description)
         do {
-            try epoll.add(fd, events: Epoll.readable | (transport == .qemuStream ? Epoll.hangup : 0), tag: SwitchTag.link.tag(i))
+            try epoll.add(fd, events: Epoll.readable | (transport == .qemuStream ? Epoll.hangup : 0), tag: EventKind.port.tag(i))
         } catch {
             gp.fd = -1
             removeLink(i, reason: "epoll: \(error)")

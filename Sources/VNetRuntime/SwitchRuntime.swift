@@ -2,10 +2,10 @@
 //
 // Theory of Operation
 // -------------------
-// One thread, one epoll set, as in `UserNetRuntime`. Every peer is a `Link`: a `GuestPort` (stream
-// connection, stream connector, datagram peer, multicast group or TAP) plus the switch port it feeds and the
-// output `FrameQueue` the switch fills for it. Tags: the top byte says what an fd is (`SwitchTag`), the low
-// bits name a link, listener or hub; gateway flow sockets keep the gateway's own `FlowTag`s.
+// Runs on the one `EventLoop` (VNetHost), as `UserNetRuntime` does. Every peer is a `Link`: a `GuestPort`
+// (stream connection, stream connector, datagram peer, multicast group or TAP) plus the switch port it feeds
+// and the output `FrameQueue` the switch fills for it. Tags come from the one registry (`EventKind`): the
+// index names a link, listener, hub or group; gateway flow sockets keep the gateway's own `FlowTag`s.
 //   - in: a readable link's frames go to `L2Switch.receive`, which copies each into the queues of the ports it
 //     goes out of, or hands it to the gateway (the switch's local sink) synchronously;
 //   - out: after every batch, frames the gateway queued are moved into the switch, but only while the port a
@@ -30,17 +30,6 @@ import VNetWire
 #if canImport(Glibc)
 import Glibc
 #endif
-
-enum SwitchTag: UInt8 {
-    case listener = 20, link = 21, hub = 22, signal = 23, mcast = 24, portMapTCP = 25, portMapUDP = 26
-    /// The control socket (`--control`) and its clients.
-    case control = 27, controlClient = 28
-    /// The metrics endpoint (`--metrics`) and its HTTP clients.
-    case metrics = 29, metricsClient = 30
-    /// The eventfd of the command queue (`SwitchCommandQueue`): work posted from other threads.
-    case command = 31
-    func tag(_ low: Int = 0) -> UInt64 { UInt64(rawValue) << 56 | UInt64(UInt32(truncatingIfNeeded: low)) }
-}
 
 public final class SwitchRuntime {
     final class Link {
@@ -83,7 +72,8 @@ public final class SwitchRuntime {
 
     public internal(set) var options: SwitchOptions
     let logger: Logger
-    let epoll: Epoll
+    let loop: EventLoop
+    var epoll: Epoll { loop.epoll }
     public let fabric: L2Switch
     let host: RealHost?
     public let gateway: Gateway<RealHost>?
@@ -94,15 +84,12 @@ public final class SwitchRuntime {
     var groups: [MulticastGroup] = []
     /// Port maps with their listening sockets; a removed map leaves its slot empty (slots are epoll tags).
     var portMaps: [(map: PortMap, fd: Int32, bound: String)?] = []
-    /// -1 when the embedder handles signals (`SwitchOptions.handleSignals` false).
-    let signalFD: Int32
     /// Work posted from other threads (the library API), run on the loop's thread.
     public let commands: SwitchCommandQueue
     /// Told about lease changes on the loop's thread (the library's lease events).
     public var leaseEventSink: ((LeaseChange) -> Void)?
     var reportedLeases: [MACAddress: DHCPLease] = [:]
     let resolvWatcher: ResolvConfWatcher?
-    var running = true
     var limitReporter = LimitReporter()
     /// Set once `--sandbox` took effect.
     public private(set) var sandboxed = false
@@ -135,7 +122,7 @@ public final class SwitchRuntime {
                 tapFDs[i] = try UserNetRuntime.openTapInNamespace(netns: ns, name: name, mtu: options.mtu, offload: options.tapOffload)
             }
         }
-        epoll = try Epoll()
+        loop = try EventLoop(signals: !options.handleSignals ? .none : options.stopSignalsElsewhere ? .auxiliary : .all)
         fabric = L2Switch(maximumPorts: options.maximumPorts, fdbCapacity: options.fdbCapacity, macQuotaPerPort: options.macQuotaPerPort,
                           ageingTime: .seconds(options.ageingSeconds), mtu: options.mtu)
         links = Array(repeating: nil, count: options.maximumPorts)
@@ -147,7 +134,7 @@ public final class SwitchRuntime {
         if var g = options.gateway {
             g.guestOffloads = offloads
             g.mtu = options.mtu
-            let h = RealHost(epoll: epoll)
+            let h = RealHost(epoll: loop.epoll)
             host = h
             let gw = Gateway(config: g, host: h)
             // Every read of a port ends with flushGuestSends (readLink, readHub, readMulticast).
@@ -158,17 +145,8 @@ public final class SwitchRuntime {
             gateway = nil
         }
         resolvWatcher = options.gateway != nil && options.dnsUpstream == nil ? ResolvConfWatcher(path: options.resolvConfPath) : nil
-        if options.handleSignals {
-            let sfd = options.stopSignalsElsewhere ? vnet_signalfd_aux() : vnet_signalfd()
-            guard sfd >= 0 else { throw RuntimeError("signalfd: \(Sys.errnoString(-sfd))") }
-            signalFD = sfd
-            try epoll.add(sfd, events: Epoll.readable, tag: SwitchTag.signal.tag())
-        } else {
-            signal(SIGPIPE, SIG_IGN)
-            signalFD = -1
-        }
         commands = try SwitchCommandQueue()
-        try epoll.add(commands.fd, events: Epoll.readable, tag: SwitchTag.command.tag())
+        try loop.add(commands.fd, events: Epoll.readable, kind: .command)
         if let gw = gateway {
             if let up = options.dnsUpstream {
                 guard let a = IPAddress(text: up.address) else { throw RuntimeError("--dns-upstream: '\(up.address)' is not an IP address") }
@@ -192,8 +170,8 @@ public final class SwitchRuntime {
         try startControl()
         if let m = options.metrics {
             let render = m.render
-            metricsEndpoint = try MetricsEndpoint(host: m.host, port: m.port, epoll: epoll, listenerTag: SwitchTag.metrics.tag(),
-                                                  clientTag: SwitchTag.metricsClient.tag()) { [unowned self] in
+            metricsEndpoint = try MetricsEndpoint(host: m.host, port: m.port, epoll: epoll, listenerTag: EventKind.metrics.tag(),
+                                                  clientTag: EventKind.metricsClient.tag()) { [unowned self] in
                 self.metrics.update(self.metricsSnapshot())
                 return render()
             }
@@ -206,7 +184,6 @@ public final class SwitchRuntime {
         for case let l? in links where l.hub == nil && l.port.fd >= 0 { Sys.close(l.port.fd) }
         for l in listeners { Sys.close(l.fd) }
         for h in hubs { Sys.close(h.fd) }
-        if signalFD >= 0 { Sys.close(signalFD) }
         receiveBuffer.deallocate()
     }
 
@@ -259,14 +236,14 @@ public final class SwitchRuntime {
             let gp = GuestPort(kind: .tap(virtioHeader: options.tapOffload), epoll: epoll, mtu: mtu, logger: logger)
             gp.fd = fd
             let i = try addLink(gp, spec.vlan, "tap \(name) in netns \(ns)" + (options.tapOffload ? " (offload)" : ""))
-            try epoll.add(fd, events: Epoll.readable, tag: SwitchTag.link.tag(i))
+            try epoll.add(fd, events: Epoll.readable, tag: EventKind.port.tag(i))
         }
     }
 
     func addListener(_ fd: Int32, _ spec: SwitchPortSpec, description: String? = nil) throws {
         let i = listeners.count
         listeners.append(Listener(fd: fd, policy: spec.vlan, description: description ?? spec.endpoint.description))
-        try epoll.add(fd, events: Epoll.readable, tag: SwitchTag.listener.tag(i))
+        try epoll.add(fd, events: Epoll.readable, tag: EventKind.portListener.tag(i))
     }
 
     func addHub(_ fd: Int32, _ spec: SwitchPortSpec, description: String? = nil) throws {
@@ -276,7 +253,7 @@ public final class SwitchRuntime {
         var hub = Hub(fd: fd, policy: spec.vlan, description: description ?? spec.endpoint.description)
         if case .vfkitUnix = spec.endpoint { hub.vfkit = true }
         hubs.append(hub)
-        try epoll.add(fd, events: Epoll.readable, tag: SwitchTag.hub.tag(i))
+        try epoll.add(fd, events: Epoll.readable, tag: EventKind.datagramHub.tag(i))
     }
 
     /// A link holds a switch port and an output queue; nil when the switch is full.
@@ -290,7 +267,7 @@ public final class SwitchRuntime {
         }
         links[sp] = Link(port: port, queue: queue, switchPort: sp, description: description, hub: hub)
         port.boundDescription = description
-        port.tagOverride = hub.map { SwitchTag.hub.tag($0) } ?? SwitchTag.link.tag(sp)
+        port.ioTag = hub.map { EventKind.datagramHub.tag($0) } ?? EventKind.port.tag(sp)
         return sp
     }
 
@@ -340,9 +317,9 @@ public final class SwitchRuntime {
         let gp = GuestPort(kind: .datagram(peer: SocketAddress(ipv4: g.rawValue, port: port)), epoll: epoll, mtu: options.mtu, logger: logger)
         gp.fd = sfd
         let i = try addLink(gp, spec.vlan, "mcast \(group):\(port) localaddr \(localAddress)")
-        try epoll.add(sfd, events: Epoll.readable, tag: SwitchTag.link.tag(i))   // for EPOLLOUT when the queue waits
+        try epoll.add(sfd, events: Epoll.readable, tag: EventKind.port.tag(i))   // for EPOLLOUT when the queue waits
         groups.append(MulticastGroup(receiveFD: rfd, link: i, ownSourcePort: own))
-        try epoll.add(rfd, events: Epoll.readable, tag: SwitchTag.mcast.tag(groups.count - 1))
+        try epoll.add(rfd, events: Epoll.readable, tag: EventKind.multicastGroup.tag(groups.count - 1))
     }
 
     func openPortMaps() throws {
@@ -361,7 +338,7 @@ public final class SwitchRuntime {
             if v6 { try Sys.setOption(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, 1) }
             try Sys.bind(fd, RealHost.socketAddress(m.hostAddress, port: m.hostPort))
             if m.proto == .tcp { try Sys.listen(fd, backlog: 128) }
-            try epoll.add(fd, events: Epoll.readable, tag: (m.proto == .tcp ? SwitchTag.portMapTCP : SwitchTag.portMapUDP).tag(i))
+            try epoll.add(fd, events: Epoll.readable, tag: (m.proto == .tcp ? EventKind.forwardTCP : EventKind.forwardUDP).tag(i))
         } catch {
             Sys.close(fd)
             throw RuntimeError("port map \(m): \(error)")
@@ -406,7 +383,7 @@ public final class SwitchRuntime {
             for _ in 0 ..< 64 {
                 var from = SocketAddress()
                 guard let c = Sys.accept(fd, from: &from) else {
-                    epoll.pauseListenerIfShort(fd, error: errno, tag: SwitchTag.portMapTCP.tag(i))
+                    epoll.pauseListenerIfShort(fd, error: errno, tag: EventKind.forwardTCP.tag(i))
                     return
                 }
                 guard let to = target, let (a, p) = UserNetRuntime.peer(from),
@@ -532,9 +509,19 @@ public final class SwitchRuntime {
             writeStdout("vnet: ready")
         }
         publishLeaseNames(now: Instant(nanoseconds: Sys.monotonicNanoseconds()))
-        while running {
-            let now = Sys.monotonicNanoseconds()
+        loop.onSignal = { [unowned self] sig in
+            switch sig {
+            case SIGUSR1: self.printCounters()
+            case SIGHUP:
+                if let w = self.resolvWatcher, let gw = self.gateway, let s = w.poll(nowNanoseconds: Sys.monotonicNanoseconds(), force: true) {
+                    gw.replaceDNSUpstreams(s.map { ($0, 53) })
+                }
+            default: break
+            }
+        }
+        try loop.run(turn: { now in
             let instant = Instant(nanoseconds: now)
+            var deadline = now + 1_000_000_000
             if let gw = gateway {
                 gw.poll(now: instant)
                 if let w = resolvWatcher, let servers = w.poll(nowNanoseconds: now) { gw.replaceDNSUpstreams(servers.map { ($0, 53) }) }
@@ -546,31 +533,24 @@ public final class SwitchRuntime {
                 fabric.expire(now: instant)
                 if leaseEventSink != nil { reportLeaseChanges(now: instant) }   // expiries do not bump the generation
             }
-            var timeout: Int32 = 1000
             for case let l? in links {
-                if case .streamConnector = l.port.kind {
-                    if l.port.fd < 0 {
-                        l.port.tryConnect(now: now)
-                        if l.port.fd >= 0 {
-                            if !l.port.connecting { fabric.forgetMACs(of: l.switchPort) }
-                        } else {
-                            timeout = min(timeout, Int32(clamping: max(0, Int64(l.port.reconnectAt) - Int64(now)) / 1_000_000))
-                        }
-                    }
+                guard case .streamConnector = l.port.kind, l.port.fd < 0 else { continue }
+                l.port.tryConnect(now: now)
+                if l.port.fd >= 0 {
+                    if !l.port.connecting { fabric.forgetMACs(of: l.switchPort) }
+                } else {
+                    deadline = min(deadline, l.port.reconnectAt)
                 }
             }
             pump(now: now)
-            if let gw = gateway {
-                let t = Int32(clamping: max(0, Int64(gw.nextDeadline.nanoseconds) - Int64(now)) / 1_000_000)
-                timeout = min(timeout, t)
-            }
-            timeout = max(timeout, 1)
-            try epoll.wait(timeoutMilliseconds: timeout) { tag, events in
-                self.dispatch(tag: tag, events: events, now: Sys.monotonicNanoseconds())
-            }
+            if let gw = gateway { deadline = min(deadline, gw.nextDeadline.nanoseconds) }
+            return deadline
+        }, dispatch: { kind, index, events, now in
+            dispatch(kind, index, events: events, now: now)
+        }, afterEvents: {
             pump(now: Sys.monotonicNanoseconds())
             pcap?.flush()
-        }
+        })
         logger.info("stopping")
         control = nil
         metricsEndpoint = nil
@@ -585,7 +565,7 @@ public final class SwitchRuntime {
     }
 
     /// Ends `run` after the current iteration (call on the loop's thread, e.g. through `commands`).
-    public func stop() { running = false }
+    public func stop() { loop.stop() }
 
     /// Moves the gateway's frames into the switch (while their ports have room), then flushes every link.
     func pump(now: UInt64) {
@@ -661,14 +641,14 @@ public final class SwitchRuntime {
         let listener = listeners[li]
         while true {
             guard let c = Sys.accept(listener.fd) else {
-                epoll.pauseListenerIfShort(listener.fd, error: errno, tag: SwitchTag.listener.tag(li))
+                epoll.pauseListenerIfShort(listener.fd, error: errno, tag: EventKind.portListener.tag(li))
                 return
             }
             let gp = GuestPort(kind: .streamListener(listenFD: -1), epoll: epoll, mtu: options.mtu, logger: logger)
             gp.fd = c
             do {
                 let i = try addLink(gp, listener.policy, "\(listener.description) peer")
-                try epoll.add(c, events: Epoll.readable | Epoll.hangup, tag: SwitchTag.link.tag(i))
+                try epoll.add(c, events: Epoll.readable | Epoll.hangup, tag: EventKind.port.tag(i))
                 logger.info("port \(i): a peer connected on \(listener.description)")
                 publishPort(i, connected: true, description: listener.description)
             } catch {
@@ -730,48 +710,32 @@ public final class SwitchRuntime {
         return withUnsafeBytes(of: &x) { xa in withUnsafeBytes(of: &y) { ya in memcmp(xa.baseAddress!, ya.baseAddress!, Int(a.length)) == 0 } }
     }
 
-    func dispatch(tag: UInt64, events: UInt32, now: UInt64) {
+    func dispatch(_ kind: EventKind, _ low: Int, events: UInt32, now: UInt64) {
         let instant = Instant(nanoseconds: now)
-        if let flow = FlowTag(rawValue: tag), let gw = gateway, let h = host {
+        switch kind {
+        case .udpFlow, .icmpFlow, .tcpFlow:
+            guard let flow = FlowTag(rawValue: kind.tag(low)), let gw = gateway, let h = host else { return }
             h.eventHadError = events & Epoll.error != 0
             if events & Epoll.writable != 0 { gw.hostWritable(flow, now: instant) }
             if events & (Epoll.readable | Epoll.hangup | Epoll.error) != 0 {
                 gw.hostReadable(flow, now: instant, peerClosing: events & (Epoll.hangup | Epoll.error) != 0)
             }
-            return
-        }
-        let low = Int(UInt32(truncatingIfNeeded: tag))
-        switch SwitchTag(rawValue: UInt8(truncatingIfNeeded: tag >> 56)) {
-        case .listener: accept(low)
-        case .link:
+        case .portListener: accept(low)
+        case .port:
             guard low < links.count, let l = links[low] else { return }
             if events & (Epoll.readable | Epoll.hangup | Epoll.error) != 0 || l.port.connecting { readLink(low, now: now) }
             if events & Epoll.writable != 0, let l2 = links[low], !l2.port.connecting { l2.port.flush(queue: l2.queue, now: now) }
-        case .hub:
+        case .datagramHub:
             if events & (Epoll.readable | Epoll.error) != 0 { readHub(low, now: now) }
             if events & Epoll.writable != 0, low < hubs.count {
                 for p in hubs[low].peers { if let l = links[p.link] { l.port.flush(queue: l.queue, now: now) } }
             }
-        case .mcast: readMulticast(low, now: now)
+        case .multicastGroup: readMulticast(low, now: now)
         case .command: commands.drain { $0(self) }
-        case .portMapTCP, .portMapUDP: acceptPortMap(low, now: now)
-        case .control: control?.handle(tag: tag, events: events, isListener: true)
-        case .controlClient: control?.handle(tag: tag, events: events, isListener: false)
-        case .metrics: metricsEndpoint?.handle(tag: tag, events: events, isListener: true)
-        case .metricsClient: metricsEndpoint?.handle(tag: tag, events: events, isListener: false)
-        case .signal:
-            while case let sig = vnet_signalfd_read(signalFD), sig != 0 {
-                switch sig {
-                case SIGINT, SIGTERM: running = false
-                case SIGUSR1: printCounters()
-                case SIGHUP:
-                    if let w = resolvWatcher, let gw = gateway, let s = w.poll(nowNanoseconds: now, force: true) {
-                        gw.replaceDNSUpstreams(s.map { ($0, 53) })
-                    }
-                default: break
-                }
-            }
-        case .none: break
+        case .forwardTCP, .forwardUDP: acceptPortMap(low, now: now)
+        case .control, .controlClient: control?.handle(tag: kind.tag(low), events: events, isListener: kind == .control)
+        case .metrics, .metricsClient: metricsEndpoint?.handle(tag: kind.tag(low), events: events, isListener: kind == .metrics)
+        default: break
         }
     }
 
@@ -787,6 +751,9 @@ public final class SwitchRuntime {
         if c.learnRefusedTableFull > 0 { lines.append("switch_learn_refused_table_full \(c.learnRefusedTableFull)") }
         if c.learnRefusedPortQuota > 0 { lines.append("switch_learn_refused_port_quota \(c.learnRefusedPortQuota)") }
         if refusedPeers > 0 { lines.append("switch_refused_peers \(refusedPeers)") }
+        if fabric.softwareSegmented > 0 { lines.append("switch_software_segmented \(fabric.softwareSegmented)") }
+        if fabric.softwareSegments > 0 { lines.append("switch_software_segments \(fabric.softwareSegments)") }
+        if fabric.softwareChecksums > 0 { lines.append("switch_software_checksums \(fabric.softwareChecksums)") }
         lines.append("switch_macs \(fabric.fdb.count)")
         for (i, p) in fabric.ports.enumerated() {
             guard let p else { continue }
@@ -803,6 +770,7 @@ public final class SwitchRuntime {
                 if t.droppedShort > 0 { lines.append("port\(i)_drop_frame_too_short \(t.droppedShort)") }
                 if t.droppedOversize > 0 { lines.append("port\(i)_drop_frame_too_long \(t.droppedOversize)") }
                 if t.sendErrors > 0 { lines.append("port\(i)_send_errors \(t.sendErrors)") }
+                if t.superSegmentsIn > 0 { lines.append("port\(i)_super_segments_in \(t.superSegmentsIn)") }
             }
         }
         if let gw = gateway { lines += gw.counters.report }

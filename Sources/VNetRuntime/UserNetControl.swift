@@ -26,15 +26,15 @@ extension UserNetRuntime: ControlTarget {
         if let path = options.pcapPath { try startCapture(path: path, rotateBytes: options.pcapRotateBytes) }
         if let m = options.metrics {
             let render = m.render
-            metricsEndpoint = try MetricsEndpoint(host: m.host, port: m.port, epoll: epoll, listenerTag: LoopTag.metrics.tag,
-                                                  clientTag: LoopTag.metricsClient.tag) { [unowned self] in
+            metricsEndpoint = try MetricsEndpoint(host: m.host, port: m.port, epoll: epoll, listenerTag: EventKind.metrics.tag(),
+                                                  clientTag: EventKind.metricsClient.tag()) { [unowned self] in
                 self.metrics.update(self.metricsSnapshot())
                 return render()
             }
         }
         if let path = options.controlPath {
-            control = try ControlServer(path: path, epoll: epoll, listenerTag: LoopTag.control.tag,
-                                        clientTag: LoopTag.controlClient.tag, target: self,
+            control = try ControlServer(path: path, epoll: epoll, listenerTag: EventKind.control.tag(),
+                                        clientTag: EventKind.controlClient.tag(), target: self,
                                         clientLimit: options.gateway.controlClientCapacity)
         }
         port.stateObserver = { [unowned self] connected, detail in
@@ -50,16 +50,6 @@ extension UserNetRuntime: ControlTarget {
         stopCapture()
         control = nil
         metricsEndpoint = nil
-    }
-
-    func observabilityEvent(tag: UInt64, events: UInt32) {
-        switch LoopTag(rawValue: UInt8(truncatingIfNeeded: tag >> 56)) {
-        case .control: control?.handle(tag: tag, events: events, isListener: true)
-        case .controlClient: control?.handle(tag: tag, events: events, isListener: false)
-        case .metrics: metricsEndpoint?.handle(tag: tag, events: events, isListener: true)
-        case .metricsClient: metricsEndpoint?.handle(tag: tag, events: events, isListener: false)
-        default: break
-        }
     }
 
     func startCapture(path: String, rotateBytes: UInt64?) throws {

@@ -2,11 +2,9 @@
 //
 // Theory of Operation
 // -------------------
-// Single thread, single epoll set. Every registered fd carries a 64-bit tag: the top byte says what it is
-// (gateway flow socket, guest listener/connection/datagram/TAP, signalfd) and the low bits name a flow
-// index, so dispatch is a switch with no lookup. Time is read once per iteration and passed down. Each
-// iteration: run timers (flow expiry, resolv.conf check, reconnect), wait for events (timeout = the next
-// timer, at most 1 s), dispatch them, then flush everything the gateway queued for the guest in one go.
+// Runs on the one `EventLoop` (VNetHost), tags from the one registry (`EventKind`). Each turn: run timers
+// (flow expiry, resolv.conf check, reconnect), wait for events (until the next timer, at most 1 s),
+// dispatch them, then flush everything the gateway queued for the guest in one go.
 // SIGINT/SIGTERM stop the loop cleanly (the socket file is removed); SIGHUP re-reads resolv.conf; SIGUSR1
 // prints the counters to stderr. The control socket, the packet capture and the metrics endpoint (all
 // optional) live on the same loop; their wiring is in UserNetControl.swift.
@@ -30,13 +28,12 @@ public struct RuntimeError: Error, CustomStringConvertible {
 public final class UserNetRuntime {
     public let options: RuntimeOptions
     let logger: Logger
-    let epoll: Epoll
+    let loop: EventLoop
+    var epoll: Epoll { loop.epoll }
     let host: RealHost
     public let gateway: Gateway<RealHost>
     let port: GuestPort
-    let signalFD: Int32
     let resolvWatcher: ResolvConfWatcher?
-    var running = true
     /// hostfwd rules with their listening sockets; a removed rule leaves its slot empty (slots are epoll tags).
     var forwards: [ActiveForward?] = []
     var control: ControlServer?
@@ -70,18 +67,14 @@ public final class UserNetRuntime {
         }
         var gatewayConfig = options.gateway
         gatewayConfig.guestOffloads = tapFD >= 0 && options.tapOffload
-        epoll = try Epoll()
-        host = RealHost(epoll: epoll)
+        loop = try EventLoop(signals: .all)
+        host = RealHost(epoll: loop.epoll)
         // Tests exercise both host-read paths; kernels before 6.9 take the fallback on their own.
         if let v = getenv("VNET_FORCE_PEEK_FALLBACK"), String(cString: v) == "1" { host.forcePeekFallback = true }
         gateway = Gateway(config: gatewayConfig, host: host)
         // dispatch() calls flushGuestSends after every read of the guest port (GatewayUDPBatch.swift).
         gateway.gathersGuestDatagrams = true
         if let root = gatewayConfig.tftpRoot { gateway.enableTFTP(files: try HostTFTPFiles(directory: root)) }
-        let sfd = vnet_signalfd()
-        guard sfd >= 0 else { throw RuntimeError("signalfd: \(Sys.errnoString(-sfd))") }
-        signalFD = sfd
-        try epoll.add(sfd, events: Epoll.readable, tag: LoopTag.signal.tag)
 
         if let up = options.dnsUpstream {
             guard let a = IPAddress(text: up.address) else { throw RuntimeError("--dns-upstream: '\(up.address)' is not an IP address") }
@@ -92,12 +85,13 @@ public final class UserNetRuntime {
         }
 
         let mtu = options.gateway.mtu
+        let epoll = loop.epoll
         switch options.transport {
         case .unixListen(let path):
             let fd = try UserNetRuntime.listenUnix(path: path)
             socketPathToRemove = path
             port = GuestPort(kind: .streamListener(listenFD: fd), epoll: epoll, mtu: mtu, logger: logger)
-            try epoll.add(fd, events: Epoll.readable, tag: LoopTag.listener.tag)
+            try epoll.add(fd, events: Epoll.readable, tag: EventKind.portListener.tag())
             port.boundDescription = "unix:\(path)"
         case .tcpListen(let h, let p):
             guard let a = IPv4Address(h) else { throw RuntimeError("--listen: '\(h)' is not an IPv4 address") }
@@ -106,7 +100,7 @@ public final class UserNetRuntime {
             try Sys.bind(fd, SocketAddress(ipv4: a.rawValue, port: p))
             try Sys.listen(fd)
             port = GuestPort(kind: .streamListener(listenFD: fd), epoll: epoll, mtu: mtu, logger: logger)
-            try epoll.add(fd, events: Epoll.readable, tag: LoopTag.listener.tag)
+            try epoll.add(fd, events: Epoll.readable, tag: EventKind.portListener.tag())
             port.boundDescription = "tcp:\(Sys.localAddress(fd)?.description ?? "\(h):\(p)")"
         case .connectUnix(let path):
             guard let a = SocketAddress(unixPath: path) else { throw RuntimeError("--connect: unix path too long") }
@@ -131,7 +125,7 @@ public final class UserNetRuntime {
             socketPathToRemove = path
             port = GuestPort(kind: .datagram(peer: peer), epoll: epoll, mtu: mtu, logger: logger)
             port.fd = fd
-            try epoll.add(fd, events: Epoll.readable, tag: LoopTag.datagram.tag)
+            try epoll.add(fd, events: Epoll.readable, tag: EventKind.port.tag())
             port.boundDescription = options.vfkitHandshake ? "vfkit unixgram:\(path)" : "dgram unix:\(path)"
             port.vfkitHandshake = options.vfkitHandshake
         case .dgramUDP(let h, let p, let ph, let pp):
@@ -145,12 +139,12 @@ public final class UserNetRuntime {
             try Sys.bind(fd, SocketAddress(ipv4: a.rawValue, port: p))
             port = GuestPort(kind: .datagram(peer: peer), epoll: epoll, mtu: mtu, logger: logger)
             port.fd = fd
-            try epoll.add(fd, events: Epoll.readable, tag: LoopTag.datagram.tag)
+            try epoll.add(fd, events: Epoll.readable, tag: EventKind.port.tag())
             port.boundDescription = "dgram udp:\(Sys.localAddress(fd)?.description ?? "\(h):\(p)")"
         case .tap(let netns, let name):
             port = GuestPort(kind: .tap(virtioHeader: gatewayConfig.guestOffloads), epoll: epoll, mtu: mtu, logger: logger)
             port.fd = tapFD
-            try epoll.add(tapFD, events: Epoll.readable, tag: LoopTag.tap.tag)
+            try epoll.add(tapFD, events: Epoll.readable, tag: EventKind.port.tag())
             port.boundDescription = "tap \(name) in netns \(netns)"
         }
         if case .streamListener = port.kind {
@@ -226,7 +220,7 @@ public final class UserNetRuntime {
             if v6 { try Sys.setOption(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, 1) }
             try Sys.bind(fd, RealHost.socketAddress(rule.hostAddress, port: rule.hostPort))
             if rule.proto == .tcp { try Sys.listen(fd, backlog: 128) }
-            let tag = (rule.proto == .tcp ? LoopTag.forwardTCP : LoopTag.forwardUDP).tag | UInt64(slot)
+            let tag = (rule.proto == .tcp ? EventKind.forwardTCP : EventKind.forwardUDP).tag(slot)
             try epoll.add(fd, events: Epoll.readable, tag: tag)
         } catch {
             Sys.close(fd)
@@ -257,7 +251,7 @@ public final class UserNetRuntime {
             for _ in 0 ..< 64 {
                 var from = SocketAddress()
                 guard let c = Sys.accept(fd, from: &from) else {
-                    if epoll.pauseListenerIfShort(fd, error: errno, tag: LoopTag.forwardTCP.tag | UInt64(i)) { acceptPauses &+= 1 }
+                    if epoll.pauseListenerIfShort(fd, error: errno, tag: EventKind.forwardTCP.tag(i)) { acceptPauses &+= 1 }
                     return
                 }
                 guard let (a, p) = UserNetRuntime.peer(from),
@@ -394,36 +388,38 @@ public final class UserNetRuntime {
         startupLines = describeStartup() + sandboxLines + extra
         for l in startupLines { writeStdout(l) }
         writeStdout("vnet: ready")
-        while running {
-            let now = Sys.monotonicNanoseconds()
-            let instant = Instant(nanoseconds: now)
-            gateway.poll(now: instant)
-            if let w = resolvWatcher, let servers = w.poll(nowNanoseconds: now) {
-                applyResolvers(servers)
+        loop.onSignal = { [unowned self] sig in
+            switch sig {
+            case SIGHUP:
+                if let w = self.resolvWatcher, let servers = w.poll(nowNanoseconds: Sys.monotonicNanoseconds(), force: true) {
+                    self.applyResolvers(servers)
+                }
+            case SIGUSR1: self.printCounters()
+            default: break
             }
+        }
+        try loop.run(turn: { now in
+            gateway.poll(now: Instant(nanoseconds: now))
+            if let w = resolvWatcher, let servers = w.poll(nowNanoseconds: now) { applyResolvers(servers) }
             port.tryConnect(now: now)
             reportLimits(now: now)
             port.flush(queue: gateway.toGuest, now: now)
-            var timeout = Int32(clamping: max(0, Int64(gateway.nextDeadline.nanoseconds) - Int64(now)) / 1_000_000)
-            timeout = min(max(timeout, 1), 1000)
-            if case .streamConnector = port.kind, port.fd < 0 {
-                timeout = min(timeout, Int32(clamping: max(0, Int64(port.reconnectAt) - Int64(now)) / 1_000_000))
-            }
-            try epoll.wait(timeoutMilliseconds: timeout) { tag, events in
-                self.dispatch(tag: tag, events: events, now: Sys.monotonicNanoseconds())
-            }
+            var deadline = gateway.nextDeadline.nanoseconds
+            if case .streamConnector = port.kind, port.fd < 0 { deadline = min(deadline, port.reconnectAt) }
+            return deadline
+        }, dispatch: { kind, index, events, now in
+            dispatch(kind, index, events: events, now: now)
+        }, afterEvents: {
             flushToGuest()
             pcap?.flush()
-        }
+        })
         logger.info("stopping")
         printCounters()
         stopObservability()
     }
 
     /// Ends `run` once `fd` becomes readable (or hangs up): `vnet run` passes QEMU's pidfd.
-    public func stopWhenReadable(_ fd: Int32) throws {
-        try epoll.add(fd, events: Epoll.readable, tag: LoopTag.stopWatch.tag)
-    }
+    public func stopWhenReadable(_ fd: Int32) throws { try loop.stopWhenReadable(fd) }
 
     /// Drains the gateway's queue to the guest, letting flows that waited for room refill it, a few rounds.
     func flushToGuest() {
@@ -454,22 +450,21 @@ public final class UserNetRuntime {
         }
     }
 
-    func dispatch(tag: UInt64, events: UInt32, now: UInt64) {
+    func dispatch(_ kind: EventKind, _ index: Int, events: UInt32, now: UInt64) {
         let instant = Instant(nanoseconds: now)
-        if let flow = FlowTag(rawValue: tag) {
+        switch kind {
+        case .udpFlow, .icmpFlow, .tcpFlow:
+            guard let flow = FlowTag(rawValue: kind.tag(index)) else { return }
             host.eventHadError = events & Epoll.error != 0
             if events & Epoll.writable != 0 { gateway.hostWritable(flow, now: instant) }
             if events & (Epoll.readable | Epoll.hangup | Epoll.error) != 0 {
                 gateway.hostReadable(flow, now: instant, peerClosing: events & (Epoll.hangup | Epoll.error) != 0)
             }
-            return
-        }
-        switch LoopTag(rawValue: UInt8(truncatingIfNeeded: tag >> 56)) {
-        case .listener:
-            port.accept(queue: gateway.toGuest, listenerTag: LoopTag.listener.tag)
+        case .portListener:
+            port.accept(queue: gateway.toGuest, listenerTag: EventKind.portListener.tag())
         case .forwardTCP, .forwardUDP:
-            acceptForwards(Int(UInt32(truncatingIfNeeded: tag)), now: now)
-        case .connection, .datagram, .tap, .connector:
+            acceptForwards(index, now: now)
+        case .port:
             if events & (Epoll.readable | Epoll.hangup | Epoll.error) != 0 || port.connecting {
                 let held = port.holdsFramesUntilNextRead
                 port.readFrames(now: now, queue: gateway.toGuest, beforeReuse: { self.gateway.flushGuestSends() }) { frame, offload in
@@ -480,21 +475,11 @@ public final class UserNetRuntime {
                 gateway.flushPendingAcks()
             }
             if events & Epoll.writable != 0 { flushToGuest() }
-        case .stopWatch:
-            running = false
-        case .control, .controlClient, .metrics, .metricsClient:
-            observabilityEvent(tag: tag, events: events)
-        case .signal:
-            while case let sig = vnet_signalfd_read(signalFD), sig != 0 {
-                switch sig {
-                case SIGINT, SIGTERM: running = false
-                case SIGHUP:
-                    if let w = resolvWatcher, let servers = w.poll(nowNanoseconds: now, force: true) { applyResolvers(servers) }
-                case SIGUSR1: printCounters()
-                default: break
-                }
-            }
-        case .none:
+        case .control, .controlClient:
+            control?.handle(tag: kind.tag(index), events: events, isListener: kind == .control)
+        case .metrics, .metricsClient:
+            metricsEndpoint?.handle(tag: kind.tag(index), events: events, isListener: kind == .metrics)
+        default:
             break
         }
     }

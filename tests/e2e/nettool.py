@@ -20,6 +20,10 @@
   nettool.py udp-sink HOST PORT N SIZE  receives N datagrams (a 4 MiB buffer; gives up 10 s after the last);
                                         prints "GOT <count> ORDERED <yes|no> BAD <count>" (BAD: wrong size/content)
   nettool.py udp-burst HOST PORT N SIZE sends N numbered datagrams of SIZE bytes back to back
+  nettool.py raw-send HOST PORT SIZE   to a plain listener (a guest's `nc -l`): connects (retrying for 60 s
+                                        while refused), sends SIZE pattern bytes, closes; prints SENT
+  nettool.py raw-recv HOST PORT        from a plain sender (a guest's `nc -l < FILE`): connects (retrying
+                                        for 60 s while refused), reads to EOF; prints "<bytes> <sha256>"
 """
 
 import hashlib
@@ -164,6 +168,18 @@ def put(host, port, size):
         return recv_exact(s, 64).decode()
 
 
+def connect_retrying(host, port, deadline=60.0):
+    """A guest's listener may not be up yet: retry refused connections until the deadline."""
+    end = time.monotonic() + deadline
+    while True:
+        try:
+            return socket.create_connection((host, port), timeout=120)
+        except ConnectionRefusedError:
+            if time.monotonic() > end:
+                raise
+            time.sleep(0.1)
+
+
 def main(argv):
     cmd = argv[1]
     if cmd == "serve":
@@ -223,6 +239,21 @@ def main(argv):
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         s.close()
         print("SENT")
+    elif cmd == "raw-send":
+        with connect_retrying(argv[2], int(argv[3])) as s:
+            for c in pattern_chunks(int(argv[4])):
+                s.sendall(c)
+        print("SENT", flush=True)
+    elif cmd == "raw-recv":
+        with connect_retrying(argv[2], int(argv[3])) as s:
+            h, n = hashlib.sha256(), 0
+            while True:
+                chunk = s.recv(1 << 20)
+                if not chunk:
+                    break
+                h.update(chunk)
+                n += len(chunk)
+        print(n, h.hexdigest(), flush=True)
     elif cmd == "pattern-sha":
         print(pattern_sha(int(argv[2])))
     elif cmd == "udp-sink":
