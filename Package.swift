@@ -24,9 +24,9 @@ let package = Package(
         .target(name: "CVNetShim"),
         // Bytes <-> values. Pure: no Foundation, no syscalls.
         .target(name: "VNetWire"),
-        // Preallocated frame queues and time values shared by the data path. Pure.
+        // Preallocated frame queues, time values and the one registry of event kinds. Pure.
         .target(name: "VNetBuffers"),
-        // DHCP, DNS and ARP responders as pure functions over wire values.
+        // DHCP and TFTP servers as pure functions over wire values.
         .target(name: "VNetServices", dependencies: ["VNetWire", "VNetBuffers"]),
         // vnet's host on the segment: dispatch, services, UDP/ICMP NAT. Host I/O through a protocol.
         .target(name: "VNetGateway", dependencies: ["VNetWire", "VNetServices", "VNetBuffers"]),

@@ -103,32 +103,21 @@ extension VirtualNetwork {
             return o
         }
 
-        /// The gateway and the DHCP range, checked against the subnet.
+        /// The gateway and the DHCP range, checked against the subnet (the derivation every NAT mode shares).
         func addressing() throws -> (gateway: UInt32, first: UInt32, last: UInt32) {
-            let base = subnet.base, broadcast = subnet.broadcast
-            let gw: UInt32
+            var gw: IPv4Address? = nil
             if let g = gateway {
-                guard let v = g.ipv4Value, subnet.contains(g), v != base, v != broadcast else {
-                    throw VirtualNetworkError.invalid("gateway \(g): not a host address of \(subnet)")
-                }
-                gw = v
-            } else {
-                gw = base | 1
+                guard let v = g.ipv4Value else { throw VirtualNetworkError.invalid("gateway \(g): not a host address of \(subnet)") }
+                gw = IPv4Address(rawValue: v)
             }
-            var first = gw == base | 1 ? base | 2 : base | 1
-            var last = broadcast - 1
-            if let r = dhcpRange {
-                first = r.lowerBound.value
-                last = r.upperBound.value
+            let range = dhcpRange.map { (IPv4Address(rawValue: $0.lowerBound.value), IPv4Address(rawValue: $0.upperBound.value)) }
+            let net = IPv4Network(address: IPv4Address(rawValue: subnet.base), prefixLength: subnet.prefixLength)
+            do {
+                let a = try NetworkAddressing(network: net, gateway: gw, dhcpRange: range)
+                return (a.gateway.rawValue, a.dhcpFirst.rawValue, a.dhcpLast.rawValue)
+            } catch {
+                throw VirtualNetworkError.invalid("\(error)")
             }
-            guard first > base, last < broadcast, first & subnet.mask == base, last & subnet.mask == base else {
-                throw VirtualNetworkError.invalid("dhcpRange \(IPAddress(ipv4Value: first))-\(IPAddress(ipv4Value: last)): not inside \(subnet)")
-            }
-            guard !(first ... last).contains(gw) else {
-                throw VirtualNetworkError.invalid("dhcpRange \(IPAddress(ipv4Value: first))-\(IPAddress(ipv4Value: last)) contains the gateway")
-            }
-            guard last - first < 65_536 else { throw VirtualNetworkError.invalid("dhcpRange: at most 65536 addresses") }
-            return (gw, first, last)
         }
 
         /// A static lease as the DHCP server takes it, checked against the range.

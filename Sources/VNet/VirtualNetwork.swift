@@ -15,7 +15,7 @@
 // `run()` needs one task to start the thread; after that the cooperative pool is never used by the data path.
 //
 // Both families: guests get IPv4 by DHCP and IPv6 by SLAAC (`Configuration.ipv6Prefix`); port forwards listen on
-// either family and reach a guest's IPv4 or IPv6 address. Upstream DNS servers and static leases are IPv4.
+// either family and reach a guest's IPv4 or IPv6 address, and so may upstream DNS servers; static leases are IPv4.
 
 import Foundation
 import Logging

@@ -39,39 +39,33 @@ struct KernelNatMode {
         let (addr, prefix) = try parseCIDR(network)
         guard (8 ... 30).contains(prefix) else { throw ValidationError("--network: the prefix must be 8-30") }
         let net = IPv4Network(address: addr, prefixLength: prefix)
-        let base = net.address.rawValue
-        var gw = IPv4Address(rawValue: base + 1)
-        if let t = gateway {
-            guard let a = IPv4Address(t), net.contains(a), a != net.address, a != net.broadcast else {
-                throw ValidationError("--gateway: '\(t)' is not a host address in \(net)")
-            }
-            gw = a
-        }
-        var first = IPv4Address(rawValue: gw.rawValue == base + 1 ? base + 2 : base + 1)
-        var last = IPv4Address(rawValue: net.broadcast.rawValue - 1)
-        if let r = dhcpRange {
-            let parts = r.split(separator: "-").map(String.init)
-            guard parts.count == 2, let a = IPv4Address(parts[0]), let b = IPv4Address(parts[1]), a.rawValue <= b.rawValue else {
-                throw ValidationError("--dhcp-range '\(r)': expected FIRST-LAST")
-            }
-            first = a
-            last = b
-        }
-        guard net.contains(first), net.contains(last), first.rawValue > base, last.rawValue < net.broadcast.rawValue else {
-            throw ValidationError("--dhcp-range \(first)-\(last) is not inside \(net)")
-        }
-        guard !(first.rawValue ... last.rawValue).contains(gw.rawValue) else {
-            throw ValidationError("--dhcp-range \(first)-\(last) contains the gateway \(gw)")
-        }
-        guard last.rawValue - first.rawValue < 65_536 else { throw ValidationError("--dhcp-range: at most 65536 addresses") }
+        let addressing = try Self.addressing(network: net, gateway: gateway, dhcpRange: dhcpRange)
+        let (gw, first) = (addressing.gateway, addressing.dhcpFirst)
         var maps: [NftPortMap] = []
         for f in portMaps {
             do { maps.append(try NftPortMap.parse(f, defaultGuest: first)) } catch {
                 throw ValidationError("--port-map: \(error) (with --kernel the VM is an address)")
             }
         }
-        return KernelNatConfig(name: name, bridge: br, network: net, gateway: gw, dhcpStart: first,
-                               dhcpCount: Int(last.rawValue - first.rawValue) + 1, portMaps: maps, stateDirectory: stateDir)
+        return KernelNatConfig(name: name, bridge: br, network: addressing.network, gateway: gw, dhcpStart: first,
+                               dhcpCount: addressing.dhcpCount, portMaps: maps, stateDirectory: stateDir)
+    }
+
+    /// The gateway and DHCP range from `--gateway` and `--dhcp-range` (shared with `vnet nat`).
+    static func addressing(network: IPv4Network, gateway: String?, dhcpRange: String?) throws -> NetworkAddressing {
+        var gw: IPv4Address? = nil
+        if let t = gateway {
+            guard let a = IPv4Address(t) else { throw ValidationError("--gateway '\(t)' is not an IPv4 address") }
+            gw = a
+        }
+        var range: (IPv4Address, IPv4Address)? = nil
+        if let r = dhcpRange {
+            guard let parsed = NetworkAddressing.parseRange(r) else { throw ValidationError("--dhcp-range '\(r)': expected FIRST-LAST") }
+            range = parsed
+        }
+        do { return try NetworkAddressing(network: network, gateway: gw, dhcpRange: range) } catch {
+            throw ValidationError("--\(error)")
+        }
     }
 
     func upstream() throws -> (IPv4Address, UInt16)? {

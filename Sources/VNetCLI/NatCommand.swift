@@ -113,37 +113,15 @@ struct NatCommand: ParsableCommand {
             Int(cidr[1]).flatMap { (8 ... 30).contains($0) ? IPv4Network(address: a, prefixLength: $0) : nil }
         } : nil
         guard let net = parsedNet, net.prefixLength <= 30 else { throw ValidationError("--network '\(netText)': expected a CIDR such as 192.168.122.0/24 (/8 to /30)") }
-        let base = net.address.rawValue & net.netmask.rawValue
-        let gwText = gateway ?? file.string("gateway")
-        let gw = try gwText.map { t -> IPv4Address in
-            guard let a = IPv4Address(t) else { throw ValidationError("--gateway '\(t)' is not an IPv4 address") }
-            return a
-        } ?? IPv4Address(rawValue: base | 1)
-        guard net.contains(gw), gw != net.broadcast, gw.rawValue != base else { throw ValidationError("--gateway \(gw) is not a host address of \(net)") }
-        var first = IPv4Address(rawValue: gw.rawValue == base | 1 ? base | 2 : base | 1)
-        var last = IPv4Address(rawValue: net.broadcast.rawValue - 1)
-        if let r = dhcpRange ?? file.string("dhcp-range") {
-            let parts = r.split(separator: "-").map(String.init)
-            guard parts.count == 2, let a = IPv4Address(parts[0]), let b = IPv4Address(parts[1]), a.rawValue <= b.rawValue else {
-                throw ValidationError("--dhcp-range '\(r)': expected FIRST-LAST")
-            }
-            first = a
-            last = b
-        }
-        guard net.contains(first), net.contains(last), first.rawValue > base, last.rawValue < net.broadcast.rawValue else {
-            throw ValidationError("--dhcp-range \(first)-\(last) is not inside \(net)")
-        }
-        guard !(first.rawValue ... last.rawValue).contains(gw.rawValue) else {
-            throw ValidationError("--dhcp-range \(first)-\(last) contains the gateway \(gw)")
-        }
-        guard last.rawValue - first.rawValue < 65_536 else { throw ValidationError("--dhcp-range: at most 65536 addresses") }
+        let addressing = try KernelNatMode.addressing(network: net, gateway: gateway ?? file.string("gateway"),
+                                                         dhcpRange: dhcpRange ?? file.string("dhcp-range"))
 
         var g = GatewayConfig()
-        g.network = net
-        g.gatewayAddress = gw
-        g.dnsAddress = gw
-        g.dhcpStart = first
-        g.dhcpPoolSize = Int(last.rawValue - first.rawValue) + 1
+        g.network = addressing.network
+        g.gatewayAddress = addressing.gateway
+        g.dnsAddress = addressing.gateway
+        g.dhcpStart = addressing.dhcpFirst
+        g.dhcpPoolSize = addressing.dhcpCount
         let fileLeaseTime = try file.uint("lease-time")
         g.leaseTime = .seconds(leaseTime ?? fileLeaseTime ?? 3600)
         g.domainName = domain ?? file.string("domain")
@@ -171,6 +149,7 @@ struct NatCommand: ParsableCommand {
             guard p.count == 2 || p.count == 3, let mac = MACAddress(p[0]), !mac.isMulticast, let a = IPv4Address(p[1]) else {
                 throw ValidationError("--static-lease '\(s)': expected MAC,IP[,HOSTNAME]")
             }
+            let (first, last) = (addressing.dhcpFirst, addressing.dhcpLast)
             guard (first.rawValue ... last.rawValue).contains(a.rawValue) else {
                 throw ValidationError("--static-lease '\(s)': \(a) is outside the DHCP range \(first)-\(last)")
             }

@@ -25,7 +25,6 @@ public enum DropReason: Int, CaseIterable, Sendable {
     case ipv4FragmentInvalid
     case ipv4FragmentOverlap
     case ipv4FragmentTimeout
-    case ipv4OptionsUnsupported
     case martianSource
     case martianDestination
     case unknownIPProtocol
@@ -99,7 +98,6 @@ public enum DropReason: Int, CaseIterable, Sendable {
         case .ipv4FragmentInvalid: "ipv4_fragment_invalid"
         case .ipv4FragmentOverlap: "ipv4_fragment_overlap"
         case .ipv4FragmentTimeout: "ipv4_fragment_timeout"
-        case .ipv4OptionsUnsupported: "ipv4_options_unsupported"
         case .martianSource: "martian_source"
         case .martianDestination: "martian_destination"
         case .unknownIPProtocol: "unknown_ip_protocol"

@@ -1,4 +1,4 @@
-// Guest TCP translated to host sockets, without buffers of our own (the passt design, ../shared/DESIGN.md).
+// Guest TCP translated to host sockets, without buffers of our own (the passt design; docs/architecture.md).
 //
 // Theory of Operation
 // -------------------

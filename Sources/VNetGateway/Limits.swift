@@ -42,8 +42,9 @@ public enum GatewayLimit: String, CaseIterable, Sendable {
         }
     }
 
-    /// The drop reason counted when this limit refuses something.
-    public var dropReason: DropReason {
+    /// The drop reason counted when this cap refuses something; nil for the limits that are times (a
+    /// timeout or a lease time ends something, it refuses nothing).
+    public var dropReason: DropReason? {
         switch self {
         case .tcpFlows: .tcpFlowTableFull
         case .tcpHalfOpen: .tcpHalfOpenFull
@@ -51,8 +52,7 @@ public enum GatewayLimit: String, CaseIterable, Sendable {
         case .icmpFlows: .icmpFlowTableFull
         case .dnsFlows: .dnsFlowTableFull
         case .fragmentSlots, .fragmentTimeout: .ipv4FragmentTimeout
-        case .udpTimeout: .udpFlowTableFull
-        case .dhcpLeaseTime: .dhcpPoolExhausted
+        case .udpTimeout, .dhcpLeaseTime: nil
         case .guestTCPFlows: .tcpGuestFlowsFull
         case .guestUDPFlows: .udpGuestFlowsFull
         case .tftpTransfers: .tftpTooManyTransfers

@@ -5,7 +5,7 @@
 // A fixed number of slots, each with its own 64 KiB buffer allocated once, holds the datagrams being
 // reassembled, keyed by (source, destination, protocol, identification). A fragment is copied to its offset and
 // its 8-byte blocks are marked in a bitmap; the datagram is complete when the last fragment (MF clear) has fixed
-// the length and every block up to it is present. Rules for hostile input (../shared/BAD-INPUTS.md 11-13):
+// the length and every block up to it is present. Rules for hostile input (docs/hostile-input.md, cases 11-13):
 // - offset + length beyond 65535 - 20, a non-final fragment whose length is not a multiple of 8, or a
 //   second "last" fragment with another length: the whole datagram is dropped;
 // - an exact duplicate is ignored; a fragment that overlaps others with *different* bytes drops the whole

@@ -213,6 +213,12 @@ public final class ControlServer {
     }
 
     /// Sends an event to every subscribed client.
+    /// The one shape of a port event in every mode: `PORT_CONNECTED` / `PORT_DISCONNECTED` with the port's
+    /// name (`guest0`, `port3`), its index, its peer (an address, or the endpoint it came in on) and why.
+    public func publishPort(name: String, index: Int, peer: String, connected: Bool, reason: String) {
+        publish(connected ? "PORT_CONNECTED" : "PORT_DISCONNECTED", data: ["port": name, "index": index, "peer": peer, "reason": reason])
+    }
+
     public func publish(_ name: String, data: [String: Any]) {
         guard clients.contains(where: { $0?.subscribed == true }) else { return }
         var now = timespec()

@@ -22,8 +22,8 @@ extension SwitchRuntime: ControlTarget {
                                     target: self, clientLimit: options.gateway?.controlClientCapacity ?? ControlServer.maximumClients)
     }
 
-    func publishPort(_ i: Int, connected: Bool, description: String) {
-        control?.publish(connected ? "PORT_CONNECTED" : "PORT_DISCONNECTED", data: ["port": i, "peer": description])
+    func publishPort(_ i: Int, connected: Bool, description: String, reason: String = "connected") {
+        control?.publishPort(name: "port\(i)", index: i, peer: description, connected: connected, reason: reason)
     }
 
     public var controlCommands: [ControlCommand] {
@@ -163,11 +163,11 @@ extension SwitchRuntime: ControlTarget {
         let t = now
         var lines: [String] = []
         var value: [[String: Any]] = []
-        for case let m? in portMaps {
-            let to = resolve(m.map.target, now: t)
-            lines.append("\(m.map.proto.rawValue) \(m.bound) -> \(m.map.targetDescription):\(m.map.guestPort)" + (to.map { " (now \($0))" } ?? " (no such VM now)"))
-            value.append(["protocol": m.map.proto.rawValue, "bound": m.bound, "target": m.map.targetDescription,
-                          "guest_port": Int(m.map.guestPort), "resolved": to?.description ?? ""])
+        for (_, m) in portMaps.active {
+            let to = resolve(m.rule.target, now: t)
+            lines.append("\(m.rule.proto.rawValue) \(m.bound) -> \(m.rule.targetDescription):\(m.rule.guestPort)" + (to.map { " (now \($0))" } ?? " (no such VM now)"))
+            value.append(["protocol": m.rule.proto.rawValue, "bound": m.bound, "target": m.rule.targetDescription,
+                          "guest_port": Int(m.rule.guestPort), "resolved": to?.description ?? ""])
         }
         return ControlResult(value: value, text: lines.isEmpty ? "(no port maps)" : lines.joined(separator: "\n"))
     }

@@ -82,8 +82,8 @@ public final class SwitchRuntime {
     var listeners: [Listener] = []
     var hubs: [Hub] = []
     var groups: [MulticastGroup] = []
-    /// Port maps with their listening sockets; a removed map leaves its slot empty (slots are epoll tags).
-    var portMaps: [(map: PortMap, fd: Int32, bound: String)?] = []
+    /// Port maps with their listening sockets.
+    let portMaps: ForwardListeners<PortMap>
     /// Work posted from other threads (the library API), run on the loop's thread.
     public let commands: SwitchCommandQueue
     /// Told about lease changes on the loop's thread (the library's lease events).
@@ -123,6 +123,7 @@ public final class SwitchRuntime {
             }
         }
         loop = try EventLoop(signals: !options.handleSignals ? .none : options.stopSignalsElsewhere ? .auxiliary : .all)
+        portMaps = ForwardListeners(epoll: loop.epoll)
         fabric = L2Switch(maximumPorts: options.maximumPorts, fdbCapacity: options.fdbCapacity, macQuotaPerPort: options.macQuotaPerPort,
                           ageingTime: .seconds(options.ageingSeconds), mtu: options.mtu)
         links = Array(repeating: nil, count: options.maximumPorts)
@@ -180,7 +181,6 @@ public final class SwitchRuntime {
 
     deinit {
         for p in pathsToRemove { unlink(p) }
-        for case let m? in portMaps { Sys.close(m.fd) }
         for case let l? in links where l.hub == nil && l.port.fd >= 0 { Sys.close(l.port.fd) }
         for l in listeners { Sys.close(l.fd) }
         for h in hubs { Sys.close(h.fd) }
@@ -296,7 +296,7 @@ public final class SwitchRuntime {
         fabric.removePort(l.switchPort)
         links[i] = nil
         logger.info("port \(i) (\(l.description)) left: \(reason)")
-        publishPort(i, connected: false, description: l.description)
+        publishPort(i, connected: false, description: l.description, reason: reason)
     }
 
     func openMulticast(group: String, port: UInt16, localAddress: String, _ spec: SwitchPortSpec) throws {
@@ -329,41 +329,16 @@ public final class SwitchRuntime {
     /// Opens a port map's listening socket; returns its slot (an epoll tag, and the handle to remove it by).
     public func addPortMap(_ m: PortMap) throws -> Int {
         guard gateway != nil else { throw RuntimeError("port maps need the gateway") }
-        let i = portMaps.firstIndex(where: { $0 == nil }) ?? portMaps.count
-        let type = m.proto == .tcp ? Int32(SOCK_STREAM.rawValue) : Int32(SOCK_DGRAM.rawValue)
-        let v6 = !m.hostAddress.isIPv4
-        let fd = try Sys.socket(v6 ? AF_INET6 : AF_INET, type, 0)
-        do {
-            try Sys.setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1)
-            if v6 { try Sys.setOption(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, 1) }
-            try Sys.bind(fd, RealHost.socketAddress(m.hostAddress, port: m.hostPort))
-            if m.proto == .tcp { try Sys.listen(fd, backlog: 128) }
-            try epoll.add(fd, events: Epoll.readable, tag: (m.proto == .tcp ? EventKind.forwardTCP : EventKind.forwardUDP).tag(i))
-        } catch {
-            Sys.close(fd)
-            throw RuntimeError("port map \(m): \(error)")
-        }
-        let bound = Sys.localAddress(fd).flatMap(UserNetRuntime.peer).map { "\($0.0.bracketed):\($0.1)" }
-            ?? "\(m.hostAddress.bracketed):\(m.hostPort)"
-        let entry = (map: m, fd: fd, bound: bound)
-        if i == portMaps.count { portMaps.append(entry) } else { portMaps[i] = entry }
-        return i
+        do { return try portMaps.open(m) } catch { throw RuntimeError("port map \(m): \(error)") }
     }
 
     /// Closes a port map's socket. Connections it already forwarded keep running; its UDP flows are forgotten.
     @discardableResult
-    public func removePortMap(slot i: Int) -> Bool {
-        guard i >= 0, i < portMaps.count, let m = portMaps[i] else { return false }
-        if m.map.proto == .udp { gateway?.forgetForwardedUDP(listener: m.fd) }
-        epoll.remove(m.fd)
-        Sys.close(m.fd)
-        portMaps[i] = nil
-        return true
-    }
+    public func removePortMap(slot i: Int) -> Bool { portMaps.close(i, gateway: gateway) != nil }
 
     /// The port maps in use: slot, rule and the address actually bound.
     public var activePortMaps: [(slot: Int, map: PortMap, bound: String)] {
-        portMaps.enumerated().compactMap { i, m in m.map { (i, $0.map, $0.bound) } }
+        portMaps.active.map { ($0.slot, $0.entry.rule, $0.entry.bound) }
     }
 
     /// The VM a port map points at now: its address, or its lease host name's current address.
@@ -376,31 +351,9 @@ public final class SwitchRuntime {
     }
 
     func acceptPortMap(_ i: Int, now: UInt64) {
-        guard i < portMaps.count, let gw = gateway, let (map, fd, _) = portMaps[i] else { return }
-        let instant = Instant(nanoseconds: now)
-        let target = resolve(map.target, now: instant)
-        if map.proto == .tcp {
-            for _ in 0 ..< 64 {
-                var from = SocketAddress()
-                guard let c = Sys.accept(fd, from: &from) else {
-                    epoll.pauseListenerIfShort(fd, error: errno, tag: EventKind.forwardTCP.tag(i))
-                    return
-                }
-                guard let to = target, let (a, p) = UserNetRuntime.peer(from),
-                      gw.acceptForwardedTCP(handle: c, from: a, port: p, to: to, port: map.guestPort, now: instant) else {
-                    if target == nil { logger.notice("port map \(map): no VM holds that name now; connection refused") }
-                    vnet_abort_close(c)
-                    continue
-                }
-            }
-        } else {
-            for _ in 0 ..< 64 {
-                var from = SocketAddress()
-                let buf = gw.forwardReceiveBuffer
-                guard case .done(let n) = Sys.receiveFrom(fd, into: buf, from: &from) else { return }
-                guard n <= buf.count, let to = target, let (a, p) = UserNetRuntime.peer(from) else { continue }
-                gw.forwardedUDPDatagram(listener: fd, from: a, port: p, to: to, port: map.guestPort, length: n, now: instant)
-            }
+        guard let gw = gateway else { return }
+        portMaps.accept(i, gateway: gw, now: now, target: { resolve($0.target, now: Instant(nanoseconds: now)) }) { map in
+            logger.notice("port map \(map): no VM holds that name now; connection refused")
         }
     }
 
@@ -484,7 +437,7 @@ public final class SwitchRuntime {
         for h in hubs { lines.append("vnet: datagrams \(h.description) (\(h.policy))") }
         for case let l? in links { lines.append("vnet: port \(l.switchPort): \(l.description) (\(fabric.ports[l.switchPort]?.policy.description ?? ""))") }
         if let c = options.controlPath { lines.append("vnet: control socket \(c) (vnet ctl \(c) help)") }
-        for case let m? in portMaps { lines.append("vnet: port map \(m.map.proto.rawValue) \(m.bound) -> \(m.map.targetDescription):\(m.map.guestPort)") }
+        for (_, m) in portMaps.active { lines.append("vnet: port map \(m.rule.proto.rawValue) \(m.bound) -> \(m.rule.targetDescription):\(m.rule.guestPort)") }
         return lines
     }
 

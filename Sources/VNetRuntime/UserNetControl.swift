@@ -38,7 +38,8 @@ extension UserNetRuntime: ControlTarget {
                                         clientLimit: options.gateway.controlClientCapacity)
         }
         port.stateObserver = { [unowned self] connected, detail in
-            self.control?.publish(connected ? "PORT_CONNECTED" : "PORT_DISCONNECTED", data: ["port": UserNetRuntime.portName, "detail": detail])
+            self.control?.publishPort(name: UserNetRuntime.portName, index: 0, peer: self.port.peer?.description ?? self.port.boundDescription,
+                                      connected: connected, reason: detail)
         }
         gateway.leaseObserver = { [unowned self] address, mac in
             self.control?.publish("LEASE_GRANTED", data: ["address": address.description, "mac": mac.description,
@@ -137,7 +138,7 @@ extension UserNetRuntime: ControlTarget {
     func infoUsernet() -> ControlResult {
         var lines = ["Hub -1 (\(netdevName)):", "  Protocol[State]    FD  Source Address  Port   Dest. Address  Port RecvQ SendQ"]
         var rows: [[String: Any]] = []
-        for case let f? in forwards {
+        for (_, f) in forwards.active {
             let src = f.rule.hostAddress.isUnspecified ? "*" : f.rule.hostAddress.description
             let boundPort = f.bound.split(separator: ":").last.map(String.init) ?? String(f.rule.hostPort)
             let label = "  \(f.rule.proto.rawValue.uppercased())[HOST_FORWARD]"
@@ -230,7 +231,7 @@ extension UserNetRuntime: ControlTarget {
         let text = try a.string("rule")
         let rule: HostForward
         do { rule = try UserNetOptions.parseHostForwardRule(text, config: options.gateway) } catch { throw ControlError(error.message) }
-        if rule.hostPort != 0, forwards.contains(where: { $0?.rule.proto == rule.proto && $0?.rule.hostPort == rule.hostPort
+        if rule.hostPort != 0, forwards.entries.contains(where: { $0?.rule.proto == rule.proto && $0?.rule.hostPort == rule.hostPort
                 && $0?.rule.hostAddress.isIPv4 == rule.hostAddress.isIPv4
                 && ($0?.rule.hostAddress == rule.hostAddress || $0?.rule.hostAddress.isUnspecified == true || rule.hostAddress.isUnspecified) }) {
             throw ControlError("\(rule.proto.rawValue) port \(rule.hostPort) is already forwarded")
@@ -250,19 +251,19 @@ extension UserNetRuntime: ControlTarget {
         let text = try a.string("rule")
         let key: (ForwardProtocol, IPAddress, UInt16)
         do { key = try UserNetOptions.parseHostForwardKey(text) } catch { throw ControlError(error.message) }
-        guard let slot = forwards.firstIndex(where: { f in
+        guard let slot = forwards.entries.firstIndex(where: { f in
             guard let f else { return false }
             let boundPort = UInt16(f.bound.split(separator: ":").last ?? "") ?? f.rule.hostPort
             return f.rule.proto == key.0 && f.rule.hostAddress == key.1 && (f.rule.hostPort == key.2 || boundPort == key.2)
         }) else { throw ControlError("host forwarding rule for \(text) not found") }
         let f = forwards[slot]!
-        closeForward(slot)
+        forwards.close(slot, gateway: gateway)
         logger.info("hostfwd removed: \(forwardDescription(f))")
         return ControlResult(value: forwardValue(f), text: "removed hostfwd \(forwardDescription(f))")
     }
 
     func hostfwdList() -> ControlResult {
-        let active = forwards.compactMap { $0 }
+        let active = forwards.active.map(\.entry)
         let text = active.isEmpty ? "(no host forwards)" : active.map { "hostfwd \(forwardDescription($0))" }.joined(separator: "\n")
         return ControlResult(value: active.map(forwardValue), text: text)
     }

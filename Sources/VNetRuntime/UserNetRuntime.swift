@@ -34,8 +34,8 @@ public final class UserNetRuntime {
     public let gateway: Gateway<RealHost>
     let port: GuestPort
     let resolvWatcher: ResolvConfWatcher?
-    /// hostfwd rules with their listening sockets; a removed rule leaves its slot empty (slots are epoll tags).
-    var forwards: [ActiveForward?] = []
+    /// hostfwd rules with their listening sockets.
+    let forwards: ForwardListeners<HostForward>
     var control: ControlServer?
     var pcap: PcapWriter?
     var metricsEndpoint: MetricsEndpoint?
@@ -45,9 +45,7 @@ public final class UserNetRuntime {
     public private(set) var sandboxed = false
     var sandboxPortStart = 1024
     var limitReporter = LimitReporter()
-    /// Accepts on a listener that failed for want of fds (the listener pauses, see Epoll), hostfwd's counted apart,
-    /// and what the last report said.
-    var acceptPauses: UInt64 = 0
+    /// What the last report of accept pauses (listeners out of fds, see Epoll) said.
     var acceptPausesReported: UInt64 = 0
     var nextAcceptPauseReport: UInt64 = 0
     static let limitReportInterval: UInt64 = 10_000_000_000
@@ -69,6 +67,7 @@ public final class UserNetRuntime {
         gatewayConfig.guestOffloads = tapFD >= 0 && options.tapOffload
         loop = try EventLoop(signals: .all)
         host = RealHost(epoll: loop.epoll)
+        forwards = ForwardListeners(epoll: loop.epoll)
         // Tests exercise both host-read paths; kernels before 6.9 take the fallback on their own.
         if let v = getenv("VNET_FORCE_PEEK_FALLBACK"), String(cString: v) == "1" { host.forcePeekFallback = true }
         gateway = Gateway(config: gatewayConfig, host: host)
@@ -195,12 +194,7 @@ public final class UserNetRuntime {
         return lines
     }
 
-    struct ActiveForward {
-        var rule: HostForward
-        var fd: Int32
-        /// The address actually bound (port 0 becomes the kernel's choice).
-        var bound: String
-    }
+    typealias ActiveForward = ForwardListeners<HostForward>.Entry
 
     /// Binds every hostfwd listener (an address of 0.0.0.0 binds all, as in QEMU).
     func openForwards() throws {
@@ -210,77 +204,9 @@ public final class UserNetRuntime {
     /// Binds one hostfwd listener (at start, or hostfwd_add at run time) and returns its slot.
     @discardableResult
     func openForward(_ rule: HostForward) throws -> Int {
-        let slot = forwards.firstIndex(where: { $0 == nil }) ?? forwards.count
-        let type = rule.proto == .tcp ? Int32(SOCK_STREAM.rawValue) : Int32(SOCK_DGRAM.rawValue)
-        let v6 = !rule.hostAddress.isIPv4
-        let fd = try Sys.socket(v6 ? AF_INET6 : AF_INET, type, 0)
-        do {
-            try Sys.setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1)
-            // [::] binds IPv6 only, so an IPv4 rule for the same port can sit beside it.
-            if v6 { try Sys.setOption(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, 1) }
-            try Sys.bind(fd, RealHost.socketAddress(rule.hostAddress, port: rule.hostPort))
-            if rule.proto == .tcp { try Sys.listen(fd, backlog: 128) }
-            let tag = (rule.proto == .tcp ? EventKind.forwardTCP : EventKind.forwardUDP).tag(slot)
-            try epoll.add(fd, events: Epoll.readable, tag: tag)
-        } catch {
-            Sys.close(fd)
+        do { return try forwards.open(rule) } catch {
             throw RuntimeError("hostfwd \(rule.proto.rawValue):\(rule.hostAddress.bracketed):\(rule.hostPort): \(error)")
         }
-        let bound = Sys.localAddress(fd).flatMap(UserNetRuntime.peer).map { "\($0.0.bracketed):\($0.1)" }
-            ?? "\(rule.hostAddress.bracketed):\(rule.hostPort)"
-        let active = ActiveForward(rule: rule, fd: fd, bound: bound)
-        if slot == forwards.count { forwards.append(active) } else { forwards[slot] = active }
-        return slot
-    }
-
-    /// Closes the listener in `slot` (hostfwd_remove). Connections it already made go on, as in QEMU; UDP
-    /// flows answering through it are forgotten.
-    func closeForward(_ slot: Int) {
-        guard slot < forwards.count, let f = forwards[slot] else { return }
-        epoll.remove(f.fd)
-        if f.rule.proto == .udp { gateway.forgetForwardedUDP(listener: f.fd) }
-        Sys.close(f.fd)
-        forwards[slot] = nil
-    }
-
-    func acceptForwards(_ i: Int, now: UInt64) {
-        guard i < forwards.count, let active = forwards[i] else { return }
-        let (rule, fd) = (active.rule, active.fd)
-        let instant = Instant(nanoseconds: now)
-        if rule.proto == .tcp {
-            for _ in 0 ..< 64 {
-                var from = SocketAddress()
-                guard let c = Sys.accept(fd, from: &from) else {
-                    if epoll.pauseListenerIfShort(fd, error: errno, tag: EventKind.forwardTCP.tag(i)) { acceptPauses &+= 1 }
-                    return
-                }
-                guard let (a, p) = UserNetRuntime.peer(from),
-                      gateway.acceptForwardedTCP(handle: c, from: a, port: p, to: rule.guestAddress,
-                                                 port: rule.guestPort, now: instant) else {
-                    vnet_abort_close(c)
-                    continue
-                }
-            }
-        } else {
-            for _ in 0 ..< 64 {
-                var from = SocketAddress()
-                let buf = gateway.forwardReceiveBuffer
-                guard case .done(let n) = Sys.receiveFrom(fd, into: buf, from: &from) else { return }
-                guard n <= buf.count, let (a, p) = UserNetRuntime.peer(from) else { continue }
-                gateway.forwardedUDPDatagram(listener: fd, from: a, port: p, to: rule.guestAddress,
-                                             port: rule.guestPort, length: n, now: instant)
-            }
-        }
-    }
-
-    /// A peer's address and port, of either family.
-    static func peer(_ a: SocketAddress) -> (IPAddress, UInt16)? {
-        if let (v4, p) = a.ipv4 { return (IPAddress(IPv4Address(rawValue: v4)), p) }
-        if let (v6, p) = a.ipv6 {
-            let addr = IPv6Address(bytes: v6)
-            return (addr.isIPv4Mapped ? IPAddress(IPv4Address(rawValue: UInt32(truncatingIfNeeded: addr.low))) : IPAddress(addr), p)
-        }
-        return nil
     }
 
     // MARK: Set-up helpers
@@ -364,7 +290,7 @@ public final class UserNetRuntime {
         lines.append("vnet: icmp echo via \(host.echoMode.rawValue)")
         lines.append(host.usePeekOffset ? "vnet: tcp host reads via MSG_PEEK with SO_PEEK_OFF"
                                         : "vnet: tcp host reads via MSG_PEEK with skipping (no SO_PEEK_OFF)")
-        for case let f? in forwards {
+        for (_, f) in forwards.active {
             lines.append("vnet: hostfwd \(forwardDescription(f))")
         }
         for g in c.guestForwards { lines.append("vnet: guestfwd \(g)") }
@@ -436,7 +362,7 @@ public final class UserNetRuntime {
         limitReporter.report(now: now, counters: gateway.counters, controlRejected: control?.rejectedClients ?? 0, logger: logger)
         if epoll.listenerPauses > acceptPausesReported && now >= nextAcceptPauseReport {
             nextAcceptPauseReport = now + UserNetRuntime.limitReportInterval
-            logger.warning("out of file descriptors: accepts paused x\(epoll.listenerPauses - acceptPausesReported) since the last report (hostfwd \(acceptPauses) in all); new connections wait in the backlog (raise the fd limit, ulimit -n)")
+            logger.warning("out of file descriptors: accepts paused x\(epoll.listenerPauses - acceptPausesReported) since the last report (hostfwd \(forwards.acceptPauses) in all); new connections wait in the backlog (raise the fd limit, ulimit -n)")
             acceptPausesReported = epoll.listenerPauses
         }
     }
@@ -463,7 +389,7 @@ public final class UserNetRuntime {
         case .portListener:
             port.accept(queue: gateway.toGuest, listenerTag: EventKind.portListener.tag())
         case .forwardTCP, .forwardUDP:
-            acceptForwards(index, now: now)
+            forwards.accept(index, gateway: gateway, now: now, target: { $0.guestAddress })
         case .port:
             if events & (Epoll.readable | Epoll.hangup | Epoll.error) != 0 || port.connecting {
                 let held = port.holdsFramesUntilNextRead
@@ -493,7 +419,7 @@ public final class UserNetRuntime {
             ("drop_port_frame_too_short", p.droppedShort), ("drop_port_frame_too_long", p.droppedOversize),
             ("port_desync_resets", p.desyncResets), ("port_connections", p.connections),
             ("port_rejected_connections", p.rejectedConnections), ("drop_port_send_errors", p.sendErrors),
-            ("drop_tx_queue_refused", gateway.toGuest.refused), ("hostfwd_accept_pauses", acceptPauses), ("accept_pauses", epoll.listenerPauses), ("udp_gso_fallbacks", UInt64(host.udpSegmentationFallbacks)),
+            ("drop_tx_queue_refused", gateway.toGuest.refused), ("hostfwd_accept_pauses", forwards.acceptPauses), ("accept_pauses", epoll.listenerPauses), ("udp_gso_fallbacks", UInt64(host.udpSegmentationFallbacks)),
             ("drop_control_clients_full", control?.rejectedClients ?? 0),
         ]
         lines += portLines.filter { $0.1 > 0 }.map { "\($0.0) \($0.1)" }

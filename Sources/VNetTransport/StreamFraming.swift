@@ -6,7 +6,7 @@
 // no virtio header). `StreamDeframer` owns one large receive buffer: the transport reads as much as the
 // socket holds into `readSpace`, and `next()` hands out complete frames in place, without copying; a partial
 // frame at the end stays for the next read (compacted to the front when room runs short). Framing errors
-// follow QEMU and ../shared/BAD-INPUTS.md:
+// follow QEMU and docs/hostile-input.md:
 // - a length in sync but naming a frame shorter than an Ethernet header (0..13) or longer than the MTU + 18
 //   (room for a VLAN tag) while still within QEMU's own limit (65536 + 4096) is skipped and counted, even
 //   when its bytes arrive over several reads; the connection stays up;

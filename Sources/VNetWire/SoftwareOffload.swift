@@ -27,15 +27,15 @@ public enum SoftwareOffload {
         var end: Int
     }
 
-    static func layout(_ frame: UnsafeRawBufferPointer) -> Layout? {
+    /// Where the IP header starts (after an optional 802.1Q tag) and the EtherType naming it.
+    static func network(_ frame: UnsafeRawBufferPointer) -> (ipStart: Int, etherType: UInt16)? {
         guard frame.count >= 14 else { return nil }
-        var ipStart = 14
-        var etherType = frame.u16(12)
-        if etherType == 0x8100 {
-            guard frame.count >= 18 else { return nil }
-            etherType = frame.u16(16)
-            ipStart = 18
-        }
+        guard frame.u16(12) == 0x8100 else { return (14, frame.u16(12)) }
+        return frame.count >= 18 ? (18, frame.u16(16)) : nil
+    }
+
+    static func layout(_ frame: UnsafeRawBufferPointer) -> Layout? {
+        guard let (ipStart, etherType) = network(frame) else { return nil }
         let ipv4: Bool
         let tcpStart: Int
         let end: Int
@@ -83,14 +83,7 @@ public enum SoftwareOffload {
 
     /// The end of the IPv4 or IPv6 datagram an Ethernet frame carries, when its length field fits the frame.
     static func datagramEnd(_ frame: UnsafeRawBufferPointer) -> Int? {
-        guard frame.count >= 14 else { return nil }
-        var ipStart = 14
-        var etherType = frame.u16(12)
-        if etherType == 0x8100 {
-            guard frame.count >= 18 else { return nil }
-            etherType = frame.u16(16)
-            ipStart = 18
-        }
+        guard let (ipStart, etherType) = network(frame) else { return nil }
         let end: Int
         switch etherType {
         case 0x0800 where frame.count >= ipStart + 20: end = ipStart + Int(frame.u16(ipStart + 2))

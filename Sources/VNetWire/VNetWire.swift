@@ -2,12 +2,12 @@
 //
 // Theory of Operation
 // -------------------
-// Every protocol has two halves, as in smoltcp: a *checked view* over a raw buffer whose initializer
-// verifies every length the accessors later rely on, and a plain value (`…Header`, `DHCPMessage`) with
-// `parse` and `emit` that mirror each other. A view that initialised successfully can never read out of
-// bounds; a buffer that is too short, or whose length fields disagree with the bytes present, yields
-// `WireError.malformed` and nothing else. Multi-byte fields are assembled byte by byte (network order), so
-// no access is ever unaligned. Unknown protocol numbers are carried, never rejected here: policy belongs to
+// Every protocol is a plain value (`…Header`, `DHCPMessage`, `VirtioNetHeader`) with a `parse` that checks
+// every length it relies on before it reads, and an `emit` that mirrors it. A buffer that is too short, or
+// whose length fields disagree with the bytes present, yields `WireError.malformed` and nothing else; a value
+// that parsed names only bytes that are there (its payload ranges lie inside the buffer). Multi-byte fields
+// are assembled byte by byte (network order), so no access is ever unaligned. `SoftwareOffload` finishes
+// a NIC's offloads (segmentation, checksums) in place of a port that has none. Unknown protocol numbers are carried, never rejected here: policy belongs to
 // the gateway. This module has no state, no Foundation and no syscalls.
 
 /// The one error of the wire layer: the bytes are malformed, truncated or of an unsupported shape.

@@ -1,4 +1,4 @@
-// One regression test per case of ../shared/BAD-INPUTS.md whose feature exists, each named after its case.
+// One regression test per case of docs/hostile-input.md whose feature exists, each named after its case.
 // Every input goes through the real input path (Gateway.handleGuestFrame, or StreamDeframer in front of it) and
 // every test checks the four things issue 5 asks (see Support/BadInputRig.swift): the RFC behaviour, the drop
 // counted under a named reason, a healthy flow working at the same time, and no byte to the guest that vnet

@@ -284,9 +284,33 @@ def test_port_events_when_a_qemu_connects_and_leaves(workdir, log_dir):
             qemu = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             qemu.connect(str(sock))
             e = events.line()
-            assert (e["event"], e["data"]["port"]) == ("PORT_CONNECTED", "guest0"), e
+            assert (e["event"], e["data"]["port"], e["data"]["index"]) == ("PORT_CONNECTED", "guest0", 0), e
+            assert e["data"]["peer"] == f"unix:{sock}" and e["data"]["reason"] == "accepted", e
             qemu.close()
             e = events.line()
-            assert (e["event"], e["data"]["detail"]) == ("PORT_DISCONNECTED", "end of stream"), e
+            assert (e["event"], e["data"]["port"], e["data"]["reason"]) == ("PORT_DISCONNECTED", "guest0", "end of stream"), e
+        finally:
+            events.close()
+
+
+def test_port_events_have_one_shape_on_the_switch(workdir, log_dir):
+    """`vnet switch` publishes the same PORT_CONNECTED/PORT_DISCONNECTED shape as `vnet user`: the port's name,
+    its index, its peer and the reason."""
+    sock, ctl_path = Path(workdir) / "sw.sock", Path(workdir) / "sw.ctl"
+    with rig.VnetProcess(["switch", "--socket", sock, "--control", ctl_path], log_dir=log_dir):
+        events = RawClient(ctl_path)
+        try:
+            events.send(b'{"execute": "events"}\n')
+            assert events.line() == {"return": {}}
+            qemu = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            qemu.connect(str(sock))
+            e = events.line()
+            assert e["event"] == "PORT_CONNECTED" and set(e["data"]) == {"port", "index", "peer", "reason"}, e
+            assert e["data"]["port"] == f"port{e['data']['index']}" and e["data"]["peer"] == f"unix:{sock}", e
+            index = e["data"]["index"]
+            qemu.close()
+            e = events.line()
+            assert e["event"] == "PORT_DISCONNECTED" and set(e["data"]) == {"port", "index", "peer", "reason"}, e
+            assert (e["data"]["index"], e["data"]["reason"]) == (index, "disconnected"), e
         finally:
             events.close()
