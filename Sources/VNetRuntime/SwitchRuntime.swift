@@ -612,6 +612,7 @@ public final class SwitchRuntime {
 
     @inline(__always)
     func deliverLocal(_ frame: UnsafeRawBufferPointer, now: Instant) {
+        gateway?.ingressGroup = fabric.currentIngress   // DHCP: at most 8 unconfirmed offers per switch port
         gateway?.handleGuestFrame(frame, now: now)
     }
 
