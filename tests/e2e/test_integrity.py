@@ -29,7 +29,7 @@ import rig
 LONG = os.environ.get("VNET_LONG") == "1"
 SIZE = (64 << 20) if LONG else (16 << 20)
 BLOCK = os.urandom((1 << 20) + 7)
-REPEATS = SIZE // len(BLOCK)
+REPEATS = SIZE // len(BLOCK) + 1   # just over SIZE
 UP_BYTES = REPEATS * len(BLOCK)
 DOWN = os.urandom(SIZE)
 
