@@ -46,7 +46,7 @@ def run_pytest(workdir: Path, allowlist: str | None, *args: str, env_extra: dict
         f"spec = importlib.util.spec_from_file_location('vnet_e2e_conftest', {str(E2E / 'conftest.py')!r})\n"
         "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
         "globals().update({k: v for k, v in vars(m).items() if k.startswith('pytest_')})\n")
-    env = dict(os.environ)
+    env = dict(os.environ, PYTEST_DISABLE_PLUGIN_AUTOLOAD="1")   # only the conftest under test (and a quick start)
     env.pop("VNET_STRICT_SKIPS", None)
     if allowlist is not None:
         (workdir / "ALLOW").write_text(allowlist)
