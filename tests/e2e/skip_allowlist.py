@@ -2,7 +2,9 @@
 
 In strict mode a skipped test (or module) is turned into a failure unless
 tests/e2e/SKIP-ALLOWLIST has an entry for it whose captured error appears in
-the skip's message. The file is a list of blank-line separated stanzas; lines
+the skip's message. An xfail counts as a skip (a test that cannot fail proves
+nothing); a module skipped at collection becomes a collection error (scripts/test
+passes --continue-on-collection-errors so the other modules still run). The file is a list of blank-line separated stanzas; lines
 starting with '#' are comments:
 
     test: test_file.py::test_name          (the pytest node id, without its directory)
