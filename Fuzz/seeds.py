@@ -78,6 +78,28 @@ def ipv6_seeds() -> list[bytes]:
     ]
 
 
+def fast_path_seeds() -> list[bytes]:
+    """Hand-made FuzzFastPaths inputs (see its header for the records): a TCP connection whose data arrives in
+    held frames of one read (the gather), the same through TAP offload frames with partial checksums and a
+    64 KiB super-segment, a burst of same-size UDP datagrams (GSO batching), and raw TAP reads."""
+    data = bytes((i * 7 + 3) & 0xFF for i in range(1000))
+    syn, ack, psh, fin = b"\x02\x00", b"\x10\x00", b"\x18\x00", b"\x11\x00"
+    connected = record(7, b"") + record(5 | (24 << 3), b"\xff")         # end the read; flow 0 connects (80 KiB space)
+    gather = (record(2, syn) + connected + record(2, ack) + b"".join(record(2, psh + data) for _ in range(6))
+              + record(7, b"") + record(4, b"response bytes") + record(2, ack) + record(2, fin) + record(7, b"")
+              + record(6 | (8 << 3), b"\x01"))
+    off = 2 | (4 << 3)   # connection 0 as TAP offload frames (partial checksum)
+    offload = (record(off, syn) + connected + record(off, ack) + record(off, psh + data * 30)
+               + record(off, psh + data[:500]) + record(4, data * 20) + record(off, ack) + record(off, fin))
+    udp = b"".join(record(3, data) for _ in range(12)) + record(3 | (1 << 3), data[:300]) + record(3, data) + record(7, b"")
+    udp_frame = (b"\xff" * 6 + GUEST_MAC + b"\x08\x00" + struct.pack(">BBHHHBBH4s4s", 0x45, 0, 28 + 16, 1, 0x4000, 64, 17, 0,
+                                                                    bytes([10, 0, 2, 15]), bytes([192, 0, 2, 1]))
+                 + struct.pack(">HHHH", 41000, 5000, 8 + 16, 0) + bytes(range(16)))
+    vnet_header = bytes([1, 0, 0, 0, 0, 0, 34, 0, 6, 0])   # NEEDS_CSUM, unsegmented, csum_start 34, offset 6
+    tap = record(1 | (1 << 3), vnet_header + udp_frame) + record(1, bytes(10) + udp_frame) + record(0 | (1 << 3), udp_frame)
+    return [gather, offload, udp, tap, gather + offload + udp]
+
+
 def main() -> None:
     pcaps = Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_PCAPS
     for pcap in sorted(pcaps.glob("*.pcap")):
@@ -119,6 +141,8 @@ def main() -> None:
                 write(target, data)
     for data in ipv6_seeds():
         write("FuzzIPv6", data)
+    for data in fast_path_seeds():
+        write("FuzzFastPaths", data)
     for target in sorted(p.name for p in (HERE / "Corpus").iterdir()):
         print(f"{target}: {len(list((HERE / 'Corpus' / target).iterdir()))} seeds")
 

@@ -35,6 +35,9 @@ public final class Gateway<Host: HostIO> {
     public private(set) var dnsUpstreams: [(IPAddress, UInt16)] = []
     /// Names the gateway's DNS answers itself (see LocalDNSRecords.swift).
     public var localDNS = LocalDNSRecords()
+    /// Where the frame being handled came from (vnet nat: its ingress switch port), set by the runtime before
+    /// each frame; DHCP caps the unconfirmed offers of each such group. nil: one source (vnet user).
+    public var ingressGroup: Int?
     /// Called when DHCP acknowledges a lease (address, client MAC): control-plane events.
     public var leaseObserver: ((IPv4Address, MACAddress) -> Void)?
 

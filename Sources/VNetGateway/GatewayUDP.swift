@@ -75,7 +75,7 @@ extension Gateway {
     func handleDHCP(_ p: UnsafeRawBufferPointer, ethernet: EthernetHeader, now: Instant) {
         guard let msg = try? DHCPMessage.parse(p) else { return drop(.dhcpMalformed) }
         let out = scratch.slice(8 ..< 8 + 1024)
-        switch dhcp.handle(msg, now: now, into: out) {
+        switch dhcp.handle(msg, now: now, clientGroup: ingressGroup, into: out) {
         case .ignored(.poolExhausted):
             drop(.dhcpPoolExhausted)
         case .ignored:

@@ -559,6 +559,7 @@ public final class SwitchRuntime {
     /// stream port), so TCP data may be gathered across frames, unless the switch handed over a copy.
     @inline(__always)
     func deliverLocal(_ frame: UnsafeRawBufferPointer, _ delivery: LocalDelivery, held: Bool, now: Instant) {
+        gateway?.ingressGroup = fabric.currentIngress   // DHCP: at most 8 unconfirmed offers per switch port
         gateway?.handleGuestFrame(frame, now: now, checksumPartial: delivery.checksumPartial, held: held && delivery.inPlace)
     }
 

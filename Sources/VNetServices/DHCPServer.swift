@@ -7,10 +7,17 @@
 // Each slot remembers the last MAC it served even after its lease expires, so a guest that reboots gets its
 // old address back; an expired slot is handed to a *different* MAC only when no never-used slot is left
 // (oldest expiry first). DISCOVER holds an address for `offerHold` so two clients are never offered the same
-// one; REQUEST confirms it (ACK) or refuses it (NAK) when it is outside the pool or held by another MAC. A
+// one; REQUEST confirms it (ACK) or refuses it (NAK) when it is outside the pool or bound to another MAC. A
 // REQUEST naming another server's identifier is left alone: the client chose someone else. RELEASE ends the
-// lease but keeps the MAC. The table has a fixed cap by construction: more MACs than slots get no offer,
-// and the caller counts that. Replies carry subnet mask, router, DNS, lease/renewal times, broadcast,
+// lease but keeps the MAC. The table has a fixed cap by construction.
+// Offers under pressure: an offer nobody requested must not keep a real client out (a guest can DISCOVER
+// from hundreds of made-up MACs and never REQUEST). So an offer is a hint, not a claim: a REQUEST for an
+// address that is only offered to another MAC is granted (as dnsmasq does), and when no free or expired slot
+// is left a DISCOVER reclaims the oldest unconfirmed offer. A bound lease is never taken. A caller that knows
+// where a message came from (vnet nat: the switch port) passes it as the client group; one group holds at
+// most `offersPerGroup` unconfirmed offers, and a newcomer beyond that replaces its own group's oldest offer,
+// so a storm on one port cannot churn the offers of the others. Only when every slot is bound does a DISCOVER
+// get no offer, and the caller counts that. Replies carry subnet mask, router, DNS, lease/renewal times, broadcast,
 // interface MTU, and, when configured, domain name, search list (RFC 3397) and host name.
 // Static leases pin a MAC to a pool address that no other MAC is ever offered; the client's host name
 // (option 12, cleaned to one DNS label) or the static lease's is kept with the binding for DNS.
@@ -36,6 +43,8 @@ public struct DHCPConfig: Sendable {
     public var bootfile: String?
     /// Fixed MAC -> address (+ host name) bindings; each address must lie in the pool.
     public var staticLeases: [DHCPStaticLease] = []
+    /// Unconfirmed offers one client group (e.g. a switch port) may hold at a time.
+    public var offersPerGroup: Int = 8
 
     public init(network: IPv4Network, serverAddress: IPv4Address, router: IPv4Address, dnsServers: [IPv4Address],
                 poolStart: IPv4Address, poolSize: Int = 16, leaseTime: Instant.Duration = .seconds(24 * 3600),
@@ -115,6 +124,11 @@ public struct DHCPServer: Sendable {
         public var bound: Bool
         /// The client's host name (option 12, cleaned) or the static lease's.
         public var hostName: String? = nil
+        /// For an unconfirmed offer: the client group (switch port) the DISCOVER came from, if known.
+        public var group: Int? = nil
+
+        /// Offered to a client that has not requested it yet (not a bound lease, not a declined address).
+        func isUnconfirmedOffer(now: Instant) -> Bool { mac != nil && mac != .zero && !bound && expires > now }
     }
 
     public private(set) var config: DHCPConfig
@@ -236,39 +250,70 @@ public struct DHCPServer: Sendable {
         return s.mac == nil || s.mac == mac || s.expires <= now
     }
 
+    /// Whether a REQUEST from `mac` may bind slot `i`: free, or only offered (never bound) to another client.
+    func isRequestable(_ i: Int, for mac: MACAddress, now: Instant) -> Bool {
+        if isFree(i, for: mac, now: now) { return true }
+        if staticByMAC[mac] != nil || reservedSlots.contains(i) { return false }
+        return slots[i].isUnconfirmedOffer(now: now)
+    }
+
+    /// The oldest live unconfirmed offer of `group` (of any group when nil) and how many that group holds.
+    func oldestUnconfirmedOffer(group: Int?, now: Instant) -> (slot: Int?, count: Int) {
+        var oldest: Int? = nil
+        var count = 0
+        for (i, s) in slots.enumerated() where s.isUnconfirmedOffer(now: now) && !reservedSlots.contains(i) {
+            if let g = group, s.group != g { continue }
+            count += 1
+            if oldest == nil || s.expires < slots[oldest!].expires { oldest = i }
+        }
+        return (oldest, count)
+    }
+
     /// The current, unexpired lease of `mac`, if any.
     public func lease(for mac: MACAddress, now: Instant) -> IPv4Address? {
         for (i, s) in slots.enumerated() where s.mac == mac && s.bound && s.expires > now { return address(ofSlot: i) }
         return nil
     }
 
-    func chooseSlot(for mac: MACAddress, requested: IPv4Address?, now: Instant) -> Int? {
+    func chooseSlot(for mac: MACAddress, requested: IPv4Address?, group: Int? = nil, now: Instant) -> Int? {
         if let st = staticByMAC[mac] { return slotIndex(of: st.address) }
         if let i = slots.firstIndex(where: { $0.mac == mac }), !reservedSlots.contains(i) { return i }
+        if let g = group {
+            // A group at its cap replaces its own oldest offer, leaving the rest of the pool to the others.
+            let own = oldestUnconfirmedOffer(group: g, now: now)
+            if own.count >= max(1, config.offersPerGroup), let i = own.slot { return i }
+        }
         if let r = requested, let i = slotIndex(of: r), isFree(i, for: mac, now: now) { return i }
         if let i = slots.indices.first(where: { slots[$0].mac == nil && !reservedSlots.contains($0) }) { return i }
         var best: Int? = nil
         for (i, s) in slots.enumerated() where s.expires <= now && !reservedSlots.contains(i) {
             if best == nil || s.expires < slots[best!].expires { best = i }
         }
-        return best
+        if let b = best { return b }
+        // The pool is full: reclaim the oldest offer nobody confirmed (a bound lease is never taken).
+        return oldestUnconfirmedOffer(group: nil, now: now).slot
     }
 
     /// Handles one client message and writes the reply's DHCP payload into `buffer` (at least 576 bytes).
-    public mutating func handle(_ m: DHCPMessage, now: Instant, into buffer: UnsafeMutableRawBufferPointer) -> DHCPOutcome {
+    /// `clientGroup` says where the message came from (vnet nat: the ingress switch port), for the per-group
+    /// cap on unconfirmed offers; nil when the caller has one client source (vnet user).
+    public mutating func handle(_ m: DHCPMessage, now: Instant, clientGroup: Int? = nil,
+                                into buffer: UnsafeMutableRawBufferPointer) -> DHCPOutcome {
         guard m.op == 1 else { return .ignored(.notARequest) }
         guard let type = m.messageType else { return .ignored(.noMessageType) }
         switch type {
         case .discover:
-            guard let i = chooseSlot(for: m.clientMAC, requested: m.requestedAddress, now: now) else { return .ignored(.poolExhausted) }
+            guard let i = chooseSlot(for: m.clientMAC, requested: m.requestedAddress, group: clientGroup, now: now) else {
+                return .ignored(.poolExhausted)
+            }
             if !(slots[i].mac == m.clientMAC && slots[i].bound && slots[i].expires > now) {
-                slots[i] = Slot(mac: m.clientMAC, expires: now + config.offerHold, bound: false)
+                slots[i] = Slot(mac: m.clientMAC, expires: now + config.offerHold, bound: false, group: clientGroup)
             }
             return write(.offer, to: m, address: address(ofSlot: i), into: buffer, clientName: staticByMAC[m.clientMAC]?.hostName)
         case .request:
             if let sid = m.serverIdentifier, sid != config.serverAddress { return .ignored(.otherServer) }
             let wanted = m.requestedAddress ?? (m.clientAddress.isUnspecified ? nil : m.clientAddress)
-            guard let w = wanted, let i = slotIndex(of: w), isFree(i, for: m.clientMAC, now: now) else {
+            guard let w = wanted, let i = slotIndex(of: w), isRequestable(i, for: m.clientMAC, now: now) else {
                 return write(.nak, to: m, address: .any, into: buffer)
             }
             // A MAC holds at most one slot: forget any other it had.

@@ -139,10 +139,15 @@ public final class L2Switch {
 
     @inline(__always) func drop(_ r: SwitchDropReason) { counters.drops[r.rawValue] &+= 1 }
 
+    /// The ingress port of the frame `receive` is handling (for a local sink that wants to know where a frame
+    /// came from, e.g. the gateway's DHCP per-port cap); -1 before any frame.
+    public private(set) var currentIngress = -1
+
     /// Handles one frame that arrived on `ingress`, with the virtio-net header it came with (`offload`; nil
     /// or all zero: a plain wire frame). `local` takes frames for the local sink.
     public func receive(from ingress: Int, frame: UnsafeRawBufferPointer, offload: VirtioNetHeader? = nil, now: Instant,
                         local: (UnsafeRawBufferPointer, LocalDelivery) -> Void = { _, _ in }) {
+        currentIngress = ingress
         guard ingress >= 0 && ingress < ports.count, ports[ingress] != nil else { return drop(.noSuchPort) }
         ports[ingress]!.counters.rxPackets &+= 1
         ports[ingress]!.counters.rxBytes &+= UInt64(frame.count)

@@ -3,6 +3,12 @@
 Skips happen only when the environment truly cannot host the rig (not Linux:
 no QEMU system emulator or TUN device can exist). Anything installable that is
 missing is a loud failure naming what to install.
+
+Strict mode (`--strict-skips` or VNET_STRICT_SKIPS=1; scripts/test turns it on):
+a skip fails its test unless tests/e2e/SKIP-ALLOWLIST names that test and the
+skip's message contains the entry's captured error (so an allowed skip cannot
+hide a different one). The terminal summary prints the list and which entries
+were used. See skip_allowlist.py for the file's format.
 """
 
 from __future__ import annotations
@@ -19,8 +25,18 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import rig  # noqa: E402
+import skip_allowlist  # noqa: E402
 
 APT_PACKAGES = rig.REPO_ROOT / "scripts" / "guest" / "APT-PACKAGES"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--strict-skips", action="store_true", default=False,
+                     help="a skip fails its test unless tests/e2e/SKIP-ALLOWLIST allows it (VNET_STRICT_SKIPS=1)")
+
+
+def _strict(config) -> bool:
+    return bool(config.getoption("--strict-skips", default=False)) or os.environ.get("VNET_STRICT_SKIPS") == "1"
 
 
 def pytest_configure(config):
@@ -28,6 +44,30 @@ def pytest_configure(config):
     chars = config.option.reportchars or ""
     if "s" not in chars and "a" not in chars and "A" not in chars:
         config.option.reportchars = chars + "s"
+    config._vnet_skips = skip_allowlist.StrictSkips(skip_allowlist.load()) if _strict(config) else None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    strict = item.config._vnet_skips
+    if strict is not None:
+        strict.judge(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    strict = collector.config._vnet_skips
+    if strict is not None:
+        strict.judge(outcome.get_result())
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    strict = config._vnet_skips
+    if strict is not None:
+        for line in strict.summary_lines():
+            terminalreporter.write_line(line)
 
 
 def _qemu_blocker() -> str | None:

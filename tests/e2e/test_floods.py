@@ -404,9 +404,11 @@ def test_udp_sweep_every_port(nets, log_dir):
 
 
 def test_dhcp_from_1000_macs(nets, log_dir):
-    """DISCOVER/REQUEST from 1,000 MACs against the 16-address pool while the guest (10.0.2.15) transfers:
-    15 get leases, the rest are counted as drop_dhcp_pool_exhausted, the holder renews and keeps its address, and
-    once the flood's leases expire (--limit dhcp-lease-time) a new MAC gets an address again."""
+    """DISCOVER/REQUEST from 1,000 MACs (in pipelined batches of 250) against the 16-address pool while the guest
+    (10.0.2.15) transfers: 15 get leases; in the first batch the extra DISCOVERs are offered addresses reclaimed
+    from unconfirmed offers and their REQUESTs lose to the first (NAK); once every address is bound the later
+    batches are counted as drop_dhcp_pool_exhausted. The holder renews and keeps its address, and once the
+    flood's leases expire (--limit dhcp-lease-time) a new MAC gets an address again."""
     lease = 20
     with Vnet(nets, log_dir, ["--limit", f"dhcp-lease-time={lease}"]) as v:
         t = Transfer(nets.guest_ns, GW, STREAM_PORT, nets.workdir, log_dir)
@@ -422,7 +424,7 @@ def test_dhcp_from_1000_macs(nets, log_dir):
             exhausted = delta(after, before, "drop_dhcp_pool_exhausted")
             print(f"dhcp: {leases.group(1)} leases {addrs}; pool exhausted {exhausted}; {r.stdout.strip().splitlines()[-1]}")
             assert int(leases.group(1)) == 15 and len(set(addrs)) == 15 and "10.0.2.15" not in addrs, r.stdout
-            assert exhausted >= 985, after
+            assert exhausted >= 750, after   # batches 2-4: every address bound (batch 1 took the 15)
             assert re.search(r"^RENEW-BEFORE 10\.0\.2\.15$", r.stdout, re.M), r.stdout
             assert re.search(r"^RENEW 10\.0\.2\.15$", r.stdout, re.M), r.stdout
             mine = [l for l in v.call("leases") if l["address"] == "10.0.2.15"]

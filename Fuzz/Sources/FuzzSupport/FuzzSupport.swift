@@ -59,9 +59,9 @@ public final class FuzzHost: HostIO {
     public func openUDP(to destination: IPAddress, port: UInt16, tag: FlowTag) -> Int32? { open() }
     public func openICMPEcho(to destination: IPAddress, tag: FlowTag) -> Int32? { open() }
     public func openTCP(to destination: IPAddress, port: UInt16, tag: FlowTag) -> Int32? { open() }
-    public func sendUDP(_ handle: Int32, _ payload: UnsafeRawBufferPointer, to address: IPAddress, port: UInt16) -> Bool { true }
+    public func sendUDP(_ handle: Int32, _ payload: UnsafeRawBufferPointer, to address: IPAddress, port: UInt16) -> Bool { touch(payload); return true }
     public func setTTL(_ handle: Int32, ttl: UInt8) {}
-    public func sendUDP(_ handle: Int32, _ payload: UnsafeRawBufferPointer) -> Bool { true }
+    public func sendUDP(_ handle: Int32, _ payload: UnsafeRawBufferPointer) -> Bool { touch(payload); return true }
     public func sendICMPEcho(_ handle: Int32, identifier: UInt16, sequence: UInt16, payload: UnsafeRawBufferPointer) -> Bool { true }
     public func receiveUDP(_ handle: Int32, into buffer: UnsafeMutableRawBufferPointer) -> HostReceive { receive(into: buffer) }
     public func receiveICMPEcho(_ handle: Int32, into buffer: UnsafeMutableRawBufferPointer) -> HostReceive { receive(into: buffer) }
@@ -88,7 +88,15 @@ public final class FuzzHost: HostIO {
     var peekOffset = 0
     public func openTCP(destination: IPv4Address, port: UInt16, tag: FlowTag) -> Int32? { open() }
     public func tcpConnectError(_ handle: Int32) -> Int32 { connectError }
-    public func tcpSend(_ handle: Int32, _ bytes: UnsafeRawBufferPointer) -> TCPIOResult { .done(min(bytes.count, sendSpace)) }
+    public func tcpSend(_ handle: Int32, _ bytes: UnsafeRawBufferPointer) -> TCPIOResult {
+        let n = min(bytes.count, sendSpace)
+        touch(UnsafeRawBufferPointer(rebasing: bytes[..<n]))
+        return .done(n)
+    }
+    /// Every byte a send hands to a host socket is read, so ASan sees a send from memory that was freed (a held
+    /// frame's read buffer released before the gather went out) or from past a buffer's end.
+    public var sentBytesFold: UInt8 = 0
+    func touch(_ b: UnsafeRawBufferPointer) { for x in b { sentBytesFold ^= x } }
     public func tcpPeek(_ handle: Int32, into buffer: UnsafeMutableRawBufferPointer) -> TCPIOResult {
         let available = peerBytes.count - peekOffset
         guard available > 0, !buffer.isEmpty else { return peerClosed ? .endOfStream : .wouldBlock }
@@ -180,11 +188,13 @@ let fuzzDNSUpstreams = [(IPv4Address(192, 0, 2, 53), UInt16(53)), (IPv4Address(1
 
 public let startTime = Instant(nanoseconds: 1_000_000_000_000)
 
-/// Drains the guest queue, trapping on a frame shorter than 60 bytes or with non-zero padding.
-public func drainAndCheck<H: HostIO>(_ g: Gateway<H>) {
+/// Drains the guest queue, trapping on a frame shorter than 60 bytes or with non-zero padding. `observe` sees
+/// each frame first (without the queue's per-frame header).
+public func drainAndCheck<H: HostIO>(_ g: Gateway<H>, observe: ((UnsafeRawBufferPointer) -> Void)? = nil) {
     let q = g.toGuest
     while let f = q.firstFrame {
         let frame = UnsafeRawBufferPointer(rebasing: f[q.frameHeaderLength...])
+        observe?(frame)
         precondition(frame.count >= 60, "frame to the guest shorter than 60 bytes")
         let type = frame.u16(12)
         var content = frame.count

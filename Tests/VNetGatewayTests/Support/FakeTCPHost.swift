@@ -400,6 +400,13 @@ final class TCPHarness {
         }
         heldFrames.removeAll()
     }
+    /// Overwrites byte `offset` of held frame `index` (counted from the oldest still held) with `value`: a
+    /// runtime that broke its promise to keep held bytes in place, or a gather that points at the wrong place.
+    func corruptHeld(frame index: Int, at offset: Int, with value: UInt8) {
+        heldFrames[index][offset] = value
+    }
+    /// The lengths of the frames still held, oldest first.
+    var heldFrameLengths: [Int] { heldFrames.map(\.count) }
     /// `guestSends` through a held frame.
     func guestSendsHeld(_ c: inout GuestConn, ack: UInt32, flags: TCPFlags = .ack, _ payload: [UInt8]) {
         sendHeld(frame(c, ack: ack, flags: flags, payload))
