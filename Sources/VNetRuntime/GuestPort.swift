@@ -34,6 +34,8 @@ enum LoopTag: UInt8 {
     case metrics = 20, metricsClient = 21
     /// An fd whose readability ends the loop (`vnet run`: QEMU's pidfd).
     case stopWatch = 22
+    /// An fd a front end serves on the loop (`UserNetRuntime.watch`; low bits: its slot).
+    case watcher = 23
     var tag: UInt64 { UInt64(rawValue) << 56 }
 }
 

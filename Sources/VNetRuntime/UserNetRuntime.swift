@@ -48,6 +48,8 @@ public final class UserNetRuntime {
     public private(set) var sandboxed = false
     var sandboxPortStart = 1024
     var limitReporter = LimitReporter()
+    /// Fds served for a front end (`watch`, UserNetWatchers.swift); a slot is nil once unwatched.
+    var watchers: [(() -> Void)?] = []
     /// Accepts on a listener that failed for want of fds (the listener pauses, see Epoll), hostfwd's counted apart,
     /// and what the last report said.
     var acceptPauses: UInt64 = 0
@@ -66,7 +68,7 @@ public final class UserNetRuntime {
         // The TAP must be opened first, while no other socket exists: it switches this thread's netns.
         var tapFD: Int32 = -1
         if case .tap(let netns, let name) = options.transport {
-            tapFD = try UserNetRuntime.openTapInNamespace(netns: netns, name: name, mtu: options.gateway.mtu, offload: options.tapOffload)
+            tapFD = try options.openTap?() ?? UserNetRuntime.openTapInNamespace(netns: netns, name: name, mtu: options.gateway.mtu, offload: options.tapOffload)
         }
         var gatewayConfig = options.gateway
         gatewayConfig.guestOffloads = tapFD >= 0 && options.tapOffload
@@ -482,6 +484,9 @@ public final class UserNetRuntime {
             if events & Epoll.writable != 0 { flushToGuest() }
         case .stopWatch:
             running = false
+        case .watcher:
+            let slot = Int(UInt32(truncatingIfNeeded: tag))
+            if slot < watchers.count { watchers[slot]?() }
         case .control, .controlClient, .metrics, .metricsClient:
             observabilityEvent(tag: tag, events: events)
         case .signal:
