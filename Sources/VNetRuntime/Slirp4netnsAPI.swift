@@ -194,7 +194,7 @@ public struct Slirp4netnsJSONParser {
         return nil
     }
 
-    /// strtod over the number's text, then parson's checks (no leading zeros, no hex).
+    /// strtod over the number's text, then parson's checks (no leading zeros, no hex, no inf/nan or overflow).
     mutating func number() -> Slirp4netnsJSON? {
         var text: [CChar] = []
         var j = i
@@ -211,7 +211,7 @@ public struct Slirp4netnsJSONParser {
             consumed = end.map { $0 - base } ?? 0
             return r
         }
-        guard consumed > 0 else { return nil }
+        guard consumed > 0, v.isFinite else { return nil }
         let s = Array(bytes[i ..< i + consumed])
         if s.count > 1, s[0] == UInt8(ascii: "0"), s[1] != UInt8(ascii: ".") { return nil }
         if s.count > 2, s[0] == UInt8(ascii: "-"), s[1] == UInt8(ascii: "0"), s[2] != UInt8(ascii: ".") { return nil }
@@ -231,6 +231,8 @@ public struct Slirp4netnsAPI {
     public struct Entry: Equatable {
         public var id: Int
         public var rule: HostForward
+        /// The guest address as given (0.0.0.0 is listed as such; the rule holds what it means).
+        public var listedGuestAddress: IPv4Address
         var handle: Int
     }
 
@@ -306,18 +308,19 @@ public struct Slirp4netnsAPI {
         if hostText.isEmpty { hostText = Array("0.0.0.0".utf8) }
         guard let hostAddress = Slirp4netnsAPI.ipv4(hostText) else { return Slirp4netnsAPI.error("add_hostfwd: bad arguments.host_addr") }
         guard let hostPort = Slirp4netnsAPI.port(a.number("host_port")) else { return Slirp4netnsAPI.error("add_hostfwd: bad arguments.host_port") }
-        var guestAddress = defaultGuestAddress
+        var listedGuest = defaultGuestAddress
         if let g = a.string("guest_addr"), !g.isEmpty {
             guard let parsed = Slirp4netnsAPI.ipv4(g) else { return Slirp4netnsAPI.error("add_hostfwd: bad arguments.guest_addr") }
-            guestAddress = parsed.rawValue == 0 ? dhcpStart : parsed
+            listedGuest = parsed
         }
+        let guestAddress = listedGuest.rawValue == 0 ? dhcpStart : listedGuest
         guard let guestPort = Slirp4netnsAPI.port(a.number("guest_port")) else { return Slirp4netnsAPI.error("add_hostfwd: bad arguments.guest_port") }
         let rule = HostForward(proto: proto, hostAddress: IPAddress(hostAddress), hostPort: hostPort,
                                guestAddress: IPAddress(guestAddress), guestPort: guestPort)
         guard entries.count < Slirp4netnsAPI.capacity, let handle = forwarder.addForward(rule) else {
             return Slirp4netnsAPI.error("add_hostfwd: slirp_add_hostfwd failed")
         }
-        let entry = Entry(id: nextID, rule: rule, handle: handle)
+        let entry = Entry(id: nextID, rule: rule, listedGuestAddress: listedGuest, handle: handle)
         nextID += 1
         entries.append(entry)
         return Array("{\"return\":{\"id\":\(entry.id)}}".utf8)
@@ -325,7 +328,7 @@ public struct Slirp4netnsAPI {
 
     func list() -> [UInt8] {
         let items = entries.map { e in
-            "{\"id\":\(e.id),\"proto\":\"\(e.rule.proto.rawValue)\",\"host_addr\":\"\(e.rule.hostAddress)\",\"host_port\":\(e.rule.hostPort),\"guest_addr\":\"\(e.rule.guestAddress)\",\"guest_port\":\(e.rule.guestPort)}"
+            "{\"id\":\(e.id),\"proto\":\"\(e.rule.proto.rawValue)\",\"host_addr\":\"\(e.rule.hostAddress)\",\"host_port\":\(e.rule.hostPort),\"guest_addr\":\"\(e.listedGuestAddress)\",\"guest_port\":\(e.rule.guestPort)}"
         }
         return Array("{\"entries\":[\(items.joined(separator: ","))]}".utf8)
     }

@@ -1,0 +1,391 @@
+"""`vnet slirp4netns`: vnet started by the tools that start slirp4netns, rootless, as they run it.
+
+Everything runs as an unprivileged user created for the test (with subuid/subgid ranges), as rootlesskit and
+podman run in real life. vnet is reached through a symlink named `slirp4netns` (the argv[0] dispatch).
+
+- The API socket: one script of good and bad requests goes to Debian's slirp4netns 1.2.0 and to vnet, each
+  serving a namespace of the test user's own; the replies must be byte-identical.
+- rootlesskit 1.x (`--net=slirp4netns --slirp4netns-binary=<vnet>`): the namespace reaches a server on host
+  loopback through 10.0.2.2; with --disable-host-loopback it cannot; with --port-driver=slirp4netns,
+  `rootlessctl add-ports` publishes a server inside on a host port (through vnet's API socket).
+- podman 4.x (containers.conf network_cmd_path = vnet): a container imported from a busybox tarball reaches host
+  loopback with allow_host_loopback=true, and `-p 127.0.0.1:PORT:80` with port_handler=slirp4netns publishes
+  its httpd.
+
+DNS never leaves loopback: vnet's config file (VNET_SLIRP4NETNS_CONFIG) points its upstream at a port of the
+test's own. Nothing here talks to anything but loopback and the test's namespaces.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import rig
+
+USER = "vnet-s4test"
+SUBID_START = 300000
+
+
+def sh(*args, check=True, timeout=60, **kw):
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout, check=check, **kw)
+
+
+def need(tool: str, package: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        pytest.fail(f"{tool} not found: apt-get install {package} (scripts/test installs it)", pytrace=False)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(cond, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def rootless(module_workdir):
+    """The test user (created once, with subuid/subgid ranges), /dev/net/tun usable by it, a home for the run."""
+    if not sys.platform.startswith("linux") or os.geteuid() != 0:
+        pytest.skip("creating the rootless test user needs root on Linux")
+    need("newuidmap", "uidmap")
+    try:
+        pwd.getpwnam(USER)
+    except KeyError:
+        sh("useradd", "-m", "-s", "/bin/sh", USER)
+    for f in ("/etc/subuid", "/etc/subgid"):
+        lines = Path(f).read_text().splitlines() if Path(f).exists() else []
+        if not any(l.startswith(USER + ":") for l in lines):
+            with open(f, "a") as out:
+                out.write(f"{USER}:{SUBID_START}:65536\n")
+    pw = pwd.getpwnam(USER)
+    tun_mode = os.stat("/dev/net/tun").st_mode & 0o777
+    os.chmod("/dev/net/tun", 0o666)
+    base = Path(module_workdir)
+    os.chmod(base, 0o755)
+    home = base / "home"
+    home.mkdir()
+    os.chown(home, pw.pw_uid, pw.pw_gid)
+    # vnet as `slirp4netns`: a symlink in a directory the user can read, to the binary under test.
+    bindir = base / "bin"
+    bindir.mkdir()
+    vnet = rig.vnet_binary().resolve()
+    assert vnet.exists(), f"vnet binary not found at {vnet}"
+    (bindir / "slirp4netns").symlink_to(vnet)
+    dns_port = free_port()
+    conf = base / "vnet.conf"
+    conf.write_text(f"# keeps DNS on loopback\ndns-upstream 127.0.0.1:{dns_port}\nlog-level info\n")
+    os.chmod(conf, 0o644)
+    try:
+        yield type("Rootless", (), dict(user=USER, uid=pw.pw_uid, gid=pw.pw_gid, home=home, bindir=bindir,
+                                        slirp=bindir / "slirp4netns", conf=conf))
+    finally:
+        os.chmod("/dev/net/tun", tun_mode)
+
+
+def user_env(r, **extra) -> list[str]:
+    env = {"HOME": str(r.home), "XDG_RUNTIME_DIR": str(r.home), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+           "VNET_SLIRP4NETNS_CONFIG": str(r.conf)}
+    env.update(extra)
+    return ["runuser", "-u", r.user, "--", "env", "-i"] + [f"{k}={v}" for k, v in env.items()]
+
+
+# ---------------------------------------------------------------------------------------------- command line
+
+
+def test_help_version_and_refused_flags(rootless):
+    out = sh(rootless.slirp, "--help").stdout
+    # What rootlesskit 1.1 and podman 4.3 grep for before passing a flag.
+    for flag in ("--netns-type", "--cidr", "--api-socket", "--disable-host-loopback", "--enable-sandbox",
+                 "--enable-seccomp", "--enable-ipv6", "--outbound-addr", "--userns-path", "--exit-fd", "--ready-fd",
+                 "--configure", "--mtu", "--macaddress", "--disable-dns", "--outbound-addr6"):
+        assert flag in out, flag
+    assert out.startswith("Usage: slirp4netns [OPTION]... PID|PATH [TAPNAME]")
+    assert sh(rig.vnet_binary(), "slirp4netns", "--help").stdout == out
+    version = sh(rootless.slirp, "--version").stdout.splitlines()
+    assert version[0] == "slirp4netns version 1.2.0 (vnet)"
+    for args, needle in ((["--outbound-addr=192.0.2.1", "1"], "--outbound-addr"),
+                         (["--disable-dns", "1"], "--disable-dns"),
+                         (["--target-type=bess", "1"], "--target-type=bess"),
+                         (["--mtu", "65521", "1"], "--mtu 65521"),
+                         (["--netns-type=pid", "notapid"], "PID"),
+                         (["--macaddress=02:00:00:00:00:01", "1"], "--macaddress")):
+        r = sh(rootless.slirp, *args, check=False)
+        assert r.returncode == 2, (args, r)
+        assert r.stderr.startswith("vnet: error: ") and needle in r.stderr and r.stderr.count("\n") == 1, (args, r.stderr)
+
+
+# ---------------------------------------------------------------------------------------------- API socket
+
+
+def api_call(path: str, data: bytes, close_write: bool = False) -> bytes:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(path)
+        if data:
+            s.sendall(data)
+        if close_write or not data:
+            s.shutdown(socket.SHUT_WR)
+        out = b""
+        try:
+            while True:
+                d = s.recv(65536)
+                if not d:
+                    break
+                out += d
+        except ConnectionResetError:
+            out += b"<reset>"
+        return out
+
+
+class UserNamespaceHolder:
+    """`unshare -r -n sleep` as the test user: a user + network namespace of its own."""
+
+    def __init__(self, r):
+        self.proc = subprocess.Popen(user_env(r) + ["unshare", "-r", "-n", "sleep", "600"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        # runuser forks sleep as its child: the namespace holder is the deepest descendant.
+        def holder():
+            try:
+                kids = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+                while kids:
+                    nxt = Path(f"/proc/{kids[0]}/task/{kids[0]}/children").read_text().split()
+                    if not nxt:
+                        comm = Path(f"/proc/{kids[0]}/comm").read_text().strip()
+                        return kids[0] if comm == "sleep" else None
+                    kids = nxt
+            except OSError:
+                return None
+            return None
+        self.pid = wait_for(holder, 10, "the namespace holder")
+
+    def close(self):
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=10)
+
+
+def run_api_script(r, binary: str, workdir: Path, requests: list[bytes], log: Path) -> list[bytes]:
+    ns = UserNamespaceHolder(r)
+    api = workdir / f"api-{len(os.listdir(workdir))}.sock"
+    proc = subprocess.Popen(user_env(r) + [binary, "--api-socket", str(api), ns.pid, "tap0"],
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: api.exists() or proc.poll() is not None, 10, f"{binary}'s API socket")
+        assert proc.poll() is None, log.read_text()
+        replies = []
+        for q in requests:
+            close_write = q.startswith(b"<shut>")
+            replies.append(api_call(str(api), q.removeprefix(b"<shut>"), close_write))
+            assert proc.poll() is None, f"{binary} died on {q[:80]!r}: {log.read_text()}"
+        return replies
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)
+        ns.close()
+
+
+def api_script(ports: list[int]) -> list[bytes]:
+    p1, p2, p3, p4, p5 = ports
+    lines = [
+        '{"execute":"list_hostfwd"}',
+        '{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_addr":"127.0.0.1","host_port":%d,"guest_addr":"","guest_port":80}}' % p1,
+        '{"execute":"add_hostfwd","arguments":{"proto":"udp","host_addr":"","host_port":%d,"guest_port":53}}' % p2,
+        # the same port again: refused
+        '{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_addr":"127.0.0.1","host_port":%d,"guest_addr":"10.0.2.100","guest_port":80}}' % p1,
+        '{"execute":"list_hostfwd"}',
+        '{"execute":"add_hostfwd","arguments":{"proto":"sctp","host_port":1,"guest_port":1}}',
+        '{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_addr":"::1","host_port":%d,"guest_port":80}}' % p3,
+        '{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_port":"%d","guest_port":80}}' % p3,
+        '{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_port":%d,"guest_addr":"x","guest_port":80}}' % p3,
+        '{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_port":%d}}' % p3,
+        '{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_port":%d.7,"guest_port":80.2}}' % p4,
+        '{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_port":%d,"guest_addr":"0.0.0.0","guest_port":80}}' % p5,
+        '{"execute":"list_hostfwd"}',
+        '{"execute":"remove_hostfwd","arguments":{"id":1}}',
+        '{"execute":"remove_hostfwd","arguments":{"id":1}}',
+        '{"execute":"remove_hostfwd","arguments":{"id":"2"}}',
+        '{"execute":"remove_hostfwd"}',
+        '{"execute":"list_hostfwd"}',
+        '{"execute":"nope"}',
+        '{"execute":5}',
+        '{"foo":"bar"}',
+        '[1,2]',
+        '"str"',
+        'not json',
+        '{"execute":"list_hostfwd"} trailing garbage',
+        '{"execute":"list_hostfwd","execute":"list_hostfwd"}',
+        '  {"execute" : "list_hostfwd" }  ',
+        '{"execute":"list_hostfwd",}',
+        "{'execute':'list_hostfwd'}",
+        '{"execute":"list\\u005fhostfwd"}',
+        '{"execute":"list_hostfwd","x":01}',
+        '{"execute":"list_hostfwd","x":-inf}',
+        '{"execute":"list_hostfwd","x":1e999}',
+        '{"execute":"list_hostfwd","x":1e5}',
+        '{"execute":"list_hostfwd","x":[[[[[[]]]]]]}',
+        '{"execute":"list_hostfwd","x":"\\ud800"}',
+        '{"execute":"list_hostfwd","x":"\\q"}',
+        '{"execute":"list_hostfwd","x":tru}',
+        '{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_port":%d,"guest_port":80},"arguments":{}}' % p3,
+    ]
+    reqs = [l.encode() for l in lines]
+    reqs += [
+        b'{"execute":"list_hostfwd"}\x00garbage after a NUL',
+        b"<shut>",                                              # connect, send nothing
+        b'{"execute":"list_hostfwd"}' + b" " * (4095 - 26),     # 4095 bytes: fits
+        b'{"execute":"list_hostfwd"}' + b" " * (4096 - 26),     # 4096 bytes: "too large message"
+        b'{"execute":"list_hostfwd"}',                          # still serving
+    ]
+    return reqs
+
+
+def test_api_socket_matches_slirp4netns(rootless, module_workdir, log_dir):
+    real = need("slirp4netns", "slirp4netns")
+    work = Path(module_workdir) / "api"
+    work.mkdir()
+    os.chown(work, rootless.uid, rootless.gid)
+    ports = [free_port() for _ in range(5)]
+    script = api_script(ports)
+    want = run_api_script(rootless, real, work, script, log_dir / "slirp4netns.log")
+    got = run_api_script(rootless, str(rootless.slirp), work, script, log_dir / "vnet.log")
+    (log_dir / "replies.txt").write_text("\n".join(f"{q[:100]!r}\n  slirp4netns {w!r}\n  vnet        {g!r}"
+                                                   for q, w, g in zip(script, want, got)))
+    for q, w, g in zip(script, want, got):
+        assert g == w, f"request {q[:100]!r}: slirp4netns answered {w!r}, vnet {g!r}"
+    assert any(w.startswith(b'{"return":{"id":') for w in want) and any(b"too large" in w for w in want)
+
+
+def test_api_socket_where_slirp4netns_crashes(rootless, module_workdir, log_dir):
+    """slirp4netns 1.2.0 dies on add_hostfwd without a string proto and truncates ports; vnet answers."""
+    work = Path(module_workdir) / "api-extra"
+    work.mkdir()
+    os.chown(work, rootless.uid, rootless.gid)
+    reqs = [b'{"execute":"add_hostfwd","arguments":"x"}',
+            b'{"execute":"add_hostfwd","arguments":{"host_port":1,"guest_port":1}}',
+            b'{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_port":70000,"guest_port":80}}',
+            b'{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_port":80,"guest_port":-1}}',
+            b'{"execute":"list_hostfwd"}']
+    got = run_api_script(rootless, str(rootless.slirp), work, reqs, log_dir / "vnet.log")
+    assert got == [b'{"error":{"desc":"bad request: add_hostfwd: bad arguments.proto"}}'] * 2 + [
+        b'{"error":{"desc":"bad request: add_hostfwd: bad arguments.host_port"}}',
+        b'{"error":{"desc":"bad request: add_hostfwd: bad arguments.guest_port"}}',
+        b'{"entries":[]}']
+
+
+# ---------------------------------------------------------------------------------------------- rootlesskit
+
+
+def rootlesskit(r, state: Path, *flags: str, command: list[str], timeout=60, **popen):
+    need("rootlesskit", "rootlesskit")
+    args = user_env(r) + ["rootlesskit", "--net=slirp4netns", f"--slirp4netns-binary={r.slirp}", "--copy-up=/etc",
+                          f"--state-dir={state}", *flags] + command
+    return args
+
+
+FETCH = ("import sys, urllib.request\n"
+         "try:\n"
+         "    print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())\n"
+         "except Exception as e:\n"
+         "    print('FAILED', type(e).__name__, e)\n")
+
+
+def test_rootlesskit_reaches_host_loopback(rootless, module_workdir, log_dir):
+    token = f"vnet-rootlesskit-{os.getpid()}"
+    with rig.HttpServer({"/": token.encode()}) as http:
+        state = rootless.home / "rk-state-1"
+        r = sh(*rootlesskit(rootless, state, command=["python3", "-c", FETCH, http.url(host="10.0.2.2")]), timeout=60, check=False)
+        (log_dir / "rootlesskit.log").write_text(r.stdout + r.stderr)
+        assert r.returncode == 0, r.stderr
+        assert token in r.stdout, r.stdout + r.stderr
+        assert any(req[0][0] == "127.0.0.1" for req in http.requests)
+
+
+def test_rootlesskit_disable_host_loopback(rootless, module_workdir, log_dir):
+    with rig.HttpServer({"/": b"must not be reached"}) as http:
+        state = rootless.home / "rk-state-2"
+        r = sh(*rootlesskit(rootless, state, "--disable-host-loopback",
+                            command=["python3", "-c", FETCH, http.url(host="10.0.2.2")]), timeout=60, check=False)
+        (log_dir / "rootlesskit.log").write_text(r.stdout + r.stderr)
+        assert r.returncode == 0, r.stderr
+        assert "FAILED" in r.stdout and "must not be reached" not in r.stdout, r.stdout
+        assert http.requests == []
+
+
+INNER_SERVER = ("import http.server, os, sys\n"
+                "class H(http.server.BaseHTTPRequestHandler):\n"
+                "    def do_GET(self):\n"
+                "        body = sys.argv[1].encode()\n"
+                "        self.send_response(200); self.send_header('Content-Length', str(len(body))); self.end_headers()\n"
+                "        self.wfile.write(body)\n"
+                "    def log_message(self, *a): pass\n"
+                "s = http.server.HTTPServer(('0.0.0.0', 8080), H)\n"
+                "print('LISTENING', flush=True)\n"
+                "s.serve_forever()\n")
+
+
+def test_rootlesskit_port_driver_add_ports(rootless, module_workdir, log_dir):
+    need("rootlessctl", "rootlesskit")
+    state = rootless.home / "rk-state-3"
+    token = f"published-{os.getpid()}"
+    log = open(log_dir / "rootlesskit.log", "w")
+    proc = subprocess.Popen(rootlesskit(rootless, state, "--port-driver=slirp4netns",
+                                        command=["python3", "-c", INNER_SERVER, token]),
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: "LISTENING" in (log_dir / "rootlesskit.log").read_text() or proc.poll() is not None, 30,
+                 "the server inside rootlesskit")
+        assert proc.poll() is None, (log_dir / "rootlesskit.log").read_text()
+        port = free_port()
+        ctl = user_env(rootless) + ["rootlessctl", "--socket", str(state / "api.sock")]
+        r = sh(*ctl, "add-ports", f"127.0.0.1:{port}:8080/tcp", check=False)
+        assert r.returncode == 0, r.stderr
+        listed = sh(*ctl, "list-ports").stdout
+        assert str(port) in listed
+        # vnet's API socket holds the forward rootlesskit asked for.
+        entries = json.loads(api_call(str(state / ".s4nn.sock"), b'{"execute":"list_hostfwd"}'))["entries"]
+        assert [(e["host_addr"], e["host_port"], e["guest_port"]) for e in entries] == [("127.0.0.1", port, 8080)]
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+            c.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            data = b""
+            while chunk := c.recv(4096):
+                data += chunk
+        assert data.startswith(b"HTTP/1.0 200") and data.endswith(token.encode()), data
+        r = sh(*ctl, "remove-ports", "1", check=False)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(api_call(str(state / ".s4nn.sock"), b'{"execute":"list_hostfwd"}'))["entries"] == []
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)
+        log.close()
