@@ -389,3 +389,107 @@ def test_rootlesskit_port_driver_add_ports(rootless, module_workdir, log_dir):
             pass
         proc.wait(timeout=10)
         log.close()
+
+
+# ---------------------------------------------------------------------------------------------- podman
+
+
+@pytest.fixture(scope="module")
+def podman(rootless, module_workdir):
+    """Rootless podman 4.x whose network command is vnet, with an image imported from a busybox tarball."""
+    need("podman", "podman")
+    need("runc", "runc")
+    busybox = shutil.which("busybox") or "/bin/busybox"
+    assert os.path.exists(busybox), "busybox not found: apt-get install busybox-static"
+    base = Path(module_workdir) / "podman"
+    root = base / "image"
+    (root / "bin").mkdir(parents=True)
+    (root / "www").mkdir()
+    shutil.copy(busybox, root / "bin" / "busybox")
+    for applet in sh(root / "bin" / "busybox", "--list").stdout.split():
+        if applet != "busybox":
+            (root / "bin" / applet).symlink_to("busybox")
+    token = f"served-by-the-container-{os.getpid()}"
+    (root / "www" / "index.html").write_text(token)
+    sh("tar", "-C", root, "-cf", base / "busybox.tar", ".")
+    os.chmod(base, 0o755)
+    os.chmod(base / "busybox.tar", 0o644)
+    conf = base / "containers.conf"
+    conf.write_text(f'[engine]\nnetwork_cmd_path = "{rootless.slirp}"\ncgroup_manager = "cgroupfs"\n'
+                    'events_logger = "file"\nruntime = "runc"\n')
+    os.chmod(conf, 0o644)
+    home = rootless.home
+
+    def run(*args, vnet_conf: Path | None = None, timeout=120, check=True):
+        env = {"CONTAINERS_CONF": str(conf)}
+        if vnet_conf is not None:
+            env["VNET_SLIRP4NETNS_CONFIG"] = str(vnet_conf)
+        cmd = user_env(rootless, **env) + ["podman", "--storage-driver=vfs", "--root", str(home / "storage"),
+                                           "--runroot", str(home / "runroot"), *args]
+        return sh(*cmd, timeout=timeout, check=check)
+
+    run("import", base / "busybox.tar", "localhost/vnet-busybox")
+    try:
+        yield type("Podman", (), dict(run=staticmethod(run), token=token, image="localhost/vnet-busybox"))
+    finally:
+        run("rm", "-a", "-f", "-t", "0", check=False)
+        # Rootless podman keeps a pause process holding its user namespace: end it by its pid file.
+        pause = home / "libpod" / "tmp" / "pause.pid"
+        if pause.exists():
+            try:
+                os.kill(int(pause.read_text().strip()), signal.SIGKILL)
+            except (ValueError, ProcessLookupError):
+                pass
+
+
+def vnet_conf_with_pcap(rootless, name: str) -> tuple[Path, Path]:
+    """A vnet config for one run: DNS on loopback as in the module's, plus a capture proving vnet carried it."""
+    pcap = rootless.home / f"{name}.pcap"
+    conf = rootless.home / f"{name}.conf"
+    conf.write_text(rootless.conf.read_text() + f"pcap {pcap}\n")
+    os.chmod(conf, 0o644)
+    return conf, pcap
+
+
+def test_podman_reaches_host_loopback(rootless, podman, log_dir):
+    token = f"host-page-{os.getpid()}"
+    conf, pcap = vnet_conf_with_pcap(rootless, "podman-loopback")
+    with rig.HttpServer({"/": token.encode()}) as http:
+        r = podman.run("run", "--rm", "--network", "slirp4netns:allow_host_loopback=true", podman.image,
+                       "wget", "-q", "-O", "-", http.url(host="10.0.2.2"), vnet_conf=conf, check=False)
+        (log_dir / "podman.log").write_text(r.stdout + r.stderr)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == token
+        # Without allow_host_loopback podman passes --disable-host-loopback: refused.
+        r = podman.run("run", "--rm", "--network", "slirp4netns", podman.image,
+                       "wget", "-q", "-T", "5", "-O", "-", http.url(host="10.0.2.2"), check=False)
+        assert r.returncode != 0 and token not in r.stdout
+        assert len(http.requests) == 1
+    # vnet carried the container's traffic (podman started it, not a slirp4netns of its own).
+    assert pcap.exists() and pcap.stat().st_size > 24 + 16 * 4
+
+
+def test_podman_publishes_port_with_slirp4netns_port_handler(rootless, podman, log_dir):
+    port = free_port()
+    conf, pcap = vnet_conf_with_pcap(rootless, "podman-publish")
+    r = podman.run("run", "-d", "--name", "vnet-web", "-p", f"127.0.0.1:{port}:80",
+                   "--network", "slirp4netns:port_handler=slirp4netns", podman.image,
+                   "httpd", "-f", "-p", "80", "-h", "/www", vnet_conf=conf, check=False)
+    (log_dir / "podman-run.log").write_text(r.stdout + r.stderr)
+    assert r.returncode == 0, r.stderr
+    try:
+        def fetch():
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+                    c.sendall(b"GET /index.html HTTP/1.0\r\n\r\n")
+                    data = b""
+                    while chunk := c.recv(4096):
+                        data += chunk
+                    return data if data.startswith(b"HTTP/1.") else None
+            except OSError:
+                return None
+        data = wait_for(fetch, 30, "the container's httpd on the published port")
+        assert b" 200 " in data.split(b"\r\n")[0] and data.endswith(podman.token.encode()), data
+    finally:
+        podman.run("rm", "-f", "-t", "0", "vnet-web", check=False)
+    assert pcap.exists() and pcap.stat().st_size > 24
