@@ -136,6 +136,45 @@ def test_help_version_and_refused_flags(rootless):
         assert r.stderr.startswith("vnet: error: ") and needle in r.stderr and r.stderr.count("\n") == 1, (args, r.stderr)
 
 
+def test_configure_ready_fd_exit_fd(rootless, log_dir):
+    """podman's way: -c configures the TAP (CIDR's .100, MTU, MAC, default route), "1" arrives on the ready fd,
+    and closing the exit fd ends vnet."""
+    ns = UserNamespaceHolder(rootless)
+    ready_r, ready_w = os.pipe()
+    exit_r, exit_w = os.pipe()
+    log = open(log_dir / "vnet.log", "w")
+    proc = None
+    try:
+        netns = f"/proc/{ns.pid}/ns/net"
+        proc = subprocess.Popen(user_env(rootless) + [
+            str(rootless.slirp), "-c", "--cidr=10.0.3.0/24", "--mtu", "9000", "--macaddress=02:00:00:00:00:42",
+            "-r", str(ready_w), "-e", str(exit_r), f"--userns-path=/proc/{ns.pid}/ns/user", "--netns-type=path",
+            netns, "tap1"], stdout=log, stderr=subprocess.STDOUT, pass_fds=(ready_w, exit_r), start_new_session=True)
+        os.close(ready_w)
+        os.close(exit_r)
+        ready_w = exit_r = -1
+        assert os.read(ready_r, 1) == b"1", (log_dir / "vnet.log").read_text()
+        look = user_env(rootless) + ["nsenter", "-t", ns.pid, "-U", "-n", "--preserve-credentials"]
+        link = json.loads(sh(*look, "ip", "-j", "addr", "show", "tap1").stdout)[0]
+        assert link["mtu"] == 9000 and link["address"] == "02:00:00:00:00:42" and "UP" in link["flags"]
+        assert [(a["local"], a["prefixlen"]) for a in link["addr_info"] if a["family"] == "inet"] == [("10.0.3.100", 24)]
+        routes = json.loads(sh(*look, "ip", "-j", "route", "show", "default").stdout)
+        assert [(r["gateway"], r["dev"]) for r in routes] == [("10.0.3.2", "tap1")]
+        assert proc.poll() is None
+        os.close(exit_w)
+        exit_w = -1
+        assert proc.wait(timeout=10) == 0, (log_dir / "vnet.log").read_text()
+    finally:
+        for fd in (ready_r, ready_w, exit_r, exit_w):
+            if fd >= 0:
+                os.close(fd)
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        log.close()
+        ns.close()
+
+
 # ---------------------------------------------------------------------------------------------- API socket
 
 
