@@ -171,6 +171,7 @@ public final class UserNetRuntime {
     deinit {
         // In the sandbox unlink is not allowed: the file stays, and the next start removes it as stale.
         if let p = socketPathToRemove, !sandboxed { unlink(p) }
+        removeUnixForwardFiles()
     }
 
     // MARK: Sandbox
@@ -218,6 +219,7 @@ public final class UserNetRuntime {
     /// Binds one hostfwd listener (at start, or hostfwd_add at run time) and returns its slot.
     @discardableResult
     func openForward(_ rule: HostForward) throws -> Int {
+        if let path = rule.unixPath { return try openUnixForward(rule, path: path) }
         let slot = forwards.firstIndex(where: { $0 == nil }) ?? forwards.count
         let type = rule.proto == .tcp ? Int32(SOCK_STREAM.rawValue) : Int32(SOCK_DGRAM.rawValue)
         let v6 = !rule.hostAddress.isIPv4
@@ -248,6 +250,7 @@ public final class UserNetRuntime {
         epoll.remove(f.fd)
         if f.rule.proto == .udp { gateway.forgetForwardedUDP(listener: f.fd) }
         Sys.close(f.fd)
+        removeUnixForwardFile(f.rule)
         forwards[slot] = nil
     }
 
@@ -262,7 +265,7 @@ public final class UserNetRuntime {
                     if epoll.pauseListenerIfShort(fd, error: errno, tag: LoopTag.forwardTCP.tag | UInt64(i)) { acceptPauses &+= 1 }
                     return
                 }
-                guard let (a, p) = UserNetRuntime.peer(from),
+                guard let (a, p) = rule.unixPath == nil ? UserNetRuntime.peer(from) : unixClientEndpoint(),
                       gateway.acceptForwardedTCP(handle: c, from: a, port: p, to: rule.guestAddress,
                                                  port: rule.guestPort, now: instant) else {
                     vnet_abort_close(c)
