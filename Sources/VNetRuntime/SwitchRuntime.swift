@@ -344,6 +344,7 @@ public final class SwitchRuntime {
     public func addPortMap(_ m: PortMap) throws -> Int {
         guard gateway != nil else { throw RuntimeError("port maps need the gateway") }
         let i = portMaps.firstIndex(where: { $0 == nil }) ?? portMaps.count
+        if let path = m.unixPath { return try addUnixPortMap(m, path: path, slot: i) }
         let type = m.proto == .tcp ? Int32(SOCK_STREAM.rawValue) : Int32(SOCK_DGRAM.rawValue)
         let v6 = !m.hostAddress.isIPv4
         let fd = try Sys.socket(v6 ? AF_INET6 : AF_INET, type, 0)
@@ -371,6 +372,7 @@ public final class SwitchRuntime {
         if m.map.proto == .udp { gateway?.forgetForwardedUDP(listener: m.fd) }
         epoll.remove(m.fd)
         Sys.close(m.fd)
+        removeUnixPortMapFile(m.map)
         portMaps[i] = nil
         return true
     }
@@ -400,7 +402,7 @@ public final class SwitchRuntime {
                     epoll.pauseListenerIfShort(fd, error: errno, tag: SwitchTag.portMapTCP.tag(i))
                     return
                 }
-                guard let to = target, let (a, p) = UserNetRuntime.peer(from),
+                guard let to = target, let (a, p) = map.unixPath == nil ? UserNetRuntime.peer(from) : UserNetRuntime.unixClientEndpoint(),
                       gw.acceptForwardedTCP(handle: c, from: a, port: p, to: to, port: map.guestPort, now: instant) else {
                     if target == nil { logger.notice("port map \(map): no VM holds that name now; connection refused") }
                     vnet_abort_close(c)

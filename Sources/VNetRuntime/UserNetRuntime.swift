@@ -265,7 +265,7 @@ public final class UserNetRuntime {
                     if epoll.pauseListenerIfShort(fd, error: errno, tag: LoopTag.forwardTCP.tag | UInt64(i)) { acceptPauses &+= 1 }
                     return
                 }
-                guard let (a, p) = rule.unixPath == nil ? UserNetRuntime.peer(from) : unixClientEndpoint(),
+                guard let (a, p) = rule.unixPath == nil ? UserNetRuntime.peer(from) : UserNetRuntime.unixClientEndpoint(),
                       gateway.acceptForwardedTCP(handle: c, from: a, port: p, to: rule.guestAddress,
                                                  port: rule.guestPort, now: instant) else {
                     vnet_abort_close(c)

@@ -38,7 +38,7 @@ extension UserNetRuntime {
     }
 
     /// The address and port a unix client appears from (to the gateway: loopback, so the guest sees 10.0.2.2).
-    func unixClientEndpoint() -> (IPAddress, UInt16) {
+    static func unixClientEndpoint() -> (IPAddress, UInt16) {
         let p = UserNetRuntime.nextUnixClientPort
         UserNetRuntime.nextUnixClientPort = p == 65535 ? 49152 : p + 1
         return (IPAddress(IPv4Address(127, 0, 0, 1)), p)

@@ -120,3 +120,22 @@ def test_a_path_that_is_not_a_socket_is_refused(net, log_dir):
     assert plain.read_text() == "keep me"
     r = subprocess.run([str(rig.vnet_binary()), "user", "hostfwd=unix:relative.sock-:22"], capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "absolute" in r.stderr
+
+
+def test_nat_port_map_with_unix_host_end(guest_image, workdir, log_dir):
+    """`vnet nat --port-map unix:PATH-VM:PORT`: the same for a VM of the NAT network."""
+    wd = Path(workdir)
+    sock, path = wd / "nat.sock", wd / "docker.sock"
+    args = ["nat", "--name", "unixmap", "--socket", sock, "--leases-file", wd / "leases.json",
+            "--dns-upstream", f"127.0.0.1:{rig.free_udp_port()}", "--port-map", f"unix:{path}-192.168.122.2:2375"]
+    with rig.VnetProcess(args, log_dir=log_dir) as vnet:
+        assert os.stat(path).st_mode & 0o777 == 0o600
+        assert f"unix:{path} -> 192.168.122.2:2375" in vnet.stdout.text
+        netdev = ["-netdev", f"stream,id=n0,server=off,addr.type=unix,addr.path={sock}"]
+        with rig.Guest(guest_image, netdev, workdir=wd, log_dir=log_dir, name="natguest") as g:
+            assert g.dhcp()["ip"] == "192.168.122.2"
+            g.start_background("nc -ll -p 2375 -e cat", "echo2375")
+            rig.wait_for(lambda: ":2375 " in g.check("netstat -ltn"), timeout=20, message="guest echo server listening")
+            echo_through(path, 256 << 10)
+        vnet.stop()
+    assert not path.exists()
