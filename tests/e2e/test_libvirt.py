@@ -14,6 +14,7 @@ left alone. Nothing leaves loopback.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import re
 import secrets
@@ -131,8 +132,11 @@ class SerialSession:
         return rig.parse_lease(re.search(r"^LEASE (.*)$", out, re.M).group(1))
 
     def close(self):
-        self.sock.close()
+        # shutdown wakes the collector's read; the domain is destroyed by then.
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
         self.console.join()
+        self.sock.close()
 
 
 def interfaces(stdout: str) -> list[str]:
@@ -187,10 +191,10 @@ def domains(libvirtd, guest_image, module_workdir, module_log_dir):
                     sessions.append(SerialSession(serial, module_log_dir / f"{kind}.serial.log", kind))
                 yield SimpleNamespace(vnet=vnet, client=sessions[0], udp=sessions[1], printed=printed)
             finally:
-                for s in sessions:
-                    s.close()
                 for name in made:
                     sh("virsh", "-c", URI, "destroy", name, check=False)
+                for s in sessions:
+                    s.close()
 
 
 def test_libvirt_client_and_udp_domains_get_leases_and_reach_each_other_and_the_host(domains):
