@@ -1,7 +1,7 @@
 """`vnet slirp4netns`: vnet started by the tools that start slirp4netns, rootless, as they run it.
 
 Everything runs as an unprivileged user created for the test (with subuid/subgid ranges), as rootlesskit and
-podman run in real life. vnet is reached through a symlink named `slirp4netns` (the argv[0] dispatch).
+podman run in real life. vnet is reached through a copy named `slirp4netns` (the argv[0] dispatch).
 
 - The API socket: one script of good and bad requests goes to Debian's slirp4netns 1.2.0 and to vnet, each
   serving a namespace of the test user's own; the replies must be byte-identical.
@@ -87,12 +87,14 @@ def rootless(module_workdir):
     home = base / "home"
     home.mkdir()
     os.chown(home, pw.pw_uid, pw.pw_gid)
-    # vnet as `slirp4netns`: a symlink in a directory the user can read, to the binary under test.
+    # vnet as `slirp4netns`: a copy of the binary under test, in a directory the user can reach (the checkout may
+    # sit under a home the user cannot enter, such as /root).
     bindir = base / "bin"
     bindir.mkdir()
     vnet = rig.vnet_binary().resolve()
     assert vnet.exists(), f"vnet binary not found at {vnet}"
-    (bindir / "slirp4netns").symlink_to(vnet)
+    shutil.copy2(vnet, bindir / "slirp4netns")
+    os.chmod(bindir / "slirp4netns", 0o755)
     dns_port = free_port()
     conf = base / "vnet.conf"
     conf.write_text(f"# keeps DNS on loopback\ndns-upstream 127.0.0.1:{dns_port}\nlog-level info\n")
