@@ -3,7 +3,8 @@
 // Theory of operation: setns(CLONE_NEWUSER) is refused to a multithreaded process, and a Swift process
 // usually is one. So a child is forked (one thread: the caller's), which joins the user namespace (a failure
 // is ignored, as slirp4netns ignores it: a caller that already lives in that namespace gets EINVAL), then the
-// network namespace, opens the TAP there (creating it if missing), optionally configures it (MAC, MTU,
+// network namespace, opens the TAP there (creating it if missing; with offload when the device allows it),
+// optionally configures it (MAC, MTU,
 // address, netmask, default route, up), and passes the fd back over a socketpair with SCM_RIGHTS. Between fork
 // and _exit the child calls only async-signal-safe functions (open, ioctl, socket, setns, sendmsg, close).
 // Errors travel back as (step, errno) in the one-byte-plus-struct message; the parent turns them into text.
@@ -23,13 +24,14 @@
 #include <string.h>
 #include "CVNetShim.h"
 
-struct vnet_ns_reply { int step; int err; unsigned char mac[6]; };
+struct vnet_ns_reply { int step; int err; int offloaded; unsigned char mac[6]; };
 
-static int ns_child_send(int sock, int step, int err, int fd, const unsigned char *mac) {
+static int ns_child_send(int sock, int step, int err, int fd, const unsigned char *mac, int offloaded) {
     struct vnet_ns_reply r;
     memset(&r, 0, sizeof r);
     r.step = step;
     r.err = err;
+    r.offloaded = offloaded;
     memcpy(r.mac, mac, 6);
     struct iovec iov = { &r, sizeof r };
     char control[CMSG_SPACE(sizeof(int))];
@@ -59,7 +61,7 @@ static void ns_set_in(struct sockaddr *sa, uint32_t addr_be) {
 }
 
 /// Runs in the forked child; returns the step that failed (errno set) or 0 with *out the TAP fd.
-static int ns_child_open(const struct vnet_ns_tap_request *q, int *out, unsigned char *mac) {
+static int ns_child_open(const struct vnet_ns_tap_request *q, int *out, unsigned char *mac, int *offloaded) {
     if (q->userns_path[0]) {
         int u = open(q->userns_path, O_RDONLY | O_CLOEXEC);
         if (u < 0) return VNET_NS_STEP_OPEN_USERNS;
@@ -70,14 +72,28 @@ static int ns_child_open(const struct vnet_ns_tap_request *q, int *out, unsigned
     if (n < 0) return VNET_NS_STEP_OPEN_NETNS;
     if (setns(n, CLONE_NEWNET) < 0) return VNET_NS_STEP_SETNS_NET;
     close(n);
-    int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC | O_NONBLOCK);
-    if (fd < 0) return VNET_NS_STEP_OPEN_TUN;
+    // With offload asked for, a device that refuses IFF_VNET_HDR or TUNSETOFFLOAD is opened again without it.
     struct ifreq ifr;
-    memset(&ifr, 0, sizeof ifr);
-    ifr.ifr_flags = IFF_TAP | IFF_NO_PI | (q->vnet_hdr ? IFF_VNET_HDR : 0);
-    strncpy(ifr.ifr_name, q->name, IFNAMSIZ - 1);
-    if (ioctl(fd, TUNSETIFF, &ifr) < 0) return VNET_NS_STEP_TUNSETIFF;
-    if (q->vnet_hdr && ioctl(fd, TUNSETOFFLOAD, (unsigned long)(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)) < 0) return VNET_NS_STEP_OFFLOAD;
+    int fd = -1;
+    for (int attempt = q->vnet_hdr ? 0 : 1; attempt < 2; attempt++) {
+        int hdr = attempt == 0;
+        fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC | O_NONBLOCK);
+        if (fd < 0) return VNET_NS_STEP_OPEN_TUN;
+        memset(&ifr, 0, sizeof ifr);
+        ifr.ifr_flags = IFF_TAP | IFF_NO_PI | (hdr ? IFF_VNET_HDR : 0);
+        strncpy(ifr.ifr_name, q->name, IFNAMSIZ - 1);
+        if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
+            if (!hdr) return VNET_NS_STEP_TUNSETIFF;
+            close(fd);
+            continue;
+        }
+        if (hdr && ioctl(fd, TUNSETOFFLOAD, (unsigned long)(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)) < 0) {
+            close(fd);
+            continue;
+        }
+        *offloaded = hdr;
+        break;
+    }
     if (q->configure) {
         int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
         if (s < 0) return VNET_NS_STEP_CONFIGURE;
@@ -118,7 +134,7 @@ static int ns_child_open(const struct vnet_ns_tap_request *q, int *out, unsigned
     return 0;
 }
 
-int vnet_ns_tap_open(const struct vnet_ns_tap_request *q, int *failed_step, unsigned char *mac_out) {
+int vnet_ns_tap_open(const struct vnet_ns_tap_request *q, int *failed_step, unsigned char *mac_out, int *offloaded_out) {
     *failed_step = 0;
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) { *failed_step = VNET_NS_STEP_FORK; return -errno; }
@@ -133,8 +149,9 @@ int vnet_ns_tap_open(const struct vnet_ns_tap_request *q, int *failed_step, unsi
         close(sv[0]);
         int fd = -1;
         unsigned char mac[6] = { 0 };
-        int step = ns_child_open(q, &fd, mac);
-        ns_child_send(sv[1], step, step ? errno : 0, step ? -1 : fd, mac);
+        int offloaded = 0;
+        int step = ns_child_open(q, &fd, mac, &offloaded);
+        ns_child_send(sv[1], step, step ? errno : 0, step ? -1 : fd, mac, offloaded);
         _exit(step ? 1 : 0);
     }
     close(sv[1]);
@@ -168,5 +185,6 @@ int vnet_ns_tap_open(const struct vnet_ns_tap_request *q, int *failed_step, unsi
         return -(r.err ? r.err : EPIPE);
     }
     memcpy(mac_out, r.mac, 6);
+    *offloaded_out = r.offloaded;
     return fd;
 }

@@ -256,9 +256,10 @@ enum Slirp4netnsCommand {
                                prefixLength: net.prefixLength, gateway: gatewayAddress)
         let tapMAC = TapMACBox()
         options.openTap = {
-            let (fd, mac) = try tap.open()
+            let (fd, mac, offload) = try tap.open()
             tapMAC.mac = mac
-            return fd
+            tapMAC.offload = offload
+            return (fd, offload)
         }
         extra.append("vnet: slirp4netns \(emulatedVersion) command line: tap \(p.tapName) in \(netnsPath)"
                      + (usernsPath.isEmpty ? "" : " (user namespace \(usernsPath))")
@@ -274,6 +275,9 @@ enum Slirp4netnsCommand {
         // The namespace may stay silent until a forwarded connection arrives (rootlesskit's --port-driver): hostfwd
         // must know the guest's MAC before its first frame, as libslirp finds it by ARP.
         if let m = tapMAC.mac, m != .zero { runtime.gateway.knowGuest(guestAddress, mac: m) }
+        extra.append(tapMAC.offload ? "vnet: tap offload on (virtio-net headers, checksum and TSO)"
+                     : options.tapOffload ? "vnet: tap offload off: the device refused IFF_VNET_HDR or TUNSETOFFLOAD"
+                     : "vnet: tap offload off (no-tap-offload)")
         var api: Slirp4netnsAPIServer? = nil
         if let path = p.apiSocket {
             api = try Slirp4netnsAPIServer(runtime: runtime, path: path, defaultGuestAddress: guestAddress)
@@ -293,7 +297,8 @@ enum Slirp4netnsCommand {
     }
 }
 
-/// The TAP's MAC, handed out of the runtime's TAP opener.
+/// The TAP's MAC and offload state, handed out of the runtime's TAP opener.
 final class TapMACBox: @unchecked Sendable {
     var mac: MACAddress?
+    var offload = false
 }

@@ -42,13 +42,14 @@ public struct NamespaceTap: Sendable {
 
     static let stepNames: [Int32: String] = [
         1: "fork", 2: "open the user namespace", 3: "open the network namespace", 4: "setns(CLONE_NEWNET)",
-        5: "open /dev/net/tun", 6: "TUNSETIFF", 7: "TUNSETOFFLOAD (try without offload)", 8: "configure: socket",
+        5: "open /dev/net/tun", 6: "TUNSETIFF", 7: "TUNSETOFFLOAD", 8: "configure: socket",
         9: "configure: set the MAC address", 10: "configure: set the MTU", 11: "configure: bring it up",
         12: "configure: set the address", 13: "configure: add the default route",
     ]
 
-    /// Opens the TAP; returns its fd (non-blocking, close-on-exec) and its MAC address as the namespace sees it.
-    public func open() throws -> (fd: Int32, mac: MACAddress) {
+    /// Opens the TAP; returns its fd (non-blocking, close-on-exec), its MAC address as the namespace sees it, and
+    /// whether it carries virtio-net headers with offload (asked for, and allowed by the device).
+    public func open() throws -> (fd: Int32, mac: MACAddress, offload: Bool) {
         guard !name.isEmpty, name.utf8.count < 16 else { throw RuntimeError("tap name must be 1-15 bytes: '\(name)'") }
         guard userNamespacePath.utf8.count < 4096, networkNamespacePath.utf8.count < 4096, !networkNamespacePath.isEmpty else {
             throw RuntimeError("namespace path too long")
@@ -72,11 +73,12 @@ public struct NamespaceTap: Sendable {
         q.gateway_be = gateway.rawValue.bigEndian
         var step: Int32 = 0
         var macBytes = [UInt8](repeating: 0, count: 6)
-        let fd = vnet_ns_tap_open(&q, &step, &macBytes)
+        var offloaded: Int32 = 0
+        let fd = vnet_ns_tap_open(&q, &step, &macBytes, &offloaded)
         guard fd >= 0 else {
             throw RuntimeError("tap \(name) in \(networkNamespacePath): \(NamespaceTap.stepNames[step] ?? "step \(step)"): \(Sys.errnoString(-fd))")
         }
-        return (fd, MACAddress(macBytes[0], macBytes[1], macBytes[2], macBytes[3], macBytes[4], macBytes[5]))
+        return (fd, MACAddress(macBytes[0], macBytes[1], macBytes[2], macBytes[3], macBytes[4], macBytes[5]), offloaded != 0)
     }
 
     func copyCString(_ s: String, into b: UnsafeMutableRawBufferPointer) {

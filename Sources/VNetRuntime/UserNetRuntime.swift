@@ -67,11 +67,16 @@ public final class UserNetRuntime {
         if options.sandbox { try UserNetRuntime.checkSandboxable(options) }
         // The TAP must be opened first, while no other socket exists: it switches this thread's netns.
         var tapFD: Int32 = -1
+        var tapOffload = options.tapOffload
         if case .tap(let netns, let name) = options.transport {
-            tapFD = try options.openTap?() ?? UserNetRuntime.openTapInNamespace(netns: netns, name: name, mtu: options.gateway.mtu, offload: options.tapOffload)
+            if let open = options.openTap {
+                (tapFD, tapOffload) = try open()
+            } else {
+                tapFD = try UserNetRuntime.openTapInNamespace(netns: netns, name: name, mtu: options.gateway.mtu, offload: options.tapOffload)
+            }
         }
         var gatewayConfig = options.gateway
-        gatewayConfig.guestOffloads = tapFD >= 0 && options.tapOffload
+        gatewayConfig.guestOffloads = tapFD >= 0 && tapOffload
         epoll = try Epoll()
         host = RealHost(epoll: epoll)
         // Tests exercise both host-read paths; kernels before 6.9 take the fallback on their own.

@@ -166,6 +166,7 @@ def test_configure_ready_fd_exit_fd(rootless, log_dir):
         os.close(exit_w)
         exit_w = -1
         assert proc.wait(timeout=10) == 0, (log_dir / "vnet.log").read_text()
+        assert "vnet: tap offload on" in (log_dir / "vnet.log").read_text()
     finally:
         for fd in (ready_r, ready_w, exit_r, exit_w):
             if fd >= 0:

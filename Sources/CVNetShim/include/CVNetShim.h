@@ -61,8 +61,9 @@ enum {
     VNET_NS_STEP_MTU, VNET_NS_STEP_UP, VNET_NS_STEP_ADDRESS, VNET_NS_STEP_ROUTE,
 };
 /// Opens the TAP from a forked single-threaded child (see nsjoin.c). Returns the fd, or -errno with
-/// `*failed_step` naming the step that failed; `mac_out` (6 bytes) gets the TAP's MAC address.
-int vnet_ns_tap_open(const struct vnet_ns_tap_request *q, int *failed_step, unsigned char *mac_out);
+/// `*failed_step` naming the step that failed; `mac_out` (6 bytes) gets the TAP's MAC address, `*offloaded_out`
+/// 1 when the TAP carries virtio-net headers with offload (asked for with `vnet_hdr` and allowed by the device).
+int vnet_ns_tap_open(const struct vnet_ns_tap_request *q, int *failed_step, unsigned char *mac_out, int *offloaded_out);
 
 /// Opens /dev/net/tun and attaches the tap `name` (created if missing). Returns the fd or -errno.
 static inline int vnet_tap_open(const char *name, int flags_extra) {
