@@ -166,6 +166,7 @@ public struct Slirp4netnsJSONParser {
         while let c = peek {
             i += 1
             if c == UInt8(ascii: "\"") { return out }
+            guard c >= 0x20 else { return nil }   // a raw control character (tab and newline too) ends the parse, as in parson
             guard c == UInt8(ascii: "\\") else { out.append(c); continue }
             guard let e = peek else { return nil }
             i += 1

@@ -62,6 +62,8 @@ func newAPI() -> Slirp4netnsAPI {
         (#"{"execute":"list_hostfwd","x":0x10}"#, "cannot parse JSON"),
         (#"{"execute":"list_hostfwd","x":-inf}"#, "cannot parse JSON"),
         (#"{"execute":"list_hostfwd","x":"\ud800"}"#, "cannot parse JSON"),
+        ("{\"execute\":\"list_hostfwd\",\"x\":\"\t\"}", "cannot parse JSON"),
+        ("{\"execute\":\"list_hostfwd\",\"x\u{01}\":1}", "cannot parse JSON"),
         (#"{"execute":"add_hostfwd","arguments":{"proto":"sctp","host_port":1,"guest_port":1}}"#, "add_hostfwd: bad arguments.proto"),
         (#"{"execute":"add_hostfwd","arguments":"x"}"#, "add_hostfwd: bad arguments.proto"),
         (#"{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_addr":"::1","host_port":1,"guest_port":1}}"#, "add_hostfwd: bad arguments.host_addr"),

@@ -296,9 +296,27 @@ def api_script(ports: list[int]) -> list[bytes]:
         '{"execute":"list_hostfwd","x":"\\q"}',
         '{"execute":"list_hostfwd","x":tru}',
         '{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_port":%d,"guest_port":80},"arguments":{}}' % p3,
+        '{"execute":"list_hostfwd","x":-0,"y":1.,"z":0.5e-3,"w":"\\uD83D\\uDE00","v":"\\u00e9","":{"":{}}}',
+        '{"execute":"list_hostfwd","x":-01}',
+        '{"execute":"list_hostfwd","x":.5}',
+        '{"execute":"list_hostfwd","x":+1}',
+        '{"execute":"list_hostfwd","x":1e}',
+        '{"execute":"list_hostfwd","x":"\\uDE00"}',
+        '{"execute":"list_hostfwd","x":[1,]}',
+        '{"execute" "list_hostfwd"}',
+        '{"execute":"list_hostfwd"',
+        '{"execute":"list_hostfwd\\u0000x"}',
+        '{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_addr":"127.0.0.1 ","host_port":1,"guest_port":1}}',
+        '{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_addr":5,"host_port":1,"guest_port":0}}',
+        '{"execute":"add_hostfwd","arguments":{"proto":"TCP","host_port":1,"guest_port":1}}',
+        '{"execute":"remove_hostfwd","arguments":{"id":2.9}}',
+        '{"execute":"remove_hostfwd","arguments":{"id":true}}',
+        '{"execute":"list_hostfwd"}',
     ]
     reqs = [l.encode() for l in lines]
     reqs += [
+        b'{"execute":"list_hostfwd","x":"\t"}',                 # a raw control character in a string
+        b'{"execute":"list_hostfwd","x":"\x7f\xff"}',          # DEL and bytes that are not UTF-8: accepted
         b'{"execute":"list_hostfwd"}\x00garbage after a NUL',
         b"<shut>",                                              # connect, send nothing
         b'{"execute":"list_hostfwd"}' + b" " * (4095 - 26),     # 4095 bytes: fits
