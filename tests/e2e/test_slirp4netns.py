@@ -95,14 +95,15 @@ def rootless(module_workdir):
     assert vnet.exists(), f"vnet binary not found at {vnet}"
     shutil.copy2(vnet, bindir / "slirp4netns")
     os.chmod(bindir / "slirp4netns", 0o755)
-    dns_port = free_port()
+    dns = rig.DnsServer({"vnet-s4.test": "192.0.2.44"}).start()
     conf = base / "vnet.conf"
-    conf.write_text(f"# keeps DNS on loopback\ndns-upstream 127.0.0.1:{dns_port}\nlog-level info\n")
+    conf.write_text(f"# keeps DNS on loopback\ndns-upstream 127.0.0.1:{dns.port}\nlog-level info\n")
     os.chmod(conf, 0o644)
     try:
         yield type("Rootless", (), dict(user=USER, uid=pw.pw_uid, gid=pw.pw_gid, home=home, bindir=bindir,
-                                        slirp=bindir / "slirp4netns", conf=conf))
+                                        slirp=bindir / "slirp4netns", conf=conf, dns=dns))
     finally:
+        dns.stop()
         os.chmod("/dev/net/tun", tun_mode)
 
 
@@ -369,22 +370,28 @@ def rootlesskit(r, state: Path, *flags: str, command: list[str], timeout=60, **p
     return args
 
 
-FETCH = ("import sys, urllib.request\n"
+FETCH = ("import socket, sys, urllib.request\n"
          "try:\n"
          "    print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())\n"
          "except Exception as e:\n"
-         "    print('FAILED', type(e).__name__, e)\n")
+         "    print('FAILED', type(e).__name__, e)\n"
+         "if len(sys.argv) > 2:\n"
+         "    print('RESOLVED', socket.gethostbyname(sys.argv[2]))\n")
 
 
 def test_rootlesskit_reaches_host_loopback(rootless, module_workdir, log_dir):
     token = f"vnet-rootlesskit-{os.getpid()}"
     with rig.HttpServer({"/": token.encode()}) as http:
         state = rootless.home / "rk-state-1"
-        r = sh(*rootlesskit(rootless, state, command=["python3", "-c", FETCH, http.url(host="10.0.2.2")]), timeout=60, check=False)
+        r = sh(*rootlesskit(rootless, state, command=["python3", "-c", FETCH, http.url(host="10.0.2.2"), "vnet-s4.test"]),
+               timeout=60, check=False)
         (log_dir / "rootlesskit.log").write_text(r.stdout + r.stderr)
         assert r.returncode == 0, r.stderr
         assert token in r.stdout, r.stdout + r.stderr
         assert any(req[0][0] == "127.0.0.1" for req in http.requests)
+        # The namespace's resolver is 10.0.2.3 (rootlesskit writes it), which vnet forwards to the test's server.
+        assert "RESOLVED 192.0.2.44" in r.stdout, r.stdout + r.stderr
+        assert rootless.dns.count(name="vnet-s4.test") >= 1
 
 
 def test_rootlesskit_disable_host_loopback(rootless, module_workdir, log_dir):
