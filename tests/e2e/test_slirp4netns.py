@@ -422,8 +422,9 @@ def test_rootlesskit_port_driver_add_ports(rootless, module_workdir, log_dir):
     state = rootless.home / "rk-state-3"
     token = f"published-{os.getpid()}"
     log = open(log_dir / "rootlesskit.log", "w")
-    proc = subprocess.Popen(rootlesskit(rootless, state, "--port-driver=slirp4netns",
-                                        command=["python3", "-c", INNER_SERVER, token]),
+    # With rootlesskit's sandbox and seccomp flags: vnet serves the API socket from inside its --sandbox.
+    proc = subprocess.Popen(rootlesskit(rootless, state, "--port-driver=slirp4netns", "--slirp4netns-sandbox=true",
+                                        "--slirp4netns-seccomp=true", command=["python3", "-c", INNER_SERVER, token]),
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_for(lambda: "LISTENING" in (log_dir / "rootlesskit.log").read_text() or proc.poll() is not None, 30,
