@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -417,6 +418,19 @@ INNER_SERVER = ("import http.server, os, sys\n"
                 "s.serve_forever()\n")
 
 
+def vnet_pid(r) -> int:
+    """The pid of the one vnet running as the test's `slirp4netns` copy."""
+    pids = []
+    for p in os.listdir("/proc"):
+        try:
+            if p.isdigit() and os.readlink(f"/proc/{p}/exe") == str(r.slirp):
+                pids.append(int(p))
+        except OSError:
+            continue
+    assert len(pids) == 1, pids
+    return pids[0]
+
+
 def test_rootlesskit_port_driver_add_ports(rootless, module_workdir, log_dir):
     need("rootlessctl", "rootlesskit")
     state = rootless.home / "rk-state-3"
@@ -430,6 +444,7 @@ def test_rootlesskit_port_driver_add_ports(rootless, module_workdir, log_dir):
         wait_for(lambda: "LISTENING" in (log_dir / "rootlesskit.log").read_text() or proc.poll() is not None, 30,
                  "the server inside rootlesskit")
         assert proc.poll() is None, (log_dir / "rootlesskit.log").read_text()
+        assert re.search(r"^Seccomp:\s+2$", Path(f"/proc/{vnet_pid(rootless)}/status").read_text(), re.M)
         port = free_port()
         ctl = user_env(rootless) + ["rootlessctl", "--socket", str(state / "api.sock")]
         r = sh(*ctl, "add-ports", f"127.0.0.1:{port}:8080/tcp", check=False)
