@@ -16,6 +16,8 @@ public enum EventKind: UInt8, CaseIterable, Sendable {
     case stopWatch = 9
     /// The eventfd of work posted from other threads (the library's command queue).
     case command = 10
+    /// An fd a front end serves on the loop (`vnet slirp4netns`'s API socket): index = watcher slot.
+    case watcher = 11
     // Ports (guests, peers). Index = the port's link slot.
     /// A stream listener of guests (unix or TCP): index = listener slot.
     case portListener = 16

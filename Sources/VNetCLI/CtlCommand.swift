@@ -19,7 +19,8 @@ struct CtlCommand: ParsableCommand {
         abstract: "Send one command to a running vnet's control socket (--control PATH).",
         discussion: """
         Commands: help, info network, info usernet, ports, leases, stats, hostfwd_list,
-        hostfwd_add [ID] [tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport, hostfwd_remove [ID] [tcp|udp]:[hostaddr]:hostport,
+        hostfwd_add [ID] [tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport (or unix:PATH-[guestaddr]:guestport [mode=0600]),
+        hostfwd_remove [ID] [tcp|udp]:[hostaddr]:hostport (or unix:PATH),
         dns add NAME [A|AAAA|SRV|TXT] VALUE, dns remove NAME [TYPE] [VALUE], dns list, pcap start FILE [--port P] [--rotate BYTES],
         pcap stop, events. Any other COMMAND key=value… is sent as it is.
         """)
@@ -108,9 +109,13 @@ struct CtlCommand: ParsableCommand {
             guard ["network", "usernet"].contains(w[1]) else { throw ValidationError("info: expected network or usernet, not '\(w[1])'") }
             return ("info-\(w[1])", [:])
         case "hostfwd_add", "hostfwd_remove":
-            try count(2 ... 3, "\(w[0]) [NETDEV-ID] RULE")
+            // A unix forward's socket mode: `hostfwd_add unix:PATH-:PORT mode=0660`.
+            var w = w
+            let mode = w[0] == "hostfwd_add" ? w.firstIndex(where: { $0.hasPrefix("mode=") }).map { w.remove(at: $0).dropFirst(5) } : nil
+            guard (2 ... 3).contains(w.count) else { throw ValidationError("usage: vnet ctl SOCKET \(w[0]) [NETDEV-ID] RULE\(w[0] == "hostfwd_add" ? " [mode=0600]" : "")") }
             var args: [String: Any] = ["rule": w.last!]
             if w.count == 3 { args["netdev"] = w[1] }
+            if let mode { args["mode"] = String(mode) }
             return (w[0], args)
         case "dns":
             guard w.count >= 2 else { throw ValidationError("usage: vnet ctl SOCKET dns add|remove|list …") }

@@ -84,6 +84,9 @@ struct NatCommand: ParsableCommand {
     @Flag(name: .customLong("undo"), help: "--kernel: undo what a killed run of --name left behind, then exit.")
     var undo = false
 
+    @Flag(name: .customLong("libvirt"), help: "Print the libvirt <interface> XML for each --listen (type='client') and --dgram HOST:PORT (type='udp') port.")
+    var libvirt = false
+
     @OptionGroup var ports: SwitchPortFlags
 
     @OptionGroup var policy: GatewayPolicyFlags
@@ -105,6 +108,7 @@ struct NatCommand: ParsableCommand {
         if let m = try file.int("mtu"), ports.mtu == 1500 { portFlags.mtu = m }
         if portFlags.controlPath == nil { portFlags.controlPath = file.string("control") }
         var extra = try portFlags.apply(to: &o, defaultName: netName)
+        if libvirt { extra += try LibvirtXML.lines(for: o.ports) }
 
         // Addressing.
         let netText = network ?? file.string("network") ?? "192.168.122.0/24"

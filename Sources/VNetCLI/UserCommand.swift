@@ -80,6 +80,9 @@ struct UserCommand: ParsableCommand {
     @Flag(name: .customLong("sandbox"), help: "After set-up, drop all capabilities and confine vnet with a seccomp allow-list (Linux); refuses guestfwd cmd:, --pcap-rotate, pcap-start and low-port hostfwd_add.")
     var sandbox = false
 
+    @Flag(name: .customLong("libvirt"), help: "Print the libvirt <interface> XML for --listen (type='client') or --dgram HOST:PORT (type='udp').")
+    var libvirt = false
+
     func makeOptions() throws -> (RuntimeOptions, [String]) {
         var gw: GatewayConfig
         do {
@@ -137,6 +140,7 @@ struct UserCommand: ParsableCommand {
             let id = gw.id ?? "net0"
             extra.append("vnet: start QEMU with: -netdev stream,id=\(id),server=off,addr.type=unix,addr.path=\(path) -device virtio-net-pci,netdev=\(id)")
         }
+        if libvirt { extra += try LibvirtXML.lines(for: transport) }
         var opts = RuntimeOptions(gateway: gw, transport: transport)
         opts.resolvConfPath = resolvConf
         opts.transportIsDefault = isDefault

@@ -26,7 +26,7 @@ struct Vnet: ParsableCommand {
         commandName: "vnet",
         abstract: "QEMU/KVM virtual networking: user-mode networks, switches, NAT.",
         subcommands: [UserCommand.self, SwitchCommand.self, NatCommand.self, CtlCommand.self, RunCommand.self, BridgeCommand.self,
-                      TapCommand.self, TapHelperCommand.self, PassthroughCommand.self],
+                      TapCommand.self, TapHelperCommand.self, PassthroughCommand.self, Slirp4netnsHelpEntry.self],
         defaultSubcommand: nil)
 }
 
@@ -43,6 +43,13 @@ public enum VNetMain {
     public static func main() -> Never {
         do {
             var arguments = Array(CommandLine.arguments.dropFirst())
+            // slirp4netns's command line: `vnet slirp4netns ARGS…`, or vnet started as `slirp4netns` (Slirp4netnsCommand.swift).
+            let invokedAs = CommandLine.arguments.first.map { String($0.split(separator: "/").last ?? "") } ?? ""
+            if invokedAs == "slirp4netns" || arguments.first == "slirp4netns" {
+                if invokedAs != "slirp4netns" { arguments.removeFirst() }
+                do { try Slirp4netnsCommand.run(arguments) } catch let e as ValidationError { fail(e.message, code: 2) } catch { fail("\(error)", code: 1) }
+                exit(0)
+            }
             if arguments.first == "run", let dash = arguments.firstIndex(of: "--") {
                 RunCommand.qemuCommand = Array(arguments[(dash + 1)...])
                 arguments = Array(arguments[..<dash])
@@ -66,4 +73,11 @@ public enum VNetMain {
         }
         exit(0)
     }
+}
+
+/// Lists `vnet slirp4netns` in `vnet --help`; the command itself is dispatched before parsing (VNetMain.main).
+struct Slirp4netnsHelpEntry: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "slirp4netns",
+        abstract: "slirp4netns 1.2.0's command line (for rootlesskit and podman); also when vnet is run as 'slirp4netns'.")
 }

@@ -120,6 +120,10 @@ public struct HostForward: Equatable, Sendable, CustomStringConvertible {
     public var hostPort: UInt16
     public var guestAddress: IPAddress
     public var guestPort: UInt16
+    /// `hostfwd=unix:PATH-[guestaddr]:guestport`: the host end is a unix stream socket at PATH (TCP to the guest;
+    /// hostAddress/hostPort unused), created with `unixMode` and removed when the forward goes.
+    public var unixPath: String? = nil
+    public var unixMode: UInt32 = 0o600
 
     public init(proto: ForwardProtocol, hostAddress: IPAddress, hostPort: UInt16, guestAddress: IPAddress, guestPort: UInt16) {
         self.proto = proto
@@ -133,7 +137,10 @@ public struct HostForward: Equatable, Sendable, CustomStringConvertible {
         self.init(proto: proto, hostAddress: IPAddress(hostAddress), hostPort: hostPort, guestAddress: IPAddress(guestAddress), guestPort: guestPort)
     }
 
-    public var description: String { "\(proto.rawValue) \(hostAddress.bracketed):\(hostPort) -> \(guestAddress.bracketed):\(guestPort)" }
+    public var description: String {
+        if let p = unixPath { return "unix:\(p) -> tcp \(guestAddress.bracketed):\(guestPort)" }
+        return "\(proto.rawValue) \(hostAddress.bracketed):\(hostPort) -> \(guestAddress.bracketed):\(guestPort)"
+    }
 }
 
 /// `guestfwd=[tcp]:server:port-dev`: guest connections to server:port go to a host TCP service or a command.

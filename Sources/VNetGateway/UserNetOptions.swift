@@ -110,7 +110,7 @@ public enum UserNetOptions {
         var net: IPv4Network? = nil
         var host: IPv4Address? = nil, dns: IPv4Address? = nil, start: IPv4Address? = nil
         var seen: Set<String> = []
-        var hostForwards: [(ForwardProtocol, IPAddress, UInt16, IPAddress?, UInt16)] = []
+        var hostForwards: [(ForwardProtocol, IPAddress, UInt16, IPAddress?, UInt16, String?)] = []
         var v6Prefix: IPv6Address? = nil, v6PrefixLength: Int? = nil, v6Host: IPv6Address? = nil, v6DNS: IPv6Address? = nil
         let pairs = text.isEmpty ? [] : try split(text)
         for (key, value) in pairs {
@@ -193,7 +193,9 @@ public enum UserNetOptions {
         if let s = start { c.dhcpStart = s }
         // An empty guest address means the first DHCP address, as in QEMU.
         c.hostForwards = hostForwards.map {
-            HostForward(proto: $0.0, hostAddress: $0.1, hostPort: $0.2, guestAddress: $0.3 ?? IPAddress(c.dhcpStart), guestPort: $0.4)
+            var f = HostForward(proto: $0.0, hostAddress: $0.1, hostPort: $0.2, guestAddress: $0.3 ?? IPAddress(c.dhcpStart), guestPort: $0.4)
+            f.unixPath = $0.5
+            return f
         }
         try validate(c)
         return c
@@ -254,14 +256,16 @@ public enum UserNetOptions {
     }
 
     /// `[tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport`, each address IPv4 or bracketed IPv6.
-    static func parseHostForward(_ v: String) throws(UserNetOptionError) -> (ForwardProtocol, IPAddress, UInt16, IPAddress?, UInt16) {
+    /// `unix:PATH-[guestaddr]:guestport` (HostForwardUnix.swift) gives the path as the last element.
+    static func parseHostForward(_ v: String) throws(UserNetOptionError) -> (ForwardProtocol, IPAddress, UInt16, IPAddress?, UInt16, String?) {
+        if v.hasPrefix("unix:") { return try parseUnixHostForward(v) }
         guard let d = sideSeparator(v) else { throw UserNetOptionError("option 'hostfwd': expected [tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport, got '\(v)'") }
         let (proto, hostSide) = try splitProtocol("hostfwd", v[..<d])
         let (hostAddress, hostPortText) = try splitAddressPort("hostfwd", hostSide)
         let hostPort = try parsePort("hostfwd", hostPortText, allowZero: true)
         let (guestAddress, guestPortText) = try splitAddressPort("hostfwd", v[v.index(after: d)...])
         let guestPort = try parsePort("hostfwd", guestPortText, allowZero: false)
-        return (proto, hostAddress ?? IPAddress(IPv4Address.any), hostPort, guestAddress, guestPort)
+        return (proto, hostAddress ?? IPAddress(IPv4Address.any), hostPort, guestAddress, guestPort, nil)
     }
 
     /// `[tcp]:server:port-dev`, dev = `tcp:HOST:PORT` or `cmd:COMMAND`.
@@ -351,9 +355,10 @@ extension UserNetOptions {
     /// `[tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport`; an empty guest address is `config`'s first DHCP
     /// address, and the guest address must be a guest address of `config`'s network.
     public static func parseHostForwardRule(_ text: String, config: GatewayConfig) throws(UserNetOptionError) -> HostForward {
-        let (proto, hostAddress, hostPort, guest, guestPort) = try parseHostForward(text)
-        let rule = HostForward(proto: proto, hostAddress: hostAddress, hostPort: hostPort, guestAddress: guest ?? IPAddress(config.dhcpStart),
+        let (proto, hostAddress, hostPort, guest, guestPort, path) = try parseHostForward(text)
+        var rule = HostForward(proto: proto, hostAddress: hostAddress, hostPort: hostPort, guestAddress: guest ?? IPAddress(config.dhcpStart),
                                guestPort: guestPort)
+        rule.unixPath = path
         var c = config
         c.hostForwards = [rule]
         try validate(c)

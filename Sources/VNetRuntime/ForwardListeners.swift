@@ -10,6 +10,11 @@
 // that moment (a fixed address, or whichever VM holds a lease name now). A listener out of fds pauses instead
 // of spinning (Epoll) and the pause is counted. Closing a listener leaves the connections it made running, as
 // QEMU does; the UDP flows answering through it are forgotten.
+// A rule may have a unix-socket host end instead (`hostfwd=unix:PATH-:PORT`, `--port-map unix:PATH-VM:PORT`):
+// a unix stream listener at PATH, mode 0600 unless the rule says otherwise (a leftover socket nobody listens on
+// is replaced, anything else at PATH refused), accepted like a TCP listener. A unix client has no address, so
+// the guest sees it come from the gateway (as a loopback client), from a port taken in turn from 49152-65535.
+// The file goes with the rule, and with the runtime (`removeSocketFiles`), unless the sandbox forbids unlink.
 
 import CVNetShim
 import VNetBuffers
@@ -26,6 +31,13 @@ protocol ForwardRule {
     var hostAddress: IPAddress { get }
     var hostPort: UInt16 { get }
     var guestPort: UInt16 { get }
+    /// A unix-socket host end instead of an address and port.
+    var unixPath: String? { get }
+    var unixMode: UInt32 { get }
+}
+
+extension ForwardRule {
+    var unixMode: UInt32 { 0o600 }
 }
 
 extension HostForward: ForwardRule {}
@@ -55,6 +67,9 @@ final class ForwardListeners<Rule: ForwardRule> {
     let epoll: Epoll
     /// Accepts that failed for want of fds (the listener paused).
     private(set) var acceptPauses: UInt64 = 0
+    /// False once the sandbox forbids unlink: unix socket files then stay behind.
+    var mayUnlink = true
+    var nextUnixClientPort: UInt16 = 49152
 
     init(epoll: Epoll) { self.epoll = epoll }
 
@@ -68,6 +83,7 @@ final class ForwardListeners<Rule: ForwardRule> {
     /// `[::]` is IPv6 only, so an IPv4 rule for the same port can sit beside it) and returns its slot.
     func open(_ rule: Rule) throws -> Int {
         let slot = entries.firstIndex(where: { $0 == nil }) ?? entries.count
+        if let path = rule.unixPath { return try openUnix(rule, path: path, slot: slot) }
         let tcp = rule.proto == .tcp
         let v6 = !rule.hostAddress.isIPv4
         let fd = try Sys.socket(v6 ? AF_INET6 : AF_INET, tcp ? Int32(SOCK_STREAM.rawValue) : Int32(SOCK_DGRAM.rawValue), 0)
@@ -87,6 +103,45 @@ final class ForwardListeners<Rule: ForwardRule> {
         return slot
     }
 
+    func openUnix(_ rule: Rule, path: String, slot: Int) throws -> Int {
+        let fd = try UserNetRuntime.listenUnix(path: path)
+        do {
+            if rule.unixMode != 0o600, chmod(path, mode_t(rule.unixMode)) != 0 { throw SyscallError("chmod", errno) }
+            try epoll.add(fd, events: Epoll.readable, tag: EventKind.forwardTCP.tag(slot))
+        } catch {
+            Sys.close(fd)
+            unlink(path)
+            throw error
+        }
+        let entry = Entry(rule: rule, fd: fd, bound: "unix:\(path)")
+        if slot == entries.count { entries.append(entry) } else { entries[slot] = entry }
+        return slot
+    }
+
+    /// Whether a listener in use already takes `rule`'s port: the same protocol, family and port, on the same
+    /// address or where either side binds every address.
+    func clashes(with rule: Rule) -> Bool {
+        guard rule.unixPath == nil else { return entries.contains { $0?.rule.unixPath == rule.unixPath } }
+        return rule.hostPort != 0 && entries.contains { e in
+            guard let f = e?.rule, f.unixPath == nil else { return false }
+            return f.proto == rule.proto && f.hostPort == rule.hostPort && f.hostAddress.isIPv4 == rule.hostAddress.isIPv4
+                && (f.hostAddress == rule.hostAddress || f.hostAddress.isUnspecified || rule.hostAddress.isUnspecified)
+        }
+    }
+
+    /// Removes the socket files of the unix listeners (at exit).
+    func removeSocketFiles() {
+        guard mayUnlink else { return }
+        for case let e? in entries { if let p = e.rule.unixPath { unlink(p) } }
+    }
+
+    /// The address and port a unix client appears from (loopback, so the guest sees the gateway).
+    func unixClientEndpoint() -> (IPAddress, UInt16) {
+        let p = nextUnixClientPort
+        nextUnixClientPort = p == 65535 ? 49152 : p + 1
+        return (IPAddress(IPv4Address(127, 0, 0, 1)), p)
+    }
+
     /// Closes the listener in `slot`; returns what it was.
     @discardableResult
     func close(_ slot: Int, gateway: Gateway<RealHost>?) -> Entry? {
@@ -94,6 +149,7 @@ final class ForwardListeners<Rule: ForwardRule> {
         epoll.remove(e.fd)
         if e.rule.proto == .udp { gateway?.forgetForwardedUDP(listener: e.fd) }
         Sys.close(e.fd)
+        if let p = e.rule.unixPath, mayUnlink { unlink(p) }
         entries[slot] = nil
         return e
     }
@@ -111,7 +167,7 @@ final class ForwardListeners<Rule: ForwardRule> {
                     if epoll.pauseListenerIfShort(e.fd, error: errno, tag: EventKind.forwardTCP.tag(slot)) { acceptPauses &+= 1 }
                     return
                 }
-                guard let to, let (a, p) = from.ipPeer,
+                guard let to, let (a, p) = e.rule.unixPath == nil ? from.ipPeer : unixClientEndpoint(),
                       gateway.acceptForwardedTCP(handle: c, from: a, port: p, to: to, port: e.rule.guestPort, now: instant) else {
                     if to == nil { unresolved(e.rule) }
                     vnet_abort_close(c)

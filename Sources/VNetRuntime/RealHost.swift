@@ -322,13 +322,19 @@ public final class RealHost: HostIO {
     }
 
     public func adoptTCP(_ handle: Int32, tag: FlowTag) -> Bool {
+        // A unix-socket forward's client (UserNetUnixForwards.swift) is a stream like a command's: no TCP options,
+        // and acknowledged bytes are dropped by reading them.
+        var domain: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        let isUnix = getsockopt(handle, SOL_SOCKET, SO_DOMAIN, &domain, &length) == 0 && domain == AF_UNIX
         do {
             try Sys.setNonBlocking(handle)
-            try Sys.setOption(handle, Int32(IPPROTO_TCP), TCP_NODELAY, 1)
+            if !isUnix { try Sys.setOption(handle, Int32(IPPROTO_TCP), TCP_NODELAY, 1) }
             let locked = RealHost.sizeSendBuffer(handle)
             if usePeekOffset { try Sys.setOption(handle, SOL_SOCKET, SO_PEEK_OFF, 0) } else { fallbackPeeked[handle] = 0 }
             try epoll.add(handle, events: Epoll.edgeTriggered, tag: tag.rawValue)
             if locked { rememberSendBuffer(handle) }
+            if isUnix { commandHandles.insert(handle) }
             return true
         } catch {
             return false

@@ -42,6 +42,9 @@ public struct RuntimeOptions: Sendable {
     /// `--sandbox`: once set-up is done (sockets bound, TAP and files open), drop every capability and install
     /// the seccomp allow-list (VNetHost/Sandbox.swift). Features that would need more later are refused.
     public var sandbox = false
+    /// `.tap` only: opens the TAP instead of the runtime (`vnet slirp4netns` joins the caller's user namespace
+    /// from a forked child, see NamespaceTap.swift). Returns the fd and whether it was opened with offload.
+    public var openTap: (@Sendable () throws -> (fd: Int32, offload: Bool))? = nil
 
     public init(gateway: GatewayConfig, transport: GuestTransport) {
         self.gateway = gateway

@@ -64,6 +64,9 @@ public struct PortMap: Equatable, Sendable, CustomStringConvertible {
     public var hostPort: UInt16
     public var target: Target
     public var guestPort: UInt16
+    /// `unix:PATH-VM:GUESTPORT`: the host end is a unix stream socket (mode 0600, TCP to the VM), see
+    /// SwitchUnixPortMaps.swift; hostAddress/hostPort are unused.
+    public var unixPath: String? = nil
 
     public init(proto: ForwardProtocol, hostAddress: IPv4Address, hostPort: UInt16, target: Target, guestPort: UInt16) {
         self.init(proto: proto, hostAddress: IPAddress(hostAddress), hostPort: hostPort, target: target, guestPort: guestPort)
@@ -84,11 +87,15 @@ public struct PortMap: Equatable, Sendable, CustomStringConvertible {
         }
     }
 
-    public var description: String { "\(proto.rawValue) \(hostAddress.bracketed):\(hostPort) -> \(targetDescription):\(guestPort)" }
+    public var description: String {
+        if let p = unixPath { return "unix:\(p) -> tcp \(targetDescription):\(guestPort)" }
+        return "\(proto.rawValue) \(hostAddress.bracketed):\(hostPort) -> \(targetDescription):\(guestPort)"
+    }
 
     /// Parses `[tcp|udp]:[HOSTADDR]:HOSTPORT-VM:GUESTPORT`, VM being an address or a lease host name.
     public static func parse(_ text: String) -> Result<PortMap, SwitchOptionError> {
         let bad = SwitchOptionError("port map '\(text)': expected [tcp|udp]:[HOSTADDR]:HOSTPORT-VM:GUESTPORT (VM: an address or a host name; IPv6 in brackets)")
+        if text.hasPrefix("unix:") { return parseUnix(text) }
         guard let d = UserNetOptions.sideSeparator(text) else { return .failure(bad) }
         let left = text[..<d]
         guard left.hasPrefix("tcp:") || left.hasPrefix("udp:") || left.hasPrefix(":") else { return .failure(bad) }

@@ -453,6 +453,7 @@ public final class SwitchRuntime {
             let report: Sandbox.Report
             do { report = try Sandbox.enter() } catch { throw RuntimeError("--sandbox: \(error)") }
             sandboxed = true
+            portMaps.mayUnlink = false
             sandboxLines = ["vnet: sandbox: capabilities dropped\(report.boundingSetDropped ? " (bounding set too)" : " (bounding set kept: no CAP_SETPCAP)"), no_new_privs, seccomp filter of \(report.filterLength) instructions (other syscalls fail with EPERM)",
                             "vnet: sandbox: refused from now on: pcap-start (new files); socket files stay behind on exit"]
         }
@@ -513,6 +514,7 @@ public final class SwitchRuntime {
         }
         commands.close { $0(self) }
         for p in pathsToRemove { unlink(p) }   // the socket files go with the loop, not with the object
+        portMaps.removeSocketFiles()
         pathsToRemove = []
         if options.announce { printCounters() }
     }

@@ -74,10 +74,10 @@ extension UserNetRuntime: ControlTarget {
             ControlCommand("info-usernet", help: "forwards and flows, as QEMU's 'info usernet'") { [unowned self] _ in self.infoUsernet() },
             ControlCommand("ports", help: "per-port RX/TX packets, bytes, errors and drops (ifconfig-like)") { [unowned self] _ in self.portsReport() },
             ControlCommand("leases", help: "DHCP leases") { [unowned self] _ in self.leasesReport() },
-            ControlCommand("hostfwd_add", help: "rule=[tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport [netdev=ID]") { [unowned self] a in
+            ControlCommand("hostfwd_add", help: "rule=[tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport or unix:PATH-[guestaddr]:guestport [mode=0600] [netdev=ID]") { [unowned self] a in
                 try self.hostfwdAdd(a)
             },
-            ControlCommand("hostfwd_remove", help: "rule=[tcp|udp]:[hostaddr]:hostport [netdev=ID]") { [unowned self] a in try self.hostfwdRemove(a) },
+            ControlCommand("hostfwd_remove", help: "rule=[tcp|udp]:[hostaddr]:hostport or unix:PATH [netdev=ID]") { [unowned self] a in try self.hostfwdRemove(a) },
             ControlCommand("hostfwd_list", help: "the host forwards in force") { [unowned self] _ in self.hostfwdList() },
             ControlCommand("dns-add", help: "name=NAME [type=A|AAAA|SRV|TXT] value=VALUE [ttl=SECONDS]: answer NAME locally") { [unowned self] a in
                 try self.dnsAdd(a)
@@ -224,16 +224,16 @@ extension UserNetRuntime: ControlTarget {
     func forwardValue(_ f: ActiveForward) -> [String: Any] {
         ["protocol": f.rule.proto.rawValue, "host_address": f.rule.hostAddress.description, "host_port": Int(f.rule.hostPort),
          "bound": f.bound, "guest_address": f.rule.guestAddress.description, "guest_port": Int(f.rule.guestPort)]
+            .merging(f.rule.unixPath.map { ["unix_path": $0] } ?? [:]) { a, _ in a }
     }
 
     func hostfwdAdd(_ a: ControlArguments) throws -> ControlResult {
         try checkNetdev(a)
         let text = try a.string("rule")
-        let rule: HostForward
+        var rule: HostForward
         do { rule = try UserNetOptions.parseHostForwardRule(text, config: options.gateway) } catch { throw ControlError(error.message) }
-        if rule.hostPort != 0, forwards.entries.contains(where: { $0?.rule.proto == rule.proto && $0?.rule.hostPort == rule.hostPort
-                && $0?.rule.hostAddress.isIPv4 == rule.hostAddress.isIPv4
-                && ($0?.rule.hostAddress == rule.hostAddress || $0?.rule.hostAddress.isUnspecified == true || rule.hostAddress.isUnspecified) }) {
+        if rule.unixPath != nil { rule = try unixForwardRule(rule, a) }
+        if rule.unixPath == nil, forwards.clashes(with: rule) {
             throw ControlError("\(rule.proto.rawValue) port \(rule.hostPort) is already forwarded")
         }
         if sandboxed, rule.hostPort != 0, Int(rule.hostPort) < sandboxPortStart {
@@ -249,6 +249,7 @@ extension UserNetRuntime: ControlTarget {
     func hostfwdRemove(_ a: ControlArguments) throws -> ControlResult {
         try checkNetdev(a)
         let text = try a.string("rule")
+        if text.hasPrefix("unix:") { return try unixForwardRemove(String(text.dropFirst(5))) }
         let key: (ForwardProtocol, IPAddress, UInt16)
         do { key = try UserNetOptions.parseHostForwardKey(text) } catch { throw ControlError(error.message) }
         guard let slot = forwards.entries.firstIndex(where: { f in

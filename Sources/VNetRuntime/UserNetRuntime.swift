@@ -45,6 +45,8 @@ public final class UserNetRuntime {
     public private(set) var sandboxed = false
     var sandboxPortStart = 1024
     var limitReporter = LimitReporter()
+    /// Fds served for a front end (`watch`, UserNetWatchers.swift); a slot is nil once unwatched.
+    var watchers: [(() -> Void)?] = []
     /// What the last report of accept pauses (listeners out of fds, see Epoll) said.
     var acceptPausesReported: UInt64 = 0
     var nextAcceptPauseReport: UInt64 = 0
@@ -60,11 +62,16 @@ public final class UserNetRuntime {
         if options.sandbox { try UserNetRuntime.checkSandboxable(options) }
         // The TAP must be opened first, while no other socket exists: it switches this thread's netns.
         var tapFD: Int32 = -1
+        var tapOffload = options.tapOffload
         if case .tap(let netns, let name) = options.transport {
-            tapFD = try UserNetRuntime.openTapInNamespace(netns: netns, name: name, mtu: options.gateway.mtu, offload: options.tapOffload)
+            if let open = options.openTap {
+                (tapFD, tapOffload) = try open()
+            } else {
+                tapFD = try UserNetRuntime.openTapInNamespace(netns: netns, name: name, mtu: options.gateway.mtu, offload: options.tapOffload)
+            }
         }
         var gatewayConfig = options.gateway
-        gatewayConfig.guestOffloads = tapFD >= 0 && options.tapOffload
+        gatewayConfig.guestOffloads = tapFD >= 0 && tapOffload
         loop = try EventLoop(signals: .all)
         host = RealHost(epoll: loop.epoll)
         forwards = ForwardListeners(epoll: loop.epoll)
@@ -162,6 +169,7 @@ public final class UserNetRuntime {
     deinit {
         // In the sandbox unlink is not allowed: the file stays, and the next start removes it as stale.
         if let p = socketPathToRemove, !sandboxed { unlink(p) }
+        forwards.removeSocketFiles()
     }
 
     // MARK: Sandbox
@@ -185,6 +193,7 @@ public final class UserNetRuntime {
         let report: Sandbox.Report
         do { report = try Sandbox.enter() } catch { throw RuntimeError("--sandbox: \(error)") }
         sandboxed = true
+        forwards.mayUnlink = false
         var lines = ["vnet: sandbox: capabilities dropped\(report.boundingSetDropped ? " (bounding set too)" : " (bounding set kept: no CAP_SETPCAP)"), no_new_privs, seccomp filter of \(report.filterLength) instructions (other syscalls fail with EPERM)",
                      "vnet: sandbox: refused from now on: pcap-start (new files), hostfwd_add below port \(sandboxPortStart); socket files stay behind on exit"]
         if host.echoMode == .raw {
@@ -205,7 +214,7 @@ public final class UserNetRuntime {
     @discardableResult
     func openForward(_ rule: HostForward) throws -> Int {
         do { return try forwards.open(rule) } catch {
-            throw RuntimeError("hostfwd \(rule.proto.rawValue):\(rule.hostAddress.bracketed):\(rule.hostPort): \(error)")
+            throw RuntimeError("hostfwd \(rule.unixPath.map { "unix:\($0)" } ?? "\(rule.proto.rawValue):\(rule.hostAddress.bracketed):\(rule.hostPort)"): \(error)")
         }
     }
 
@@ -401,6 +410,8 @@ public final class UserNetRuntime {
                 gateway.flushPendingAcks()
             }
             if events & Epoll.writable != 0 { flushToGuest() }
+        case .watcher:
+            if index < watchers.count { watchers[index]?() }
         case .control, .controlClient:
             control?.handle(tag: kind.tag(index), events: events, isListener: kind == .control)
         case .metrics, .metricsClient:

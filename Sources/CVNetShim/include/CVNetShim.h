@@ -41,6 +41,30 @@ int vnet_accept_from(int fd, struct sockaddr *addr, socklen_t *len);
 /// setns(fd, CLONE_NEWNET) for the calling thread.
 int vnet_setns_net(int fd);
 
+/// What `vnet_ns_tap_open` (nsjoin.c) opens: the TAP `name` in the network namespace at `netns_path`, after
+/// joining the user namespace at `userns_path` (empty: stay in ours). With `configure`, the TAP gets `mac`
+/// (when `has_mac`), `mtu`, `address_be`/`netmask_be` and a default route via `gateway_be`, and is brought up.
+struct vnet_ns_tap_request {
+    char userns_path[4096];
+    char netns_path[4096];
+    char name[16];
+    int vnet_hdr;
+    int configure;
+    int mtu;
+    int has_mac;
+    unsigned char mac[6];
+    uint32_t address_be, netmask_be, gateway_be;
+};
+enum {
+    VNET_NS_STEP_FORK = 1, VNET_NS_STEP_OPEN_USERNS, VNET_NS_STEP_OPEN_NETNS, VNET_NS_STEP_SETNS_NET,
+    VNET_NS_STEP_OPEN_TUN, VNET_NS_STEP_TUNSETIFF, VNET_NS_STEP_OFFLOAD, VNET_NS_STEP_CONFIGURE, VNET_NS_STEP_MAC,
+    VNET_NS_STEP_MTU, VNET_NS_STEP_UP, VNET_NS_STEP_ADDRESS, VNET_NS_STEP_ROUTE,
+};
+/// Opens the TAP from a forked single-threaded child (see nsjoin.c). Returns the fd, or -errno with
+/// `*failed_step` naming the step that failed; `mac_out` (6 bytes) gets the TAP's MAC address, `*offloaded_out`
+/// 1 when the TAP carries virtio-net headers with offload (asked for with `vnet_hdr` and allowed by the device).
+int vnet_ns_tap_open(const struct vnet_ns_tap_request *q, int *failed_step, unsigned char *mac_out, int *offloaded_out);
+
 /// Opens /dev/net/tun and attaches the tap `name` (created if missing). Returns the fd or -errno.
 static inline int vnet_tap_open(const char *name, int flags_extra) {
     int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC | O_NONBLOCK);
