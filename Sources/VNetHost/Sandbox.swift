@@ -33,6 +33,19 @@ public enum Sandbox {
     }
 
     /// Drops every capability, sets no_new_privs and installs the filter. Irreversible for this process.
+    /// Enters the sandbox and returns the start-up line that says what took effect; `refused` names what the
+    /// caller refuses from now on (a second line). Errors name the flag (`--sandbox: …`).
+    public static func enter(refusing refused: String) throws -> [String] {
+        let report: Report
+        do { report = try enter() } catch { throw SandboxError(description: "--sandbox: \(error)") }
+        return ["vnet: sandbox: capabilities dropped\(report.boundingSetDropped ? " (bounding set too)" : " (bounding set kept: no CAP_SETPCAP)"), no_new_privs, seccomp filter of \(report.filterLength) instructions (other syscalls fail with EPERM)",
+                "vnet: sandbox: refused from now on: \(refused); socket files stay behind on exit"]
+    }
+
+    public struct SandboxError: Error, CustomStringConvertible {
+        public var description: String
+    }
+
     public static func enter() throws -> Report {
         let program = try filter()
         var bounding: Int32 = 0

@@ -9,7 +9,12 @@
 // process bootstrapped (`MetricsSystem.bootstrap`); a library never bootstraps one, only the executable does.
 
 import CoreMetrics
+import VNetBuffers
 import VNetGateway
+import VNetHost
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A snapshot of the counters one runtime exports (the switch runtime can fill the same shape).
 public struct MetricsSnapshot {
@@ -26,6 +31,42 @@ public struct MetricsSnapshot {
     public var controlClients = 0
     public var pcapPackets: UInt64 = 0
     public init() {}
+}
+
+extension MetricsSnapshot {
+    /// The gateway's part, the same in every mode: what it served and dropped, flows, leases, DNS.
+    mutating func addGateway(_ gw: Gateway<RealHost>, now: Instant) {
+        let c = gw.counters
+        served = ServedCounter.allCases.map { ($0.name, c[$0]) }
+        drops += DropReason.allCases.map { ($0.name, c[$0]) }
+        flows = [("tcp", gw.tcpFlowCount), ("udp", gw.udpFlowCount), ("icmp", gw.icmpFlowCount)]
+        flowsOpened = [("tcp", c[.tcpFlowsOpened]), ("udp", c[.udpFlowsOpened]), ("icmp", c[.icmpFlowsOpened])]
+        leases = gw.leases(now: now).filter { $0.state == "bound" }.count
+        dnsQueries = c[.dnsQueries]
+        dnsLocalAnswers = c[.dnsLocalAnswers]
+        dnsServfail = c[.dnsServfail]
+    }
+}
+
+extension MetricsEndpoint {
+    /// The metrics endpoint of a runtime, on its loop: each scrape mirrors `snapshot()` into `metrics` first.
+    static func serving(_ m: MetricsOptions, epoll: Epoll, metrics: RuntimeMetrics,
+                        snapshot: @escaping () -> MetricsSnapshot) throws -> MetricsEndpoint {
+        let render = m.render
+        return try MetricsEndpoint(host: m.host, port: m.port, epoll: epoll, listenerTag: EventKind.metrics.tag(),
+                                   clientTag: EventKind.metricsClient.tag()) {
+            metrics.update(snapshot())
+            return render()
+        }
+    }
+}
+
+/// Prints counter lines on stderr between the markers readers wait for (SIGUSR1, and at exit).
+func printCounterBlock(_ lines: [String]) {
+    var text = "vnet: counters\n"
+    for l in lines { text += "  \(l)\n" }
+    text += "vnet: end of counters\n"   // readers wait for this line, so an empty block is unambiguous
+    text.withUTF8 { b in _ = write(2, b.baseAddress, b.count) }
 }
 
 public final class RuntimeMetrics {

@@ -197,17 +197,7 @@ extension SwitchRuntime: ControlTarget {
         }
         let sc = fabric.counters
         m.drops = SwitchDropReason.allCases.map { ("switch_" + $0.name, sc[$0]) }
-        if let gw = gateway {
-            let c = gw.counters
-            m.served = ServedCounter.allCases.map { ($0.name, c[$0]) }
-            m.drops += DropReason.allCases.map { ($0.name, c[$0]) }
-            m.flows = [("tcp", gw.tcpFlowCount), ("udp", gw.udpFlowCount), ("icmp", gw.icmpFlowCount)]
-            m.flowsOpened = [("tcp", c[.tcpFlowsOpened]), ("udp", c[.udpFlowsOpened]), ("icmp", c[.icmpFlowsOpened])]
-            m.leases = gw.leases(now: now).filter { $0.state == "bound" }.count
-            m.dnsQueries = c[.dnsQueries]
-            m.dnsLocalAnswers = c[.dnsLocalAnswers]
-            m.dnsServfail = c[.dnsServfail]
-        }
+        if let gw = gateway { m.addGateway(gw, now: now) }
         m.controlClients = control?.clientCount ?? 0
         m.pcapPackets = pcap?.packets ?? 0
         return m

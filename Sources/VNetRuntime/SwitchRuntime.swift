@@ -170,12 +170,7 @@ public final class SwitchRuntime {
         if let p = options.pcapPath { pcap = try PcapWriter(path: p, rotateBytes: nil) }
         try startControl()
         if let m = options.metrics {
-            let render = m.render
-            metricsEndpoint = try MetricsEndpoint(host: m.host, port: m.port, epoll: epoll, listenerTag: EventKind.metrics.tag(),
-                                                  clientTag: EventKind.metricsClient.tag()) { [unowned self] in
-                self.metrics.update(self.metricsSnapshot())
-                return render()
-            }
+            metricsEndpoint = try MetricsEndpoint.serving(m, epoll: epoll, metrics: metrics) { [unowned self] in self.metricsSnapshot() }
         }
     }
 
@@ -197,38 +192,22 @@ public final class SwitchRuntime {
             pathsToRemove.append(path)
             try addListener(fd, spec)
         case .tcpListen(let h, let p):
-            guard let a = IPv4Address(h) else { throw RuntimeError("--listen: '\(h)' is not an IPv4 address") }
-            let fd = try Sys.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            try Sys.setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1)
-            try Sys.bind(fd, SocketAddress(ipv4: a.rawValue, port: p))
-            try Sys.listen(fd)
-            try addListener(fd, spec, description: "tcp:\(Sys.localAddress(fd)?.description ?? "\(h):\(p)")")
+            let (fd, description) = try Endpoints.listenTCP(host: h, port: p)
+            try addListener(fd, spec, description: description)
         case .connectUnix(let path):
-            guard let a = SocketAddress(unixPath: path) else { throw RuntimeError("--connect: unix path too long") }
-            _ = try addLink(GuestPort(kind: .streamConnector(address: a), epoll: epoll, mtu: mtu, logger: logger), spec.vlan, spec.endpoint.description)
-        case .connectTCP(let h, let p):
-            guard let a = IPv4Address(h) else { throw RuntimeError("--connect: '\(h)' is not an IPv4 address") }
-            let gp = GuestPort(kind: .streamConnector(address: SocketAddress(ipv4: a.rawValue, port: p)), epoll: epoll, mtu: mtu, logger: logger)
+            let gp = GuestPort(kind: .streamConnector(address: try Endpoints.connectAddress(unixPath: path)), epoll: epoll, mtu: mtu, logger: logger)
             _ = try addLink(gp, spec.vlan, spec.endpoint.description)
-        case .dgramUnix(let path):
-            try UserNetRuntime.removeStaleSocket(path)
-            guard let a = SocketAddress(unixPath: path) else { throw RuntimeError("--dgram: unix path too long") }
-            let fd = try Sys.socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
-            try Sys.bindPrivate(fd, a)
-            pathsToRemove.append(path)
-            try addHub(fd, spec)
-        case .vfkitUnix(let path):
-            try UserNetRuntime.removeStaleSocket(path)
-            guard let a = SocketAddress(unixPath: path) else { throw RuntimeError("--vfkit: unix path too long") }
-            let fd = try Sys.socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
-            try Sys.bindPrivate(fd, a)
+        case .connectTCP(let h, let p):
+            let gp = GuestPort(kind: .streamConnector(address: try Endpoints.connectAddress(host: h, port: p)), epoll: epoll, mtu: mtu, logger: logger)
+            _ = try addLink(gp, spec.vlan, spec.endpoint.description)
+        case .dgramUnix(let path), .vfkitUnix(let path):
+            let vfkit = if case .vfkitUnix = spec.endpoint { true } else { false }
+            let fd = try Endpoints.bindDatagram(unixPath: path, flag: vfkit ? "--vfkit" : "--dgram")
             pathsToRemove.append(path)
             try addHub(fd, spec)
         case .dgramUDP(let h, let p):
-            guard let a = IPv4Address(h) else { throw RuntimeError("--dgram: '\(h)' is not an IPv4 address") }
-            let fd = try Sys.socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
-            try Sys.bind(fd, SocketAddress(ipv4: a.rawValue, port: p))
-            try addHub(fd, spec, description: "dgram udp:\(Sys.localAddress(fd)?.description ?? "\(h):\(p)")")
+            let (fd, description) = try Endpoints.bindDatagram(host: h, port: p)
+            try addHub(fd, spec, description: description)
         case .mcast(let g, let p, let l):
             try openMulticast(group: g, port: p, localAddress: l, spec)
         case .tap(let ns, let name):
@@ -247,8 +226,6 @@ public final class SwitchRuntime {
     }
 
     func addHub(_ fd: Int32, _ spec: SwitchPortSpec, description: String? = nil) throws {
-        try? Sys.setOption(fd, SOL_SOCKET, SO_SNDBUF, 1 << 20)
-        try? Sys.setOption(fd, SOL_SOCKET, SO_RCVBUF, 4 << 20)
         let i = hubs.count
         var hub = Hub(fd: fd, policy: spec.vlan, description: description ?? spec.endpoint.description)
         if case .vfkitUnix = spec.endpoint { hub.vfkit = true }
@@ -450,12 +427,9 @@ public final class SwitchRuntime {
     public func run(extraStartupLines extra: [String] = []) throws {
         var sandboxLines: [String] = []
         if options.sandbox {
-            let report: Sandbox.Report
-            do { report = try Sandbox.enter() } catch { throw RuntimeError("--sandbox: \(error)") }
+            do { sandboxLines = try Sandbox.enter(refusing: "pcap-start (new files)") } catch { throw RuntimeError("\(error)") }
             sandboxed = true
             portMaps.mayUnlink = false
-            sandboxLines = ["vnet: sandbox: capabilities dropped\(report.boundingSetDropped ? " (bounding set too)" : " (bounding set kept: no CAP_SETPCAP)"), no_new_privs, seccomp filter of \(report.filterLength) instructions (other syscalls fail with EPERM)",
-                            "vnet: sandbox: refused from now on: pcap-start (new files); socket files stay behind on exit"]
         }
         startupLines = describeStartup() + sandboxLines + extra
         if options.announce {
@@ -733,10 +707,5 @@ public final class SwitchRuntime {
         return lines
     }
 
-    func printCounters() {
-        var text = "vnet: counters\n"
-        for l in counterLines { text += "  \(l)\n" }
-        text += "vnet: end of counters\n"   // readers wait for this line, so an empty block is unambiguous
-        text.withUTF8 { b in _ = Glibc.write(2, b.baseAddress, b.count) }
-    }
+    func printCounters() { printCounterBlock(counterLines) }
 }

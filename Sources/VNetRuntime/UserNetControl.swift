@@ -25,12 +25,7 @@ extension UserNetRuntime: ControlTarget {
     func startObservability() throws {
         if let path = options.pcapPath { try startCapture(path: path, rotateBytes: options.pcapRotateBytes) }
         if let m = options.metrics {
-            let render = m.render
-            metricsEndpoint = try MetricsEndpoint(host: m.host, port: m.port, epoll: epoll, listenerTag: EventKind.metrics.tag(),
-                                                  clientTag: EventKind.metricsClient.tag()) { [unowned self] in
-                self.metrics.update(self.metricsSnapshot())
-                return render()
-            }
+            metricsEndpoint = try MetricsEndpoint.serving(m, epoll: epoll, metrics: metrics) { [unowned self] in self.metricsSnapshot() }
         }
         if let path = options.controlPath {
             control = try ControlServer(path: path, epoll: epoll, listenerTag: EventKind.control.tag(),
@@ -325,20 +320,11 @@ extension UserNetRuntime: ControlTarget {
 
     public func metricsSnapshot() -> MetricsSnapshot {
         var s = MetricsSnapshot()
-        let c = gateway.counters
-        s.served = ServedCounter.allCases.map { ($0.name, c[$0]) }
         let p = port.counters
-        s.drops = DropReason.allCases.map { ($0.name, c[$0]) } + [
-            ("port_frame_too_short", p.droppedShort), ("port_frame_too_long", p.droppedOversize),
-            ("port_send_error", p.sendErrors), ("tx_queue_refused", gateway.toGuest.refused),
-        ]
+        s.drops = [("port_frame_too_short", p.droppedShort), ("port_frame_too_long", p.droppedOversize),
+                   ("port_send_error", p.sendErrors), ("tx_queue_refused", gateway.toGuest.refused)]
+        s.addGateway(gateway, now: Instant(nanoseconds: Sys.monotonicNanoseconds()))
         s.ports = [(UserNetRuntime.portName, p, port.isConnected)]
-        s.flows = [("tcp", gateway.tcpFlowCount), ("udp", gateway.udpFlowCount), ("icmp", gateway.icmpFlowCount)]
-        s.flowsOpened = [("tcp", c[.tcpFlowsOpened]), ("udp", c[.udpFlowsOpened]), ("icmp", c[.icmpFlowsOpened])]
-        s.leases = gateway.leases(now: Instant(nanoseconds: Sys.monotonicNanoseconds())).filter { $0.state == "bound" }.count
-        s.dnsQueries = c[.dnsQueries]
-        s.dnsLocalAnswers = c[.dnsLocalAnswers]
-        s.dnsServfail = c[.dnsServfail]
         s.controlClients = control?.clientCount ?? 0
         s.pcapPackets = pcap?.packets ?? 0
         return s

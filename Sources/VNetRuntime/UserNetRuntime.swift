@@ -100,21 +100,15 @@ public final class UserNetRuntime {
             try epoll.add(fd, events: Epoll.readable, tag: EventKind.portListener.tag())
             port.boundDescription = "unix:\(path)"
         case .tcpListen(let h, let p):
-            guard let a = IPv4Address(h) else { throw RuntimeError("--listen: '\(h)' is not an IPv4 address") }
-            let fd = try Sys.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            try Sys.setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1)
-            try Sys.bind(fd, SocketAddress(ipv4: a.rawValue, port: p))
-            try Sys.listen(fd)
+            let (fd, description) = try Endpoints.listenTCP(host: h, port: p)
             port = GuestPort(kind: .streamListener(listenFD: fd), epoll: epoll, mtu: mtu, logger: logger)
             try epoll.add(fd, events: Epoll.readable, tag: EventKind.portListener.tag())
-            port.boundDescription = "tcp:\(Sys.localAddress(fd)?.description ?? "\(h):\(p)")"
+            port.boundDescription = description
         case .connectUnix(let path):
-            guard let a = SocketAddress(unixPath: path) else { throw RuntimeError("--connect: unix path too long") }
-            port = GuestPort(kind: .streamConnector(address: a), epoll: epoll, mtu: mtu, logger: logger)
+            port = GuestPort(kind: .streamConnector(address: try Endpoints.connectAddress(unixPath: path)), epoll: epoll, mtu: mtu, logger: logger)
             port.boundDescription = "connect unix:\(path)"
         case .connectTCP(let h, let p):
-            guard let a = IPv4Address(h) else { throw RuntimeError("--connect: '\(h)' is not an IPv4 address") }
-            port = GuestPort(kind: .streamConnector(address: SocketAddress(ipv4: a.rawValue, port: p)), epoll: epoll, mtu: mtu, logger: logger)
+            port = GuestPort(kind: .streamConnector(address: try Endpoints.connectAddress(host: h, port: p)), epoll: epoll, mtu: mtu, logger: logger)
             port.boundDescription = "connect tcp:\(h):\(p)"
         case .dgramUnix(let path, let peerPath):
             var peer: SocketAddress? = nil
@@ -122,12 +116,7 @@ public final class UserNetRuntime {
                 guard let pa = SocketAddress(unixPath: pp) else { throw RuntimeError("--dgram-peer: unix path too long") }
                 peer = pa
             }
-            try UserNetRuntime.removeStaleSocket(path)
-            guard let a = SocketAddress(unixPath: path) else { throw RuntimeError("--dgram: unix path too long") }
-            let fd = try Sys.socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
-            try Sys.bindPrivate(fd, a)
-            try? Sys.setOption(fd, SOL_SOCKET, SO_SNDBUF, 1 << 20)
-            try? Sys.setOption(fd, SOL_SOCKET, SO_RCVBUF, 4 << 20)
+            let fd = try Endpoints.bindDatagram(unixPath: path, flag: options.vfkitHandshake ? "--vfkit" : "--dgram")
             socketPathToRemove = path
             port = GuestPort(kind: .datagram(peer: peer), epoll: epoll, mtu: mtu, logger: logger)
             port.fd = fd
@@ -135,18 +124,16 @@ public final class UserNetRuntime {
             port.boundDescription = options.vfkitHandshake ? "vfkit unixgram:\(path)" : "dgram unix:\(path)"
             port.vfkitHandshake = options.vfkitHandshake
         case .dgramUDP(let h, let p, let ph, let pp):
-            guard let a = IPv4Address(h) else { throw RuntimeError("--dgram: '\(h)' is not an IPv4 address") }
             var peer: SocketAddress? = nil
             if let ph, let pp {
                 guard let pa = IPv4Address(ph) else { throw RuntimeError("--dgram-peer: '\(ph)' is not an IPv4 address") }
                 peer = SocketAddress(ipv4: pa.rawValue, port: pp)
             }
-            let fd = try Sys.socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
-            try Sys.bind(fd, SocketAddress(ipv4: a.rawValue, port: p))
+            let (fd, description) = try Endpoints.bindDatagram(host: h, port: p)
             port = GuestPort(kind: .datagram(peer: peer), epoll: epoll, mtu: mtu, logger: logger)
             port.fd = fd
             try epoll.add(fd, events: Epoll.readable, tag: EventKind.port.tag())
-            port.boundDescription = "dgram udp:\(Sys.localAddress(fd)?.description ?? "\(h):\(p)")"
+            port.boundDescription = description
         case .tap(let netns, let name):
             port = GuestPort(kind: .tap(virtioHeader: gatewayConfig.guestOffloads), epoll: epoll, mtu: mtu, logger: logger)
             port.fd = tapFD
@@ -190,12 +177,12 @@ public final class UserNetRuntime {
     /// lines that say what changed.
     func enterSandbox() throws -> [String] {
         sandboxPortStart = Sandbox.unprivilegedPortStart()
-        let report: Sandbox.Report
-        do { report = try Sandbox.enter() } catch { throw RuntimeError("--sandbox: \(error)") }
+        var lines: [String]
+        do { lines = try Sandbox.enter(refusing: "pcap-start (new files), hostfwd_add below port \(sandboxPortStart)") } catch {
+            throw RuntimeError("\(error)")
+        }
         sandboxed = true
         forwards.mayUnlink = false
-        var lines = ["vnet: sandbox: capabilities dropped\(report.boundingSetDropped ? " (bounding set too)" : " (bounding set kept: no CAP_SETPCAP)"), no_new_privs, seccomp filter of \(report.filterLength) instructions (other syscalls fail with EPERM)",
-                     "vnet: sandbox: refused from now on: pcap-start (new files), hostfwd_add below port \(sandboxPortStart); socket files stay behind on exit"]
         if host.echoMode == .raw {
             host.echoMode = .unavailable
             lines.append("vnet: sandbox: icmp echo to the outside is off (it needs a raw socket and CAP_NET_RAW); 10.0.2.2 and the DNS address still answer ping")
@@ -437,10 +424,5 @@ public final class UserNetRuntime {
         return lines
     }
 
-    func printCounters() {
-        var text = "vnet: counters\n"
-        for l in counterLines { text += "  \(l)\n" }
-        text += "vnet: end of counters\n"   // readers wait for this line, so an empty block is unambiguous
-        text.withUTF8 { b in _ = Glibc.write(2, b.baseAddress, b.count) }
-    }
+    func printCounters() { printCounterBlock(counterLines) }
 }
