@@ -188,3 +188,76 @@ def test_e1000_on_kernel_bridge_with_tap(generic_guest_image, tun_available, wor
     finally:
         for ns in (host, peer):
             sh("ip", "netns", "del", ns, check=False)
+
+
+@pytest.mark.parametrize("model,rom", [("e1000", "pxe-e1000.rom"), ("rtl8139", "pxe-rtl8139.rom")])
+def test_network_boot_through_the_models_rom(guest_image, workdir, log_dir, model, rom):
+    """PXE with the model's own iPXE ROM from ipxe-qemu (QEMU's default for these is the efi-*.rom build): DHCP
+    from vnet gives bootfile=boot.ipxe, the ROM's driver fetches the script, the kernel and the initrd over vnet's
+    TFTP and boots them to the session's ready marker (the cloud image: the point is the ROM's path, not the
+    kernel's driver). test_tftp.py does the same with pxe-virtio.rom."""
+    rom_path = Path("/usr/lib/ipxe/qemu") / rom
+    if not rom_path.exists():
+        pytest.fail(f"{rom_path} missing: apt-get install ipxe-qemu (scripts/test installs it)", pytrace=False)
+    root = Path(workdir) / "netboot"
+    root.mkdir()
+    # Copies, not symlinks: links that lead out of the root are refused by design.
+    (root / "vmlinuz").write_bytes(Path(guest_image.vmlinuz).read_bytes())
+    (root / "initrd.gz").write_bytes(Path(guest_image.initrd).read_bytes())
+    (root / "boot.ipxe").write_text("#!ipxe\n"
+                                    "kernel tftp://10.0.2.2/vmlinuz console=ttyS0 quiet panic=-1 no_timer_check\n"
+                                    "initrd tftp://10.0.2.2/initrd.gz\n"
+                                    "boot\n")
+    sock = Path(workdir) / "vnet.sock"
+    serial_log = Path(log_dir) / f"pxe-{model}.serial.log"
+    with rig.VnetProcess(["user", f"user,tftp={root},bootfile=boot.ipxe", "--socket", sock], log_dir=log_dir) as vnet:
+        argv = ["qemu-system-x86_64", "-accel", "tcg", "-m", "256", "-nodefaults", "-no-user-config",
+                "-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot",
+                "-netdev", f"stream,id=n0,server=off,addr.type=unix,addr.path={sock}",
+                "-device", f"{model},netdev=n0,mac={MAC},romfile={rom_path}", "-boot", "n"]
+        with open(Path(log_dir) / f"pxe-{model}.qemu-stderr.log", "wb") as err:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
+                                    cwd=workdir, preexec_fn=rig._die_with_parent)
+        rig._track(proc.pid)
+        try:
+            console = rig.OutputCollector(proc.stdout, serial_log, f"pxe {model} console")
+            console.wait_for(r"__VNET_READY__ kernel=(\S+)\n", 150)
+        finally:
+            rig._kill_process(proc)
+        counters = rig.read_counters(vnet)
+    # The script, the kernel and the initrd, each a whole transfer.
+    assert counters.get("tftp_transfers_completed", 0) >= 3, counters
+
+
+def test_vnet_run_checks_the_model_and_passes_mac_and_vectors(generic_guest_image, workdir, log_dir):
+    vnet = str(rig.vnet_binary())
+
+    def refused(*args):
+        r = subprocess.run([vnet, "run", *args], capture_output=True, text=True, timeout=60)
+        assert r.returncode != 0 and r.stderr.startswith("vnet: error: ") and r.stderr.count("\n") == 1, r.stderr
+        return r.stderr
+
+    listed = subprocess.run([vnet, "run", "--list-models"], capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    models = listed.stdout.split()
+    for m in ["e1000", "e1000e", "rtl8139", "ne2k_pci", "pcnet", "i82551", "i82557b", "i82559er", "virtio-net-pci",
+              "vmxnet3", "tulip"]:
+        assert m in models, listed.stdout
+    assert "pvrdma" not in models and not any(" " in m or m.startswith("qemu") for m in models), listed.stdout
+    assert "not a NIC model of qemu-system-x86_64" in refused("--device", "pvrdma", "--", "qemu-system-x86_64")
+    assert "more than ne2k_pci carries (1500)" in refused("--device", "ne2k_pci", "--mtu", "9000", "--",
+                                                          "qemu-system-x86_64")
+    assert "virtio NICs only, not e1000" in refused("--device", "e1000", "--vectors", "2", "--", "qemu-system-x86_64")
+    assert "not a MAC address" in refused("--mac", "52:54:00:12:34", "--", "qemu-system-x86_64")
+
+    # The guide's `virtio`, a MAC of our own and two MSI-X vectors (config + one shared by the queues).
+    mac = "52:54:00:ab:cd:ef"
+    g = rig.Guest(generic_guest_image, nic=False, workdir=workdir, log_dir=log_dir, name="run-virtio")
+    g.argv = [vnet, "run", "--device", "virtio", "--mac", mac.upper(), "--vectors", "2", "--", *g.argv]
+    with g:
+        assert driver_of(g) == "virtio_net"
+        assert g.check("cat /sys/class/net/eth0/address").strip() == mac
+        assert g.check("ls /sys/class/net/eth0/device/../msi_irqs | wc -l").strip() == "2"
+        assert g.dhcp()["ip"] == "10.0.2.15"
+        info = g.hmp("info network")
+        assert re.search(rf"model=virtio-net-pci,macaddr={mac}", info), info
