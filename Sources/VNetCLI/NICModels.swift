@@ -42,10 +42,12 @@ enum NICModels {
         }
     }
 
-    /// The QEMU device for `name` (an alias resolved), or nil if `offered` does not have it.
+    /// The QEMU device for `name`, or nil if `offered` does not have it. A name QEMU lists is taken as it is; an
+    /// alias only stands for its device when QEMU has no device of that name (found by FuzzNICModels).
     static func resolve(_ name: String, offered: [String]) -> String? {
-        let device = aliases[name] ?? name
-        return offered.contains(device) ? device : nil
+        if offered.contains(name) { return name }
+        guard let device = aliases[name], offered.contains(device) else { return nil }
+        return device
     }
 
     /// virtio-net devices (the only ones that take `vectors=`, and the only ones vhost-user could drive).
@@ -57,20 +59,6 @@ enum NICModels {
         // The i8255x family: QEMU's eepro100 models.
         if device.hasPrefix("i8255") || device == "i82562" || device == "i82801" { return 1500 }
         return nil
-    }
-
-    /// A MAC address "xx:xx:xx:xx:xx:xx" (hex, ':' or '-'), normalised to lower case with ':'; nil if malformed.
-    static func parseMAC(_ text: String) -> String? {
-        let parts = text.split(separator: ":", omittingEmptySubsequences: false).count == 6
-            ? text.split(separator: ":", omittingEmptySubsequences: false)
-            : text.split(separator: "-", omittingEmptySubsequences: false)
-        guard parts.count == 6 else { return nil }
-        var octets: [UInt8] = []
-        for p in parts {
-            guard p.count == 2, let v = UInt8(p, radix: 16) else { return nil }
-            octets.append(v)
-        }
-        return octets.map { String(format: "%02x", $0) }.joined(separator: ":")
     }
 
     static let pickHintPrefix = "vnet: NIC model:"

@@ -11,6 +11,7 @@
 import ArgumentParser
 import CVNetShim
 import VNetRuntime
+import VNetWire
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -115,10 +116,10 @@ struct RunCommand: ParsableCommand {
         }
         var value = model
         if let mac {
-            guard let parsed = NICModels.parseMAC(mac) else {
+            guard let parsed = MACAddress(mac) else {
                 throw ValidationError("--mac \(mac) is not a MAC address (xx:xx:xx:xx:xx:xx)")
             }
-            guard let first = UInt8(parsed.prefix(2), radix: 16), first & 1 == 0 else {
+            guard !parsed.isMulticast else {
                 throw ValidationError("--mac \(mac) is a multicast address; a NIC needs a unicast one")
             }
             value += ",mac=\(parsed)"

@@ -1,5 +1,5 @@
 // Unit tests of NICModels: parsing `qemu-system-x86_64 -nic model=help` as Debian's QEMU 7.2 prints it (noise lines
-// included), the `virtio` alias, the MTU table and MAC parsing.
+// included), the `virtio` alias and the MTU table. (--mac uses VNetWire's MACAddress parser.)
 
 import Testing
 @testable import VNetCLI
@@ -67,6 +67,8 @@ vmxnet3
     #expect(NICModels.resolve("pvrdma", offered: models) == nil)
     #expect(NICModels.resolve("e1000x", offered: models) == nil)
     #expect(NICModels.resolve("virtio", offered: ["e1000"]) == nil)
+    // A device QEMU itself calls `virtio` would be taken as listed (FuzzNICModels found the case).
+    #expect(NICModels.resolve("virtio", offered: ["virtio"]) == "virtio")
     #expect(NICModels.isVirtio("virtio-net-pci-transitional") && !NICModels.isVirtio("e1000"))
 }
 
@@ -76,14 +78,5 @@ vmxnet3
     }
     for model in ["e1000", "e1000e", "virtio-net-pci", "vmxnet3"] {
         #expect(NICModels.maximumMTU(model) == nil, "\(model)")
-    }
-}
-
-@Test func macAddresses() {
-    #expect(NICModels.parseMAC("52:54:00:AB:cd:01") == "52:54:00:ab:cd:01")
-    #expect(NICModels.parseMAC("52-54-00-ab-cd-01") == "52:54:00:ab:cd:01")
-    for bad in ["", "52:54:00:ab:cd", "52:54:00:ab:cd:01:02", "52:54:00:ab:cd:1", "52:54:00:ab:cd:zz", "525400abcd01",
-                "52:54-00:ab:cd:01", "::::::"] {
-        #expect(NICModels.parseMAC(bad) == nil, "\(bad)")
     }
 }
