@@ -261,3 +261,31 @@ def test_vnet_run_checks_the_model_and_passes_mac_and_vectors(generic_guest_imag
         assert g.dhcp()["ip"] == "10.0.2.15"
         info = g.hmp("info network")
         assert re.search(rf"model=virtio-net-pci,macaddr={mac}", info), info
+
+
+def test_vlan_tags_between_e1000_and_rtl8139_on_a_trunk(generic_guest_image, workdir, log_dir):
+    """802.1Q through the models' own tag handling (e1000's VLAN insertion/stripping, rtl8139's C+ tagging, which
+    the guest drivers turn on for a VLAN device) and vnet switch trunk ports: guests on VLAN 100 reach each other,
+    full-size frames (1500-byte packets, 1518-byte tagged frames) included."""
+    socks = {m: Path(workdir) / f"{m}.sock" for m in ("e1000", "rtl8139")}
+    args = ["switch", "--log-level", "info"]
+    for s in socks.values():
+        args += ["--socket", f"{s},trunk=100"]
+    with rig.VnetProcess(args, log_dir=log_dir):
+        guests = []
+        try:
+            for i, (model, sock) in enumerate(socks.items()):
+                net = SimpleNamespace(sock=sock, image=generic_guest_image, workdir=Path(workdir), log_dir=log_dir)
+                g = boot(net, model, name=f"vlan-{model}", mac=f"52:54:00:22:01:0{i + 1}")
+                g.start()
+                guests.append(g)
+                g.check("for m in llc stp garp mrp 8021q; do insmod /lib/modules/$m.ko || exit 1; done; "
+                        "ip link add link eth0 name eth0.100 type vlan id 100 && "
+                        f"ip addr add 198.18.9.{i + 1}/24 dev eth0.100 && ip link set eth0.100 up")
+            a, b = guests
+            assert "1 packets received" in a.check("ping -c 1 -W 5 198.18.9.2", timeout=20)
+            assert "1 packets received" in b.check("ping -c 1 -W 5 -s 1472 198.18.9.1", timeout=20)
+            assert "1 packets received" in a.check("ping -c 1 -W 5 -s 1472 198.18.9.2", timeout=20)
+        finally:
+            for g in guests:
+                g.close()
