@@ -70,6 +70,7 @@ struct RunCommand: ParsableCommand {
         defer { unlink(socket); rmdir(dir) }   // on the error paths; the normal end cleans up before exit()
         options.transport = .unixListen(path: socket)
         let id = options.gateway.id ?? "vnet0"
+        options.nicModel = String(nic.prefix { $0 != "," })
         let argv = qemu + ["-netdev", "stream,id=\(id),server=off,addr.type=unix,addr.path=\(socket)",
                            "-device", "\(nic),netdev=\(id)"]
 
