@@ -107,12 +107,16 @@ def test_model_on_vnet_user(usernet, model, driver, size):
 
 
 def test_i82551_binds_e100_but_needs_microcode(usernet):
-    with boot(usernet, "i82551") as g:
-        assert driver_of(g) == "e100"
-        assert g.check("cat /sys/class/net/eth0/device/revision").strip() == "0x0f"
-        rc, out = g.run("ip link set eth0 up")
-        assert rc != 0 and "No such file or directory" in out, out
-        assert "e100/d102e_ucode.bin" in g.check("dmesg")
+    """The same on vnet and on QEMU's own `-netdev user`: the guest's driver, not the network, stops it."""
+    slirp = rig.Guest(usernet.image, ["-netdev", "user,id=n0"], workdir=usernet.workdir, log_dir=usernet.log_dir,
+                      name="i82551-slirp", nic_model="i82551")
+    for g in (boot(usernet, "i82551"), slirp):
+        with g:
+            assert driver_of(g) == "e100"
+            assert g.check("cat /sys/class/net/eth0/device/revision").strip() == "0x0f"
+            rc, out = g.run("ip link set eth0 up")
+            assert rc != 0 and "No such file or directory" in out, out
+            assert "e100/d102e_ucode.bin" in g.check("dmesg")
 
 
 def test_e1000_and_rtl8139_on_vnet_nat(generic_guest_image, workdir, log_dir):
