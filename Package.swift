@@ -79,6 +79,7 @@ let package = Package(
         .testTarget(name: "VNetKernelTests", dependencies: ["VNetKernel", "VNetWire"]),
         .testTarget(name: "VNetTransportTests", dependencies: ["VNetTransport", "VNetWire", "VNetBuffers"]),
         .testTarget(name: "VNetRuntimeTests", dependencies: ["VNetRuntime", "VNetHost", "VNetGateway", "VNetWire", "VNetBuffers"]),
+        .testTarget(name: "VNetCLITests", dependencies: ["VNetCLI"]),
         .testTarget(name: "VNetTests", dependencies: [
             "VNet", "VNetWire", "vnet-embed-example",
             .product(name: "Logging", package: "swift-log"),

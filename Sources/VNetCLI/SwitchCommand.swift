@@ -102,6 +102,7 @@ struct SwitchPortFlags: ParsableArguments {
         if let first = o.ports.first(where: { if case .unixListen = $0.endpoint { true } else { false } }),
            case .unixListen(let path) = first.endpoint {
             extra.append("vnet: start each QEMU with: -netdev stream,id=n0,server=off,addr.type=unix,addr.path=\(path) -device virtio-net-pci,netdev=n0,mac=\(Self.freshMAC())")
+            extra.append(NICModels.pickHint(netdev: "n0"))
         }
         return extra
     }

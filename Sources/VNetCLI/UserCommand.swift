@@ -139,6 +139,7 @@ struct UserCommand: ParsableCommand {
             isDefault = true
             let id = gw.id ?? "net0"
             extra.append("vnet: start QEMU with: -netdev stream,id=\(id),server=off,addr.type=unix,addr.path=\(path) -device virtio-net-pci,netdev=\(id)")
+            extra.append(NICModels.pickHint(netdev: id))
         }
         if libvirt { extra += try LibvirtXML.lines(for: transport) }
         var opts = RuntimeOptions(gateway: gw, transport: transport)

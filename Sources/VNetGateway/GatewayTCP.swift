@@ -67,6 +67,11 @@ struct TCPFlow {
     /// NewReno's recovery point (RFC 6582): no new fast retransmit until the guest acknowledges past it.
     /// Starts at the ISS (RFC 6582 §3.2 step 1): 0 would block fast retransmit for half of all ISS values.
     var recover: UInt32 = 0
+    /// Congestion window and slow-start threshold in bytes (GatewayTCPCongestion.swift); 0: not started yet.
+    var cwnd: UInt32 = 0
+    var ssthresh: UInt32 = .max
+    /// Between a fast retransmit and the ACK of `recover`: partial ACKs resend the next hole (NewReno).
+    var inRecovery = false
     /// Waiting for room in the guest queue (resumed after the next flush, not by a timer).
     var queueBlocked = false
     /// The host socket may hold bytes not yet peeked. Cleared when a peek drains it, set again by the next
@@ -347,6 +352,7 @@ extension Gateway {
         // ACK processing. Acknowledged host data leaves the socket after the segment's own data went to the
         // host (below): a request that acknowledges the previous reply reaches the host one syscall sooner.
         var acked: UInt32 = 0
+        var resendHole = false
         let window = UInt32(tcp.window) << UInt32(f.guestWScale)
         if seqLT(f.sndUna, tcp.acknowledgment) && seqLE(tcp.acknowledgment, f.sndMax) {
             let ack = tcp.acknowledgment
@@ -357,6 +363,7 @@ extension Gateway {
                 f.finAcked = true
             }
             acked = seqLT(f.sndUna, dataEnd) ? dataEnd &- f.sndUna : 0
+            resendHole = congestionAcked(&f, acked: acked, ack: ack)
             f.sndUna = ack
             if seqLT(f.sndNxt, ack) {
                 // After a rewind, the guest acknowledged data sent before it: continue from there.
@@ -442,6 +449,10 @@ extension Gateway {
         if acked > 0 {
             host.tcpDiscard(f.handle, count: Int(acked))
             if !host.tcpDrainedPeekIsFinal { f.hostDataPending = true }
+        }
+        if resendHole && f.sndUna != f.sndNxt {
+            counters.count(.tcpRetransmits)
+            resendFirstSegment(&f)
         }
         if f.guestFinReceived && f.finAcked {
             sendPendingAck(&f)
@@ -570,7 +581,8 @@ extension Gateway {
                 if !seqLT(f.sndNxt, f.finSeq) { return }
             }
             guard f.hostDataPending else { return }
-            let room = f.guestWindow > f.inFlight ? f.guestWindow - f.inFlight : 0
+            let limit = sendWindow(&f)
+            let room = limit > f.inFlight ? limit - f.inFlight : 0
             if room == 0 {
                 // Zero window: probe it from the RTO timer.
                 armRTO(&f, now: now)
@@ -804,6 +816,7 @@ extension Gateway {
     /// Go-back-N after a timeout: everything from sndUna is sent again.
     func retransmit(_ f: inout TCPFlow, now: Instant) {
         counters.count(.tcpRetransmits)
+        congestionLoss(&f, timeout: true)
         host.tcpSetPeekOffset(f.handle, offset: 0)
         f.recover = f.sndMax
         f.sndNxt = f.sndUna
@@ -814,7 +827,13 @@ extension Gateway {
     /// Fast retransmit (RFC 5681 §3.2): only the first unacknowledged segment goes again.
     func fastRetransmit(_ f: inout TCPFlow) {
         counters.count(.tcpRetransmits)
+        congestionLoss(&f, timeout: false)
         f.recover = f.sndMax
+        resendFirstSegment(&f)
+    }
+
+    /// The first unacknowledged segment (or our FIN) again; the peek offset is restored to sndNxt.
+    func resendFirstSegment(_ f: inout TCPFlow) {
         if f.hostEOF && f.sndUna == f.finSeq {
             emitSegment(&f, flags: [.fin, .ack], sequence: f.finSeq, payload: nil)
             return

@@ -29,6 +29,8 @@ public struct RuntimeOptions: Sendable {
     public var transportIsDefault = false
     /// `--vfkit`: the datagram socket speaks vfkit's framing (a 4-byte "VFKT" datagram announces the peer).
     public var vfkitHandshake = false
+    /// `vnet run`: the NIC model QEMU got (`-device MODEL`), shown by `info network` with the guest's MAC.
+    public var nicModel: String? = nil
     /// `.tap` only: open it with IFF_VNET_HDR and checksum/TSO offload (on unless --no-tap-offload).
     public var tapOffload = true
     /// `--control PATH`: the control socket (see ControlServer.swift).

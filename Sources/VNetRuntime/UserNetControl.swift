@@ -109,11 +109,17 @@ extension UserNetRuntime: ControlTarget {
         let userInfo = "net=\(c.network.address),restrict=\(c.restricted ? "on" : "off")"
         var peerInfo = "\(port.boundDescription),\(port.isConnected ? "connected" : "disconnected")"
         if let mac = guestMAC { peerInfo += ",macaddr=\(mac)" }
-        let text = "\(netdevName): index=0,type=user,\(userInfo)\n \\ \(UserNetRuntime.portName): index=0,type=\(portType),\(peerInfo)"
-        let value: [String: Any] = ["netdevs": [[
+        var text = "\(netdevName): index=0,type=user,\(userInfo)\n \\ \(UserNetRuntime.portName): index=0,type=\(portType),\(peerInfo)"
+        var value: [String: Any] = ["netdevs": [[
             "name": netdevName, "index": 0, "type": "user", "info": userInfo,
             "peers": [["name": UserNetRuntime.portName, "index": 0, "type": portType, "info": peerInfo, "connected": port.isConnected]],
         ] as [String: Any]]]
+        // `vnet run`: the NIC as QEMU's own `info network` names it (MODEL.0), with the MAC seen on the wire.
+        if let model = options.nicModel {
+            let nicInfo = "model=\(model)" + (guestMAC.map { ",macaddr=\($0)" } ?? "")
+            text += "\n\(model).0: index=0,type=nic,\(nicInfo)"
+            value["nics"] = [["name": "\(model).0", "index": 0, "type": "nic", "info": nicInfo]]
+        }
         return ControlResult(value: value, text: text)
     }
 

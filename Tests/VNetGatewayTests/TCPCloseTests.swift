@@ -96,11 +96,17 @@ struct TCPCloseTests {
         let first = try h.segments()
         #expect(first.map(\.seq) == [c.ourSeq(0), c.ourSeq(1000), c.ourSeq(1500)])
         #expect(first.last?.flags.contains(.fin) == true)
+        // The RTO resends one segment (the congestion window is one segment after a timeout); the guest's ACK of
+        // it lets the rest and the FIN follow.
         h.advance(ms: 1000); h.poll()
         let again = try h.segments()
-        #expect(again.map(\.seq) == first.map(\.seq))
-        #expect(again.map(\.payload) == first.map(\.payload))
-        #expect(again.last?.flags.contains(.fin) == true)
+        #expect(again.map(\.seq) == [first[0].seq])
+        #expect(again.map(\.payload) == [first[0].payload])
+        h.guestAcks(c, upTo: 1000)
+        let rest = try h.segments()
+        #expect(rest.map(\.seq) == [c.ourSeq(1000), c.ourSeq(1500)])
+        #expect(rest.map(\.payload) == Array(first.map(\.payload)[1...]))
+        #expect(rest.last?.flags.contains(.fin) == true)
     }
 
     @Test("a guest RST inside the window aborts the host socket and frees the flow", arguments: [0, 1000, 60_000])

@@ -1,6 +1,7 @@
-// Retransmission of host -> guest data: go-back-N on RTO (the peek offset rewinds to the acknowledged point),
-// single-segment fast retransmit on three duplicate ACKs with NewReno's recovery point, and ACKs for data
-// sent before a rewind.
+// Retransmission of host -> guest data: go-back-N on RTO (the peek offset rewinds to the acknowledged point; the
+// congestion window restarts at one segment), single-segment fast retransmit on three duplicate ACKs with NewReno's
+// recovery point and partial ACKs, and ACKs for data sent before a rewind. GatewayTCPCongestionTests covers the
+// congestion window itself.
 
 import Testing
 @testable import VNetGateway
@@ -9,7 +10,7 @@ import VNetWire
 
 @Suite("Gateway TCP retransmission")
 struct TCPRetransmitTests {
-    @Test("RTO without an ACK: go-back-N resends the same bytes at the same sequence numbers, with backoff")
+    @Test("RTO without an ACK: go-back-N from one segment, the same bytes at the same sequence numbers, with backoff")
     func rtoGoBackN() throws {
         let h = TCPHarness()
         let c = try h.connect(mss: 1000, wscale: 0, ackWindow: 65535)
@@ -23,8 +24,8 @@ struct TCPRetransmitTests {
         #expect(h.drain().isEmpty)
         h.advance(ms: 1); h.poll()
         let again = try h.segments()
-        #expect(again.map(\.seq) == original.map(\.seq))
-        #expect(again.map(\.payload) == original.map(\.payload), "identical payload")
+        #expect(again.map(\.seq) == [original[0].seq], "one segment: the window after a timeout")
+        #expect(again.map(\.payload) == [original[0].payload], "identical payload")
         #expect(again.allSatisfy { $0.ack == c.seq })
         #expect(h.counters[.tcpRetransmits] == 1)
         #expect(try h.host.socket(c.handle).receiveQueue == data, "nothing discarded")
@@ -32,13 +33,11 @@ struct TCPRetransmitTests {
         h.advance(ms: 1999); h.poll()
         #expect(h.drain().isEmpty, "backed off to 2 s")
         h.advance(ms: 1); h.poll()
-        #expect(try h.segments().flatMap(\.payload) == data)
+        #expect(try h.segments().flatMap(\.payload) == Array(data[..<1000]))
         #expect(h.counters[.tcpRetransmits] == 2)
 
-        // A partial ACK restarts the timer from the initial RTO and leaves only the rest to resend.
+        // Its ACK opens the window (slow start): the rest goes again at once, at the same sequence numbers.
         h.guestAcks(c, upTo: 1000)
-        #expect(try h.segments().isEmpty)
-        h.advance(ms: 1000); h.poll()
         let rest = try h.segments()
         #expect(rest.map(\.seq) == [c.ourSeq(1000), c.ourSeq(2000)])
         #expect(rest.flatMap(\.payload) == Array(data[1000...]))
@@ -63,8 +62,11 @@ struct TCPRetransmitTests {
         #expect(more.map(\.seq) == [c.ourSeq(1500)])
         h.advance(ms: 1000); h.poll()
         let resent = try h.segments()
-        #expect(resent.first?.seq == c.ourSeq(1000))
-        #expect(resent.flatMap(\.payload) == Array(pattern(1500)[1000...]) + pattern(700, seed: 1))
+        let unacknowledged = Array(pattern(1500)[1000...]) + pattern(700, seed: 1)
+        #expect(resent.map(\.seq) == [c.ourSeq(1000)])
+        #expect(resent.flatMap(\.payload) == Array(unacknowledged[..<1000]))
+        h.guestAcks(c, upTo: 2000)
+        #expect(try h.segments().flatMap(\.payload) == Array(unacknowledged[1000...]))
     }
 
     /// Opens connections until our ISS satisfies `predicate` (the ISS is a keyed hash, so this picks the half
@@ -104,17 +106,25 @@ struct TCPRetransmitTests {
             h.guestAcks(c, upTo: 1000)
             #expect(try h.segments().isEmpty, "duplicate ACK \(i): no more retransmissions")
         }
-        // The peek offset went back where it was: new data continues after what was sent.
+        // The congestion window was halved (to 2000: half of 3000 in flight, at least two segments) and 3000
+        // bytes are still in flight: new data waits.
         h.host.remoteSends(c.handle, pattern(300, seed: 8))
         h.readable(c)
-        let next = try h.oneSegment()
-        #expect(next.seq == c.ourSeq(4000) && next.payload == pattern(300, seed: 8))
-        // A partial ACK (below the recovery point) and three duplicates of it: NewReno does not fast
-        // retransmit again until the recovery point is acknowledged.
+        #expect(try h.segments().isEmpty, "the halved window is full")
+        // A partial ACK (below the recovery point): NewReno resends the next hole at once, without waiting for
+        // duplicates or the timer; three duplicates of it do not fast retransmit again.
         h.guestAcks(c, upTo: 2000)
+        let hole = try h.oneSegment("the next hole after a partial ACK")
+        #expect(hole.seq == c.ourSeq(2000) && hole.payload == Array(data[2000 ..< 3000]))
+        #expect(h.counters[.tcpRetransmits] == 2)
         for _ in 0 ..< 3 { h.guestAcks(c, upTo: 2000) }
         #expect(try h.segments().isEmpty)
-        #expect(h.counters[.tcpRetransmits] == 1)
+        #expect(h.counters[.tcpRetransmits] == 2)
+        // The recovery point acknowledged: recovery ends, and the peek offset went back where it was, so new
+        // data continues after what was sent.
+        h.guestAcks(c, upTo: 4000)
+        let next = try h.oneSegment()
+        #expect(next.seq == c.ourSeq(4000) && next.payload == pattern(300, seed: 8))
         h.guestAcks(c, upTo: 4300)
         #expect(try h.host.socket(c.handle).receiveQueue.isEmpty)
     }
@@ -174,7 +184,7 @@ struct TCPRetransmitTests {
         _ = try h.segments()
         h.guestAcks(c, upTo: 0, window: 1500)
         h.advance(ms: 1000); h.poll()
-        #expect(try h.segments().map(\.payload.count) == [1000, 500])
+        #expect(try h.segments().map(\.payload.count) == [1000], "one segment after a timeout")
         h.guestAcks(c, upTo: 2000, window: 1500)
         #expect(h.host.discards(c.handle) == [2000])
         let next = try h.segments()

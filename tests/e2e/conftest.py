@@ -113,6 +113,22 @@ def guest_image() -> rig.GuestImage:
 
 
 @pytest.fixture(scope="session")
+def generic_guest_image() -> rig.GuestImage:
+    """The generic-kernel image (drivers of every QEMU NIC model), built or taken from cache once per session."""
+    reason = _qemu_blocker()
+    if reason:
+        print(f"\nSKIP e2e guest tests: {reason}", file=sys.stderr)
+        pytest.skip(reason)
+    if shutil.which("qemu-system-x86_64") is None:
+        pytest.fail("qemu-system-x86_64 not found: apt-get install the packages in "
+                    f"{APT_PACKAGES.relative_to(rig.REPO_ROOT)}", pytrace=False)
+    try:
+        return rig.build_guest_image(generic=True)
+    except rig.RigError as e:
+        pytest.fail(str(e), pytrace=False)
+
+
+@pytest.fixture(scope="session")
 def tun_available() -> None:
     """Skips (with the reason) only if /dev/net/tun truly cannot exist here."""
     reason = _tun_blocker()

@@ -331,10 +331,17 @@ class GuestImage:
     initrd: Path
 
 
-def build_guest_image(cache_dir: Path | None = None) -> GuestImage:
-    """Run scripts/guest/build.sh (idempotent) and return the image paths."""
+def build_guest_image(cache_dir: Path | None = None, generic: bool = False) -> GuestImage:
+    """Run scripts/guest/build.sh (idempotent) and return the image paths.
+
+    `generic=True` builds the second image (`build.sh --generic`): Debian's generic kernel with the drivers of
+    QEMU's other NIC models, cached in `<cache>/generic`.
+    """
     cache = Path(cache_dir or os.environ.get("VNET_GUEST_CACHE") or DEFAULT_GUEST_CACHE)
-    proc = subprocess.run([str(BUILD_SCRIPT), str(cache)], stdout=subprocess.PIPE,
+    argv = [str(BUILD_SCRIPT), str(cache)]
+    if generic:
+        argv = [str(BUILD_SCRIPT), "--generic", str(cache if cache_dir else cache / "generic")]
+    proc = subprocess.run(argv, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, timeout=900)
     if proc.returncode != 0:
         raise RigError(f"{BUILD_SCRIPT} failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}")

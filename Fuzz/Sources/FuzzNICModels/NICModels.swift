@@ -1,0 +1,1 @@
+../../../Sources/VNetCLI/NICModels.swift
