@@ -135,5 +135,5 @@ class StrictSkips:
             lines.append(f"  {e.test}: {state}; reason: {e.reason}; error: {e.error}")
         for nodeid, message in self.refused:
             lines.append(f"  REFUSED {nodeid}: {message}")
-        lines.append(f"strict skips: {len(self.allowed)} allowed, {len(self.refused)} refused (failed)")
+        lines.append(f"strict skips: {len(self.allowed)} allowed, {len(self.refused)} refused (a refused skip fails the run)")
         return lines
