@@ -105,6 +105,18 @@ public enum Sys {
     }
 
     /// recv(2) with MSG_TRUNC.
+    /// recv(2) with `flags`, for TCP's peek (MSG_PEEK) and discard (MSG_TRUNC, where a nil buffer drops `count`
+    /// bytes without copying them). `.done(0)` is end of stream.
+    public static func receive(_ fd: Int32, into buf: UnsafeMutableRawPointer?, count: Int, flags: Int32) -> IOResult {
+        let n = retryEINTR { Glibc.recv(fd, buf, count, flags) }
+        if n >= 0 { return .done(n) }
+        if errno == EAGAIN || errno == EWOULDBLOCK { return .wouldBlock }
+        return .failed(errno)
+    }
+
+    /// shutdown(2) of the write side: the peer sees FIN once the queued bytes are sent.
+    public static func shutdownWrite(_ fd: Int32) { _ = Glibc.shutdown(fd, Int32(SHUT_WR)) }
+
     public static func receive(_ fd: Int32, into buf: UnsafeMutableRawBufferPointer) -> IOResult {
         let n = retryEINTR { Glibc.recv(fd, buf.baseAddress, buf.count, Int32(MSG_TRUNC)) }
         if n >= 0 { return .done(n) }
@@ -151,19 +163,23 @@ public enum Sys {
         return v
     }
 
-    public static func accept(_ fd: Int32) -> Int32? {
+    /// accept(2), non-blocking and close-on-exec. The error carries its errno (EAGAIN when nothing waits;
+    /// see `Epoll.pauseListenerIfShort` for the ones that mean fds ran out).
+    public static func accept(_ fd: Int32) throws(SyscallError) -> Int32 {
         let r = vnet_accept_nonblocking(fd)
-        return r >= 0 ? r : nil
+        guard r >= 0 else { throw SyscallError("accept", errno) }
+        return r
     }
 
     /// accept(2) returning the peer's address too.
-    public static func accept(_ fd: Int32, from: inout SocketAddress) -> Int32? {
+    public static func accept(_ fd: Int32, from: inout SocketAddress) throws(SyscallError) -> Int32 {
         var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
         let r = withUnsafeMutablePointer(to: &from.storage) { sp in
             sp.withMemoryRebound(to: sockaddr.self, capacity: 1) { vnet_accept_from(fd, $0, &len) }
         }
+        guard r >= 0 else { throw SyscallError("accept", errno) }
         from.length = len
-        return r >= 0 ? r : nil
+        return r
     }
 
     public static func localAddress(_ fd: Int32) -> SocketAddress? {

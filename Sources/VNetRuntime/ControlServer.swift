@@ -90,8 +90,9 @@ public final class ControlServer {
 
     func acceptClients() {
         for _ in 0 ..< 64 {
-            guard let fd = Sys.accept(listenFD) else {
-                epoll.pauseListenerIfShort(listenFD, error: errno, tag: listenerTag)
+            let fd: Int32
+            do throws(SyscallError) { fd = try Sys.accept(listenFD) } catch {
+                epoll.pauseListenerIfShort(listenFD, error: error.errno, tag: listenerTag)
                 return
             }
             guard let slot = clients.firstIndex(where: { $0 == nil }) else {

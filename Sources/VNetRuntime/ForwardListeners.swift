@@ -163,8 +163,9 @@ final class ForwardListeners<Rule: ForwardRule> {
         if e.rule.proto == .tcp {
             for _ in 0 ..< 64 {
                 var from = SocketAddress()
-                guard let c = Sys.accept(e.fd, from: &from) else {
-                    if epoll.pauseListenerIfShort(e.fd, error: errno, tag: EventKind.forwardTCP.tag(slot)) { acceptPauses &+= 1 }
+                let c: Int32
+                do throws(SyscallError) { c = try Sys.accept(e.fd, from: &from) } catch {
+                    if epoll.pauseListenerIfShort(e.fd, error: error.errno, tag: EventKind.forwardTCP.tag(slot)) { acceptPauses &+= 1 }
                     return
                 }
                 guard let to, let (a, p) = e.rule.unixPath == nil ? from.ipPeer : unixClientEndpoint(),

@@ -92,8 +92,9 @@ final class GuestPort {
     func accept(queue: FrameQueue, listenerTag: UInt64) {
         guard case .streamListener(let lfd) = kind else { return }
         while true {
-            guard let c = Sys.accept(lfd) else {
-                epoll.pauseListenerIfShort(lfd, error: errno, tag: listenerTag)
+            let c: Int32
+            do throws(SyscallError) { c = try Sys.accept(lfd) } catch {
+                epoll.pauseListenerIfShort(lfd, error: error.errno, tag: listenerTag)
                 return
             }
             if fd >= 0 {

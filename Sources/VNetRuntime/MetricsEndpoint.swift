@@ -64,8 +64,9 @@ public final class MetricsEndpoint {
     public func handle(tag: UInt64, events: UInt32, isListener: Bool) {
         if isListener {
             for _ in 0 ..< 16 {
-                guard let fd = Sys.accept(listenFD) else {
-                    epoll.pauseListenerIfShort(listenFD, error: errno, tag: listenerTag)
+                let fd: Int32
+                do throws(SyscallError) { fd = try Sys.accept(listenFD) } catch {
+                    epoll.pauseListenerIfShort(listenFD, error: error.errno, tag: listenerTag)
                     return
                 }
                 guard let slot = clients.firstIndex(where: { $0 == nil }),

@@ -375,8 +375,12 @@ public final class RealHost: HostIO {
     public func tcpPeek(_ handle: Int32, into buffer: UnsafeMutableRawBufferPointer) -> TCPIOResult {
         let n: Int
         if usePeekOffset {
-            n = recv(handle, buffer.baseAddress, buffer.count, Int32(MSG_PEEK) | Int32(MSG_DONTWAIT))
-            if n < 0 { return mapPeekError(errno) }
+            switch Sys.receive(handle, into: buffer.baseAddress, count: buffer.count, flags: Int32(MSG_PEEK) | Int32(MSG_DONTWAIT)) {
+            case .done(let k): n = k
+            case .wouldBlock: return .wouldBlock
+            case .closed: return .endOfStream
+            case .failed(let e): return mapPeekError(e)
+            }
         } else {
             let skip = fallbackPeeked[handle] ?? 0
             guard skip < RealHost.fallbackMaximumInFlight else { return .wouldBlock }
@@ -405,10 +409,10 @@ public final class RealHost: HostIO {
         var left = count
         let isCommand = commandHandles.contains(handle)
         while left > 0 {
-            let n = isCommand
-                ? recv(handle, discardScratch.baseAddress, min(left, discardScratch.count), Int32(MSG_DONTWAIT))
-                : recv(handle, nil, left, Int32(MSG_TRUNC) | Int32(MSG_DONTWAIT))
-            if n <= 0 { break }
+            let r = isCommand
+                ? Sys.receive(handle, into: discardScratch.baseAddress, count: min(left, discardScratch.count), flags: Int32(MSG_DONTWAIT))
+                : Sys.receive(handle, into: nil, count: left, flags: Int32(MSG_TRUNC) | Int32(MSG_DONTWAIT))
+            guard case .done(let n) = r, n > 0 else { break }
             left -= n
         }
         if !usePeekOffset, let p = fallbackPeeked[handle] { fallbackPeeked[handle] = max(0, p - (count - left)) }
@@ -446,7 +450,7 @@ public final class RealHost: HostIO {
         return max(0, Int(size) / 2 - Int(queued))
     }
 
-    public func tcpShutdownWrite(_ handle: Int32) { _ = shutdown(handle, Int32(SHUT_WR)) }
+    public func tcpShutdownWrite(_ handle: Int32) { Sys.shutdownWrite(handle) }
 
     public func tcpAbort(_ handle: Int32) {
         ipv6Handles.remove(handle)

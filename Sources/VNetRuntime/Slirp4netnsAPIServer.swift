@@ -43,7 +43,7 @@ public final class Slirp4netnsAPIServer: Slirp4netnsForwarder {
 
     func acceptClients() {
         for _ in 0 ..< 16 {
-            guard let fd = Sys.accept(listenFD) else { return }
+            guard let fd = try? Sys.accept(listenFD) else { return }
             if clients.count >= Slirp4netnsAPIServer.clientCapacity {
                 let oldest = clients.removeFirst()
                 runtime.unwatch(oldest.fd, slot: oldest.slot)

@@ -570,8 +570,9 @@ public final class SwitchRuntime {
     func accept(_ li: Int) {
         let listener = listeners[li]
         while true {
-            guard let c = Sys.accept(listener.fd) else {
-                epoll.pauseListenerIfShort(listener.fd, error: errno, tag: EventKind.portListener.tag(li))
+            let c: Int32
+            do throws(SyscallError) { c = try Sys.accept(listener.fd) } catch {
+                epoll.pauseListenerIfShort(listener.fd, error: error.errno, tag: EventKind.portListener.tag(li))
                 return
             }
             let gp = GuestPort(kind: .streamListener(listenFD: -1), epoll: epoll, mtu: options.mtu, logger: logger)
