@@ -96,9 +96,7 @@ def _tun_blocker() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
-def guest_image() -> rig.GuestImage:
-    """Kernel + initramfs, built (or taken from cache) once per session."""
+def _guest_image(generic: bool) -> rig.GuestImage:
     reason = _qemu_blocker()
     if reason:
         print(f"\nSKIP e2e guest tests: {reason}", file=sys.stderr)
@@ -107,25 +105,21 @@ def guest_image() -> rig.GuestImage:
         pytest.fail("qemu-system-x86_64 not found: apt-get install the packages in "
                     f"{APT_PACKAGES.relative_to(rig.REPO_ROOT)}", pytrace=False)
     try:
-        return rig.build_guest_image()
+        return rig.build_guest_image(generic=True) if generic else rig.build_guest_image()
     except rig.RigError as e:
         pytest.fail(str(e), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def guest_image() -> rig.GuestImage:
+    """Kernel + initramfs, built (or taken from cache) once per session."""
+    return _guest_image(generic=False)
 
 
 @pytest.fixture(scope="session")
 def generic_guest_image() -> rig.GuestImage:
     """The generic-kernel image (drivers of every QEMU NIC model), built or taken from cache once per session."""
-    reason = _qemu_blocker()
-    if reason:
-        print(f"\nSKIP e2e guest tests: {reason}", file=sys.stderr)
-        pytest.skip(reason)
-    if shutil.which("qemu-system-x86_64") is None:
-        pytest.fail("qemu-system-x86_64 not found: apt-get install the packages in "
-                    f"{APT_PACKAGES.relative_to(rig.REPO_ROOT)}", pytrace=False)
-    try:
-        return rig.build_guest_image(generic=True)
-    except rig.RigError as e:
-        pytest.fail(str(e), pytrace=False)
+    return _guest_image(generic=True)
 
 
 @pytest.fixture(scope="session")

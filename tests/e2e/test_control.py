@@ -273,44 +273,41 @@ def test_ctl_bad_input_is_one_line_and_nonzero(net, workdir):
     assert r.returncode == 1 and r.stderr.startswith("vnet: error: cannot connect to") and r.stderr.count("\n") == 1, r.stderr
 
 
-def test_port_events_when_a_qemu_connects_and_leaves(workdir, log_dir):
-    """A second vnet (no guest): a stream client on its socket is a QEMU as far as the port can tell."""
-    sock, ctl_path = Path(workdir) / "p.sock", Path(workdir) / "p.ctl"
-    with rig.VnetProcess(["user", "--socket", sock, "--control", ctl_path], log_dir=log_dir):
+def connect_and_leave(mode: str, sock: Path, ctl_path: Path, log_dir) -> tuple[dict, dict]:
+    """Runs `vnet MODE --socket SOCK --control CTL`, subscribes to events, connects a stream client (a QEMU as far
+    as the port can tell) and closes it; returns the two events that came."""
+    with rig.VnetProcess([mode, "--socket", sock, "--control", ctl_path], log_dir=log_dir):
         events = RawClient(ctl_path)
         try:
             events.send(b'{"execute": "events"}\n')
             assert events.line() == {"return": {}}
             qemu = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             qemu.connect(str(sock))
-            e = events.line()
-            assert (e["event"], e["data"]["port"], e["data"]["index"]) == ("PORT_CONNECTED", "guest0", 0), e
-            assert e["data"]["peer"] == f"unix:{sock}" and e["data"]["reason"] == "accepted", e
+            connected = events.line()
             qemu.close()
-            e = events.line()
-            assert (e["event"], e["data"]["port"], e["data"]["reason"]) == ("PORT_DISCONNECTED", "guest0", "end of stream"), e
+            return connected, events.line()
         finally:
             events.close()
+
+
+def test_port_events_when_a_qemu_connects_and_leaves(workdir, log_dir):
+    """A second vnet (no guest): a stream client on its socket is a QEMU as far as the port can tell."""
+    sock, ctl_path = Path(workdir) / "p.sock", Path(workdir) / "p.ctl"
+    e, gone = connect_and_leave("user", sock, ctl_path, log_dir)
+    assert (e["event"], e["data"]["port"], e["data"]["index"]) == ("PORT_CONNECTED", "guest0", 0), e
+    assert e["data"]["peer"] == f"unix:{sock}" and e["data"]["reason"] == "accepted", e
+    e = gone
+    assert (e["event"], e["data"]["port"], e["data"]["reason"]) == ("PORT_DISCONNECTED", "guest0", "end of stream"), e
 
 
 def test_port_events_have_one_shape_on_the_switch(workdir, log_dir):
     """`vnet switch` publishes the same PORT_CONNECTED/PORT_DISCONNECTED shape as `vnet user`: the port's name,
     its index, its peer and the reason."""
     sock, ctl_path = Path(workdir) / "sw.sock", Path(workdir) / "sw.ctl"
-    with rig.VnetProcess(["switch", "--socket", sock, "--control", ctl_path], log_dir=log_dir):
-        events = RawClient(ctl_path)
-        try:
-            events.send(b'{"execute": "events"}\n')
-            assert events.line() == {"return": {}}
-            qemu = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            qemu.connect(str(sock))
-            e = events.line()
-            assert e["event"] == "PORT_CONNECTED" and set(e["data"]) == {"port", "index", "peer", "reason"}, e
-            assert e["data"]["port"] == f"port{e['data']['index']}" and e["data"]["peer"] == f"unix:{sock}", e
-            index = e["data"]["index"]
-            qemu.close()
-            e = events.line()
-            assert e["event"] == "PORT_DISCONNECTED" and set(e["data"]) == {"port", "index", "peer", "reason"}, e
-            assert (e["data"]["index"], e["data"]["reason"]) == (index, "disconnected"), e
-        finally:
-            events.close()
+    e, gone = connect_and_leave("switch", sock, ctl_path, log_dir)
+    assert e["event"] == "PORT_CONNECTED" and set(e["data"]) == {"port", "index", "peer", "reason"}, e
+    assert e["data"]["port"] == f"port{e['data']['index']}" and e["data"]["peer"] == f"unix:{sock}", e
+    index = e["data"]["index"]
+    e = gone
+    assert e["event"] == "PORT_DISCONNECTED" and set(e["data"]) == {"port", "index", "peer", "reason"}, e
+    assert (e["data"]["index"], e["data"]["reason"]) == (index, "disconnected"), e
