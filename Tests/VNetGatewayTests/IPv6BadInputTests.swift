@@ -1,4 +1,4 @@
-// The IPv6 cases of ../shared/BAD-INPUTS.md (3, 4's IPv6 half, 9's DHCPv6 CLIENTID, 14, 18's all-nodes address),
+// The IPv6 cases of docs/hostile-input.md (3, 4's IPv6 half, 9's DHCPv6 CLIENTID, 14, 18's all-nodes address),
 // with the four checks of BadInputTests.swift: the RFC behaviour, a named drop, a healthy flow beside the hostile
 // input, and no byte to the guest that vnet did not produce (canary bytes in padding and hostile payloads).
 

@@ -1,5 +1,5 @@
 // The gateway's IPv6: NDP, router advertisements, stateless DHCPv6, ICMPv6 echo, UDP/TCP/echo NAT to IPv6
-// host sockets, fragments, and the IPv6 cases of ../shared/BAD-INPUTS.md (3, 4, 9, 14, 18).
+// host sockets, fragments, and the IPv6 cases of docs/hostile-input.md (3, 4, 9, 14, 18).
 
 import Testing
 @testable import VNetGateway

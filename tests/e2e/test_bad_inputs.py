@@ -1,4 +1,4 @@
-"""BAD-INPUTS (../shared/BAD-INPUTS.md) end to end: frames crafted with scapy, written into a real
+"""BAD-INPUTS (docs/hostile-input.md) end to end: frames crafted with scapy, written into a real
 `vnet user --socket` exactly as QEMU's stream netdev delivers them (4-byte big-endian length, then the frame).
 
 The test plays QEMU: it connects to vnet's unix socket, sends hostile frames, and checks
