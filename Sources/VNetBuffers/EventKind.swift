@@ -27,6 +27,9 @@ public enum EventKind: UInt8, CaseIterable, Sendable {
     case datagramHub = 18
     /// The receiving socket of a multicast group: index = group slot.
     case multicastGroup = 19
+    /// An fd of a transport with a protocol of its own (vhost-user, VXLAN): index = the port's slot << 16 | the
+    /// transport's own token for the fd (VNetRuntime/PortTransport.swift).
+    case transport = 20
     // Host forwards (hostfwd, port maps): index = forward slot.
     case forwardTCP = 24, forwardUDP = 25
     // Observability.

@@ -47,6 +47,8 @@ final class GuestPort {
         case datagram(peer: SocketAddress?)
         /// With `virtioHeader`, every read and write starts with a virtio-net header (IFF_VNET_HDR).
         case tap(virtioHeader: Bool)
+        /// A transport with a protocol of its own (PortTransport.swift): it owns its fds and moves frames itself.
+        case transport(PortTransport)
     }
 
     let kind: Kind
@@ -84,7 +86,23 @@ final class GuestPort {
 
     deinit { frameBuffer.deallocate() }
 
-    var isConnected: Bool { fd >= 0 && !connecting }
+    var isConnected: Bool {
+        if case .transport(let t) = kind { return t.isConnected }
+        return fd >= 0 && !connecting
+    }
+
+    /// Timers: a connector's reconnect, a transport's own. Returns when the port next needs a turn.
+    func tick(now: UInt64) -> UInt64? {
+        switch kind {
+        case .streamConnector:
+            tryConnect(now: now)
+            return fd < 0 ? reconnectAt : nil
+        case .transport(let t):
+            return t.tick(now: now)
+        default:
+            return nil
+        }
+    }
 
     // MARK: Stream listener
 
@@ -165,6 +183,7 @@ final class GuestPort {
     var holdsFramesUntilNextRead: Bool {
         switch kind {
         case .streamListener, .streamConnector: return true
+        case .transport(let t): return t.holdsFrames
         default: return false
         }
     }
@@ -249,6 +268,8 @@ final class GuestPort {
                     return
                 }
             }
+        case .transport:
+            return   // it reads its own fds (PortTransport.handle)
         }
     }
 
@@ -286,7 +307,17 @@ final class GuestPort {
         deliver(all.slice(VirtioNetHeader.length ..< n), header)
     }
 
+    /// The transport of a `.transport` port.
+    var transport: PortTransport? { if case .transport(let t) = kind { t } else { nil } }
+
+    /// The counters now (a transport keeps its own).
+    var currentCounters: PortCounters {
+        if case .transport(let t) = kind { return t.counters }
+        return counters
+    }
+
     func syncCounters() {
+        if case .transport(let t) = kind { counters = t.counters; return }
         counters.droppedShort = deframer.droppedShort
         counters.droppedOversize = deframer.droppedOversize
     }
@@ -295,6 +326,10 @@ final class GuestPort {
 
     /// Sends queued frames. Without a connected guest, queued frames are discarded.
     func flush(queue: FrameQueue, now: UInt64) {
+        if case .transport(let t) = kind {
+            writeArmed = !queue.isEmpty && t.flush(now: now)
+            return
+        }
         guard !queue.isEmpty else { return disarmWrite() }
         guard isConnected else { queue.removeAll(); return }
         switch kind {
@@ -340,6 +375,8 @@ final class GuestPort {
                 default: counters.sendErrors &+= 1; queue.removeFirstFrame()
                 }
             }
+        case .transport:
+            break
         }
         disarmWrite()
     }

@@ -17,6 +17,8 @@ public enum GuestTransport: Equatable, Sendable {
     case dgramUDP(host: String, port: UInt16, peerHost: String?, peerPort: UInt16?)
     /// A TAP device created inside a network namespace, as slirp4netns does.
     case tap(netns: String, name: String)
+    /// A transport with a protocol of its own (vhost-user): see PortTransport.swift.
+    case transport(PluggedTransport)
 }
 
 public struct RuntimeOptions: Sendable {

@@ -69,6 +69,7 @@ extension SwitchRuntime: ControlTarget {
                 ControlCommand("port-maps", help: "the port maps and where each points now") { [unowned self] _ in self.portMapList() },
             ]
         }
+        list += TransportCommand.merged(links.compactMap { if case .transport(let t)? = $0?.port.kind { t } else { nil } })
         return list
     }
 

@@ -25,6 +25,8 @@ public enum SwitchEndpoint: Equatable, Sendable, CustomStringConvertible {
     /// vfkit/krunkit peers on a unixgram socket: each announces itself with a 4-byte "VFKT" datagram, then
     /// sends one frame per datagram; one port per peer address.
     case vfkitUnix(path: String)
+    /// A transport with a protocol of its own (vhost-user, VXLAN): one port, opened by its factory.
+    case transport(PluggedTransport)
 
     public var description: String {
         switch self {
@@ -37,6 +39,7 @@ public enum SwitchEndpoint: Equatable, Sendable, CustomStringConvertible {
         case .mcast(let g, let p, let l): "mcast \(g):\(p) localaddr \(l)"
         case .tap(let ns, let n): "tap \(n) in netns \(ns)"
         case .vfkitUnix(let p): "vfkit unixgram:\(p)"
+        case .transport(let t): t.description
         }
     }
 }

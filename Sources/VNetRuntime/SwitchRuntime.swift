@@ -177,6 +177,7 @@ public final class SwitchRuntime {
     deinit {
         for p in pathsToRemove { unlink(p) }
         for case let l? in links where l.hub == nil && l.port.fd >= 0 { Sys.close(l.port.fd) }
+        for case let l? in links { if case .transport(let t) = l.port.kind { t.close() } }
         for l in listeners { Sys.close(l.fd) }
         for h in hubs { Sys.close(h.fd) }
         receiveBuffer.deallocate()
@@ -216,7 +217,32 @@ public final class SwitchRuntime {
             gp.fd = fd
             let i = try addLink(gp, spec.vlan, "tap \(name) in netns \(ns)" + (options.tapOffload ? " (offload)" : ""))
             try epoll.add(fd, events: Epoll.readable, tag: EventKind.port.tag(i))
+        case .transport(let plugged):
+            _ = try addTransport(plugged.factory, policy: spec.vlan)
         }
+    }
+
+    /// Opens a transport with a protocol of its own as one switch port (PortTransport.swift); returns its slot.
+    /// The library attaches at run time through this too.
+    @discardableResult
+    public func addTransport(_ factory: any PortTransportFactory, policy: VLANPolicy) throws -> Int {
+        let t = try factory.make(logger: logger)
+        let gp = GuestPort(kind: .transport(t), epoll: epoll, mtu: options.mtu, logger: logger)
+        let i = try addLink(gp, policy, factory.description, carriesOffloads: factory.carriesOffloads)
+        guard let l = links[i] else { throw RuntimeError("port \(i) vanished") }
+        let context = PortContext(queue: l.queue, mtu: options.mtu, logger: logger, epoll: epoll, slot: i, deliver: { [unowned self] frame, offload in
+            let now = Instant(nanoseconds: Sys.monotonicNanoseconds())
+            self.pcap?.record(frame)
+            self.fabric.receive(from: l.switchPort, frame: frame, offload: offload, now: now) { self.deliverLocal($0, $1, held: t.holdsFrames, now: now) }
+        }, endBatch: { [unowned self] in self.flushGatewaySends() }, peerNews: { [unowned self] connected, peer, reason in
+            if !connected || self.fabric.macs(of: l.switchPort).count > 0 { self.guestsDeparted(l, reason: reason) }
+            self.publishPort(i, connected: connected, description: "\(l.description) peer \(peer)", reason: reason)
+        })
+        do { try t.start(context) } catch {
+            removeLink(i, reason: "failed to start")
+            throw error
+        }
+        return i
     }
 
     func addListener(_ fd: Int32, _ spec: SwitchPortSpec, description: String? = nil) throws {
@@ -234,8 +260,8 @@ public final class SwitchRuntime {
     }
 
     /// A link holds a switch port and an output queue; nil when the switch is full.
-    func addLink(_ port: GuestPort, _ policy: VLANPolicy, _ description: String, hub: Int? = nil) throws -> Int {
-        var offloads = false
+    func addLink(_ port: GuestPort, _ policy: VLANPolicy, _ description: String, hub: Int? = nil, carriesOffloads: Bool = false) throws -> Int {
+        var offloads = carriesOffloads
         if case .tap(let virtioHeader) = port.kind { offloads = virtioHeader }
         let queue = FrameQueue(capacity: SwitchRuntime.linkQueueCapacity, frameHeaderLength: offloads ? VirtioNetHeader.length : 0)
         guard let sp = fabric.addPort(name: description, policy: policy, sink: .queue(queue)) else {
@@ -269,6 +295,7 @@ public final class SwitchRuntime {
             l.port.fd = -1
         }
         if let h = l.hub { hubs[h].peers.removeAll { $0.link == i } }
+        if case .transport(let t) = l.port.kind { t.close() }
         guestsDeparted(l, reason: reason)
         fabric.removePort(l.switchPort)
         links[i] = nil
@@ -412,7 +439,10 @@ public final class SwitchRuntime {
         }
         for l in listeners { lines.append("vnet: listening \(l.description) (\(l.policy))") }
         for h in hubs { lines.append("vnet: datagrams \(h.description) (\(h.policy))") }
-        for case let l? in links { lines.append("vnet: port \(l.switchPort): \(l.description) (\(fabric.ports[l.switchPort]?.policy.description ?? ""))") }
+        for case let l? in links {
+            lines.append("vnet: port \(l.switchPort): \(l.description) (\(fabric.ports[l.switchPort]?.policy.description ?? ""))")
+            if case .transport(let t) = l.port.kind { lines += t.startupLines }
+        }
         if let c = options.controlPath { lines.append("vnet: control socket \(c) (vnet ctl \(c) help)") }
         for (_, m) in portMaps.active { lines.append("vnet: port map \(m.rule.proto.rawValue) \(m.bound) -> \(m.rule.targetDescription):\(m.rule.guestPort)") }
         return lines
@@ -462,13 +492,10 @@ public final class SwitchRuntime {
                 if leaseEventSink != nil { reportLeaseChanges(now: instant) }   // expiries do not bump the generation
             }
             for case let l? in links {
-                guard case .streamConnector = l.port.kind, l.port.fd < 0 else { continue }
-                l.port.tryConnect(now: now)
-                if l.port.fd >= 0 {
-                    if !l.port.connecting { fabric.forgetMACs(of: l.switchPort) }
-                } else {
-                    deadline = min(deadline, l.port.reconnectAt)
-                }
+                if case .streamConnector = l.port.kind, l.port.fd >= 0 { continue }
+                let next = l.port.tick(now: now)
+                if case .streamConnector = l.port.kind, l.port.fd >= 0, !l.port.connecting { fabric.forgetMACs(of: l.switchPort) }
+                if let next { deadline = min(deadline, next) }
             }
             pump(now: now)
             if let gw = gateway { deadline = min(deadline, gw.nextDeadline.nanoseconds) }
@@ -662,6 +689,10 @@ public final class SwitchRuntime {
                 for p in hubs[low].peers { if let l = links[p.link] { l.port.flush(queue: l.queue, now: now) } }
             }
         case .multicastGroup: readMulticast(low, now: now)
+        case .transport:
+            let (slot, token) = PortContext.split(low)
+            guard slot < links.count, let l = links[slot], case .transport(let t) = l.port.kind else { return }
+            t.handle(token: token, events: events, now: now)
         case .command: commands.drain { $0(self) }
         case .forwardTCP, .forwardUDP: acceptPortMap(low, now: now)
         case .control, .controlClient: control?.handle(tag: kind.tag(low), events: events, isListener: kind == .control)
@@ -696,12 +727,13 @@ public final class SwitchRuntime {
             lines.append("port\(i)_tx_bytes \(k.txBytes)")
             lines.append("port\(i)_tx_drops \(k.txDrops)")
             if let l = links[i] {
-                if l.port.isStream { l.port.syncCounters() }
+                l.port.syncCounters()
                 let t = l.port.counters
                 if t.droppedShort > 0 { lines.append("port\(i)_drop_frame_too_short \(t.droppedShort)") }
                 if t.droppedOversize > 0 { lines.append("port\(i)_drop_frame_too_long \(t.droppedOversize)") }
                 if t.sendErrors > 0 { lines.append("port\(i)_send_errors \(t.sendErrors)") }
                 if t.superSegmentsIn > 0 { lines.append("port\(i)_super_segments_in \(t.superSegmentsIn)") }
+                if case .transport(let tr) = l.port.kind { for (n, v) in tr.extraCounters { lines.append("port\(i)_\(n) \(v)") } }
             }
         }
         if let gw = gateway { lines += gw.counters.report }

@@ -84,7 +84,7 @@ extension UserNetRuntime: ControlTarget {
             },
             ControlCommand("pcap-stop", help: "stop the capture") { [unowned self] _ in self.pcapStop() },
             ControlCommand("stats", help: "all counters, drops by reason, flow counts") { [unowned self] _ in self.statsReport() },
-        ]
+        ] + TransportCommand.merged(port.transport.map { [$0] } ?? [])
     }
 
     /// Where the metrics endpoint listens, when it does.
@@ -97,6 +97,7 @@ extension UserNetRuntime: ControlTarget {
         case .streamListener, .streamConnector: "stream"
         case .datagram: "dgram"
         case .tap: "tap"
+        case .transport(let t): t.typeName
         }
     }
 
@@ -169,7 +170,7 @@ extension UserNetRuntime: ControlTarget {
         return ControlResult(value: ["netdev": netdevName, "flows": rows], text: lines.joined(separator: "\n"))
     }
 
-    var portCounters: PortCounters { port.counters }
+    var portCounters: PortCounters { port.currentCounters }
 
     static func human(_ bytes: UInt64) -> String {
         let units = ["B", "KB", "MB", "GB", "TB"]
@@ -179,7 +180,7 @@ extension UserNetRuntime: ControlTarget {
     }
 
     func portsReport() -> ControlResult {
-        let p = port.counters
+        let p = port.currentCounters
         let rxDropped = p.droppedShort &+ p.droppedOversize
         let txDropped = gateway.toGuest.refused
         var text = "\(UserNetRuntime.portName): \(portType) \(port.boundDescription)  \(port.isConnected ? "connected" : "disconnected")\n"
@@ -309,7 +310,7 @@ extension UserNetRuntime: ControlTarget {
         var served: [String: Any] = [:], drops: [String: Any] = [:]
         for s in ServedCounter.allCases { served[s.name] = Int(clamping: c[s]) }
         for d in DropReason.allCases { drops[d.name] = Int(clamping: c[d]) }
-        let p = port.counters
+        let p = port.currentCounters
         drops["port_frame_too_short"] = Int(clamping: p.droppedShort)
         drops["port_frame_too_long"] = Int(clamping: p.droppedOversize)
         drops["port_send_error"] = Int(clamping: p.sendErrors)
@@ -326,7 +327,7 @@ extension UserNetRuntime: ControlTarget {
 
     public func metricsSnapshot() -> MetricsSnapshot {
         var s = MetricsSnapshot()
-        let p = port.counters
+        let p = port.currentCounters
         s.drops = [("port_frame_too_short", p.droppedShort), ("port_frame_too_long", p.droppedOversize),
                    ("port_send_error", p.sendErrors), ("tx_queue_refused", gateway.toGuest.refused)]
         s.addGateway(gateway, now: Instant(nanoseconds: Sys.monotonicNanoseconds()))

@@ -72,6 +72,7 @@ public final class UserNetRuntime {
         }
         var gatewayConfig = options.gateway
         gatewayConfig.guestOffloads = tapFD >= 0 && tapOffload
+        if case .transport(let plugged) = options.transport { gatewayConfig.guestOffloads = plugged.factory.carriesOffloads }
         loop = try EventLoop(signals: .all)
         host = RealHost(epoll: loop.epoll)
         forwards = ForwardListeners(epoll: loop.epoll)
@@ -139,8 +140,13 @@ public final class UserNetRuntime {
             port.fd = tapFD
             try epoll.add(tapFD, events: Epoll.readable, tag: EventKind.port.tag())
             port.boundDescription = "tap \(name) in netns \(netns)"
+        case .transport(let plugged):
+            let t = try plugged.factory.make(logger: logger)
+            port = GuestPort(kind: .transport(t), epoll: epoll, mtu: mtu, logger: logger)
+            port.boundDescription = plugged.description
         }
-        if case .streamListener = port.kind {
+        switch port.kind {
+        case .streamListener, .transport:
             // A QEMU that connected to us and went away (exit, kill, crash) is gone for good: the next connection
             // is a new guest. Its flows and host sockets go at once instead of lingering until they time out.
             // In --connect mode QEMU is the server and outlives a lost connection, so its flows are kept.
@@ -148,12 +154,32 @@ public final class UserNetRuntime {
                 let n = self.gateway.closeAllFlows()
                 if n > 0 { self.logger.info("closed \(n) flows of the disconnected guest") }
             }
+        default:
+            break
         }
         try openForwards()
         try startObservability()
+        if case .transport(let t) = port.kind { try startTransport(t) }
+    }
+
+    /// Wires a transport with a protocol of its own straight to the gateway (PortTransport.swift).
+    func startTransport(_ t: PortTransport) throws {
+        let context = PortContext(queue: gateway.toGuest, mtu: options.gateway.mtu, logger: logger, epoll: epoll, slot: 0, deliver: { [unowned self] frame, offload in
+            if let capture = self.pcap { capture.record(frame) }
+            self.gateway.handleGuestFrame(frame, now: Instant(nanoseconds: Sys.monotonicNanoseconds()),
+                                          checksumPartial: offload?.flags.contains(.needsChecksum) ?? false, held: t.holdsFrames)
+        }, endBatch: { [unowned self] in
+            self.gateway.flushGuestSends()
+            self.gateway.flushPendingAcks()
+        }, peerNews: { [unowned self] connected, peer, reason in
+            self.port.stateObserver?(connected, connected ? peer : reason)
+            if !connected { self.port.disconnectHandler?() }
+        })
+        try t.start(context)
     }
 
     deinit {
+        if case .transport(let t) = port.kind { t.close() }
         // In the sandbox unlink is not allowed: the file stays, and the next start removes it as stale.
         if let p = socketPathToRemove, !sandboxed { unlink(p) }
         forwards.removeSocketFiles()
@@ -270,6 +296,7 @@ public final class UserNetRuntime {
             lines.append("vnet: ipv6 off")
         }
         lines.append("vnet: guest port: \(port.boundDescription)")
+        if case .transport(let t) = port.kind { lines += t.startupLines }
         if c.mapGatewayToHostLoopback {
             lines.append("vnet: guest traffic to \(c.gatewayAddress) reaches host loopback 127.0.0.1 (--no-map-host-loopback turns this off)")
             if c.ipv6Enabled { lines.append("vnet: guest traffic to \(c.ipv6GatewayAddress) reaches host loopback ::1") }
@@ -323,12 +350,10 @@ public final class UserNetRuntime {
         try loop.run(turn: { now in
             gateway.poll(now: Instant(nanoseconds: now))
             if let w = resolvWatcher, let servers = w.poll(nowNanoseconds: now) { applyResolvers(servers) }
-            port.tryConnect(now: now)
+            let portDeadline = port.tick(now: now)
             reportLimits(now: now)
             port.flush(queue: gateway.toGuest, now: now)
-            var deadline = gateway.nextDeadline.nanoseconds
-            if case .streamConnector = port.kind, port.fd < 0 { deadline = min(deadline, port.reconnectAt) }
-            return deadline
+            return min(gateway.nextDeadline.nanoseconds, portDeadline ?? .max)
         }, dispatch: { kind, index, events, now in
             dispatch(kind, index, events: events, now: now)
         }, afterEvents: {
@@ -397,6 +422,8 @@ public final class UserNetRuntime {
                 gateway.flushPendingAcks()
             }
             if events & Epoll.writable != 0 { flushToGuest() }
+        case .transport:
+            if case .transport(let t) = port.kind { t.handle(token: PortContext.split(index).token, events: events, now: now) }
         case .watcher:
             if index < watchers.count { watchers[index]?() }
         case .control, .controlClient:
@@ -410,7 +437,7 @@ public final class UserNetRuntime {
 
     /// All counters, one `name value` per line: gateway served/dropped, then the guest port's.
     public var counterLines: [String] {
-        let p = port.counters
+        let p = port.currentCounters
         var lines = gateway.counters.report
         let portLines: [(String, UInt64)] = [
             ("port_frames_in", p.framesIn), ("port_frames_out", p.framesOut), ("port_super_segments_in", p.superSegmentsIn),
@@ -421,6 +448,7 @@ public final class UserNetRuntime {
             ("drop_control_clients_full", control?.rejectedClients ?? 0),
         ]
         lines += portLines.filter { $0.1 > 0 }.map { "\($0.0) \($0.1)" }
+        if case .transport(let t) = port.kind { lines += t.extraCounters.map { "port_\($0.0) \($0.1)" } }
         return lines
     }
 
