@@ -576,7 +576,12 @@ extension Gateway {
         tcpEngine.ackList.append(i)
     }
 
-    /// Sends the ACKs owed to the guest. Call after a batch of guest frames: one ACK per flow per batch.
+    /// ACKs are owed to the guest (a runtime that busy-polls may let them wait for the host's reply, which
+    /// then carries them: see `flushPendingAcks`).
+    public var hasPendingAcks: Bool { !tcpEngine.ackList.isEmpty }
+
+    /// Sends the ACKs owed to the guest. Call after a batch of guest frames: one ACK per flow per batch. Data
+    /// for the guest that goes out before this carries the ACK instead (counted as `tcp_acks_folded`).
     public func flushPendingAcks() {
         flushGuestSends()  // the ACKs say what the sockets took
         guard !tcpEngine.ackList.isEmpty else { return }
@@ -671,6 +676,7 @@ extension Gateway {
                     advanceSent(&f, by: UInt32(chunk))
                     off += chunk
                 }
+                if f.ackPending { counters.count(.tcpAcksFolded) }
                 f.ackPending = false
                 armRTO(&f, now: now)
                 // A short peek may have stopped at a FIN or a reset that came with the data (no further edge

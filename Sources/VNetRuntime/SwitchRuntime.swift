@@ -471,6 +471,8 @@ public final class SwitchRuntime {
             default: break
             }
         }
+        loop.busyPollNanoseconds = UInt64(options.busyPollMicroseconds) * 1000
+        var ackWait = AckWait()
         try loop.run(turn: { now in
             let instant = Instant(nanoseconds: now)
             var deadline = now + 1_000_000_000
@@ -497,8 +499,13 @@ public final class SwitchRuntime {
         }, dispatch: { kind, index, events, now in
             dispatch(kind, index, events: events, now: now)
         }, afterEvents: {
+            if let gw = gateway, loop.busyPollNanoseconds > 0 { ackWait.afterTurn(gw) }
             pump(now: Sys.monotonicNanoseconds())
             pcap?.flush()
+        }, beforeSleep: {
+            guard let gw = gateway, loop.busyPollNanoseconds > 0, gw.hasPendingAcks else { return }
+            gw.flushPendingAcks()
+            pump(now: Sys.monotonicNanoseconds())
         })
         logger.info("stopping")
         control = nil
@@ -564,7 +571,7 @@ public final class SwitchRuntime {
     func flushGatewaySends() {
         guard let gw = gateway else { return }
         gw.flushGuestSends()
-        gw.flushPendingAcks()
+        if loop.busyPollNanoseconds == 0 { gw.flushPendingAcks() }
     }
 
     func readLink(_ i: Int, now: UInt64) {

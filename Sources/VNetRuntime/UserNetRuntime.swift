@@ -170,7 +170,7 @@ public final class UserNetRuntime {
                                           checksumPartial: offload?.flags.contains(.needsChecksum) ?? false, held: t.holdsFrames)
         }, endBatch: { [unowned self] in
             self.gateway.flushGuestSends()
-            self.gateway.flushPendingAcks()
+            if self.loop.busyPollNanoseconds == 0 { self.gateway.flushPendingAcks() }
         }, peerNews: { [unowned self] connected, peer, reason in
             self.port.stateObserver?(connected, connected ? peer : reason)
             if !connected { self.port.disconnectHandler?() }
@@ -290,6 +290,8 @@ public final class UserNetRuntime {
             default: break
             }
         }
+        loop.busyPollNanoseconds = UInt64(options.busyPollMicroseconds) * 1000
+        var ackWait = AckWait()
         try loop.run(turn: { now in
             gateway.poll(now: Instant(nanoseconds: now))
             if let w = resolvWatcher, let servers = w.poll(nowNanoseconds: now) { applyResolvers(servers) }
@@ -300,8 +302,13 @@ public final class UserNetRuntime {
         }, dispatch: { kind, index, events, now in
             dispatch(kind, index, events: events, now: now)
         }, afterEvents: {
+            if loop.busyPollNanoseconds > 0 { ackWait.afterTurn(gateway) }
             flushToGuest()
             pcap?.flush()
+        }, beforeSleep: {
+            guard loop.busyPollNanoseconds > 0, gateway.hasPendingAcks else { return }
+            gateway.flushPendingAcks()
+            flushToGuest()
         })
         logger.info("stopping")
         printCounters()
@@ -362,7 +369,7 @@ public final class UserNetRuntime {
                     self.gateway.handleGuestFrame(frame, now: instant, checksumPartial: offload?.flags.contains(.needsChecksum) ?? false, held: held)
                 }
                 gateway.flushGuestSends()
-                gateway.flushPendingAcks()
+                if loop.busyPollNanoseconds == 0 { gateway.flushPendingAcks() }
             }
             if events & Epoll.writable != 0 { flushToGuest() }
         case .transport:
@@ -388,7 +395,7 @@ public final class UserNetRuntime {
             ("port_desync_resets", p.desyncResets), ("port_connections", p.connections),
             ("port_rejected_connections", p.rejectedConnections), ("drop_port_send_errors", p.sendErrors),
             ("drop_tx_queue_refused", gateway.toGuest.refused), ("hostfwd_accept_pauses", forwards.acceptPauses), ("accept_pauses", epoll.listenerPauses), ("udp_gso_fallbacks", UInt64(host.udpSegmentationFallbacks)),
-            ("drop_control_clients_full", control?.rejectedClients ?? 0),
+            ("drop_control_clients_full", control?.rejectedClients ?? 0), ("busy_poll_catches", loop.busyPollCatches),
         ]
         lines += portLines.filter { $0.1 > 0 }.map { "\($0.0) \($0.1)" }
         if case .transport(let t) = port.kind { lines += t.extraCounters.map { "port_\($0.0) \($0.1)" } }
