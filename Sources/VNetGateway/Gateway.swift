@@ -32,7 +32,7 @@ public final class Gateway<Host: HostIO> {
     public internal(set) var counters = GatewayCounters()
     public internal(set) var dhcp: DHCPServer
     /// Upstream DNS resolvers (host side), tried in order; set by the runtime from resolv.conf.
-    public var dnsUpstreams: [(IPAddress, UInt16)] { dnsForwarder.upstreams }
+    public var dnsUpstreams: [(IPAddress, UInt16)] { dnsForwarder.upstreams.servers.map { ($0.address, $0.port) } }
     /// Names the gateway's DNS answers itself (see LocalDNSRecords.swift).
     public var localDNS = LocalDNSRecords()
     /// Where the frame being handled came from (vnet nat: its ingress switch port), set by the runtime before
@@ -107,7 +107,7 @@ public final class Gateway<Host: HostIO> {
     }
 
     /// Upstream resolvers of either family: an IPv4 guest's query may go to an IPv6 resolver and back.
-    public func setDNSUpstreams(_ upstreams: [(IPAddress, UInt16)]) { dnsForwarder.upstreams = upstreams }
+    public func setDNSUpstreams(_ upstreams: [(IPAddress, UInt16)]) { dnsForwarder.upstreams.replace(upstreams) }
     @_disfavoredOverload
     public func setDNSUpstreams(_ upstreams: [(IPv4Address, UInt16)]) { setDNSUpstreams(upstreams.map { (IPAddress($0.0), $0.1) }) }
 

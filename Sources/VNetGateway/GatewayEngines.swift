@@ -12,6 +12,7 @@
 // the clock of the current batch.
 
 import VNetBuffers
+import VNetServices
 import VNetWire
 
 /// TCP: the flows, the lists of flows waiting for something, the guest data gathered for one send, timers.
@@ -68,9 +69,9 @@ struct UDPEngine {
 
 /// The DNS forwarder: upstream resolvers, the one in use, and how many UDP flows go to the DNS address.
 struct DNSForwarder {
-    /// Upstream DNS resolvers (host side), tried in order; set by the runtime from resolv.conf.
-    var upstreams: [(IPAddress, UInt16)] = []
-    var upstreamIndex = 0
+    /// Upstream DNS resolvers (host side), tried in order, with failover (VNetServices/DNSUpstreams.swift,
+    /// shared with kernel NAT's forwarder); set by the runtime from resolv.conf.
+    var upstreams = DNSUpstreams()
     /// UDP flows to the DNS address (capped by `config.dnsFlowCapacity`).
     var flowCount = 0
 

@@ -160,17 +160,12 @@ extension Gateway {
     }
 
     /// The upstream new DNS flows use: the first one, or the next after one stopped answering.
-    var currentDNSUpstream: (IPAddress, UInt16)? {
-        dnsUpstreams.isEmpty ? nil : dnsUpstreams[dnsForwarder.upstreamIndex % dnsUpstreams.count]
-    }
+    var currentDNSUpstream: (IPAddress, UInt16)? { dnsForwarder.upstreams.current.map { ($0.address, $0.port) } }
 
     /// The upstream of `flow` failed (ICMP error, or no answer within `dnsFailoverTimeout`): later queries
     /// go to the next resolver, and the flow is closed so the guest's retry opens a flow to it.
     func failOverDNS(_ flow: UDPFlow) {
-        if dnsUpstreams.count > 1, let cur = currentDNSUpstream, cur.0 == flow.hostDestination {
-            dnsForwarder.upstreamIndex = (dnsForwarder.upstreamIndex + 1) % dnsUpstreams.count
-            counters.count(.dnsFailovers)
-        }
+        if dnsForwarder.upstreams.failed(flow.hostDestination) { counters.count(.dnsFailovers) }
         host.close(flow.handle)
         forgetUDPFlow(flow)
     }
@@ -320,7 +315,6 @@ extension Gateway {
 
     public func replaceDNSUpstreams(_ upstreams: [(IPAddress, UInt16)]) {
         setDNSUpstreams(upstreams)
-        dnsForwarder.upstreamIndex = 0
         for i in udpEngine.flows.activeIndices {
             guard let f = udpEngine.flows[i], f.isDNS, f.replyTo == nil else { continue }
             host.close(f.handle)
