@@ -41,9 +41,9 @@ struct KernelNatMode {
         let net = IPv4Network(address: addr, prefixLength: prefix)
         let addressing = try Self.addressing(network: net, gateway: gateway, dhcpRange: dhcpRange)
         let (gw, first) = (addressing.gateway, addressing.dhcpFirst)
-        var maps: [NftPortMap] = []
+        var maps: [HostForward] = []
         for f in portMaps {
-            do { maps.append(try NftPortMap.parse(f, defaultGuest: first)) } catch {
+            do { maps.append(try HostForward.parseKernelPortMap(f, defaultGuest: first)) } catch {
                 throw ValidationError("--port-map: \(error) (with --kernel the VM is an address)")
             }
         }

@@ -83,7 +83,7 @@ public final class SwitchRuntime {
     var hubs: [Hub] = []
     var groups: [MulticastGroup] = []
     /// Port maps with their listening sockets.
-    let portMaps: ForwardListeners<PortMap>
+    let portMaps: ForwardListeners
     /// Work posted from other threads (the library API), run on the loop's thread.
     public let commands: SwitchCommandQueue
     /// Told about lease changes on the loop's thread (the library's lease events).
@@ -331,7 +331,7 @@ public final class SwitchRuntime {
     }
 
     /// Opens a port map's listening socket; returns its slot (an epoll tag, and the handle to remove it by).
-    public func addPortMap(_ m: PortMap) throws -> Int {
+    public func addPortMap(_ m: HostForward) throws -> Int {
         guard gateway != nil else { throw RuntimeError("port maps need the gateway") }
         do { return try portMaps.open(m) } catch { throw RuntimeError("port map \(m): \(error)") }
     }
@@ -341,12 +341,12 @@ public final class SwitchRuntime {
     public func removePortMap(slot i: Int) -> Bool { portMaps.close(i, gateway: gateway) != nil }
 
     /// The port maps in use: slot, rule and the address actually bound.
-    public var activePortMaps: [(slot: Int, map: PortMap, bound: String)] {
+    public var activePortMaps: [(slot: Int, map: HostForward, bound: String)] {
         portMaps.active.map { ($0.slot, $0.entry.rule, $0.entry.bound) }
     }
 
     /// The VM a port map points at now: its address, or its lease host name's current address.
-    func resolve(_ target: PortMap.Target, now: Instant) -> IPAddress? {
+    func resolve(_ target: ForwardTarget, now: Instant) -> IPAddress? {
         switch target {
         case .address(let a): return a
         case .hostName(let n):

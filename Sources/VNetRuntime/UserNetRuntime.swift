@@ -15,6 +15,7 @@ import VNetBuffers
 import VNetGateway
 import VNetHost
 import VNetTransport
+import VNetServices
 import VNetWire
 #if canImport(Glibc)
 import Glibc
@@ -35,7 +36,7 @@ public final class UserNetRuntime {
     let port: GuestPort
     let resolvWatcher: ResolvConfWatcher?
     /// hostfwd rules with their listening sockets.
-    let forwards: ForwardListeners<HostForward>
+    let forwards: ForwardListeners
     var control: ControlServer?
     var pcap: PcapWriter?
     var metricsEndpoint: MetricsEndpoint?
@@ -216,7 +217,7 @@ public final class UserNetRuntime {
         return lines
     }
 
-    typealias ActiveForward = ForwardListeners<HostForward>.Entry
+    typealias ActiveForward = ForwardListeners.Entry
 
     /// Binds every hostfwd listener (an address of 0.0.0.0 binds all, as in QEMU).
     func openForwards() throws {
