@@ -273,3 +273,17 @@ extension Sys {
         }
     }
 }
+
+extension Sys {
+    /// writev(2) of two buffers (a header and a frame) as one write: one TAP frame with its virtio-net header.
+    public static func writeTwo(_ fd: Int32, _ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) -> IOResult {
+        var iov = (iovec(iov_base: UnsafeMutableRawPointer(mutating: a.baseAddress), iov_len: a.count),
+                   iovec(iov_base: UnsafeMutableRawPointer(mutating: b.baseAddress), iov_len: b.count))
+        let n = withUnsafeMutablePointer(to: &iov) { p in
+            p.withMemoryRebound(to: iovec.self, capacity: 2) { v in retryEINTR { writev(fd, a.count > 0 ? v : v + 1, a.count > 0 ? 2 : 1) } }
+        }
+        if n >= 0 { return .done(n) }
+        if errno == EAGAIN || errno == EWOULDBLOCK { return .wouldBlock }
+        return .failed(errno)
+    }
+}
