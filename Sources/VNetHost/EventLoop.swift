@@ -94,27 +94,34 @@ public final class EventLoop {
                 timeout = deadline <= now ? 0 : Int32(min(1000, (deadline - now) / 1_000_000))
             }
             guard running else { break }
-            var count = 0
-            let handle: (UInt64, UInt32) -> Void = { tag, events in
-                count += 1
-                guard let (kind, index) = EventKind.of(tag) else { return }
-                switch kind {
-                case .signal: self.readSignals()
-                case .stopWatch: self.running = false
-                default: dispatch(kind, index, events, Sys.monotonicNanoseconds())
-                }
-            }
+            eventsThisTurn = 0
             if hadEvents && busyPollNanoseconds > 0 {
                 let end = now &+ busyPollNanoseconds
-                repeat { try epoll.wait(timeoutMilliseconds: 0, handle) } while count == 0 && running && Sys.monotonicNanoseconds() < end
-                if count > 0 { busyPollCatches &+= 1 }
+                repeat {
+                    try epoll.wait(timeoutMilliseconds: 0) { tag, events in deliver(tag, events, dispatch) }
+                } while eventsThisTurn == 0 && running && Sys.monotonicNanoseconds() < end
+                if eventsThisTurn > 0 { busyPollCatches &+= 1 }
             }
-            if count == 0 && running {
+            if eventsThisTurn == 0 && running {
                 beforeSleep()
-                try epoll.wait(timeoutMilliseconds: max(timeout, 1), handle)
+                try epoll.wait(timeoutMilliseconds: max(timeout, 1)) { tag, events in deliver(tag, events, dispatch) }
             }
-            hadEvents = count > 0
+            hadEvents = eventsThisTurn > 0
             afterEvents()
+        }
+    }
+
+    /// Events delivered in the current turn.
+    var eventsThisTurn = 0
+
+    @inline(__always)
+    func deliver(_ tag: UInt64, _ events: UInt32, _ dispatch: (EventKind, Int, UInt32, UInt64) -> Void) {
+        eventsThisTurn += 1
+        guard let (kind, index) = EventKind.of(tag) else { return }
+        switch kind {
+        case .signal: readSignals()
+        case .stopWatch: running = false
+        default: dispatch(kind, index, events, Sys.monotonicNanoseconds())
         }
     }
 
