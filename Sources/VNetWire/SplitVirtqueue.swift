@@ -265,10 +265,11 @@ public final class SplitVirtqueue {
         (new &- event &- 1) < (new &- old)
     }
 
-    /// Asks the driver to kick when it adds the next buffer (EVENT_IDX's avail_event; without it kicks are on).
-    public func requestKicks() {
+    /// Asks the driver to kick when it adds its next buffer (EVENT_IDX's avail_event; without it kicks are on).
+    /// `ahead`: chains already available but not taken (a receiver waiting for more than it has).
+    public func requestKicks(ahead: Int = 0) {
         guard eventIndex, let u = used else { return }
-        u.storeBytes(of: lastAvailable, toByteOffset: 4 + 8 * size, as: UInt16.self)
+        u.storeBytes(of: lastAvailable &+ UInt16(truncatingIfNeeded: ahead), toByteOffset: 4 + 8 * size, as: UInt16.self)
         atomicMemoryFence(ordering: .sequentiallyConsistent)
     }
 
