@@ -280,7 +280,7 @@ final class VhostUserPort: PortTransport {
             msg.msg_control = control.baseAddress
             msg.msg_controllen = control.count
             while true {
-                let r = recvmsg(connectionFD, &msg, Int32(MSG_CMSG_CLOEXEC) | Int32(MSG_DONTWAIT))
+                let r = recvmsg(connectionFD, &msg, Int32(MSG_CMSG_CLOEXEC))
                 if r < 0 && errno == EINTR { continue }
                 return r
             }

@@ -10,7 +10,7 @@ public func fuzzVhostUserMessageMain(_ argc: Int32, _ argv: UnsafeMutablePointer
     runFuzzer(argc, argv, fuzzVhostUserMessage)
 }
 
-let replyBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 20, alignment: 8)
+nonisolated(unsafe) let replyBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 20, alignment: 8)
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzVhostUserMessage(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {

@@ -14,14 +14,14 @@ public func fuzzVhostUserRingMain(_ argc: Int32, _ argv: UnsafeMutablePointer<Un
 }
 
 let ramSize = 1 << 16
-let ram = UnsafeMutableRawBufferPointer.allocate(byteCount: ramSize, alignment: 4096)
+nonisolated(unsafe) let ram = UnsafeMutableRawBufferPointer.allocate(byteCount: ramSize, alignment: 4096)
 let guestPhysical: UInt64 = 0x10000
 let qemuVirtual: UInt64 = 0x7f00_0000_0000
-let memory = try! VhostUserMemoryTable(regions: [.init(descriptor: .init(guestPhysicalAddress: guestPhysical, size: UInt64(ramSize),
+nonisolated(unsafe) let memory = try! VhostUserMemoryTable(regions: [.init(descriptor: .init(guestPhysicalAddress: guestPhysical, size: UInt64(ramSize),
                                                                            userAddress: qemuVirtual, mmapOffset: 0), base: ram.baseAddress!)])
-let segments = VirtqueueSegments(capacity: 2048)
-let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: SplitVirtqueue.maximumChainBytes, alignment: 16)
-let queue = SplitVirtqueue()
+nonisolated(unsafe) let segments = VirtqueueSegments(capacity: 2048)
+nonisolated(unsafe) let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: SplitVirtqueue.maximumChainBytes, alignment: 16)
+nonisolated(unsafe) let queue = SplitVirtqueue()
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzVhostUserRing(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
