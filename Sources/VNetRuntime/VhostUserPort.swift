@@ -126,8 +126,13 @@ final class VhostUserPort: PortTransport {
     var description: String { "vhost-user unix:\(path)" + (isConnected ? " (QEMU attached)" : " (waiting for QEMU)") }
 
     var startupLines: [String] {
-        let args = VhostUserTransportFactory.qemuArguments(path: path, memory: "<same as -m>", noMSIX: VhostUserQEMU.needsNoMSIX())
-        return ["vnet: start QEMU with: " + stride(from: 0, to: args.count, by: 2).map { "\(args[$0]) \(args[$0 + 1])" }.joined(separator: " ")]
+        let kvm = VhostUserQEMU.kvmUsable
+        let args = VhostUserTransportFactory.qemuArguments(path: path, memory: "<same as -m>", noMSIX: VhostUserQEMU.needsNoMSIX(kvm: kvm))
+        var lines = ["vnet: start QEMU with: " + stride(from: 0, to: args.count, by: 2).map { "\(args[$0]) \(args[$0 + 1])" }.joined(separator: " ")]
+        if kvm {
+            lines.append("vnet: without KVM (-accel tcg) add vectors=0 to that -device: QEMU 7.2 crashes with vhost-user and MSI-X under TCG")
+        }
+        return lines
     }
 
     var extraCounters: [(String, UInt64)] {
@@ -665,8 +670,15 @@ extension VhostUserMessage {
 
 /// What the QEMU in use needs for vhost-user.
 public enum VhostUserQEMU {
-    /// Whether virtio-net-pci needs `vectors=0` (INTx instead of MSI-X) with vhost-user on this host: QEMU 7.2
-    /// without KVM crashes in vhost_net_start -> msix_set_vector_notifiers once the guest driver starts the
-    /// device. Without /dev/kvm usable the guest runs under TCG, so the printed arguments carry it.
-    public static func needsNoMSIX(kvm: Bool = access("/dev/kvm", R_OK | W_OK) == 0) -> Bool { !kvm }
+    /// Whether virtio-net-pci needs `vectors=0` (INTx instead of MSI-X) with vhost-user. QEMU 7.2 without KVM (TCG)
+    /// crashes in vhost_net_start -> msix_set_vector_notifiers once the guest driver starts the device: with no
+    /// irqfd, its MSI-X unmask path indexes a vector table that was never allocated. Current QEMU sources guard
+    /// that table (virtio_pci_one_vector_unmask touches it only when irqfd is in use), but the first release with
+    /// the guard was not pinned down, so every guest without KVM gets INTx, which costs nothing measurable under
+    /// TCG. With KVM, the irqfd path allocates the table and MSI-X works.
+    public static func needsNoMSIX(kvm: Bool) -> Bool { !kvm }
+
+    /// Whether this host can run KVM guests (/dev/kvm readable and writable): the printed arguments assume the
+    /// guest uses it when it can.
+    public static var kvmUsable: Bool { access("/dev/kvm", R_OK | W_OK) == 0 }
 }

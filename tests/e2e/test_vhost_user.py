@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -218,3 +219,36 @@ def test_nat_bulk_between_vhost_user_and_stream_guests(net):
     c = rig.read_counters(net.nat)
     print("vnet nat counters:", c)
     assert c.get("drop_tcp_bad_checksum", 0) == 0, c
+
+
+def test_vnet_run_vhost_user_adds_the_memory_and_device(guest_image, workdir, log_dir):
+    """`vnet run --vhost-user PATH -- QEMU…` adds the chardev, netdev, device (vectors=0 without KVM) and a memfd
+    of -m's size itself; the guest gets its lease and reaches the host."""
+    sock = Path(workdir) / "run.vhost"
+    with rig.HttpServer({"/": b"hello over vhost-user\n"}) as http:
+        g = rig.Guest(guest_image, nic=False, workdir=workdir, log_dir=log_dir, name="guest-run", memory_mb=192)
+        g.argv = [str(rig.vnet_binary()), "run", "user,id=r0", "--vhost-user", str(sock), "--", *g.argv]
+        with g:
+            lease = g.dhcp()
+            assert (lease["ip"], lease["router"]) == ("10.0.2.15", "10.0.2.2"), lease
+            assert g.check(f"wget -q -O - http://10.0.2.2:{http.port}/") == "hello over vhost-user\n"
+            stderr = Path(g.stderr_log).read_text()
+            assert f"with -netdev vhost-user,id=r0 on {sock}, memfd 192M, vectors=0 (no KVM)" in stderr, stderr
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["-numa", "node"], "already has -numa"),
+    (["-object", "memory-backend-ram,id=m,size=128M"], "already has a memory backend (memory-backend-ram)"),
+    (["-netdev", "user,id=x", "-device", "e1000,netdev=x"], "has a e1000 NIC"),
+], ids=["numa", "memory-backend", "e1000"])
+def test_vnet_run_vhost_user_refuses_what_it_cannot_combine(extra, message, workdir):
+    r = subprocess.run([str(rig.vnet_binary()), "run", "--vhost-user", str(Path(workdir) / "x.sock"), "--",
+                        "qemu-system-x86_64", "-m", "256", *extra], capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0 and message in r.stderr and r.stderr.startswith("vnet: error:"), r.stderr
+    assert "Traceback" not in r.stderr and "Fatal" not in r.stderr
+
+
+def test_vhost_user_is_one_transport_among_others(workdir):
+    r = subprocess.run([str(rig.vnet_binary()), "user", "--vhost-user", str(Path(workdir) / "a"), "--socket",
+                        str(Path(workdir) / "b")], capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0 and "choose one transport" in r.stderr and "--vhost-user" in r.stderr, r.stderr
