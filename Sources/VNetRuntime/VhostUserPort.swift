@@ -446,6 +446,13 @@ final class VhostUserPort: PortTransport {
             defer { if fd >= 0 { Sys.close(fd) } }
             let (total, overflow) = r.mmapOffset.addingReportingOverflow(r.size)
             guard !overflow, total <= UInt64(Int.max), fd >= 0 else { unmap(newMappings); return false }
+            // Pages past the end of the file would fault (SIGBUS) when touched: the region must lie inside it.
+            var st = stat()
+            guard fstat(fd, &st) == 0, st.st_size >= 0, UInt64(st.st_size) >= total else {
+                logger.warning("vhost-user: region \(k) (\(total) bytes with its offset) is larger than its file")
+                unmap(newMappings)
+                return false
+            }
             guard let p = mmap(nil, Int(total), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), p != MAP_FAILED else {
                 logger.warning("vhost-user: mapping region \(k) (\(total) bytes): \(Sys.errnoString(errno))")
                 unmap(newMappings)

@@ -285,5 +285,18 @@ def test_broken_ring_is_stopped_and_counted(vnet, case):
         fe.close()
 
 
+def test_region_larger_than_its_file_is_refused(vnet):
+    """A region past the end of its memfd would fault when touched: SET_MEM_TABLE fails (REPLY_ACK says 1)."""
+    fe = Frontend(vnet[1])
+    try:
+        assert fe.request_u64(GET_PROTOCOL_FEATURES) & REPLY_ACK
+        fe.send(SET_PROTOCOL_FEATURES, struct.pack("<Q", REPLY_ACK))
+        table = struct.pack("<II", 1, 0) + struct.pack("<QQQQ", 0, 2 * RAM, QEMU_VA, 0)
+        assert fe.acked(SET_MEM_TABLE, table, [fe.fd]) == 1
+        assert fe.request_u64(GET_FEATURES) == fe.offered
+    finally:
+        fe.close()
+
+
 def test_vnet_still_serves_after_every_hostile_case(vnet):
     good_round_trip(vnet[1])
