@@ -6,7 +6,10 @@
 // and exits with QEMU's status. `--device` is checked against that QEMU's `-nic model=help` (NICModels.swift),
 // with `--mac`, `--vectors` (virtio only) and the model's largest MTU; `--list-models` prints the list. SIGINT/SIGTERM to vnet are passed on to QEMU. One command, like `pasta -- cmd`.
 // Every `vnet user` option applies (QEMU's option string, --control, --pcap, --metrics, …) except the
-// transport flags: the transport is always this private socket.
+// transport flags: the transport is always this private socket, or with `--vhost-user PATH` a vhost-user socket
+// at PATH: then vnet appends the chardev (reconnect=1), `-netdev vhost-user`, the virtio-net-pci device
+// (vectors=0 when the command does not ask for KVM) and a shared memfd of -m's size as NUMA node 0
+// (`VhostUserRunPlan`), refusing a command that places guest memory itself or has another NIC model.
 
 import ArgumentParser
 import CVNetShim
@@ -23,6 +26,8 @@ struct RunCommand: ParsableCommand {
         discussion: """
         vnet appends '-netdev stream,id=ID,server=off,addr.type=unix,addr.path=SOCKET -device MODEL,netdev=ID' to
         QEMU's arguments (ID is the option string's id=, else vnet0), runs QEMU and tears the network down when it exits.
+        With --vhost-user PATH it appends '-chardev socket,…,path=PATH,reconnect=1 -netdev vhost-user,… -device
+        virtio-net-pci,…[,vectors=0] -object memory-backend-memfd,…,size=<-m>,share=on -numa node,memdev=…' instead.
         """)
 
     @OptionGroup var user: UserCommand

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import socket
 import subprocess
 import threading
@@ -252,3 +253,28 @@ def test_vhost_user_is_one_transport_among_others(workdir):
     r = subprocess.run([str(rig.vnet_binary()), "user", "--vhost-user", str(Path(workdir) / "a"), "--socket",
                         str(Path(workdir) / "b")], capture_output=True, text=True, timeout=30)
     assert r.returncode != 0 and "choose one transport" in r.stderr and "--vhost-user" in r.stderr, r.stderr
+
+
+def test_qemu_gone_ends_its_flows(net):
+    """QEMU killed: the vhost-user port of vnet nat sees the socket close and ends the guest's flows (the host peer
+    of its TCP connection sees it closed), as for a stream port. Runs last: it ends guest A."""
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    srv.settimeout(30)
+    try:
+        port = srv.getsockname()[1]
+        net.a.start_background(f"sleep 600 | nc 192.168.122.1 {port}", "held")
+        conn, _ = srv.accept()
+        with conn:
+            conn.settimeout(15)
+            os.kill(net.a.pid, signal.SIGKILL)
+            start = time.monotonic()
+            try:
+                assert conn.recv(1) == b""
+            except ConnectionResetError:
+                pass
+            print(f"vhost-user: the host peer saw the flow end {time.monotonic() - start:.1f} s after QEMU died")
+        assert rig.read_counters(net.nat).get("flows_closed_guest_gone", 0) == 1
+    finally:
+        srv.close()
