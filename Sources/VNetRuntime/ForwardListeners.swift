@@ -104,13 +104,13 @@ final class ForwardListeners<Rule: ForwardRule> {
     }
 
     func openUnix(_ rule: Rule, path: String, slot: Int) throws -> Int {
-        let fd = try UserNetRuntime.listenUnix(path: path)
+        let fd = try Sys.listenUnix(path: path)
         do {
             if rule.unixMode != 0o600, chmod(path, mode_t(rule.unixMode)) != 0 { throw SyscallError("chmod", errno) }
             try epoll.add(fd, events: Epoll.readable, tag: EventKind.forwardTCP.tag(slot))
         } catch {
             Sys.close(fd)
-            unlink(path)
+            Sys.unlink(path)
             throw error
         }
         let entry = Entry(rule: rule, fd: fd, bound: "unix:\(path)")
@@ -132,7 +132,7 @@ final class ForwardListeners<Rule: ForwardRule> {
     /// Removes the socket files of the unix listeners (at exit).
     func removeSocketFiles() {
         guard mayUnlink else { return }
-        for case let e? in entries { if let p = e.rule.unixPath { unlink(p) } }
+        for case let e? in entries { if let p = e.rule.unixPath { Sys.unlink(p) } }
     }
 
     /// The address and port a unix client appears from (loopback, so the guest sees the gateway).
@@ -149,7 +149,7 @@ final class ForwardListeners<Rule: ForwardRule> {
         epoll.remove(e.fd)
         if e.rule.proto == .udp { gateway?.forgetForwardedUDP(listener: e.fd) }
         Sys.close(e.fd)
-        if let p = e.rule.unixPath, mayUnlink { unlink(p) }
+        if let p = e.rule.unixPath, mayUnlink { Sys.unlink(p) }
         entries[slot] = nil
         return e
     }

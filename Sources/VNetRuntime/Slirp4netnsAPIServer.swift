@@ -31,14 +31,14 @@ public final class Slirp4netnsAPIServer: Slirp4netnsForwarder {
         self.runtime = runtime
         self.path = path
         api = Slirp4netnsAPI(defaultGuestAddress: defaultGuestAddress, dhcpStart: runtime.options.gateway.dhcpStart)
-        listenFD = try UserNetRuntime.listenUnix(path: path)
+        listenFD = try Sys.listenUnix(path: path)
         try runtime.watch(listenFD) { [unowned self] in self.acceptClients() }
     }
 
     deinit {
         for c in clients { Sys.close(c.fd) }
         Sys.close(listenFD)
-        if !runtime.sandboxed { unlink(path) }
+        if !runtime.sandboxed { Sys.unlink(path) }
     }
 
     func acceptClients() {

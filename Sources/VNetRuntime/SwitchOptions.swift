@@ -149,6 +149,8 @@ public struct SwitchOptions: Sendable {
     /// `.tap` ports: open them with IFF_VNET_HDR and checksum/TSO offload (on unless --no-tap-offload). The
     /// switch finishes offloaded frames in software for ports without offload.
     public var tapOffload = true
+    /// `--busy-poll USEC`: keep polling that long after a turn with events before sleeping (0: off).
+    public var busyPollMicroseconds = 0
     /// `vnet nat`: the built-in gateway (DHCP, DNS, NAT) on the segment, and where it sits.
     public var gateway: GatewayConfig? = nil
     public var gatewayVLAN: UInt16 = VLANPolicy.defaultVLAN
