@@ -123,20 +123,15 @@ struct RunCommand: ParsableCommand {
         let (runtime, lines) = try user.startRuntime(options, extra: cleaned)
         runtime.announceFD = 2
         var pid: Int32 = 0
-        let pidfd = RunCommand.spawn(argv, pid: &pid)
+        let pidfd = Sys.spawn(argv, pid: &pid)
         guard pidfd >= 0 else { throw RuntimeFailure("cannot start \(qemu[0]): \(String(cString: strerror(-pidfd)))") }
         try runtime.stopWhenReadable(pidfd)
         try runtime.run(extraStartupLines: lines + ["vnet: started \(qemu[0]) (pid \(pid)) with -netdev vhost-user,id=\(id) on \(socket), memfd \(plan.memory)\(plan.noMSIX ? ", vectors=0 (no KVM)" : "")"])
-        var status = vnet_wait_child_nohang(pid)
-        if status == nil {
-            kill(pid, SIGTERM)
-            status = Int(vnet_wait_child(pid))
-        }
-        let code = status.map { $0 < 0 ? 0 : $0 } ?? 0
-        close(pidfd)
-        unlink(socket)
-        let message = "vnet: \(qemu[0]) exited with status \(code); network torn down\n"
-        _ = message.withCString { write(2, $0, strlen($0)) }
+        let status = Sys.childStatus(pid) ?? Sys.terminateChild(pid)
+        let code = max(status, 0)
+        Sys.close(pidfd)
+        Sys.unlink(socket)
+        Sys.writeLine(2, "vnet: \(qemu[0]) exited with status \(code); network torn down")
         Glibc.exit(Int32(code))
     }
 

@@ -143,7 +143,7 @@ final class VhostUserPort: PortTransport {
 
     func start(_ context: PortContext) throws {
         self.context = context
-        listenFD = try UserNetRuntime.listenUnix(path: path)
+        listenFD = try Sys.listenUnix(path: path)
         try context.register(listenFD, events: Epoll.readable, token: VhostUserPort.listenerToken)
     }
 

@@ -80,8 +80,8 @@ def domains(libvirtd, guest_image, module_workdir, module_log_dir):
                     r = sh("virsh", "-c", URI, "create", path, check=False)
                     assert r.returncode == 0, r.stderr
                     made.append(name)
-                for k, name in enumerate(made):
-                    sessions.append(SerialSession(wd / f"vhost{k}.serial", module_log_dir / f"vhost{k}.serial.log", name))
+                    # At once: the console socket drops what the guest prints before someone is connected.
+                    sessions.append(SerialSession(serial, module_log_dir / f"vhost{k}.serial.log", name))
                 yield SimpleNamespace(vnet=vnet, a=sessions[0], b=sessions[1], names=made)
             finally:
                 for name in made:
