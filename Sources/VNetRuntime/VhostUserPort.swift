@@ -17,10 +17,11 @@
 //     while rings run: the new regions are mapped, the rings re-placed, then the old regions unmapped;
 //   - NEED_REPLY (with REPLY_ACK) is answered with 0 on success and 1 on failure; a malformed message (wrong
 //     size, wrong fd count, bad version) ends the connection, an unknown one is refused and counted;
-//   - TX (guest -> vnet): on a kick each chain's readable buffers are gathered into one preallocated frame
-//     buffer (12-byte virtio-net header first), checked like a TAP read with IFF_VNET_HDR, and handed to
-//     `context.deliver` with the header when it carries an offload; the chain goes back used, the guest is
-//     called if EVENT_IDX (or the NO_INTERRUPT flag) says so;
+//   - TX (guest -> vnet): on a kick each chain's readable buffers are copied out of guest memory (12-byte
+//     virtio-net header first) into a preallocated arena, checked like a TAP read with IFF_VNET_HDR, and handed to
+//     `context.deliver` with the header when it carries an offload; the frames stay in the arena until the batch
+//     ends (`holdsFrames`), so the gateway gathers the TCP data of many guest segments into one host send; the
+//     chain goes back used at once, and the guest is called if EVENT_IDX (or the NO_INTERRUPT flag) says so;
 //   - RX (vnet -> guest): `flush` takes frames from `context.queue` (each behind a 10-byte virtio-net header: the
 //     port `carriesOffloads`, so the gateway hands over 64 KiB super-segments and partial checksums) and writes
 //     header + frame across as many guest buffers as it needs (MRG_RXBUF's num_buffers). What the guest did not
@@ -105,7 +106,12 @@ final class VhostUserPort: PortTransport {
     let control = UnsafeMutableRawBufferPointer.allocate(byteCount: 512, alignment: 16)
     let reply = UnsafeMutableRawBufferPointer.allocate(byteCount: 32, alignment: 16)
     static let frameCapacity = VirtioNetDeviceHeader.mergeableLength + 65_535 + 14 + 4
-    let txFrame = UnsafeMutableRawBufferPointer.allocate(byteCount: VhostUserPort.frameCapacity, alignment: 16)
+    /// TX frames are copied out of guest memory (the guest may rewrite its buffers at any time) into this arena, one
+    /// after another, and stay there until the batch is handed on (`holdsFrames`: the gateway gathers TCP data
+    /// across them, one host send for many guest segments); a full arena ends the batch first.
+    static let arenaCapacity = 512 * 1024
+    let txArena = UnsafeMutableRawBufferPointer.allocate(byteCount: VhostUserPort.arenaCapacity, alignment: 16)
+    var arenaUsed = 0
     let segmentScratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 65_536 + 128, alignment: 16)
     let header = UnsafeMutableRawBufferPointer.allocate(byteCount: VirtioNetDeviceHeader.mergeableLength, alignment: 16)
     let segments = VirtqueueSegments(capacity: SplitVirtqueue.maximumIndirect + 1024)
@@ -117,12 +123,13 @@ final class VhostUserPort: PortTransport {
     }
 
     deinit {
-        message.deallocate(); control.deallocate(); reply.deallocate(); txFrame.deallocate()
+        message.deallocate(); control.deallocate(); reply.deallocate(); txArena.deallocate()
         segmentScratch.deallocate(); header.deallocate()
     }
 
     var typeName: String { "vhost-user" }
     var isConnected: Bool { connectionFD >= 0 }
+    var holdsFrames: Bool { true }
     var description: String { "vhost-user unix:\(path)" + (isConnected ? " (QEMU attached)" : " (waiting for QEMU)") }
 
     var startupLines: [String] {
@@ -517,8 +524,19 @@ final class VhostUserPort: PortTransport {
             for _ in 0 ..< n {
                 let head: UInt16
                 do { head = try q.nextChain(memory: memory, into: segments) } catch { ringFailed(1, error); break }
-                let length = segments.gatherReadable(into: txFrame)
-                if segments.readableBytes > txFrame.count { counters.droppedOversize &+= 1 } else { deliverFrame(length: length, headerLength: hl) }
+                let need = segments.readableBytes
+                if need > VhostUserPort.frameCapacity {
+                    counters.droppedOversize &+= 1
+                } else {
+                    if arenaUsed + need > txArena.count {
+                        context.deliveredBatch()   // the gateway sends what it gathered from the arena before it is reused
+                        arenaUsed = 0
+                    }
+                    let slot = UnsafeMutableRawBufferPointer(rebasing: txArena[arenaUsed ..< arenaUsed + need])
+                    let length = segments.gatherReadable(into: slot)
+                    deliverFrame(UnsafeRawBufferPointer(slot.slice(0 ..< length)), headerLength: hl)
+                    arenaUsed += (length + 15) & ~15
+                }
                 q.writeUsed(id: head, length: 0)
                 q.advanceUsed()
                 delivered += 1
@@ -533,11 +551,12 @@ final class VhostUserPort: PortTransport {
             }
         }
         if delivered > 0 { context.deliveredBatch() }
+        arenaUsed = 0
     }
 
-    func deliverFrame(length n: Int, headerLength hl: Int) {
+    func deliverFrame(_ all: UnsafeRawBufferPointer, headerLength hl: Int) {
+        let n = all.count
         guard n >= hl + FrameLimits.minimumFrame else { counters.droppedShort &+= 1; return }
-        let all = UnsafeRawBufferPointer(txFrame.slice(0 ..< n))
         guard let h = try? VirtioNetHeader.parse(all) else { counters.droppedShort &+= 1; return }
         let frameLength = n - hl
         let limit: Int
