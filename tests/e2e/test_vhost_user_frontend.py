@@ -300,3 +300,12 @@ def test_region_larger_than_its_file_is_refused(vnet):
 
 def test_vnet_still_serves_after_every_hostile_case(vnet):
     good_round_trip(vnet[1])
+
+
+def test_sandboxed_vnet_serves_a_frontend(workdir, log_dir):
+    """Under --sandbox (seccomp, no capabilities) the port still maps the memfd, takes fds and moves frames."""
+    path = Path(workdir) / "sandboxed.vhost"
+    with rig.VnetProcess(["user", "--vhost-user", path, "--sandbox"], log_dir=log_dir, name="vnet-sandboxed") as v:
+        v.wait_for_line(r"^vnet: ready$", timeout=10)
+        good_round_trip(path)
+        assert rig.read_counters(v).get("dhcp_replies", 0) == 1
