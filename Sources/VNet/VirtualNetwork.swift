@@ -182,6 +182,18 @@ public final class VirtualNetwork: Service, @unchecked Sendable {
         }
     }
 
+    /// Serves a vhost-user socket at `unixPath` for one QEMU (`-chardev socket,path=…,reconnect=1 -netdev
+    /// vhost-user,chardev=…`, with the guest's RAM in a shared memfd): the guest's virtio-net rings are read and
+    /// written in place, with checksum and TCP segmentation offload. One port; QEMU may leave and come back.
+    @discardableResult
+    public func attachVhostUser(unixPath: String) async throws -> PortID {
+        try await perform { rt in
+            do {
+                return PortID(rawValue: try rt.addTransport(VhostUserTransportFactory(path: unixPath), policy: .access(VLANPolicy.defaultVLAN)))
+            } catch { throw VirtualNetworkError.system("\(error)") }
+        }
+    }
+
     /// Removes a port and closes its descriptor; false when there was no such port.
     @discardableResult
     public func detach(_ port: PortID) async throws -> Bool {

@@ -6,7 +6,10 @@
 // and exits with QEMU's status. `--device` is checked against that QEMU's `-nic model=help` (NICModels.swift),
 // with `--mac`, `--vectors` (virtio only) and the model's largest MTU; `--list-models` prints the list. SIGINT/SIGTERM to vnet are passed on to QEMU. One command, like `pasta -- cmd`.
 // Every `vnet user` option applies (QEMU's option string, --control, --pcap, --metrics, …) except the
-// transport flags: the transport is always this private socket.
+// transport flags: the transport is always this private socket, or with `--vhost-user PATH` a vhost-user socket
+// at PATH: then vnet appends the chardev (reconnect=1), `-netdev vhost-user`, the virtio-net-pci device
+// (vectors=0 when the command does not ask for KVM) and a shared memfd of -m's size as NUMA node 0
+// (`VhostUserRunPlan`), refusing a command that places guest memory itself or has another NIC model.
 
 import ArgumentParser
 import CVNetShim
@@ -24,6 +27,8 @@ struct RunCommand: ParsableCommand {
         discussion: """
         vnet appends '-netdev stream,id=ID,server=off,addr.type=unix,addr.path=SOCKET -device MODEL,netdev=ID' to
         QEMU's arguments (ID is the option string's id=, else vnet0), runs QEMU and tears the network down when it exits.
+        With --vhost-user PATH it appends '-chardev socket,…,path=PATH,reconnect=1 -netdev vhost-user,… -device
+        virtio-net-pci,…[,vectors=0] -object memory-backend-memfd,…,size=<-m>,share=on -numa node,memdev=…' instead.
         """)
 
     @OptionGroup var user: UserCommand
@@ -58,9 +63,11 @@ struct RunCommand: ParsableCommand {
         if options.sandbox {
             throw ValidationError("--sandbox is not available with vnet run: it waits for and stops QEMU, which the sandbox forbids; run 'vnet user --sandbox' and QEMU separately")
         }
-        guard options.transportIsDefault else {
+        let vhostUser = user.vhostUserPath
+        guard options.transportIsDefault || vhostUser != nil else {
             throw ValidationError("vnet run chooses the transport itself: drop --socket, --listen, --connect, --dgram and --tap")
         }
+        if let path = vhostUser { try runVhostUser(qemu: qemu, nic: nic, socket: path, options: options, extra: extra) }
         extra.removeAll { $0.hasPrefix("vnet: start QEMU with:") || $0.hasPrefix(NICModels.pickHintPrefix) }
         guard let dir = Sys.makeTemporaryDirectory("/tmp/vnet-run-XXXXXX") else {
             throw RuntimeFailure("cannot create a temporary folder: \(Sys.errnoString(errno))")
@@ -86,6 +93,44 @@ struct RunCommand: ParsableCommand {
         Sys.close(pidfd)
         Sys.unlink(socket)
         Sys.removeDirectory(dir)
+        Sys.writeLine(2, "vnet: \(qemu[0]) exited with status \(code); network torn down")
+        Glibc.exit(Int32(code))
+    }
+
+    /// `vnet run --vhost-user PATH`: QEMU reaches vnet over vhost-user at PATH, with the shared memory it needs (a
+    /// memfd backend of the size -m gives, 128M by default, as NUMA node 0) added here; `vectors=0` when the guest
+    /// runs without KVM (VhostUserQEMU). Refuses a command that places memory itself (-numa, a memory backend) and
+    /// a NIC model other than virtio-net.
+    func runVhostUser(qemu: [String], nic: String, socket: String, options: RuntimeOptions, extra: [String]) throws -> Never {
+        var options = options
+        let model = String(nic.prefix { $0 != "," })
+        guard model == "virtio-net-pci" else {
+            throw ValidationError("--vhost-user needs a virtio-net-pci NIC, not \(model)")
+        }
+        let plan = try VhostUserRunPlan(qemu: qemu)
+        options.transport = .transport(PluggedTransport(VhostUserTransportFactory(path: socket)))
+        options.transportIsDefault = false
+        options.nicModel = model
+        let id = options.gateway.id ?? "vnet0"
+        var device = "\(nic),netdev=\(id)"
+        if plan.noMSIX && vectors == nil { device += ",vectors=0" }
+        let argv = qemu + ["-chardev", "socket,id=\(id)-chr,path=\(socket),reconnect=1",
+                           "-netdev", "vhost-user,id=\(id),chardev=\(id)-chr",
+                           "-device", device,
+                           "-object", "memory-backend-memfd,id=\(id)-mem,size=\(plan.memory),share=on",
+                           "-numa", "node,memdev=\(id)-mem"]
+        let cleaned = extra.filter { !$0.hasPrefix("vnet: start QEMU with:") && !$0.hasPrefix(NICModels.pickHintPrefix) }
+        let (runtime, lines) = try user.startRuntime(options, extra: cleaned)
+        runtime.announceFD = 2
+        var pid: Int32 = 0
+        let pidfd = Sys.spawn(argv, pid: &pid)
+        guard pidfd >= 0 else { throw RuntimeFailure("cannot start \(qemu[0]): \(String(cString: strerror(-pidfd)))") }
+        try runtime.stopWhenReadable(pidfd)
+        try runtime.run(extraStartupLines: lines + ["vnet: started \(qemu[0]) (pid \(pid)) with -netdev vhost-user,id=\(id) on \(socket), memfd \(plan.memory)\(plan.noMSIX ? ", vectors=0 (no KVM)" : "")"])
+        let status = Sys.childStatus(pid) ?? Sys.terminateChild(pid)
+        let code = max(status, 0)
+        Sys.close(pidfd)
+        Sys.unlink(socket)
         Sys.writeLine(2, "vnet: \(qemu[0]) exited with status \(code); network torn down")
         Glibc.exit(Int32(code))
     }
@@ -129,4 +174,64 @@ struct RunCommand: ParsableCommand {
         return value
     }
 
+}
+
+/// What `vnet run --vhost-user` reads from the QEMU command: the RAM size (-m) for the shared memfd, whether the
+/// guest runs under KVM, and that nothing else places guest memory.
+struct VhostUserRunPlan {
+    var memory = "128M"
+    var noMSIX = true
+
+    init(qemu: [String]) throws {
+        var kvm = false
+        var i = 1
+        while i < qemu.count {
+            let a = qemu[i]
+            let value = i + 1 < qemu.count ? qemu[i + 1] : ""
+            switch a {
+            case "-numa", "--numa":
+                throw ValidationError("--vhost-user: the QEMU command already has -numa; vnet run adds the memfd NUMA node vhost-user needs itself (drop it, or run 'vnet user --vhost-user' and QEMU separately)")
+            case "-object", "--object" where value.hasPrefix("memory-backend"):
+                throw ValidationError("--vhost-user: the QEMU command already has a memory backend (\(value.prefix { $0 != "," })); vnet run adds a shared memfd itself")
+            case "-m", "--m":
+                memory = try VhostUserRunPlan.size(value)
+            case "-enable-kvm", "--enable-kvm":
+                kvm = true
+            case "-accel", "--accel":
+                kvm = value.hasPrefix("kvm")
+            case "-machine", "--machine", "-M":
+                if value.contains("accel=kvm") { kvm = true }
+                if value.contains("memory-backend=") {
+                    throw ValidationError("--vhost-user: the QEMU command already names a memory backend (-machine memory-backend=); vnet run adds a shared memfd itself")
+                }
+            case "-device", "--device":
+                let model = String(value.prefix { $0 != "," })
+                if value.contains("netdev="), model != "virtio-net-pci" {
+                    throw ValidationError("--vhost-user: the QEMU command has a \(model) NIC; vhost-user serves virtio-net only")
+                }
+            default:
+                break
+            }
+            i += 1
+        }
+        // QEMU 7.2 crashes in vhost_net_start -> msix_set_vector_notifiers with vhost-user and MSI-X when there is no
+        // KVM irqfd (TCG): INTx (vectors=0) avoids that path (VhostUserQEMU in VhostUserPort.swift).
+        noMSIX = VhostUserQEMU.needsNoMSIX(kvm: kvm)
+    }
+
+    /// -m's size (`512`, `512M`, `1G`, `size=1G,slots=2,maxmem=4G`) as a QEMU size string; a bare number is MiB.
+    static func size(_ value: String) throws -> String {
+        var v = value
+        if let part = value.split(separator: ",").first(where: { $0.hasPrefix("size=") }) {
+            v = String(part.dropFirst(5))
+        } else if let first = value.split(separator: ",").first {
+            v = String(first)
+        }
+        guard let last = v.last, !v.isEmpty else { throw ValidationError("--vhost-user: cannot read the size in -m \(value)") }
+        let digits = last.isNumber ? v : String(v.dropLast())
+        guard !digits.isEmpty, digits.allSatisfy(\.isNumber), last.isNumber || "kKmMgGtT".contains(last) else {
+            throw ValidationError("--vhost-user: cannot read the size in -m \(value)")
+        }
+        return last.isNumber ? v + "M" : digits + String(last).uppercased()
+    }
 }

@@ -40,6 +40,9 @@ struct SwitchPortFlags: ParsableArguments {
     @Option(name: .customLong("busy-poll"), help: ArgumentHelp("After a turn with events, keep polling this long before sleeping, and let ACKs wait for the reply that carries them: lower latency for request/response traffic at the cost of CPU (0: off).", valueName: "USEC"))
     var busyPoll = 0
 
+    @Option(name: .customLong("vhost-user"), help: "A vhost-user socket for one QEMU (-netdev vhost-user; shared memory rings, offloads) (PATH[,vlan…]). Repeatable.")
+    var vhostUsers: [String] = []
+
     @Option(name: .customLong("control"), help: "A control socket (unix, mode 0600) for `vnet ctl PATH …`: ports, mac-table, leases, dns-*, stats.")
     var controlPath: String?
 
@@ -70,7 +73,7 @@ struct SwitchPortFlags: ParsableArguments {
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "notice"
 
-    var hasPorts: Bool { !(sockets.isEmpty && listens.isEmpty && connects.isEmpty && dgrams.isEmpty && vfkits.isEmpty && mcasts.isEmpty && taps.isEmpty) }
+    var hasPorts: Bool { !(sockets.isEmpty && listens.isEmpty && connects.isEmpty && dgrams.isEmpty && vfkits.isEmpty && mcasts.isEmpty && taps.isEmpty && vhostUsers.isEmpty) }
 
     /// The switch part of the options; `defaultName` names the default socket when no port is given.
     func apply(to o: inout SwitchOptions, defaultName: String) throws -> [String] {
@@ -94,6 +97,16 @@ struct SwitchPortFlags: ParsableArguments {
                 case .success(let s): o.ports.append(s)
                 case .failure(let e): throw ValidationError(e.description)
                 }
+            }
+        }
+        for v in vhostUsers {
+            // PATH[,vlan…] as for --socket; the port is a vhost-user backend instead of a stream listener.
+            switch SwitchPortSpec.parse(flag: "socket", v) {
+            case .success(var s):
+                guard case .unixListen(let path) = s.endpoint else { throw ValidationError("--vhost-user: expected a unix socket PATH, got '\(v)'") }
+                s.endpoint = .transport(PluggedTransport(VhostUserTransportFactory(path: path)))
+                o.ports.append(s)
+            case .failure(let e): throw ValidationError("--vhost-user: \(e.description)")
             }
         }
         var extra: [String] = []

@@ -39,6 +39,9 @@ struct UserCommand: ParsableCommand {
     @Option(name: .customLong("vfkit"), help: "A unixgram socket PATH for vfkit/krunkit (--device virtio-net,unixSocketPath=PATH): the \"VFKT\" handshake, then one frame per datagram.")
     var vfkitPath: String?
 
+    @Option(name: .customLong("vhost-user"), help: "Serve a vhost-user socket at PATH for one QEMU (-netdev vhost-user: the guest's rings in shared memory, with offloads).")
+    var vhostUserPath: String?
+
     @Option(name: .customLong("netns"), help: "Network namespace for --tap: a path such as /run/netns/NAME, or a PID.")
     var netns: String?
 
@@ -99,8 +102,8 @@ struct UserCommand: ParsableCommand {
         gw.mapGatewayToHostLoopback = !noMapHostLoopback
         try policy.apply(to: &gw, singleGuest: true)
 
-        let chosen = [socketPath != nil, listenAddress != nil, connectAddress != nil, dgramAddress != nil, vfkitPath != nil, tapName != nil].filter { $0 }.count
-        guard chosen <= 1 else { throw ValidationError("choose one transport: --socket, --listen, --connect, --dgram, --vfkit or --tap") }
+        let chosen = [socketPath != nil, listenAddress != nil, connectAddress != nil, dgramAddress != nil, vfkitPath != nil, tapName != nil, vhostUserPath != nil].filter { $0 }.count
+        guard chosen <= 1 else { throw ValidationError("choose one transport: --socket, --listen, --connect, --dgram, --vfkit, --tap or --vhost-user") }
         if dgramPeer != nil && dgramAddress == nil { throw ValidationError("--dgram-peer needs --dgram") }
         if (netns != nil) != (tapName != nil) { throw ValidationError("--tap and --netns go together") }
 
@@ -133,6 +136,10 @@ struct UserCommand: ParsableCommand {
             }
         } else if let v = vfkitPath {
             transport = .dgramUnix(path: v.hasPrefix("unixgram:") ? String(v.dropFirst(9)) : v, peer: nil)
+        } else if let v = vhostUserPath {
+            let path = v.hasPrefix("unix:") ? String(v.dropFirst(5)) : v
+            guard !path.isEmpty else { throw ValidationError("--vhost-user: expected a unix socket PATH") }
+            transport = .transport(PluggedTransport(VhostUserTransportFactory(path: path)))
         } else if let t = tapName, let n = netns {
             transport = .tap(netns: n, name: t)
         } else {
