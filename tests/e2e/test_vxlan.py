@@ -16,9 +16,11 @@ never sent out of the other uplink (counted), and a local broadcast goes to both
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import select
+import signal
 import socket
 import struct
 import subprocess
@@ -431,3 +433,76 @@ def test_two_uplinks_never_forward_to_each_other(workdir, log_dir):
     finally:
         r1.close()
         r2.close()
+
+
+def test_open_vswitch_userspace_vxlan_port_reaches_a_vnet_guest(workdir, log_dir, tun_available):
+    """Open vSwitch (userspace datapath, no kernel module) in namespace O: br-int joins namespace C (a veth) and a
+    type=vxlan port; br-phy holds the underlay address. vnet switch in namespace V is the other end, with a
+    kernel stack behind a TAP (namespace G). C and G ping and move data; vnet learns C's MAC behind OVS."""
+    d = Path(workdir)
+    env = dict(os.environ, OVS_RUNDIR=str(d), OVS_DBDIR=str(d), OVS_LOGDIR=str(d), OVS_SYSCONFDIR=str(d))
+    db, dbsock = d / "conf.db", d / "db.sock"
+    pids = []
+
+    def ovs(*args, ns=None, check=True):
+        cmd = ([IP, "netns", "exec", ns] if ns else []) + [str(a) for a in args]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+        if check and r.returncode != 0:
+            raise AssertionError(f"{' '.join(cmd)}: {r.returncode}\n{r.stdout}\n{r.stderr}")
+        return r.stdout
+
+    with Namespaces("ovo", "ovc", "ovv", "ovg") as (o, c, v, g):
+        try:
+            veth(o, v, "198.18.2.100", "198.18.2.2", 24)   # O's kernel address is unused: OVS owns the port
+            uo = f"a{o}"
+            in_ns(o, "ip", "addr", "flush", "dev", uo, check=True)
+            veth(c, o, "10.99.0.1", "10.99.0.100", 24)
+            co = f"b{o}"
+            in_ns(o, "ip", "addr", "flush", "dev", co, check=True)
+            ovs("ovsdb-tool", "create", db, "/usr/share/openvswitch/vswitch.ovsschema")
+            ovs("ovsdb-server", db, f"--remote=punix:{dbsock}", "--detach", f"--pidfile={d / 'ovsdb.pid'}",
+                f"--log-file={log_dir / 'ovsdb.log'}", "--no-chdir", ns=o)
+            pids.append(d / "ovsdb.pid")
+            vsctl = ["ovs-vsctl", f"--db=unix:{dbsock}", "--timeout=30"]
+            ovs(*vsctl, "--no-wait", "init")
+            ovs("ovs-vswitchd", f"unix:{dbsock}", "--detach", f"--pidfile={d / 'vswitchd.pid'}",
+                f"--log-file={log_dir / 'vswitchd.log'}", "--no-chdir", ns=o)
+            pids.append(d / "vswitchd.pid")
+            appctl = ["ovs-appctl", "-t", str(d / f"ovs-vswitchd.{(d / 'vswitchd.pid').read_text().strip()}.ctl")]
+            ovs(*vsctl, "add-br", "br-phy", "--", "set", "bridge", "br-phy", "datapath_type=netdev")
+            ovs(*vsctl, "add-port", "br-phy", uo)
+            in_ns(o, "ip", "addr", "add", "198.18.2.1/24", "dev", "br-phy", check=True)
+            in_ns(o, "ip", "link", "set", "br-phy", "up", check=True)
+            ovs(*appctl, "ovs/route/add", "198.18.2.0/24", "br-phy", ns=o)
+            ovs(*vsctl, "add-br", "br-int", "--", "set", "bridge", "br-int", "datapath_type=netdev")
+            ovs(*vsctl, "add-port", "br-int", co)
+            ovs(*vsctl, "add-port", "br-int", "vx0", "--", "set", "interface", "vx0", "type=vxlan",
+                "options:remote_ip=198.18.2.2", "options:local_ip=198.18.2.1", "options:key=9")
+            ctl_path = d / "ovs-peer.ctl"
+            args = ["switch", "--tap", f"tap0,netns=/run/netns/{g}", "--vxlan", "9,local=198.18.2.2,remote=198.18.2.1",
+                    "--control", ctl_path]
+            with vnet_in(v, args, log_dir, "vnet-ovs-peer") as vnet:
+                in_ns(g, "ip", "addr", "add", "10.99.0.2/24", "dev", "tap0", check=True)
+                in_ns(g, "ip", "link", "set", "tap0", "up", check=True)
+                in_ns(c, "ip", "link", "set", f"a{c}", "mtu", "1450", check=True)
+                wait_ping(c, "10.99.0.2")
+                server = subprocess.Popen([IP, "netns", "exec", g, sys.executable, NETTOOL, "serve", "10.99.0.2", "7200"],
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                try:
+                    assert server.stdout.readline().strip() == "LISTENING"
+                    size = 1 << 20
+                    expected = sh(sys.executable, NETTOOL, "pattern-sha", size).stdout.strip()
+                    assert in_ns(c, sys.executable, NETTOOL, "get", "10.99.0.2", 7200, size, check=True).stdout.strip() == expected
+                    assert in_ns(c, sys.executable, NETTOOL, "put", "10.99.0.2", 7200, size, check=True).stdout.strip() == expected
+                finally:
+                    server.kill()
+                    server.wait()
+                mac_c = in_ns(c, "cat", f"/sys/class/net/a{c}/address").stdout.strip()
+                fdb = ctl(ctl_path, "vxlan-fdb-list", "vni=9")
+                assert re.search(rf"{re.escape(mac_c)}\s+198.18.2.1:4789\s+learned", fdb), fdb
+                c_up = uplink_counters(vnet)
+                assert c_up["vxlan_datagrams_in"] > 0 and c_up["vxlan_drop_bad_flags"] == 0, c_up
+        finally:
+            for p in pids:
+                with contextlib.suppress(OSError, ValueError):
+                    os.kill(int(p.read_text().strip()), signal.SIGTERM)
