@@ -4,7 +4,7 @@
 import PackageDescription
 
 let targets = ["FuzzEthernetARP", "FuzzIPv4Fragments", "FuzzICMP", "FuzzUDP", "FuzzTCP", "FuzzDHCP", "FuzzDNS",
-               "FuzzStreamFraming", "FuzzGateway", "FuzzControl", "FuzzTFTP", "FuzzIPv6", "FuzzFastPaths", "FuzzSlirp4netnsAPI", "FuzzNICModels"]
+               "FuzzStreamFraming", "FuzzGateway", "FuzzControl", "FuzzTFTP", "FuzzIPv6", "FuzzFastPaths", "FuzzSlirp4netnsAPI", "FuzzNICModels", "FuzzVxlan"]
 
 let package = Package(
     name: "VNetFuzz",
