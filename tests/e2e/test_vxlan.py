@@ -189,7 +189,7 @@ def nat4(module_workdir, module_log_dir):
 
 @pytest.fixture(scope="module")
 def nat6(module_workdir, module_log_dir):
-    yield from linux_interop(6, module_workdir, module_log_dir, with_guest_socket=False)
+    yield from linux_interop(6, module_workdir, module_log_dir, with_guest_socket=True)
 
 
 @pytest.fixture(scope="module")
@@ -297,17 +297,21 @@ def test_remotes_and_fdb_over_the_control_socket(nat4, lease4):
     assert f"vxlan vni {VNI} local 198.18.0.1:4789 remotes 198.18.0.2:4789" in ports, ports
 
 
-def test_tcp_both_ways_with_a_qemu_guest_checked_by_sha256(nat4, lease4, guest_image, module_workdir, module_log_dir):
-    guest = rig.Guest(guest_image, ["-netdev", f"stream,id=n0,server=off,addr.type=unix,addr.path={nat4.sock}"],
-                      workdir=module_workdir, log_dir=module_log_dir, name="vxlan-guest", mac="52:54:00:12:21:01", memory_mb=512)
+@pytest.mark.parametrize("family", [4, 6])
+def test_tcp_both_ways_with_a_qemu_guest_checked_by_sha256(family, request, guest_image, module_workdir, module_log_dir):
+    nat = request.getfixturevalue(f"nat{family}")
+    request.getfixturevalue(f"lease{family}")
+    guest = rig.Guest(guest_image, ["-netdev", f"stream,id=n0,server=off,addr.type=unix,addr.path={nat.sock}"],
+                      workdir=module_workdir, log_dir=module_log_dir, name=f"vxlan-guest{family}",
+                      mac=f"52:54:00:12:21:0{family}", memory_mb=512)
     try:
         guest.start()
         g = guest.dhcp()
-        assert g["mtu"] == "1450", g
+        assert g["mtu"] == ("1450" if family == 4 else "1430"), g
         size = BULK_MIB << 20
         expected = sh(sys.executable, NETTOOL, "pattern-sha", size).stdout.strip()
         guest.start_background("nc -l -p 7001 > /tmp/from-b; echo RECEIVED", "from-b")
-        r = in_ns(nat4.ns_b, sys.executable, NETTOOL, "raw-send", g["ip"], 7001, size, timeout=300)
+        r = in_ns(nat.ns_b, sys.executable, NETTOOL, "raw-send", g["ip"], 7001, size, timeout=300)
         assert r.stdout.strip() == "SENT", r.stdout + r.stderr
         guest.wait_background("from-b", r"RECEIVED", timeout=120)
         assert guest.check("sha256sum /tmp/from-b", timeout=60).split()[0] == expected
@@ -315,12 +319,12 @@ def test_tcp_both_ways_with_a_qemu_guest_checked_by_sha256(nat4, lease4, guest_i
         guest.check(f"dd if=/dev/urandom of=/tmp/to-b bs=1048576 count={BULK_MIB} 2>/dev/null", timeout=120)
         sent = guest.check("sha256sum /tmp/to-b", timeout=60).split()[0]
         guest.start_background("nc -l -p 7002 < /tmp/to-b; echo SENT", "to-b")
-        r = in_ns(nat4.ns_b, sys.executable, NETTOOL, "raw-recv", g["ip"], 7002, timeout=300)
+        r = in_ns(nat.ns_b, sys.executable, NETTOOL, "raw-recv", g["ip"], 7002, timeout=300)
         assert r.stdout.split() == [str(size), sent], r.stdout + r.stderr
         guest.wait_background("to-b", r"SENT", timeout=60)
     finally:
         guest.close()
-    c = uplink_counters(nat4.vnet)
+    c = uplink_counters(nat.vnet)
     assert c["vxlan_drop_too_big_for_underlay"] == 0 and c["vxlan_send_errors"] == 0, c
 
 
