@@ -217,6 +217,10 @@ enum VxlanSocketOptions {
     static let ipLevel: Int32 = 0             // IPPROTO_IP
     static let ipv6Level: Int32 = 41          // IPPROTO_IPV6
     static let ipv6Only: Int32 = 26           // IPV6_V6ONLY
+    static let sendBuffer: Int32 = 7          // SO_SNDBUF
+    static let receiveBuffer: Int32 = 8       // SO_RCVBUF
+    static let sendBufferForce: Int32 = 32    // SO_SNDBUFFORCE
+    static let receiveBufferForce: Int32 = 33 // SO_RCVBUFFORCE
 }
 
 /// What an uplink counts beyond the frame counters, each a `port<N>_vxlan_<name>` line in `stats`/metrics.
@@ -466,6 +470,9 @@ public final class VxlanPort: PortTransport {
         let fd = try Sys.socket(family, VxlanSocketOptions.datagram, 0)
         receiveFD = fd
         try configure(fd)
+        // A sender's TCP burst arrives as a train of datagrams: a small receive buffer overflows and the gateway,
+        // which keeps no out-of-order segments, then waits for retransmissions.
+        VxlanPort.setBuffer(fd, VxlanSocketOptions.receiveBuffer, VxlanSocketOptions.receiveBufferForce, 8 << 20)
         do { try Sys.bind(fd, uplink.local.socketAddress) } catch {
             throw RuntimeError("--vxlan \(uplink.vni): cannot bind \(uplink.local): \(error)")
         }
@@ -475,6 +482,7 @@ public final class VxlanPort: PortTransport {
             sendFDs.append(s)
             armed.append(false)
             try configure(s)
+            VxlanPort.setBuffer(s, VxlanSocketOptions.sendBuffer, VxlanSocketOptions.sendBufferForce, 1 << 20)
             do { try Sys.bind(s, VxlanEndpoint(address: uplink.local.address, port: 0).socketAddress) } catch {
                 throw RuntimeError("--vxlan \(uplink.vni): cannot bind a send socket on \(uplink.local.address): \(error)")
             }
@@ -500,6 +508,11 @@ public final class VxlanPort: PortTransport {
             try Sys.setOption(fd, VxlanSocketOptions.ipv6Level, VxlanSocketOptions.ipv6MTUDiscover, VxlanSocketOptions.pmtuDiscoverDo)
             try Sys.setOption(fd, VxlanSocketOptions.ipv6Level, VxlanSocketOptions.ipv6Only, 1)
         }
+    }
+
+    /// Sets a socket buffer size, past net.core.[rw]mem_max when permitted (the FORCE option needs CAP_NET_ADMIN).
+    static func setBuffer(_ fd: Int32, _ option: Int32, _ force: Int32, _ size: Int32) {
+        if (try? Sys.setOption(fd, SOL_SOCKET, force, size)) == nil { try? Sys.setOption(fd, SOL_SOCKET, option, size) }
     }
 
     /// Re-reads the path MTU towards every remote (at start and when remotes change).
