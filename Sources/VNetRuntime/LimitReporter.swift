@@ -14,6 +14,11 @@ struct LimitReporter {
     mutating func report(now: UInt64, counters: GatewayCounters, controlRejected: UInt64, logger: Logger) {
         guard now >= nextReport else { return }
         nextReport = now + LimitReporter.interval
+        let duplicates = counters[.arpDuplicateGateway]
+        if duplicates > (reported[.arpDuplicateGateway] ?? 0) {
+            logger.error("another gateway claims this network's addresses on the segment (drop_arp_duplicate_gateway x\(duplicates - (reported[.arpDuplicateGateway] ?? 0))): run one vnet nat per segment and vnet switch on the other hosts")
+            reported[.arpDuplicateGateway] = duplicates
+        }
         var bitten = GatewayConfig.limitDropReasons.map { ($0.0, counters[$0.0], $0.1) }
         bitten.append((.controlClientsFull, controlRejected, "--limit control-clients"))
         for (reason, count, remedy) in bitten {

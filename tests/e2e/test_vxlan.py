@@ -510,3 +510,19 @@ def test_open_vswitch_userspace_vxlan_port_reaches_a_vnet_guest(workdir, log_dir
             for p in pids:
                 with contextlib.suppress(OSError, ValueError):
                     os.kill(int(p.read_text().strip()), signal.SIGTERM)
+
+
+def test_a_second_gateway_on_the_segment_is_detected_and_logged(workdir, log_dir):
+    """Two `vnet nat` on one VNI (the documented mistake): each announces its address by gratuitous ARP, and
+    each counts and logs the other (drop_arp_duplicate_gateway)."""
+    d = Path(workdir)
+    with Namespaces("dg1", "dg2") as (n1, n2):
+        veth(n1, n2, "198.18.4.1", "198.18.4.2", 24)
+        common = ["--ipv6-prefix", "off", "--network", "10.66.0.0/24", "--log-level", "notice"]
+        a1 = ["nat", "--vxlan", "5,local=198.18.4.1,remote=198.18.4.2", "--leases-file", d / "g1.leases", "--socket", d / "g1.sock"]
+        a2 = ["nat", "--vxlan", "5,local=198.18.4.2,remote=198.18.4.1", "--leases-file", d / "g2.leases", "--socket", d / "g2.sock"]
+        with vnet_in(n1, a1 + common, log_dir, "vnet-gw1") as g1, vnet_in(n2, a2 + common, log_dir, "vnet-gw2") as g2:
+            for g in (g1, g2):
+                # Each sees the other's announcement (the second at its start, the first within 10 s) and says so.
+                g.wait_for_line(r"another gateway claims this network's addresses", timeout=30, stream="stderr")
+                assert rig.read_counters(g).get("drop_arp_duplicate_gateway", 0) >= 1
