@@ -526,3 +526,26 @@ def test_a_second_gateway_on_the_segment_is_detected_and_logged(workdir, log_dir
                 # Each sees the other's announcement (the second at its start, the first within 10 s) and says so.
                 g.wait_for_line(r"another gateway claims this network's addresses", timeout=30, stream="stderr")
                 assert rig.read_counters(g).get("drop_arp_duplicate_gateway", 0) >= 1
+
+
+def test_frames_too_big_for_the_underlay_are_dropped_and_counted(workdir, log_dir):
+    """`--mtu 1500` over a 1500-byte underlay: a full-size frame cannot be carried with DF set. It is dropped and
+    counted, never fragmented, and a frame that fits still goes."""
+    d = Path(workdir)
+    with Namespaces("tb1", "tb2") as (n1, n2):
+        veth(n1, n2, "198.18.5.1", "198.18.5.2", 24)
+        sock = d / "tb.sock"
+        args = ["switch", "--socket", sock, "--mtu", "1500", "--vxlan", "3,local=198.18.5.1,remote=198.18.5.2"]
+        with vnet_in(n1, args, log_dir, "vnet-too-big") as vnet:
+            assert "mtu 1500" in vnet.stdout.text and "underlay mtu 1500" in vnet.stdout.text, vnet.stdout.text
+            peer = StreamPeer(sock)
+            src = bytes.fromhex("525400003001")
+            peer.send(b"\xff" * 6 + src + b"\x08\x00" + b"\x00" * 1500)   # 1514 bytes: 1564 on the wire
+            peer.send(b"\xff" * 6 + src + b"\x08\x00" + b"\x00" * 1450)   # 1464 bytes: exactly 1500 on the wire
+            c = {}
+
+            def counted():
+                nonlocal c
+                c = uplink_counters(vnet)
+                return c.get("vxlan_drop_too_big_for_underlay") == 1 and c.get("vxlan_datagrams_out") == 1
+            rig.wait_for(counted, 10, interval=0.1, message=lambda: f"counters {c}")
