@@ -125,9 +125,6 @@ struct SwitchPortFlags: ParsableArguments {
             let u: VxlanUplink
             do { u = try VxlanUplink.parse(v) } catch { throw ValidationError("\(error)") }
             if uplinks.contains(where: { $0.vni == u.vni }) { throw ValidationError("--vxlan: VNI \(u.vni) given twice") }
-            if uplinks.contains(where: { $0.local == u.local }) {
-                throw ValidationError("--vxlan: local \(u.local) given twice (each uplink needs a local ADDR:PORT of its own)")
-            }
             uplinks.append(u)
             o.ports.append(SwitchPortSpec(endpoint: .transport(PluggedTransport(u)), vlan: .access(u.vlan)))
         }

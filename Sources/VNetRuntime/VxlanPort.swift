@@ -26,6 +26,8 @@
 //     never allocates and never wraps onto a live frame.
 //   - MTU: the underlay MTU is the path MTU towards each remote (IP_MTU on a connected socket), the smallest
 //     wins; the CLI advertises it minus 50 (IPv4) or 70 (IPv6) when no --mtu is given.
+//   - one socket, many VNIs: uplinks of different VNIs on one local ADDR:PORT share its receive socket (the first
+//     reads it and hands each datagram to the uplink of its VNI), as the kernel and OVS do on 4789.
 // Control commands (`vxlan-fdb-add|remove|list`, `vxlan-remote-add|remove|list`) take `vni=` and are answered
 // by the uplink of that VNI only.
 
@@ -402,6 +404,17 @@ final class VxlanUplinkGroup {
         members.removeAll { $0 === p }
         if members.isEmpty { VxlanUplinkGroup.groups[key] = nil }
     }
+
+    /// Receive sockets by local ADDR:PORT. The first uplink on one binds it and reads it (the owner); uplinks of
+    /// other VNIs on the same ADDR:PORT share it, as Linux and OVS serve many VNIs on one 4789 socket. The owner
+    /// hands each datagram to the uplink of its VNI. Used on the loop's thread only.
+    final class SharedSocket {
+        let fd: Int32
+        var owner: VxlanPort
+        var byVNI: [UInt32: VxlanPort] = [:]
+        init(fd: Int32, owner: VxlanPort) { self.fd = fd; self.owner = owner }
+    }
+    var sockets: [VxlanEndpoint: SharedSocket] = [:]
 }
 
 public final class VxlanPort: PortTransport {
@@ -467,16 +480,27 @@ public final class VxlanPort: PortTransport {
         self.context = context
         table.maximumInnerFrame = context.mtu + 14
         let family = uplink.local.family
-        let fd = try Sys.socket(family, VxlanSocketOptions.datagram, 0)
-        receiveFD = fd
-        try configure(fd)
-        // A sender's TCP burst arrives as a train of datagrams: a small receive buffer overflows and the gateway,
-        // which keeps no out-of-order segments, then waits for retransmissions.
-        VxlanPort.setBuffer(fd, VxlanSocketOptions.receiveBuffer, VxlanSocketOptions.receiveBufferForce, 8 << 20)
-        do { try Sys.bind(fd, uplink.local.socketAddress) } catch {
-            throw RuntimeError("--vxlan \(uplink.vni): cannot bind \(uplink.local): \(error)")
+        let g = VxlanUplinkGroup.join(self, loop: ObjectIdentifier(context.epoll))
+        group = g
+        if let shared = g.sockets[uplink.local] {
+            guard shared.byVNI[uplink.vni] == nil else { throw RuntimeError("--vxlan \(uplink.vni): VNI \(uplink.vni) is already on \(uplink.local)") }
+            shared.byVNI[uplink.vni] = self
+            receiveFD = shared.fd
+        } else {
+            let fd = try Sys.socket(family, VxlanSocketOptions.datagram, 0)
+            receiveFD = fd
+            let shared = VxlanUplinkGroup.SharedSocket(fd: fd, owner: self)
+            shared.byVNI[uplink.vni] = self
+            g.sockets[uplink.local] = shared
+            try configure(fd)
+            // A sender's TCP burst arrives as a train of datagrams: a small receive buffer overflows and the
+            // gateway, which keeps no out-of-order segments, then waits for retransmissions.
+            VxlanPort.setBuffer(fd, VxlanSocketOptions.receiveBuffer, VxlanSocketOptions.receiveBufferForce, 8 << 20)
+            do { try Sys.bind(fd, uplink.local.socketAddress) } catch {
+                throw RuntimeError("--vxlan \(uplink.vni): cannot bind \(uplink.local): \(error)")
+            }
+            try context.register(fd, events: Epoll.readable, token: 0)
         }
-        try context.register(fd, events: Epoll.readable, token: 0)
         for i in 0 ..< VxlanPort.sendSockets {
             let s = try Sys.socket(family, VxlanSocketOptions.datagram, 0)
             sendFDs.append(s)
@@ -496,7 +520,6 @@ public final class VxlanPort: PortTransport {
         while bits < slots { bits <<= 1 }
         marks = [UInt64](repeating: 0, count: bits / 64)
         markMask = UInt64(bits - 1)
-        group = VxlanUplinkGroup.join(self, loop: ObjectIdentifier(context.epoll))
     }
 
     func configure(_ fd: Int32) throws {
@@ -524,9 +547,25 @@ public final class VxlanPort: PortTransport {
     }
 
     public func close() {
+        if let g = group, let shared = g.sockets[uplink.local], shared.byVNI[uplink.vni] === self {
+            shared.byVNI[uplink.vni] = nil
+            if shared.owner === self {
+                context?.unregister(shared.fd)
+                if let next = shared.byVNI.values.first(where: { $0.context != nil }),
+                   (try? next.context?.register(shared.fd, events: Epoll.readable, token: 0)) != nil {
+                    shared.owner = next   // the socket stays open for the other VNIs
+                } else {
+                    Sys.close(shared.fd)
+                    g.sockets[uplink.local] = nil
+                }
+            }
+        } else if receiveFD >= 0 {
+            context?.unregister(receiveFD)
+            Sys.close(receiveFD)
+        }
         group?.leave(self)
         group = nil
-        for fd in [receiveFD] + sendFDs where fd >= 0 {
+        for fd in sendFDs where fd >= 0 {
             context?.unregister(fd)
             Sys.close(fd)
         }
@@ -549,22 +588,29 @@ public final class VxlanPort: PortTransport {
         }
         var delivered = false
         let siblings = group.map { $0.members.count > 1 } ?? false
+        // Other VNIs on this socket (see SharedSocket); nil when it is ours alone.
+        let shared = siblings ? group?.sockets[uplink.local].flatMap { $0.byVNI.count > 1 ? $0 : nil } : nil
         for _ in 0 ..< VxlanPort.readsPerEvent {
             var from = SocketAddress()
             guard case .done(let n) = Sys.receiveFrom(receiveFD, into: receiveBuffer, from: &from) else { break }
             guard let source = VxlanEndpoint.sourceAddress(&from) else { table.counters.dropUntrustedSource &+= 1; continue }
             if n > receiveBuffer.count - 1 { table.counters.dropInnerTooLong &+= 1; continue }
             let datagram = UnsafeRawBufferPointer(receiveBuffer.slice(0 ..< n))
-            guard let inner = table.accept(datagram, from: source, now: now) else { continue }
+            // The uplink of the datagram's VNI; a datagram for no uplink is checked (and counted) by this one.
+            var target = self
+            if let shared, n >= VXLANHeader.length, let t = shared.byVNI[UInt32(datagram[4]) << 16 | UInt32(datagram[5]) << 8 | UInt32(datagram[6])] {
+                target = t
+            }
+            guard let inner = target.table.accept(datagram, from: source, now: now), let into = target.context else { continue }
             let frame = datagram.slice(inner)
-            frameCounters.framesIn &+= 1
-            frameCounters.bytesIn &+= UInt64(frame.count)
+            target.frameCounters.framesIn &+= 1
+            target.frameCounters.bytesIn &+= UInt64(frame.count)
             if siblings, let g = group {
-                for s in g.members where s !== self { s.countBefore = s.context?.queue.frameCount ?? 0 }
-                context.deliver(frame, offload: nil)
-                for s in g.members where s !== self { s.markArrivals() }
+                for s in g.members where s !== target { s.countBefore = s.context?.queue.frameCount ?? 0 }
+                into.deliver(frame, offload: nil)
+                for s in g.members where s !== target { s.markArrivals() }
             } else {
-                context.deliver(frame, offload: nil)
+                into.deliver(frame, offload: nil)
             }
             delivered = true
         }

@@ -549,3 +549,46 @@ def test_frames_too_big_for_the_underlay_are_dropped_and_counted(workdir, log_di
                 c = uplink_counters(vnet)
                 return c.get("vxlan_drop_too_big_for_underlay") == 1 and c.get("vxlan_datagrams_out") == 1
             rig.wait_for(counted, 10, interval=0.1, message=lambda: f"counters {c}")
+
+
+def test_two_vnis_share_one_local_port(workdir, log_dir):
+    """Two uplinks (VNI 1 and 2) on one local ADDR:PORT, as Linux and OVS serve many VNIs on 4789: each datagram
+    goes to the uplink of its VNI, trusted by that uplink's remotes only; an unknown VNI is counted."""
+    d = Path(workdir)
+    r1 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    r2 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    r1.bind(("127.0.0.2", 0))
+    r2.bind(("127.0.0.3", 0))
+    p = rig.free_udp_port()
+    sock = d / "shared.sock"
+    args = ["switch", "--socket", sock, "--mtu", "1500",
+            "--vxlan", f"1,local=127.0.0.1:{p},remote=127.0.0.2:{r1.getsockname()[1]}",
+            "--vxlan", f"2,local=127.0.0.1:{p},remote=127.0.0.3:{r2.getsockname()[1]}"]
+    try:
+        with rig.VnetProcess(args, log_dir=log_dir, name="vnet-shared-port") as vnet:
+            ports = {int(m.group(2)): int(m.group(1)) for m in re.finditer(r"^vnet: port (\d+): vxlan vni (\d+)", vnet.stdout.text, re.M)}
+            assert set(ports) == {1, 2}, vnet.stdout.text
+            peer = StreamPeer(sock)
+            frame = b"\xff" * 6 + bytes.fromhex("525400002002") + b"\x08\x06" + b"\x00" * 46
+            r2.sendto(struct.pack("!B3xI", 8, 2 << 8) + frame, ("127.0.0.1", p))   # VNI 2 from its remote
+            assert peer.receive(10)[6:12] == frame[6:12]
+            r2.sendto(struct.pack("!B3xI", 8, 1 << 8) + frame, ("127.0.0.1", p))   # VNI 1 from VNI 2's remote
+            r1.sendto(struct.pack("!B3xI", 8, 3 << 8) + frame, ("127.0.0.1", p))   # a VNI nobody serves
+            c = {}
+
+            def counted():
+                nonlocal c
+                c = rig.read_counters(vnet)
+                v1, v2 = ports[1], ports[2]
+                return (c.get(f"port{v2}_vxlan_datagrams_in") == 1 and c.get(f"port{v1}_vxlan_datagrams_in") == 0
+                        and c.get(f"port{v1}_vxlan_drop_untrusted_source") == 1
+                        and c.get(f"port{v1}_vxlan_drop_unknown_vni", 0) + c.get(f"port{v2}_vxlan_drop_unknown_vni", 0) == 1)
+            rig.wait_for(counted, 10, interval=0.1, message=lambda: f"counters {c}")
+            # A local broadcast leaves by both uplinks, from the shared socket's VNIs.
+            peer.send(b"\xff" * 6 + bytes.fromhex("525400002003") + b"\x08\x06" + b"\x00" * 46)
+            for r, vni in ((r1, 1), (r2, 2)):
+                r.settimeout(10)
+                assert r.recv(65536)[:8] == struct.pack("!B3xI", 8, vni << 8)
+    finally:
+        r1.close()
+        r2.close()
