@@ -1,4 +1,5 @@
 // Logs each limit that bit since the last report, with how often: at most once per interval, never per packet.
+// Also logs a second gateway on the segment (drop_arp_duplicate_gateway, VNetGateway/GatewayAnnounce.swift).
 // Shared by `vnet user` (UserNetRuntime) and `vnet nat` (SwitchRuntime with a gateway).
 
 import Logging
