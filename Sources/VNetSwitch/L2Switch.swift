@@ -86,8 +86,17 @@ public final class L2Switch {
         public var name: String
     }
 
+    /// Writes one frame (after its virtio-net header, empty for a port without offloads) straight to a port's
+    /// device; false when the device is not ready, and the frame is queued instead.
+    public typealias DirectWriter = (_ header: UnsafeRawBufferPointer, _ frame: UnsafeRawBufferPointer) -> Bool
+
     public let maximumPorts: Int
     public private(set) var ports: [Port?]
+    /// Per port: a writer that takes a frame at once when the port's queue is empty (a TAP: one write per frame
+    /// anyway), which spares the copy into the queue. Frames that need a tag added or removed are queued.
+    var directWriters: [DirectWriter?]
+    /// Frames written straight to a port's device, without a copy into its queue.
+    public private(set) var directWrites: UInt64 = 0
     public private(set) var fdb: ForwardingDatabase
     public private(set) var counters = SwitchCounters()
     /// Largest frame accepted (MTU + Ethernet header + one tag).
@@ -105,6 +114,7 @@ public final class L2Switch {
                 ageingTime: Instant.Duration = .seconds(300), mtu: Int = 1500) {
         self.maximumPorts = max(1, maximumPorts)
         ports = Array(repeating: nil, count: self.maximumPorts)
+        directWriters = Array(repeating: nil, count: self.maximumPorts)
         fdb = ForwardingDatabase(capacity: fdbCapacity, perPortQuota: macQuotaPerPort, maximumPorts: self.maximumPorts,
                                  ageingTime: ageingTime)
         maximumFrame = mtu + 18
@@ -119,13 +129,21 @@ public final class L2Switch {
     public func addPort(name: String, policy: VLANPolicy, sink: Sink) -> Int? {
         guard let i = ports.firstIndex(where: { $0 == nil }) else { return nil }
         ports[i] = Port(policy: policy, sink: sink, name: name)
+        directWriters[i] = nil
         return i
+    }
+
+    /// Lets port `i` take frames straight to its device while its queue is empty (see `directWriters`).
+    public func setDirectWriter(port i: Int, _ writer: DirectWriter?) {
+        guard i >= 0 && i < ports.count, ports[i] != nil else { return }
+        directWriters[i] = writer
     }
 
     /// Removes a port and forgets the MACs learned on it.
     public func removePort(_ i: Int) {
         guard i >= 0 && i < ports.count, ports[i] != nil else { return }
         ports[i] = nil
+        directWriters[i] = nil
         fdb.forget(port: i)
     }
 
@@ -245,6 +263,10 @@ public final class L2Switch {
                 }
             }
         case .queue(let q):
+            if shift == 0, q.isEmpty, let write = directWriters[out], writeDirect(frame, header: header, queue: q, write) {
+                directWrites &+= 1
+                break
+            }
             guard let buf = q.reserve(maximumLength: outLength) else {
                 ports[out]!.counters.txDrops &+= 1
                 return drop(.egressQueueFull)
@@ -261,6 +283,17 @@ public final class L2Switch {
         }
         ports[out]!.counters.txPackets &+= 1
         ports[out]!.counters.txBytes &+= UInt64(outLength)
+    }
+
+    /// A frame whose tag stays as it is, written by the port's own writer with the header its queue would keep.
+    @inline(__always)
+    func writeDirect(_ frame: UnsafeRawBufferPointer, header: VirtioNetHeader?, queue q: FrameQueue, _ write: DirectWriter) -> Bool {
+        guard q.frameHeaderLength >= VirtioNetHeader.length else { return write(UnsafeRawBufferPointer(start: nil, count: 0), frame) }
+        return withUnsafeTemporaryAllocation(byteCount: VirtioNetHeader.length, alignment: 8) { h in
+            h.initializeMemory(as: UInt8.self, repeating: 0)
+            header?.emit(into: h)
+            return write(UnsafeRawBufferPointer(h), frame)
+        }
     }
 
     /// Copies `frame` into `buf`, adding, keeping (with `tci`) or removing its 802.1Q tag.
