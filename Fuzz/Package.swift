@@ -5,7 +5,7 @@ import PackageDescription
 
 let targets = ["FuzzEthernetARP", "FuzzIPv4Fragments", "FuzzICMP", "FuzzUDP", "FuzzTCP", "FuzzDHCP", "FuzzDNS",
                "FuzzStreamFraming", "FuzzGateway", "FuzzControl", "FuzzTFTP", "FuzzIPv6", "FuzzFastPaths", "FuzzSlirp4netnsAPI", "FuzzNICModels",
-               "FuzzVhostUserMessage", "FuzzVhostUserRing"]
+               "FuzzVhostUserMessage", "FuzzVhostUserRing", "FuzzVxlan"]
 
 let package = Package(
     name: "VNetFuzz",

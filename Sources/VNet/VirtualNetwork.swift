@@ -194,6 +194,36 @@ public final class VirtualNetwork: Service, @unchecked Sendable {
         }
     }
 
+    /// Joins a VXLAN segment (RFC 7348) as one more port: frames for the VNI go to and come from `remotes`
+    /// (Linux vxlan devices, Open vSwitch, other vnet instances) over UDP from `local`. No root is needed.
+    ///
+    /// Broadcast and unknown unicast go to every remote; inner MACs are learned against the remote they came
+    /// from unless `learning` is false; only datagrams from the remotes' addresses are accepted. The network's
+    /// MTU is not changed: pick ``Configuration/mtu`` at most ``vxlanMTU(local:remotes:)``.
+    /// - Parameters:
+    ///   - vni: the segment (0 to 16777215).
+    ///   - local: `ADDR[:PORT]` to bind (port 4789 unless given; Linux's vxlan device defaults to 8472).
+    ///   - remotes: `ADDR[:PORT]` of each peer, all of the local address's family.
+    @discardableResult
+    public func attachVXLAN(vni: UInt32, local: String, remotes: [String], learning: Bool = true) async throws -> PortID {
+        let spec = ([String(vni), "local=\(local)"] + remotes.map { "remote=\($0)" } + ["learning=\(learning ? "on" : "off")"]).joined(separator: ",")
+        let uplink: VxlanUplink
+        do { uplink = try VxlanUplink.parse(spec) } catch { throw VirtualNetworkError.invalid("\(error)") }
+        return try await perform { rt in
+            do { return PortID(rawValue: try rt.addTransport(uplink, policy: .access(uplink.vlan))) } catch {
+                throw VirtualNetworkError.system("\(error)")
+            }
+        }
+    }
+
+    /// The largest ``Configuration/mtu`` a VXLAN uplink from `local` to `remotes` carries without fragmenting:
+    /// the smallest path MTU towards them less 50 (IPv4) or 70 (IPv6) bytes; nil when there is no route.
+    public static func vxlanMTU(local: String, remotes: [String]) -> Int? {
+        let spec = (["0", "local=\(local)"] + remotes.map { "remote=\($0)" }).joined(separator: ",")
+        guard let u = try? VxlanUplink.parse(spec) else { return nil }
+        return VxlanUplink.segmentMTU([u])
+    }
+
     /// Removes a port and closes its descriptor; false when there was no such port.
     @discardableResult
     public func detach(_ port: PortID) async throws -> Bool {

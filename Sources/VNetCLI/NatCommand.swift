@@ -130,6 +130,7 @@ struct NatCommand: ParsableCommand {
         g.leaseTime = .seconds(leaseTime ?? fileLeaseTime ?? 3600)
         g.domainName = domain ?? file.string("domain")
         g.mtu = o.mtu
+        g.announcesAddress = !portFlags.vxlans.isEmpty   // a segment across hosts: detect a second gateway
         g.id = netName
         if let p = ipv6Prefix ?? file.string("ipv6-prefix") {
             if p == "off" {

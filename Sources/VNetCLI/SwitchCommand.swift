@@ -67,13 +67,22 @@ struct SwitchPortFlags: ParsableArguments {
     @Option(name: .customLong("ageing"), help: "Seconds a learned MAC is kept without traffic (default 300).")
     var ageing: UInt64 = 300
 
-    @Option(name: .customLong("mtu"), help: "Largest IP packet on the segment (576-65520, default 1500).")
-    var mtu: Int = 1500
+    @Option(name: .customLong("vxlan"), help: "A VXLAN uplink, one port per VNI (VNI,local=ADDR[:PORT],remote=ADDR[:PORT][,remote=…][,vlan=N][,learning=on|off]; port 4789 unless given; Linux's vxlan default is 8472). Repeatable.")
+    var vxlans: [String] = []
+
+    @Option(name: .customLong("mtu"), help: "Largest IP packet on the segment (576-65520, default 1500; with --vxlan, the underlay's path MTU less 50 (IPv4) or 70 (IPv6)).")
+    var mtuFlag: Int?
+
+    /// The MTU asked for (1500 unless --mtu or a config file says otherwise).
+    var mtu: Int {
+        get { mtuFlag ?? 1500 }
+        set { mtuFlag = newValue }
+    }
 
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "notice"
 
-    var hasPorts: Bool { !(sockets.isEmpty && listens.isEmpty && connects.isEmpty && dgrams.isEmpty && vfkits.isEmpty && mcasts.isEmpty && taps.isEmpty && vhostUsers.isEmpty) }
+    var hasPorts: Bool { !(sockets.isEmpty && listens.isEmpty && connects.isEmpty && dgrams.isEmpty && vfkits.isEmpty && mcasts.isEmpty && taps.isEmpty && vhostUsers.isEmpty && vxlans.isEmpty) }
 
     /// The switch part of the options; `defaultName` names the default socket when no port is given.
     func apply(to o: inout SwitchOptions, defaultName: String) throws -> [String] {
@@ -110,7 +119,9 @@ struct SwitchPortFlags: ParsableArguments {
             }
         }
         var extra: [String] = []
-        if o.ports.isEmpty {
+        let noLocalPort = o.ports.isEmpty
+        try applyVxlan(to: &o, extra: &extra)
+        if noLocalPort {
             let path = try DefaultSocket.path(id: defaultName)
             o.ports.append(SwitchPortSpec(endpoint: .unixListen(path: path)))
             o.socketIsDefault = true
@@ -122,6 +133,25 @@ struct SwitchPortFlags: ParsableArguments {
             extra.append(NICModels.pickHint(netdev: "n0"))
         }
         return extra
+    }
+
+    /// `--vxlan` uplinks become transport ports; without --mtu, the MTU comes from their underlay.
+    func applyVxlan(to o: inout SwitchOptions, extra: inout [String]) throws {
+        var uplinks: [VxlanUplink] = []
+        for v in vxlans {
+            let u: VxlanUplink
+            do { u = try VxlanUplink.parse(v) } catch { throw ValidationError("\(error)") }
+            if uplinks.contains(where: { $0.vni == u.vni }) { throw ValidationError("--vxlan: VNI \(u.vni) given twice") }
+            uplinks.append(u)
+            o.ports.append(SwitchPortSpec(endpoint: .transport(PluggedTransport(u)), vlan: .access(u.vlan)))
+        }
+        guard mtuFlag == nil, !uplinks.isEmpty else { return }
+        guard let m = VxlanUplink.segmentMTU(uplinks) else {
+            extra.append("vnet: no path MTU towards the vxlan remotes (no route?); mtu stays \(o.mtu)")
+            return
+        }
+        o.mtu = min(max(m, 576), 65520)
+        extra.append("vnet: mtu \(o.mtu) from the vxlan underlay (path MTU less \(uplinks.map(\.overhead).max() ?? 50) bytes of encapsulation)")
     }
 
     static func freshMAC() -> String {

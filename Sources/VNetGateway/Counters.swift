@@ -72,6 +72,8 @@ public enum DropReason: Int, CaseIterable, Sendable {
     case tftpUnknownTransfer
     case tftpTimedOut
     case egressDenied
+    /// An ARP from another station claims one of the gateway's addresses: a second gateway on the segment.
+    case arpDuplicateGateway
 
     public var name: String {
         switch self {
@@ -142,6 +144,7 @@ public enum DropReason: Int, CaseIterable, Sendable {
         case .tftpUnknownTransfer: "tftp_unknown_transfer"
         case .tftpTimedOut: "tftp_timed_out"
         case .egressDenied: "egress_denied"
+        case .arpDuplicateGateway: "arp_duplicate_gateway"
         }
     }
 }

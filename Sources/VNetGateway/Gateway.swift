@@ -62,6 +62,7 @@ public final class Gateway<Host: HostIO> {
     var fragmentIdentification: UInt32 = 0
     let reassembler: Reassembler
     var lastSweep: Instant = .zero
+    var lastAnnouncement: Instant?
     /// Lease host names answered locally, after `localDNS` (see GatewayLocalNames.swift).
     var leaseNames = LocalDNSRecords()
     /// The frame being handled came with a partial layer-4 checksum (see `handleGuestFrame`).
@@ -173,12 +174,16 @@ public final class Gateway<Host: HostIO> {
         sweepRouterAdvertisements(now: now)
         sweepUDP(now: now)
         sweepICMP(now: now)
+        if config.announcesAddress { announceIfDue(now: now) }
     }
 
     // MARK: ARP
 
     func handleARP(_ p: UnsafeRawBufferPointer, ethernet: EthernetHeader) {
         guard let arp = try? ARPPacket.parse(p) else { return drop(.arpMalformed) }
+        // On a segment across hosts: the gateway sends no ARP but replies and its own announcements, and the switch
+        // never reflects, so an ARP from one of its addresses is another station's (GatewayAnnounce.swift).
+        if config.announcesAddress, isGatewayOwned(arp.senderIP) { return drop(.arpDuplicateGateway) }
         if !arp.senderIP.isUnspecified && arp.senderMAC == ethernet.source { learnNeighbour(arp.senderIP, arp.senderMAC) }
         guard arp.operation == .request, isGatewayOwned(arp.targetIP), arp.senderIP != arp.targetIP else { return drop(.arpIgnored) }
         guard let out = toGuest.reserve(maximumLength: 14 + ARPPacket.length) else { return drop(.txQueueFull) }

@@ -26,6 +26,9 @@ public struct GatewayConfig: Sendable {
     /// hold partial checksums and TCP super-segments, and TCP to the guest goes out as super-segments of up to
     /// 64 KiB with partial checksums, cut at the guest's MSS by the kernel.
     public var guestOffloads = false
+    /// Broadcast a gratuitous ARP for the gateway's address now and then (GatewayAnnounce.swift), so that a
+    /// second gateway on a segment that spans hosts sees it and counts `drop_arp_duplicate_gateway`.
+    public var announcesAddress = false
     /// Fixed DHCP bindings (`vnet nat --static-lease`); each address lies in the pool.
     public var staticLeases: [DHCPStaticLease] = []
     /// Guest traffic to the gateway address reaches host loopback (QEMU's behaviour).

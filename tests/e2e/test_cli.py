@@ -32,6 +32,11 @@ CASES = [
     (["user", "--limit", "foo=1"], "--limit: 'foo=1' is not NAME=N"),
     (["user", "--limit", "tcp-half-open=0"], "--limit tcp-half-open must be a number from 1 to 65536"),
     (["user", "--no-such-flag"], "Unknown option '--no-such-flag'"),
+    (["switch", "--vxlan", "x"], "--vxlan: expected VNI (0-16777215) first"),
+    (["switch", "--vxlan", "1,local=198.18.0.1"], "--vxlan 1: at least one remote=ADDR[:PORT] is required"),
+    (["nat", "--vxlan", "1,local=198.18.0.1,remote=2001:db8::1"], "is not of the local address's family"),
+    (["switch", "--vxlan", "1,local=127.0.0.1:4000,remote=127.0.0.2", "--vxlan", "1,local=127.0.0.1:4001,remote=127.0.0.2"],
+     "--vxlan: VNI 1 given twice"),
     (["frobnicate"], "Unexpected argument 'frobnicate'"),
     (["user", "--socket", "/nonexistent-dir/x.sock"], "No such file or directory"),
 ]
