@@ -76,7 +76,7 @@ let package = Package(
         .testTarget(name: "VNetServicesTests", dependencies: ["VNetServices", "VNetWire"]),
         .testTarget(name: "VNetGatewayTests", dependencies: ["VNetGateway", "VNetWire", "VNetServices", "VNetBuffers", "VNetTransport"]),
         .testTarget(name: "VNetSwitchTests", dependencies: ["VNetSwitch", "VNetWire", "VNetBuffers"]),
-        .testTarget(name: "VNetKernelTests", dependencies: ["VNetKernel", "VNetWire"]),
+        .testTarget(name: "VNetKernelTests", dependencies: ["VNetKernel", "VNetServices", "VNetWire"]),
         .testTarget(name: "VNetTransportTests", dependencies: ["VNetTransport", "VNetWire", "VNetBuffers"]),
         .testTarget(name: "VNetRuntimeTests", dependencies: ["VNetRuntime", "VNetHost", "VNetGateway", "VNetWire", "VNetBuffers"]),
         .testTarget(name: "VNetCLITests", dependencies: ["VNetCLI"]),

@@ -1,5 +1,5 @@
 // The public value types of VNet: configuration, framings, port forwards, DNS records, leases, statistics.
-// They map onto VNetRuntime's `SwitchOptions` / `PortMap` and VNetGateway's config here, in one place.
+// They map onto VNetRuntime's `SwitchOptions` / `HostForward` and VNetGateway's config here, in one place.
 
 import VNetGateway
 import VNetRuntime
@@ -267,9 +267,9 @@ public struct PortForward: Hashable, Sendable, CustomStringConvertible {
         return "\(transportProtocol.rawValue) \(host):\(hostPort) -> \(guest):\(guestPort)"
     }
 
-    func portMap() throws -> PortMap {
+    func portMap() throws -> HostForward {
         guard guestPort > 0 else { throw VirtualNetworkError.invalid("port forward \(self): guest port 0") }
-        let target: PortMap.Target
+        let target: ForwardTarget
         switch guest {
         case .address(let a):
             target = .address(a.wire)
@@ -279,11 +279,11 @@ public struct PortForward: Hashable, Sendable, CustomStringConvertible {
             }
             target = .hostName(clean)
         }
-        return PortMap(proto: transportProtocol == .tcp ? .tcp : .udp, hostAddress: hostAddress.wire, hostPort: hostPort,
+        return HostForward(proto: transportProtocol == .tcp ? .tcp : .udp, hostAddress: hostAddress.wire, hostPort: hostPort,
                        target: target, guestPort: guestPort)
     }
 
-    init(_ m: PortMap, bound: String) {
+    init(_ m: HostForward, bound: String) {
         var port = m.hostPort
         if let c = bound.lastIndex(of: ":"), let p = UInt16(bound[bound.index(after: c)...]) { port = p }
         let guest: Guest

@@ -21,6 +21,7 @@ import Foundation
 import Logging
 import ServiceLifecycle
 import VNetGateway
+import VNetHost
 import VNetRuntime
 import VNetServices
 import VNetSwitch
@@ -138,13 +139,11 @@ public final class VirtualNetwork: Service, @unchecked Sendable {
     ///   learns addresses from traffic and does not enforce it.
     public func attachDatagramPair(mac: EthernetAddress? = nil) async throws -> DatagramAttachment {
         let mac = mac ?? .random()
-        var fds: [Int32] = [-1, -1]
-        guard socketpair(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0, &fds) == 0 else {
-            throw VirtualNetworkError.system("socketpair: \(String(cString: strerror(errno)))")
+        let (ours, theirs): (Int32, Int32)
+        do throws(SyscallError) { (ours, theirs) = try Sys.socketPair(Int32(SOCK_DGRAM.rawValue)) } catch {
+            throw VirtualNetworkError.system("socketpair: \(Sys.errnoString(error.errno))")
         }
-        for fd in fds { VirtualNetwork.setBuffers(fd) }
-        _ = fcntl(fds[1], F_SETFD, FD_CLOEXEC)
-        let ours = fds[0], theirs = fds[1]
+        for fd in [ours, theirs] { Sys.setBufferSizes(fd, send: 1 << 20, receive: 4 << 20) }
         do {
             let port = try await attach(fd: ours, framing: .datagram, name: "vm \(mac)")
             return DatagramAttachment(fileDescriptor: theirs, port: port, mac: mac)
@@ -189,15 +188,6 @@ public final class VirtualNetwork: Service, @unchecked Sendable {
         try await perform { $0.detach(port: port.rawValue) }
     }
 
-    static func setBuffers(_ fd: Int32) {
-        for (option, force, size) in [(SO_SNDBUF, SO_SNDBUFFORCE, Int32(1 << 20)), (SO_RCVBUF, SO_RCVBUFFORCE, Int32(4 << 20))] {
-            var v = size
-            // The FORCE options pass net.core.[rw]mem_max when permitted (root or CAP_NET_ADMIN).
-            if setsockopt(fd, SOL_SOCKET, force, &v, socklen_t(4)) != 0 {
-                _ = setsockopt(fd, SOL_SOCKET, option, &v, socklen_t(4))
-            }
-        }
-    }
 
     // MARK: Port forwards
 

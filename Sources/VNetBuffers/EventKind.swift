@@ -37,6 +37,8 @@ public enum EventKind: UInt8, CaseIterable, Sendable {
     case metrics = 34, metricsClient = 35
     // Kernel NAT's services on the bridge.
     case dhcpSocket = 40, dnsSocket = 41, dnsUpstream = 42
+    /// A TCP DNS client or its upstream connection: index = relay slot << 1 | side.
+    case dnsRelay = 43
 
     /// The tag of an fd of this kind with `index` in its low 32 bits.
     @inline(__always)

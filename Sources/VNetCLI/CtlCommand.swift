@@ -8,6 +8,7 @@
 // connection open and prints each event as it comes, until vnet goes away or ctl is interrupted.
 
 import ArgumentParser
+import VNetHost
 import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -70,15 +71,7 @@ struct CtlCommand: ParsableCommand {
     func writeLine(_ text: String) {
         var line = text
         line.append("\n")
-        line.withUTF8 { b in
-            var off = 0
-            while off < b.count {
-                let n = Glibc.write(1, b.baseAddress! + off, b.count - off)
-                if n < 0 && errno == EINTR { continue }
-                guard n > 0 else { return }
-                off += n
-            }
-        }
+        line.withUTF8 { Sys.writeAll(1, UnsafeRawBufferPointer($0)) }
     }
 
     static func decode(_ line: [UInt8]) throws -> [String: Any] {
@@ -176,48 +169,20 @@ final class ControlConnection {
     var buffer: [UInt8] = []
 
     init(path: String) throws {
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { throw ValidationError("socket path too long: \(path)") }
-        withUnsafeMutableBytes(of: &addr.sun_path) { p in
-            for (i, b) in bytes.enumerated() { p[i] = b }
-            p[bytes.count] = 0
-        }
-        fd = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw RuntimeFailure("socket: \(String(cString: strerror(errno)))") }
-        let r = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard r == 0 else {
-            let e = errno
-            Glibc.close(fd)
-            throw RuntimeFailure("cannot connect to \(path): \(String(cString: strerror(e)))")
-        }
-        setTimeout(seconds: 10)
+        do { fd = try Sys.connectBlocking(unixPath: path, timeout: 10) } catch { throw RuntimeFailure("\(error)") }
     }
 
-    deinit { Glibc.close(fd) }
-
-    func setTimeout(seconds: Int) {
-        var tv = timeval(tv_sec: seconds, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-    }
+    deinit { Sys.close(fd) }
 
     func send(_ bytes: [UInt8]) throws {
-        var off = 0
-        while off < bytes.count {
-            let n = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + off, bytes.count - off, Int32(MSG_NOSIGNAL)) }
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { throw RuntimeFailure("writing to the control socket: \(String(cString: strerror(errno)))") }
-            off += n
+        do throws(SyscallError) { try Sys.sendAll(fd, bytes) } catch {
+            throw RuntimeFailure("writing to the control socket: \(Sys.errnoString(error.errno))")
         }
     }
 
     /// The next line (without its newline), or nil at end of stream. `blocking` waits without a timeout.
     func readLine(blocking: Bool = false) throws -> [UInt8]? {
-        if blocking { setTimeout(seconds: 0) }
+        if blocking { Sys.setTimeouts(fd, seconds: 0) }
         var chunk = [UInt8](repeating: 0, count: 65536)
         while true {
             if let nl = buffer.firstIndex(of: 10) {
@@ -225,12 +190,12 @@ final class ControlConnection {
                 buffer.removeSubrange(...nl)
                 return line
             }
-            let n = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
-            if n < 0 && errno == EINTR { continue }
-            if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) { throw RuntimeFailure("no reply from the control socket within 10 s") }
-            if n < 0 { throw RuntimeFailure("reading the control socket: \(String(cString: strerror(errno)))") }
-            if n == 0 { return nil }
-            buffer += chunk[..<n]
+            switch chunk.withUnsafeMutableBytes({ Sys.read(fd, into: $0) }) {
+            case .done(let n): buffer += chunk[..<n]
+            case .closed: return nil
+            case .wouldBlock: throw RuntimeFailure("no reply from the control socket within 10 s")
+            case .failed(let e): throw RuntimeFailure("reading the control socket: \(Sys.errnoString(e))")
+            }
         }
     }
 }

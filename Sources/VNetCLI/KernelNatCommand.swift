@@ -41,9 +41,9 @@ struct KernelNatMode {
         let net = IPv4Network(address: addr, prefixLength: prefix)
         let addressing = try Self.addressing(network: net, gateway: gateway, dhcpRange: dhcpRange)
         let (gw, first) = (addressing.gateway, addressing.dhcpFirst)
-        var maps: [NftPortMap] = []
+        var maps: [HostForward] = []
         for f in portMaps {
-            do { maps.append(try NftPortMap.parse(f, defaultGuest: first)) } catch {
+            do { maps.append(try HostForward.parseKernelPortMap(f, defaultGuest: first)) } catch {
                 throw ValidationError("--port-map: \(error) (with --kernel the VM is an address)")
             }
         }
@@ -68,15 +68,17 @@ struct KernelNatMode {
         }
     }
 
-    func upstream() throws -> (IPv4Address, UInt16)? {
+    /// `--dns-upstream ADDR:PORT` (IPv6 in brackets), else every nameserver of resolv.conf (either family, not
+    /// link-local) on port 53, in order: the forwarder fails over from one to the next.
+    func upstreams() throws -> [(IPAddress, UInt16)] {
         if let u = dnsUpstream {
-            guard let colon = u.lastIndex(of: ":"), let a = IPv4Address(u[..<colon]), let p = UInt16(u[u.index(after: colon)...]) else {
-                throw ValidationError("--dns-upstream: expected ADDR:PORT, got '\(u)'")
+            guard let colon = u.lastIndex(of: ":"), let a = IPAddress(text: u[..<colon]), let p = UInt16(u[u.index(after: colon)...]) else {
+                throw ValidationError("--dns-upstream: expected ADDR:PORT (IPv6 in brackets: [::1]:53), got '\(u)'")
             }
-            return (a, p)
+            return [(a, p)]
         }
-        guard let text = readSmallFile(resolvConf), let first = ResolvConf.parse(text).compactMap(\.v4).first else { return nil }
-        return (first, 53)
+        guard let text = readSmallFile(resolvConf) else { return [] }
+        return ResolvConf.parse(text).map { ($0, 53) }
     }
 
     func run() throws {
@@ -87,7 +89,7 @@ struct KernelNatMode {
             print("vnet: nothing left of \(config.name)")
             return
         }
-        let dns = try upstream()
+        let dns = try upstreams()
         // Stop signals are blocked from here on, so a SIGTERM during set-up still tears down.
         let loop = try EventLoop(signals: .stopOnly)
         let nat = KernelNat(config: config, log: log)
@@ -101,18 +103,18 @@ struct KernelNatMode {
                 throw error
             }
             let dhcpConfig = DHCPConfig(network: config.network, serverAddress: config.gateway, router: config.gateway,
-                                        dnsServers: dns == nil ? [] : [config.gateway], poolStart: config.dhcpStart,
+                                        dnsServers: dns.isEmpty ? [] : [config.gateway], poolStart: config.dhcpStart,
                                         poolSize: config.dhcpCount, leaseTime: .seconds(leaseTime ?? 3600), domainName: domain, mtu: 1500)
             let services: KernelNatServices
             do {
-                services = try KernelNatServices(bridge: config.bridge, dhcpConfig: dhcpConfig, gateway: config.gateway, dnsUpstream: dns)
+                services = try KernelNatServices(bridge: config.bridge, dhcpConfig: dhcpConfig, gateway: config.gateway, dnsUpstreams: dns)
             } catch {
                 try? nat.tearDown()
                 throw error
             }
             let last = IPv4Address(rawValue: config.dhcpStart.rawValue + UInt32(config.dhcpCount) - 1)
             print("vnet: nat \(config.name) (kernel): bridge \(config.bridge), gateway \(config.gateway)/\(config.network.prefixLength), "
-                  + "DHCP \(config.dhcpStart)-\(last), DNS \(dns.map { "via \($0.0):\($0.1)" } ?? "off (no upstream)"), nft table ip vnet-\(config.name)")
+                  + "DHCP \(config.dhcpStart)-\(last), DNS \(dns.isEmpty ? "off (no upstream)" : "via " + dns.map { "\($0.0.bracketed):\($0.1)" }.joined(separator: ", ") + " (UDP and TCP)"), nft table ip vnet-\(config.name)")
             for m in config.portMaps { print("vnet: port map \(m)") }
             print("vnet: start QEMU with: -netdev bridge,id=n0,br=\(config.bridge),helper=\"vnet tap-helper\" -device virtio-net-pci,netdev=n0")
             print("vnet: ready")
@@ -135,7 +137,7 @@ struct KernelNatMode {
             }
             let c = services.counters
             print("vnet: stopping (signal \(sig)); dhcp replies \(c.dhcpReplies) dropped \(c.dhcpDropped), dns forwarded \(c.dnsForwarded) "
-                  + "answered \(c.dnsAnswered) dropped \(c.dnsDropped)")
+                  + "answered \(c.dnsAnswered) dropped \(c.dnsDropped) failovers \(c.dnsFailovers), dns over tcp \(c.dnsTCPRelayed) refused \(c.dnsTCPRefused)")
             try nat.tearDown()
             print("vnet: removed what \(config.name) added")
             fflush(nil)
@@ -179,7 +181,8 @@ final class KernelNatControl: ControlTarget {
             ControlCommand("stats", help: "DHCP and DNS counters") { [unowned self] _ in
                 let c = services.counters
                 let v: [String: Any] = ["dhcp_replies": c.dhcpReplies, "dhcp_dropped": c.dhcpDropped, "dns_forwarded": c.dnsForwarded,
-                                        "dns_answered": c.dnsAnswered, "dns_dropped": c.dnsDropped]
+                                        "dns_answered": c.dnsAnswered, "dns_dropped": c.dnsDropped,
+                                        "dns_failovers": c.dnsFailovers, "dns_tcp_relayed": c.dnsTCPRelayed, "dns_tcp_refused": c.dnsTCPRefused]
                 return ControlResult(value: v, text: v.keys.sorted().map { "\($0) \(v[$0]!)" }.joined(separator: "\n"))
             },
         ]

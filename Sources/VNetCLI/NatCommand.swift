@@ -190,7 +190,7 @@ struct NatCommand: ParsableCommand {
             o.dnsRecords.append((f[0], type, f[2]))
         }
         for m in try file.list("port-map") + portMaps {
-            switch PortMap.parse(m) {
+            switch HostForward.parsePortMap(m) {
             case .success(let pm): o.portMaps.append(pm)
             case .failure(let e): throw ValidationError(e.description)
             }

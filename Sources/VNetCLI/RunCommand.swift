@@ -10,6 +10,7 @@
 
 import ArgumentParser
 import CVNetShim
+import VNetHost
 import VNetRuntime
 import VNetWire
 #if canImport(Glibc)
@@ -61,13 +62,11 @@ struct RunCommand: ParsableCommand {
             throw ValidationError("vnet run chooses the transport itself: drop --socket, --listen, --connect, --dgram and --tap")
         }
         extra.removeAll { $0.hasPrefix("vnet: start QEMU with:") || $0.hasPrefix(NICModels.pickHintPrefix) }
-        var template = Array("/tmp/vnet-run-XXXXXX".utf8CString)
-        guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
-            throw RuntimeFailure("cannot create a temporary folder: \(String(cString: strerror(errno)))")
+        guard let dir = Sys.makeTemporaryDirectory("/tmp/vnet-run-XXXXXX") else {
+            throw RuntimeFailure("cannot create a temporary folder: \(Sys.errnoString(errno))")
         }
-        let dir = String(cString: made)
         let socket = dir + "/net.sock"
-        defer { unlink(socket); rmdir(dir) }   // on the error paths; the normal end cleans up before exit()
+        defer { Sys.unlink(socket); Sys.removeDirectory(dir) }   // on the error paths; the normal end cleans up before exit()
         options.transport = .unixListen(path: socket)
         let id = options.gateway.id ?? "vnet0"
         options.nicModel = String(nic.prefix { $0 != "," })
@@ -77,22 +76,17 @@ struct RunCommand: ParsableCommand {
         let (runtime, lines) = try user.startRuntime(options, extra: extra)
         runtime.announceFD = 2
         var pid: Int32 = 0
-        let pidfd = RunCommand.spawn(argv, pid: &pid)
+        let pidfd = Sys.spawn(argv, pid: &pid)
         guard pidfd >= 0 else { throw RuntimeFailure("cannot start \(qemu[0]): \(String(cString: strerror(-pidfd)))") }
         try runtime.stopWhenReadable(pidfd)
         try runtime.run(extraStartupLines: lines + ["vnet: started \(qemu[0]) (pid \(pid)) with -netdev stream,id=\(id) on \(socket)"])
         // The loop ends when QEMU exits, or when vnet was asked to stop: then QEMU is asked too.
-        var status = vnet_wait_child_nohang(pid)
-        if status == nil {
-            kill(pid, SIGTERM)
-            status = Int(vnet_wait_child(pid))
-        }
-        let code = status.map { $0 < 0 ? 0 : $0 } ?? 0
-        close(pidfd)
-        unlink(socket)
-        rmdir(dir)
-        let message = "vnet: \(qemu[0]) exited with status \(code); network torn down\n"
-        _ = message.withCString { write(2, $0, strlen($0)) }
+        let status = Sys.childStatus(pid) ?? Sys.terminateChild(pid)
+        let code = max(status, 0)
+        Sys.close(pidfd)
+        Sys.unlink(socket)
+        Sys.removeDirectory(dir)
+        Sys.writeLine(2, "vnet: \(qemu[0]) exited with status \(code); network torn down")
         Glibc.exit(Int32(code))
     }
 
@@ -135,21 +129,4 @@ struct RunCommand: ParsableCommand {
         return value
     }
 
-    static func spawn(_ argv: [String], pid: inout Int32) -> Int32 {
-        var cArgs: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) }
-        cArgs.append(nil)
-        defer { for p in cArgs { free(p) } }
-        return cArgs.withUnsafeMutableBufferPointer { vnet_spawn_process($0.baseAddress!, &pid) }
-    }
-}
-
-/// The child's status if it has exited (nil while it runs).
-func vnet_wait_child_nohang(_ pid: Int32) -> Int? {
-    var status: Int32 = 0
-    let r = waitpid(pid, &status, WNOHANG)
-    if r == 0 { return nil }
-    if r < 0 { return -1 }
-    // WIFEXITED / WEXITSTATUS / WTERMSIG by hand (macros are not imported).
-    if status & 0x7F == 0 { return Int((status >> 8) & 0xFF) }
-    return 128 + Int(status & 0x7F)
 }

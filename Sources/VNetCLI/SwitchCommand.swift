@@ -37,6 +37,8 @@ struct SwitchPortFlags: ParsableArguments {
 
     @Flag(name: .customLong("no-tap-offload"), help: "Open --tap ports without IFF_VNET_HDR: no checksum or TCP segmentation offload.")
     var noTapOffload = false
+    @Option(name: .customLong("busy-poll"), help: ArgumentHelp("After a turn with events, keep polling this long before sleeping, and let ACKs wait for the reply that carries them: lower latency for request/response traffic at the cost of CPU (0: off).", valueName: "USEC"))
+    var busyPoll = 0
 
     @Option(name: .customLong("control"), help: "A control socket (unix, mode 0600) for `vnet ctl PATH …`: ports, mac-table, leases, dns-*, stats.")
     var controlPath: String?
@@ -84,6 +86,8 @@ struct SwitchPortFlags: ParsableArguments {
         o.pcapPath = pcapPath
         o.sandbox = sandbox
         o.tapOffload = !noTapOffload
+        guard (0 ... 1000).contains(busyPoll) else { throw ValidationError("--busy-poll must be between 0 and 1000 microseconds") }
+        o.busyPollMicroseconds = busyPoll
         for (flag, values) in [("socket", sockets), ("listen", listens), ("connect", connects), ("dgram", dgrams), ("vfkit", vfkits), ("mcast", mcasts), ("tap", taps)] {
             for v in values {
                 switch SwitchPortSpec.parse(flag: flag, v) {

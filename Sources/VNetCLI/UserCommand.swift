@@ -47,6 +47,8 @@ struct UserCommand: ParsableCommand {
 
     @Flag(name: .customLong("no-tap-offload"), help: "Open --tap without IFF_VNET_HDR: no checksum or TCP segmentation offload.")
     var noTapOffload = false
+    @Option(name: .customLong("busy-poll"), help: ArgumentHelp("After a turn with events, keep polling this long before sleeping, and let ACKs wait for the reply that carries them: lower latency for request/response traffic at the cost of CPU (0: off).", valueName: "USEC"))
+    var busyPoll = 0
 
     @Option(name: .customLong("mtu"), help: "MTU advertised over DHCP and accepted on frames (576-65520).")
     var mtu: Int = 1500
@@ -147,6 +149,8 @@ struct UserCommand: ParsableCommand {
         opts.transportIsDefault = isDefault
         opts.vfkitHandshake = vfkitPath != nil
         opts.tapOffload = !noTapOffload
+        guard (0 ... 1000).contains(busyPoll) else { throw ValidationError("--busy-poll must be between 0 and 1000 microseconds") }
+        opts.busyPollMicroseconds = busyPoll
         opts.controlPath = controlPath
         opts.pcapPath = pcapPath
         if pcapRotate != nil && pcapPath == nil { throw ValidationError("--pcap-rotate needs --pcap") }

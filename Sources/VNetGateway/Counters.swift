@@ -157,6 +157,8 @@ public enum ServedCounter: Int, CaseIterable, Sendable {
     case flowsClosedGuestGone
     /// Gather sends of guest TCP data (more than one segment each) and GSO sends of guest datagrams (more than one).
     case tcpGatheredSends, udpBatchedSends
+    /// ACKs owed to the guest that a data segment carried instead of a segment of their own.
+    case tcpAcksFolded
 
     public var name: String {
         switch self {
@@ -197,6 +199,7 @@ public enum ServedCounter: Int, CaseIterable, Sendable {
         case .flowsClosedGuestGone: "flows_closed_guest_gone"
         case .tcpGatheredSends: "tcp_gathered_sends"
         case .udpBatchedSends: "udp_batched_sends"
+        case .tcpAcksFolded: "tcp_acks_folded"
         }
     }
 }

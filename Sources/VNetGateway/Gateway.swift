@@ -32,7 +32,7 @@ public final class Gateway<Host: HostIO> {
     public internal(set) var counters = GatewayCounters()
     public internal(set) var dhcp: DHCPServer
     /// Upstream DNS resolvers (host side), tried in order; set by the runtime from resolv.conf.
-    public private(set) var dnsUpstreams: [(IPAddress, UInt16)] = []
+    public var dnsUpstreams: [(IPAddress, UInt16)] { dnsForwarder.upstreams.servers.map { ($0.address, $0.port) } }
     /// Names the gateway's DNS answers itself (see LocalDNSRecords.swift).
     public var localDNS = LocalDNSRecords()
     /// Where the frame being handled came from (vnet nat: its ingress switch port), set by the runtime before
@@ -41,27 +41,15 @@ public final class Gateway<Host: HostIO> {
     /// Called when DHCP acknowledges a lease (address, client MAC): control-plane events.
     public var leaseObserver: ((IPv4Address, MACAddress) -> Void)?
 
-    var udpFlows: FlowTable<UDPFlowKey, UDPFlow>
-    var icmpFlows: FlowTable<ICMPFlowKey, ICMPFlow>
-    var tcpFlows: FlowTable<TCPFlowKey, TCPFlow>
-    /// TCP flows not yet established (capped by `config.tcpHalfOpenCapacity`).
-    var tcpHalfOpenCount = 0
-    /// UDP flows to the DNS address (capped by `config.dnsFlowCapacity`).
-    var dnsFlowCount = 0
-    /// Flows that owe the guest an ACK at the end of the current batch.
-    var tcpAckList: [Int]
-    /// Flows waiting for room in `toGuest`.
-    var tcpQueueBlocked: [Int] = []
-    /// Flows whose offered window is under one segment, rechecked every millisecond.
-    var tcpWindowWatch: [Int] = []
-    var windowWatchDeadline: Instant = .zero
-    var windowWatchPasses: UInt32 = 0
+    // The engines (GatewayEngines.swift): each protocol's state, each with its own reset.
+    var tcpEngine: TCPEngine
+    var udpEngine: UDPEngine
+    var icmpEngine: ICMPEngine
+    var dnsForwarder = DNSForwarder()
+    var neighbours = Neighbours()
+    var routerAdvertiser: RouterAdvertiser
     /// `now` of the last `poll`, for timers armed outside it.
     var lastPollTime: Instant = .zero
-    /// Guest TCP data of one flow gathered across held frames, sent with one gather send (GatewayTCPBatch.swift).
-    var guestSendBatch = GuestSendBatch()
-    /// Guest UDP datagrams of one flow, copied, waiting for one GSO send (GatewayUDPBatch.swift).
-    var udpSendBatch = GuestDatagramBatch()
     /// Set by a runtime that calls `flushGuestSends` after every read of the guest port: datagrams are gathered.
     public var gathersGuestDatagrams = false
     /// The frame being handled when its caller holds it in place until `flushGuestSends` (else empty).
@@ -69,19 +57,9 @@ public final class Gateway<Host: HostIO> {
     /// Host bytes peeked for the guest, cut into segments from here.
     let tcpPeekBuffer: UnsafeMutableRawBufferPointer
     let isnSecret: UInt64
-    var nextTCPDeadline: Instant = .zero
     var ipIdentification: UInt16 = 0
-    var neighbours: [IPv4Address: MACAddress] = [:]
-    /// IPv6 neighbour cache: guest addresses learned from their traffic and NDP (capped like `neighbours`).
-    var neighbours6: [IPv6Address: MACAddress] = [:]
-    /// Router advertisements: whether one went out yet, and when the next unsolicited one is due.
-    var routerAdvertisedOnce = false
-    var nextRouterAdvertisement: Instant = .zero
-    /// What router solicitations are answered with (see GatewayIPv6.swift).
-    let routerAdvertisement: RouterAdvertisement
     /// Identification of IPv6 fragments sent to the guest.
     var fragmentIdentification: UInt32 = 0
-    var dnsUpstreamIndex = 0
     let reassembler: Reassembler
     var lastSweep: Instant = .zero
     /// Lease host names answered locally, after `localDNS` (see GatewayLocalNames.swift).
@@ -105,14 +83,11 @@ public final class Gateway<Host: HostIO> {
             hostName: config.hostName, mtu: config.mtu, tftpServerName: config.tftpServerName, bootfile: config.bootfile)
         dhcpConfig.staticLeases = config.staticLeases
         dhcp = DHCPServer(config: dhcpConfig)
-        udpFlows = FlowTable(capacity: config.udpFlowCapacity)
-        icmpFlows = FlowTable(capacity: config.icmpFlowCapacity)
-        tcpFlows = FlowTable(capacity: config.tcpFlowCapacity)
+        udpEngine = UDPEngine(capacity: config.udpFlowCapacity)
+        icmpEngine = ICMPEngine(capacity: config.icmpFlowCapacity)
+        tcpEngine = TCPEngine(capacity: config.tcpFlowCapacity)
         reassembler = Reassembler(slotCount: max(1, config.fragmentSlots), timeout: config.fragmentTimeout)
-        routerAdvertisement = Gateway.makeRouterAdvertisement(config)
-        tcpAckList = []
-        tcpAckList.reserveCapacity(config.tcpFlowCapacity)
-        tcpWindowWatch.reserveCapacity(config.tcpFlowCapacity)
+        routerAdvertiser = RouterAdvertiser(Gateway.makeRouterAdvertisement(config))
         tcpPeekBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 256 * 1024, alignment: 16)
         var rng = SystemRandomNumberGenerator()
         isnSecret = rng.next()
@@ -121,33 +96,33 @@ public final class Gateway<Host: HostIO> {
     }
 
     deinit {
-        for i in udpFlows.activeIndices { if let f = udpFlows[i], f.replyTo == nil { host.close(f.handle) } }
-        for i in icmpFlows.activeIndices { if let f = icmpFlows[i] { host.close(f.handle) } }
-        for i in tcpFlows.activeIndices { if let f = tcpFlows[i] { host.close(f.handle) } }
+        for i in udpEngine.flows.activeIndices { if let f = udpEngine.flows[i], f.replyTo == nil { host.close(f.handle) } }
+        for i in icmpEngine.flows.activeIndices { if let f = icmpEngine.flows[i] { host.close(f.handle) } }
+        for i in tcpEngine.flows.activeIndices { if let f = tcpEngine.flows[i] { host.close(f.handle) } }
         tftp?.closeAll()
         scratch.deallocate()
         tcpPeekBuffer.deallocate()
-        guestSendBatch.parts.deallocate()
-        udpSendBatch.storage.deallocate()
+        tcpEngine.sendBatch.parts.deallocate()
+        udpEngine.sendBatch.storage.deallocate()
     }
 
     /// Upstream resolvers of either family: an IPv4 guest's query may go to an IPv6 resolver and back.
-    public func setDNSUpstreams(_ upstreams: [(IPAddress, UInt16)]) { dnsUpstreams = upstreams }
+    public func setDNSUpstreams(_ upstreams: [(IPAddress, UInt16)]) { dnsForwarder.upstreams.replace(upstreams) }
     @_disfavoredOverload
     public func setDNSUpstreams(_ upstreams: [(IPv4Address, UInt16)]) { setDNSUpstreams(upstreams.map { (IPAddress($0.0), $0.1) }) }
 
-    public var udpFlowCount: Int { udpFlows.count }
-    public var icmpFlowCount: Int { icmpFlows.count }
-    public var tcpFlowCount: Int { tcpFlows.count }
-    public var tcpHalfOpenFlowCount: Int { tcpHalfOpenCount }
-    public var dnsFlowOpenCount: Int { dnsFlowCount }
-    public var hasFlowsBlockedOnQueue: Bool { !tcpQueueBlocked.isEmpty }
+    public var udpFlowCount: Int { udpEngine.flows.count }
+    public var icmpFlowCount: Int { icmpEngine.flows.count }
+    public var tcpFlowCount: Int { tcpEngine.flows.count }
+    public var tcpHalfOpenFlowCount: Int { tcpEngine.halfOpenCount }
+    public var dnsFlowOpenCount: Int { dnsForwarder.flowCount }
+    public var hasFlowsBlockedOnQueue: Bool { !tcpEngine.queueBlocked.isEmpty }
 
     /// When `poll` next has work to do (the loop's epoll timeout).
     public var nextDeadline: Instant {
         let sweep = lastSweep + .seconds(1)
-        var next = nextTCPDeadline == .zero ? sweep : min(sweep, nextTCPDeadline)
-        if !tcpWindowWatch.isEmpty { next = min(next, windowWatchDeadline) }
+        var next = tcpEngine.nextDeadline == .zero ? sweep : min(sweep, tcpEngine.nextDeadline)
+        if !tcpEngine.windowWatch.isEmpty { next = min(next, tcpEngine.windowWatchDeadline) }
         if let t = tftp?.nextDeadline { next = min(next, t) }
         return next
     }
@@ -221,14 +196,14 @@ public final class Gateway<Host: HostIO> {
     /// Remembers which MAC a guest address uses (capped; used to open flows towards the guest).
     @inline(__always) func learnNeighbour(_ ip: IPv4Address, _ mac: MACAddress) {
         guard config.network.contains(ip), !mac.isMulticast else { return }
-        if neighbours[ip] == mac { return }
-        if neighbours[ip] == nil && neighbours.count >= GatewayConfig.neighbourCapacity { return }
-        neighbours[ip] = mac
+        if neighbours.v4[ip] == mac { return }
+        if neighbours.v4[ip] == nil && neighbours.v4.count >= GatewayConfig.neighbourCapacity { return }
+        neighbours.v4[ip] = mac
     }
 
     /// The MAC of a guest address: learned from its traffic, else from its DHCP lease.
     func guestMAC(for ip: IPv4Address) -> MACAddress? {
-        if let m = neighbours[ip] { return m }
+        if let m = neighbours.v4[ip] { return m }
         for (i, s) in dhcp.slots.enumerated() where dhcp.address(ofSlot: i) == ip { return s.mac }
         return nil
     }

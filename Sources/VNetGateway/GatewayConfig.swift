@@ -107,42 +107,6 @@ public struct GatewayConfig: Sendable {
     public static let maximumMTU = 65520
 }
 
-public enum ForwardProtocol: String, Sendable { case tcp, udp }
-
-/// `hostfwd=[tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport`: a host listener whose connections (or
-/// datagrams) go to a guest port.
-/// Either side may be IPv4 or IPv6 (`hostfwd=tcp:[::1]:2222-:22`, `hostfwd=tcp::8080-[fec0::15]:80`): the listener's
-/// family and the guest address's family are independent.
-public struct HostForward: Equatable, Sendable, CustomStringConvertible {
-    public var proto: ForwardProtocol
-    /// 0.0.0.0 (or ::) binds every host address of that family, as in QEMU.
-    public var hostAddress: IPAddress
-    public var hostPort: UInt16
-    public var guestAddress: IPAddress
-    public var guestPort: UInt16
-    /// `hostfwd=unix:PATH-[guestaddr]:guestport`: the host end is a unix stream socket at PATH (TCP to the guest;
-    /// hostAddress/hostPort unused), created with `unixMode` and removed when the forward goes.
-    public var unixPath: String? = nil
-    public var unixMode: UInt32 = 0o600
-
-    public init(proto: ForwardProtocol, hostAddress: IPAddress, hostPort: UInt16, guestAddress: IPAddress, guestPort: UInt16) {
-        self.proto = proto
-        self.hostAddress = hostAddress
-        self.hostPort = hostPort
-        self.guestAddress = guestAddress
-        self.guestPort = guestPort
-    }
-
-    public init(proto: ForwardProtocol, hostAddress: IPv4Address, hostPort: UInt16, guestAddress: IPv4Address, guestPort: UInt16) {
-        self.init(proto: proto, hostAddress: IPAddress(hostAddress), hostPort: hostPort, guestAddress: IPAddress(guestAddress), guestPort: guestPort)
-    }
-
-    public var description: String {
-        if let p = unixPath { return "unix:\(p) -> tcp \(guestAddress.bracketed):\(guestPort)" }
-        return "\(proto.rawValue) \(hostAddress.bracketed):\(hostPort) -> \(guestAddress.bracketed):\(guestPort)"
-    }
-}
-
 /// `guestfwd=[tcp]:server:port-dev`: guest connections to server:port go to a host TCP service or a command.
 public struct GuestForward: Equatable, Sendable, CustomStringConvertible {
     public enum Target: Equatable, Sendable {

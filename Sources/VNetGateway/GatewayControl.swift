@@ -45,8 +45,8 @@ extension Gateway {
             let end = last + timeout
             return end > now ? Int((end - now).seconds) : 0
         }
-        for i in tcpFlows.activeIndices {
-            guard let f = tcpFlows[i] else { continue }
+        for i in tcpEngine.flows.activeIndices {
+            guard let f = tcpEngine.flows[i] else { continue }
             let state: String
             switch f.state {
             case .connecting: state = "CONNECTING"
@@ -64,15 +64,15 @@ extension Gateway {
                                 remoteAddress: f.key.destination, remotePort: f.key.destinationPort, hostHandle: f.handle,
                                 unacknowledgedToGuest: Int(f.inFlight), fromForward: f.state == .synSent))
         }
-        for i in udpFlows.activeIndices {
-            guard let f = udpFlows[i] else { continue }
+        for i in udpEngine.flows.activeIndices {
+            guard let f = udpEngine.flows[i] else { continue }
             let timeout = f.isDNS ? config.dnsIdleTimeout : config.udpIdleTimeout
             out.append(FlowInfo(proto: .udp, state: nil, expiresIn: remaining(f.lastActive, timeout), guestAddress: f.key.guestAddress,
                                 guestPort: f.key.guestPort, remoteAddress: f.key.destination, remotePort: f.key.destinationPort,
                                 hostHandle: f.handle, unacknowledgedToGuest: 0, fromForward: f.replyTo != nil))
         }
-        for i in icmpFlows.activeIndices {
-            guard let f = icmpFlows[i] else { continue }
+        for i in icmpEngine.flows.activeIndices {
+            guard let f = icmpEngine.flows[i] else { continue }
             out.append(FlowInfo(proto: .icmp, state: nil, expiresIn: remaining(f.lastActive, config.icmpIdleTimeout),
                                 guestAddress: f.key.guestAddress, guestPort: 0, remoteAddress: f.key.destination, remotePort: 0,
                                 hostHandle: f.handle, unacknowledgedToGuest: 0, fromForward: false))
@@ -97,9 +97,9 @@ extension Gateway {
     @discardableResult
     public func forgetForwardedUDP(listener: Int32) -> Int {
         var n = 0
-        for i in udpFlows.activeIndices {
-            guard let f = udpFlows[i], f.replyTo != nil, f.handle == listener else { continue }
-            udpFlows.remove(f.key)
+        for i in udpEngine.flows.activeIndices {
+            guard let f = udpEngine.flows[i], f.replyTo != nil, f.handle == listener else { continue }
+            udpEngine.flows.remove(f.key)
             n += 1
         }
         return n
@@ -114,9 +114,9 @@ extension Gateway {
     public func closeAllFlows() -> Int {
         let n = closeFlows(owned: { _ in true })
         tftp?.closeAll()
-        tcpAckList.removeAll(keepingCapacity: true)
-        tcpQueueBlocked.removeAll()
-        tcpWindowWatch.removeAll(keepingCapacity: true)
+        tcpEngine.ackList.removeAll(keepingCapacity: true)
+        tcpEngine.queueBlocked.removeAll()
+        tcpEngine.windowWatch.removeAll(keepingCapacity: true)
         return n
     }
 
@@ -132,22 +132,22 @@ extension Gateway {
 
     func closeFlows(owned isGone: (MACAddress) -> Bool) -> Int {
         var n = 0
-        for i in tcpFlows.activeIndices {
-            guard let f = tcpFlows[i], isGone(f.guestMAC) else { continue }
+        for i in tcpEngine.flows.activeIndices {
+            guard let f = tcpEngine.flows[i], isGone(f.guestMAC) else { continue }
             host.tcpAbort(f.handle)
             forgetTCPFlow(f)
             n += 1
         }
-        for i in udpFlows.activeIndices {
-            guard let f = udpFlows[i], isGone(f.guestMAC) else { continue }
+        for i in udpEngine.flows.activeIndices {
+            guard let f = udpEngine.flows[i], isGone(f.guestMAC) else { continue }
             if f.replyTo == nil { host.close(f.handle) }   // hostfwd flows share the forward's listener
             forgetUDPFlow(f)
             n += 1
         }
-        for i in icmpFlows.activeIndices {
-            guard let f = icmpFlows[i], isGone(f.guestMAC) else { continue }
+        for i in icmpEngine.flows.activeIndices {
+            guard let f = icmpEngine.flows[i], isGone(f.guestMAC) else { continue }
             host.close(f.handle)
-            icmpFlows.remove(f.key)
+            icmpEngine.flows.remove(f.key)
             n += 1
         }
         for _ in 0 ..< n { counters.count(.flowsClosedGuestGone) }

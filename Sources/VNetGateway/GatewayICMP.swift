@@ -47,7 +47,7 @@ extension Gateway {
     func forwardEcho(_ p: UnsafeRawBufferPointer, ip: GuestPacket, type: UInt8, code: UInt8, checksum: UInt16, identifier: UInt16,
                      sequence: UInt16, mac: MACAddress, now: Instant) {
         let key = ICMPFlowKey(guestAddress: ip.source, identifier: identifier, destination: ip.destination)
-        var index = icmpFlows.lookup(key)
+        var index = icmpEngine.flows.lookup(key)
         if index == nil {
             let (dst, reason) = hostDestination(for: ip.destination)
             guard let hostAddress = dst else {
@@ -56,30 +56,30 @@ extension Gateway {
                 }
                 return drop(reason!)
             }
-            guard icmpFlows.count < icmpFlows.capacity else { return drop(.icmpFlowTableFull) }
-            let tagIndex = icmpFlows.nextFreeIndex!
+            guard icmpEngine.flows.count < icmpEngine.flows.capacity else { return drop(.icmpFlowTableFull) }
+            let tagIndex = icmpEngine.flows.nextFreeIndex!
             guard let handle = host.openICMPEcho(to: hostAddress, tag: FlowTag(kind: .icmp, index: tagIndex)) else {
                 return drop(.hostSocketFailed)
             }
-            index = icmpFlows.insert(key, ICMPFlow(key: key, handle: handle, guestMAC: mac, hostDestination: hostAddress, lastActive: now, ttl: 64))
+            index = icmpEngine.flows.insert(key, ICMPFlow(key: key, handle: handle, guestMAC: mac, hostDestination: hostAddress, lastActive: now, ttl: 64))
             counters.count(.icmpFlowsOpened)
         }
         let i = index!
-        var flow = icmpFlows[i]!
+        var flow = icmpEngine.flows[i]!
         flow.lastActive = now
         flow.guestMAC = mac
         if flow.ttl != ip.hopLimit {
             host.setTTL(flow.handle, ttl: ip.hopLimit)
             flow.ttl = ip.hopLimit
         }
-        icmpFlows[i] = flow
+        icmpEngine.flows[i] = flow
         if !host.sendICMPEcho(flow.handle, identifier: identifier, sequence: sequence, payload: p.slice(8 ..< p.count)) {
             drop(.hostSendFailed)
         }
     }
 
     func icmpReadable(_ i: Int, now: Instant, budget: Int = 64) {
-        guard var flow = icmpFlows[i] else { return }
+        guard var flow = icmpEngine.flows[i] else { return }
         for _ in 0 ..< budget {
             let body = scratch.slice(8 ..< scratch.count)
             switch host.receiveICMPEcho(flow.handle, into: body) {
@@ -117,19 +117,19 @@ extension Gateway {
             case .ignored, .datagram:
                 continue
             case .wouldBlock, .failed:
-                icmpFlows[i] = flow
+                icmpEngine.flows[i] = flow
                 return
             }
         }
-        icmpFlows[i] = flow
+        icmpEngine.flows[i] = flow
     }
 
     func sweepICMP(now: Instant) {
-        for i in icmpFlows.activeIndices {
-            guard let f = icmpFlows[i] else { continue }
+        for i in icmpEngine.flows.activeIndices {
+            guard let f = icmpEngine.flows[i] else { continue }
             if now - f.lastActive >= config.icmpIdleTimeout {
                 host.close(f.handle)
-                icmpFlows.remove(f.key)
+                icmpEngine.flows.remove(f.key)
                 counters.count(.icmpFlowsExpired)
             }
         }

@@ -39,19 +39,19 @@ extension Gateway {
 
     @inline(__always) func learnNeighbour6(_ ip: IPv6Address, _ mac: MACAddress) {
         guard ip.isLinkLocal || config.ipv6Prefix.contains(ip), !mac.isMulticast, !config.isVirtualAddress6(ip) else { return }
-        if neighbours6[ip] == mac { return }
-        if neighbours6[ip] == nil && neighbours6.count >= GatewayConfig.neighbourCapacity { return }
-        neighbours6[ip] = mac
+        if neighbours.v6[ip] == mac { return }
+        if neighbours.v6[ip] == nil && neighbours.v6.count >= GatewayConfig.neighbourCapacity { return }
+        neighbours.v6[ip] = mac
     }
 
     /// The MAC of a guest address of either family. An IPv6 address not seen yet is matched by its SLAAC
     /// interface identifier against the MACs of known guests (their leases and IPv4 neighbours).
     func guestMAC(for ip: IPAddress) -> MACAddress? {
         if let v4 = ip.v4 { return guestMAC(for: v4) }
-        if let m = neighbours6[ip.v6] { return m }
+        if let m = neighbours.v6[ip.v6] { return m }
         guard config.ipv6Prefix.contains(ip.v6) else { return nil }
         for s in dhcp.slots { if let m = s.mac, IPv6Address.interfaceIdentifier(of: m) == ip.v6.low { return m } }
-        for m in neighbours.values where IPv6Address.interfaceIdentifier(of: m) == ip.v6.low { return m }
+        for m in neighbours.v4.values where IPv6Address.interfaceIdentifier(of: m) == ip.v6.low { return m }
         return nil
     }
 
@@ -84,7 +84,7 @@ extension Gateway {
         if !fromDAD { learnNeighbour6(src, ethernet.source) }
         let payload = p.slice(ip.payloadRange)
         guard let upper = try? IPv6Header.upperLayer(payload, nextHeader: ip.nextHeader) else { return drop(.ipv6Malformed) }
-        if !routerAdvertisedOnce { sendRouterAdvertisement(to: .allNodes, mac: IPv6Address.allNodes.multicastMAC, now: now) }
+        if !routerAdvertiser.advertisedOnce { sendRouterAdvertisement(to: .allNodes, mac: IPv6Address.allNodes.multicastMAC, now: now) }
         if let fragment = upper.fragment {
             return handleFragment6(payload, ip: ip, upper: upper, fragment: fragment, ethernet: ethernet, now: now)
         }
@@ -180,9 +180,9 @@ extension Gateway {
 
     /// The RA (see the top of the file). Its DNS search list comes from `dnssearch=`.
     func sendRouterAdvertisement(to destination: IPv6Address, mac: MACAddress, now: Instant) {
-        routerAdvertisedOnce = true
-        nextRouterAdvertisement = now + Self.routerAdvertisementInterval
-        let ra = routerAdvertisement
+        routerAdvertiser.advertisedOnce = true
+        routerAdvertiser.next = now + Self.routerAdvertisementInterval
+        let ra = routerAdvertiser.advertisement
         let length = ra.length
         guard length + 40 <= config.mtu else { return }
         let source = GatewayConfig.ipv6LinkLocalGateway
@@ -195,7 +195,7 @@ extension Gateway {
 
     /// Periodic unsolicited RAs, once a guest has spoken IPv6.
     func sweepRouterAdvertisements(now: Instant) {
-        guard config.ipv6Enabled, routerAdvertisedOnce, now >= nextRouterAdvertisement else { return }
+        guard config.ipv6Enabled, routerAdvertiser.advertisedOnce, now >= routerAdvertiser.next else { return }
         sendRouterAdvertisement(to: .allNodes, mac: IPv6Address.allNodes.multicastMAC, now: now)
     }
 
@@ -242,8 +242,8 @@ extension Gateway {
         guard msg.type == DHCPv6Message.informationRequest, !ip.source.isUnspecified else { return drop(.dhcpv6Ignored) }
         // The reply must fit the MTU: room for the IPv6 and UDP headers (BAD-INPUTS 9, an oversized CLIENTID).
         let room = min(config.mtu - 48, scratch.count - 8)
-        guard let n = msg.emitReply(request: p, serverMAC: config.gatewayMAC, dnsServers: routerAdvertisement.dnsServers,
-                                    searchList: routerAdvertisement.searchList, into: scratch.slice(8 ..< 8 + room)) else {
+        guard let n = msg.emitReply(request: p, serverMAC: config.gatewayMAC, dnsServers: routerAdvertiser.advertisement.dnsServers,
+                                    searchList: routerAdvertiser.advertisement.searchList, into: scratch.slice(8 ..< 8 + room)) else {
             return drop(.dhcpv6Malformed)
         }
         counters.count(.dhcpv6Replies)

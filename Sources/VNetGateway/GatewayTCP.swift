@@ -30,6 +30,26 @@ struct TCPFlowKey: GuestFlowKey {
     var destinationPort: UInt16
 }
 
+/// What has happened to a flow, in the order it can happen (passt's model): a flow's state is the set of
+/// events it has seen, never a variable of its own; `TCPFlow.state` and the Bools beside it are views of it.
+struct TCPEvents: OptionSet {
+    let rawValue: UInt8
+    /// The guest's SYN arrived; we connect to the host on its behalf.
+    static let guestSyn = TCPEvents(rawValue: 1 << 0)
+    /// A host forward's client connected; we sent the guest a SYN.
+    static let hostAccepted = TCPEvents(rawValue: 1 << 1)
+    /// The host connect finished and our SYN-ACK went to the guest.
+    static let synAckSent = TCPEvents(rawValue: 1 << 2)
+    /// The handshake is complete both ways: data may flow.
+    static let established = TCPEvents(rawValue: 1 << 3)
+    /// The guest's FIN was taken; the host socket is shut for writing.
+    static let guestFin = TCPEvents(rawValue: 1 << 4)
+    /// The host closed its side: every byte is before `finSeq`, and our FIN takes sequence number `finSeq`.
+    static let hostFin = TCPEvents(rawValue: 1 << 5)
+    /// The guest acknowledged our FIN.
+    static let finAcked = TCPEvents(rawValue: 1 << 6)
+}
+
 struct TCPFlow {
     /// connecting/synAckSent: the guest opened the flow. synSent: a hostfwd client did, and we sent the SYN.
     enum State { case connecting, synAckSent, synSent, established }
@@ -40,12 +60,8 @@ struct TCPFlow {
     var handle: Int32
     var guestMAC: MACAddress
     var hostDestination: IPAddress
-    var state: State = .connecting
-    var guestFinReceived = false
-    /// The host closed its side: every byte is before `finSeq`, and our FIN takes sequence number `finSeq`.
-    var hostEOF = false
+    var events: TCPEvents = .guestSyn
     var finSeq: UInt32 = 0
-    var finAcked = false
     /// Next sequence number expected from the guest.
     var rcvNxt: UInt32
     /// Our initial sequence number; the first data byte is iss + 1.
@@ -97,12 +113,23 @@ struct TCPFlow {
     /// A window update is worth sending once the window has room for a full segment (RFC 1122 §4.2.3.3,
     /// receiver SWS avoidance): a Linux sender with a window under one MSS does not send at all.
     var windowUpdateThreshold: Int { mss }
-    /// In `tcpWindowWatch` (checked again every millisecond until the window opens).
+    /// In `tcpEngine.windowWatch` (checked again every millisecond until the window opens).
     var inWindowWatch = false
     /// The last watch pass that looked at this flow (so a slot listed twice is served once).
     var windowWatchPass: UInt32 = 0
     /// Our FIN went out and is not yet acknowledged, or will be resent.
     var finSent: Bool { hostEOF && seqLT(finSeq, sndNxt) }
+
+    // Views of `events`.
+    var state: State {
+        if events.contains(.established) { return .established }
+        if events.contains(.hostAccepted) { return .synSent }
+        return events.contains(.synAckSent) ? .synAckSent : .connecting
+    }
+    var isEstablished: Bool { events.contains(.established) }
+    var guestFinReceived: Bool { events.contains(.guestFin) }
+    var hostEOF: Bool { events.contains(.hostFin) }
+    var finAcked: Bool { events.contains(.finAcked) }
 }
 
 enum TCPTiming {
@@ -130,7 +157,7 @@ extension Gateway {
         guard !ip.source.isUnspecified, tcp.sourcePort != 0, tcp.destinationPort != 0 else { return drop(.martianSource) }
         let key = TCPFlowKey(guestAddress: ip.source, guestPort: tcp.sourcePort, destination: ip.destination, destinationPort: tcp.destinationPort)
         let payload = p.slice(tcp.headerLength ..< p.count)
-        if let i = tcpFlows.lookup(key) {
+        if let i = tcpEngine.flows.lookup(key) {
             return segmentForFlow(i, tcp: tcp, payload: payload, mac: ethernet.source, now: now)
         }
         if tcp.flags.contains(.rst) { return drop(.tcpNoFlow) }
@@ -169,19 +196,19 @@ extension Gateway {
     }
 
     func openTCPFlow(_ key: TCPFlowKey, tcp: TCPHeader, mac: MACAddress, now: Instant) {
-        guard tcpFlows.count < tcpFlows.capacity else {
+        guard tcpEngine.flows.count < tcpEngine.flows.capacity else {
             drop(.tcpFlowTableFull)
             return sendReset(answering: tcp, payloadLength: 0, key: key, mac: mac)
         }
-        guard tcpFlows.count(forGuest: key.guestAddress) < config.guestTCPFlowCapacity else {
+        guard tcpEngine.flows.count(forGuest: key.guestAddress) < config.guestTCPFlowCapacity else {
             drop(.tcpGuestFlowsFull)
             return sendReset(answering: tcp, payloadLength: 0, key: key, mac: mac)
         }
-        guard tcpHalfOpenCount < config.tcpHalfOpenCapacity else {
+        guard tcpEngine.halfOpenCount < config.tcpHalfOpenCapacity else {
             drop(.tcpHalfOpenFull)
             return sendReset(answering: tcp, payloadLength: 0, key: key, mac: mac)
         }
-        let tag = FlowTag(kind: .tcp, index: tcpFlows.nextFreeIndex!)
+        let tag = FlowTag(kind: .tcp, index: tcpEngine.flows.nextFreeIndex!)
         let opened: Int32?
         var hostAddress = IPAddress(IPv4Address.any)
         switch tcpTarget(for: key) {
@@ -206,17 +233,17 @@ extension Gateway {
                            guestWindow: UInt32(tcp.window), guestWScale: guestScales ? min(tcp.windowScale!, 14) : 0,
                            ourWScale: guestScales ? TCPTiming.ourWindowScale : 0,
                            mss: max(64, min(guestMSS, maximumSegmentSize(key))), lastActive: now, recover: iss)
-        _ = tcpFlows.insert(key, flow)
-        tcpHalfOpenCount += 1
+        _ = tcpEngine.flows.insert(key, flow)
+        tcpEngine.halfOpenCount += 1
         counters.count(.tcpFlowsOpened)
     }
 
     /// Frees a flow's slot (the caller has closed or aborted its socket), keeping the half-open count.
     func forgetTCPFlow(_ f: TCPFlow) {
-        if f.state != .established { tcpHalfOpenCount -= 1 }
+        if !f.isEstablished { tcpEngine.halfOpenCount -= 1 }
         // Its fd may be reused by the next flow in this slot: gathered data must not reach that one.
-        if guestSendBatch.flow == f.slot { guestSendBatch.reset() }
-        tcpFlows.remove(f.key)
+        if tcpEngine.sendBatch.flow == f.slot { tcpEngine.sendBatch.reset() }
+        tcpEngine.flows.remove(f.key)
     }
 
     /// A connection accepted on a hostfwd listener: vnet sends the SYN to guest:guestPort. Loopback clients
@@ -234,20 +261,20 @@ extension Gateway {
         guard let mac = guestMAC(for: guest) else { drop(.forwardNoGuestMAC); return false }
         let facing = forwardFacingAddress(client: client, guest: guest)
         let key = TCPFlowKey(guestAddress: guest, guestPort: guestPort, destination: facing, destinationPort: clientPort)
-        guard tcpFlows.lookup(key) == nil else { drop(.tcpFlowTableFull); return false }
-        guard tcpFlows.count < tcpFlows.capacity else { drop(.tcpFlowTableFull); return false }
-        guard tcpFlows.count(forGuest: guest) < config.guestTCPFlowCapacity else { drop(.tcpGuestFlowsFull); return false }
-        guard tcpHalfOpenCount < config.tcpHalfOpenCapacity else { drop(.tcpHalfOpenFull); return false }
-        let index = tcpFlows.nextFreeIndex!
+        guard tcpEngine.flows.lookup(key) == nil else { drop(.tcpFlowTableFull); return false }
+        guard tcpEngine.flows.count < tcpEngine.flows.capacity else { drop(.tcpFlowTableFull); return false }
+        guard tcpEngine.flows.count(forGuest: guest) < config.guestTCPFlowCapacity else { drop(.tcpGuestFlowsFull); return false }
+        guard tcpEngine.halfOpenCount < config.tcpHalfOpenCapacity else { drop(.tcpHalfOpenFull); return false }
+        let index = tcpEngine.flows.nextFreeIndex!
         guard host.adoptTCP(handle, tag: FlowTag(kind: .tcp, index: index)) else { drop(.hostSocketFailed); return false }
         let iss = initialSequence(for: key, now: now)
-        var flow = TCPFlow(key: key, slot: index, handle: handle, guestMAC: mac, hostDestination: client, state: .synSent,
+        var flow = TCPFlow(key: key, slot: index, handle: handle, guestMAC: mac, hostDestination: client, events: .hostAccepted,
                            rcvNxt: 0, iss: iss, sndUna: iss, sndNxt: iss, sndMax: iss, guestWindow: 0, guestWScale: 0,
                            ourWScale: TCPTiming.ourWindowScale, mss: maximumSegmentSize(key), lastActive: now, recover: iss)
         sendSyn(&flow)
         armRTO(&flow, now: now)
-        _ = tcpFlows.insert(key, flow)
-        tcpHalfOpenCount += 1
+        _ = tcpEngine.flows.insert(key, flow)
+        tcpEngine.halfOpenCount += 1
         counters.count(.tcpForwardsAccepted)
         counters.count(.tcpFlowsOpened)
         return true
@@ -284,8 +311,8 @@ extension Gateway {
         f.mss = max(64, min(Int(tcp.maxSegmentSize ?? 536), maximumSegmentSize(f.key)))
         f.guestWindow = UInt32(tcp.window)   // never scaled in a SYN
         f.sndUna = f.iss &+ 1
-        f.state = .established
-        tcpHalfOpenCount -= 1
+        f.events.insert(.established)
+        tcpEngine.halfOpenCount -= 1
         f.rtoDeadline = .zero
         f.retries = 0
         f.rto = TCPTiming.initialRTO
@@ -305,152 +332,27 @@ extension Gateway {
     func segmentForFlow(_ i: Int, tcp: TCPHeader, payload: UnsafeRawBufferPointer, mac: MACAddress, now: Instant) {
         // Gathered data of this flow goes out first unless this segment is the next in-order data behind it
         // (GatewayTCPBatch.swift): everything below then sees `rcvNxt` as if each segment had been sent at once.
-        if guestSendBatch.flow == i
-            && (payload.isEmpty || tcp.sequence != guestSendBatch.nextSequence || !tcp.flags.isSubset(of: [.ack, .psh])) {
+        if tcpEngine.sendBatch.flow == i
+            && (payload.isEmpty || tcp.sequence != tcpEngine.sendBatch.nextSequence || !tcp.flags.isSubset(of: [.ack, .psh])) {
             flushGuestSends()
         }
-        guard var f = tcpFlows[i] else { return }
+        guard var f = tcpEngine.flows[i] else { return }
         f.lastActive = now
         f.guestMAC = mac
-        defer { if tcpFlows[i] != nil { tcpFlows[i] = f } }
+        defer { if tcpEngine.flows[i] != nil { tcpEngine.flows[i] = f } }
 
         if f.state == .synSent { return synSentSegment(i, &f, tcp: tcp, now: now) }
-        if tcp.flags.contains(.rst) {
-            // RFC 5961 §3.2 asks for an exact match, but the guest's RST carries its snd_nxt, which may be past
-            // data we refused for want of socket space: accept any RST inside the window we advertised.
-            let inWindow = seqLE(f.rcvNxt, tcp.sequence) && seqLE(tcp.sequence, f.rcvNxt &+ max(f.lastAdvertised, 65535))
-            guard inWindow || f.state == .connecting else { return drop(.tcpRstOutOfWindow) }
-            counters.count(.tcpResetsFromGuest)
-            host.tcpAbort(f.handle)
-            forgetTCPFlow(f)
-            return
-        }
-        if tcp.flags.contains(.syn) {
-            // A retransmitted SYN: repeat our SYN-ACK if it was already sent, else wait for the connect.
-            if f.state == .synAckSent && tcp.sequence &+ 1 == f.rcvNxt { sendSynAck(&f) }
-            // A retransmitted SYN-ACK on a hostfwd flow means our ACK was lost: acknowledge it again.
-            if f.state == .established && tcp.sequence &+ 1 == f.rcvNxt { markAckPending(i, &f) }
-            return
-        }
-        guard tcp.flags.contains(.ack) else { return drop(.tcpNoAck) }
-
-        if f.state == .synAckSent {
-            guard tcp.acknowledgment == f.iss &+ 1 else {
-                drop(.tcpBadAck)
-                return sendReset(answering: tcp, payloadLength: payload.count, key: f.key, mac: mac)
-            }
-            f.state = .established
-            tcpHalfOpenCount -= 1
-            f.sndUna = f.iss &+ 1
-            f.rtoDeadline = .zero
-            f.retries = 0
-            f.rto = TCPTiming.initialRTO
-            host.tcpSetInterest(f.handle, tag: FlowTag(kind: .tcp, index: i), readable: true, writable: false)
-        }
-        guard f.state == .established else { return }
-
-        // ACK processing. Acknowledged host data leaves the socket after the segment's own data went to the
-        // host (below): a request that acknowledges the previous reply reaches the host one syscall sooner.
-        var acked: UInt32 = 0
-        var resendHole = false
-        let window = UInt32(tcp.window) << UInt32(f.guestWScale)
-        if seqLT(f.sndUna, tcp.acknowledgment) && seqLE(tcp.acknowledgment, f.sndMax) {
-            let ack = tcp.acknowledgment
-            // Bytes of data acknowledged (our FIN, when acknowledged, is not a byte in the socket).
-            var dataEnd = ack
-            if f.hostEOF && seqLT(f.finSeq, ack) {
-                dataEnd = f.finSeq
-                f.finAcked = true
-            }
-            acked = seqLT(f.sndUna, dataEnd) ? dataEnd &- f.sndUna : 0
-            resendHole = congestionAcked(&f, acked: acked, ack: ack)
-            f.sndUna = ack
-            if seqLT(f.sndNxt, ack) {
-                // After a rewind, the guest acknowledged data sent before it: continue from there.
-                f.sndNxt = ack
-                host.tcpSetPeekOffset(f.handle, offset: 0)
-            }
-            f.retries = 0
-            f.rto = TCPTiming.initialRTO
-            f.dupAcks = 0
-            f.rtoDeadline = .zero
-            if f.sndUna != f.sndNxt { armRTO(&f, now: now) }
-        } else if tcp.acknowledgment == f.sndUna && payload.isEmpty && !tcp.flags.contains(.fin) && f.inFlight > 0 && window == f.guestWindow {
-            f.dupAcks += 1
-            if f.dupAcks == 3 && !seqLT(f.sndUna, f.recover) { fastRetransmit(&f) }
-        } else if seqLT(f.sndMax, tcp.acknowledgment) {
-            // Acknowledges data never sent: answer with an ACK (RFC 9293 §3.10.7.4) and ignore the segment.
-            drop(.tcpBadAck)
-            markAckPending(i, &f)
-            return
-        }
-        if f.inFlight == 0 && f.retries > 0 {
-            // The guest answered a zero-window probe: it is alive, so the persist timer never gives up.
-            f.retries = 0
-            f.rto = TCPTiming.initialRTO
-            f.rtoDeadline = .zero
-        }
-        f.guestWindow = window
-
-        // Data and FIN. `expected` is rcvNxt, or the end of this flow's gathered data, which this segment
-        // continues (checked above).
-        let gathering = guestSendBatch.flow == i
-        let expected = gathering ? guestSendBatch.nextSequence : f.rcvNxt
-        var data = payload
-        var seq = tcp.sequence
-        var fin = tcp.flags.contains(.fin)
-        if data.isEmpty && !fin && seqLT(seq, f.rcvNxt) {
-            // A zero-window probe or keep-alive (SEG.SEQ = RCV.NXT-1): RFC 9293 §3.10.7.4 answers with an ACK.
-            markAckPending(i, &f)
-        }
-        if !data.isEmpty || fin {
-            if seqLT(seq, f.rcvNxt) {
-                let skip = Int(f.rcvNxt &- seq)
-                if skip >= data.count + (fin ? 1 : 0) {
-                    data = UnsafeRawBufferPointer(start: nil, count: 0)
-                    fin = false
-                    markAckPending(i, &f)  // duplicate: re-acknowledge
-                } else if skip >= data.count {
-                    data = UnsafeRawBufferPointer(start: nil, count: 0)  // only the FIN is new
-                } else {
-                    data = data.slice(skip ..< data.count)
-                }
-                seq = f.rcvNxt
-            }
-            if (!data.isEmpty || fin) && seq != expected {
-                drop(.tcpOutOfOrder)
-                markAckPending(i, &f)
-                data = UnsafeRawBufferPointer(start: nil, count: 0)
-                fin = false
-            }
-            if !data.isEmpty && !f.guestFinReceived && !fin && (gathering || guestDataIsHeld(data)) {
-                guard gatherGuestData(i, &f, data) else { return }
-            } else if !data.isEmpty && !f.guestFinReceived {
-                switch host.tcpSend(f.handle, data) {
-                case .done(let n):
-                    f.rcvNxt &+= UInt32(n)
-                    f.writtenSinceMeasure += n
-                    if n < data.count { fin = false; waitForSendSpace(i, &f) }
-                case .wouldBlock:
-                    fin = false
-                    waitForSendSpace(i, &f)
-                case .reset, .failed, .endOfStream:
-                    return resetFlow(i, &f)
-                }
-                markAckPending(i, &f)
-            }
-            if fin && !f.guestFinReceived {
-                f.rcvNxt &+= 1
-                f.guestFinReceived = true
-                host.tcpShutdownWrite(f.handle)
-                markAckPending(i, &f)
-            }
-        }
-        if acked > 0 {
-            host.tcpDiscard(f.handle, count: Int(acked))
+        guard handshakeStep(i, &f, tcp: tcp, payloadLength: payload.count, mac: mac), f.isEstablished else { return }
+        guard let ack = ackStep(i, &f, tcp: tcp, payloadIsEmpty: payload.isEmpty, now: now) else { return }
+        guard let fin = dataStep(i, &f, tcp: tcp, payload: payload) else { return }
+        if fin { finStep(i, &f) }
+        // Acknowledged host data leaves the socket only now, after the segment's own data went to the host: a
+        // request that acknowledges the previous reply reaches the host one syscall sooner.
+        if ack.acked > 0 {
+            host.tcpDiscard(f.handle, count: Int(ack.acked))
             if !host.tcpDrainedPeekIsFinal { f.hostDataPending = true }
         }
-        if resendHole && f.sndUna != f.sndNxt {
+        if ack.resendHole && f.sndUna != f.sndNxt {
             counters.count(.tcpRetransmits)
             resendFirstSegment(&f)
         }
@@ -462,6 +364,158 @@ extension Gateway {
         pushHostData(i, &f, now: now)
     }
 
+    /// RST, SYN and the ACK that completes our SYN-ACK. False when the segment ends here (the flow may be gone).
+    func handshakeStep(_ i: Int, _ f: inout TCPFlow, tcp: TCPHeader, payloadLength: Int, mac: MACAddress) -> Bool {
+        if tcp.flags.contains(.rst) {
+            // RFC 5961 §3.2 asks for an exact match, but the guest's RST carries its snd_nxt, which may be past
+            // data we refused for want of socket space: accept any RST inside the window we advertised.
+            let inWindow = seqLE(f.rcvNxt, tcp.sequence) && seqLE(tcp.sequence, f.rcvNxt &+ max(f.lastAdvertised, 65535))
+            guard inWindow || f.state == .connecting else { drop(.tcpRstOutOfWindow); return false }
+            counters.count(.tcpResetsFromGuest)
+            host.tcpAbort(f.handle)
+            forgetTCPFlow(f)
+            return false
+        }
+        if tcp.flags.contains(.syn) {
+            // A retransmitted SYN: repeat our SYN-ACK if it was already sent, else wait for the connect.
+            if f.state == .synAckSent && tcp.sequence &+ 1 == f.rcvNxt { sendSynAck(&f) }
+            // A retransmitted SYN-ACK on a hostfwd flow means our ACK was lost: acknowledge it again.
+            if f.isEstablished && tcp.sequence &+ 1 == f.rcvNxt { markAckPending(i, &f) }
+            return false
+        }
+        guard tcp.flags.contains(.ack) else { drop(.tcpNoAck); return false }
+        if f.state == .synAckSent {
+            guard tcp.acknowledgment == f.iss &+ 1 else {
+                drop(.tcpBadAck)
+                sendReset(answering: tcp, payloadLength: payloadLength, key: f.key, mac: mac)
+                return false
+            }
+            f.events.insert(.established)
+            tcpEngine.halfOpenCount -= 1
+            f.sndUna = f.iss &+ 1
+            f.rtoDeadline = .zero
+            f.retries = 0
+            f.rto = TCPTiming.initialRTO
+            host.tcpSetInterest(f.handle, tag: FlowTag(kind: .tcp, index: i), readable: true, writable: false)
+        }
+        return true
+    }
+
+    /// What an ACK did: host bytes it acknowledged (discarded from the socket after the data step), and
+    /// whether NewReno wants the next hole resent.
+    struct AckOutcome {
+        var acked: UInt32 = 0
+        var resendHole = false
+    }
+
+    /// The acknowledgment and window of an established flow's segment: advances `sndUna` (and our FIN's
+    /// acknowledgment), counts duplicate ACKs for fast retransmit, resets the retransmission timer. Nil when
+    /// the segment acknowledges data never sent (answered with an ACK and otherwise ignored).
+    func ackStep(_ i: Int, _ f: inout TCPFlow, tcp: TCPHeader, payloadIsEmpty: Bool, now: Instant) -> AckOutcome? {
+        var outcome = AckOutcome()
+        let window = UInt32(tcp.window) << UInt32(f.guestWScale)
+        if seqLT(f.sndUna, tcp.acknowledgment) && seqLE(tcp.acknowledgment, f.sndMax) {
+            let ack = tcp.acknowledgment
+            // Bytes of data acknowledged (our FIN, when acknowledged, is not a byte in the socket).
+            var dataEnd = ack
+            if f.hostEOF && seqLT(f.finSeq, ack) {
+                dataEnd = f.finSeq
+                f.events.insert(.finAcked)
+            }
+            outcome.acked = seqLT(f.sndUna, dataEnd) ? dataEnd &- f.sndUna : 0
+            outcome.resendHole = congestionAcked(&f, acked: outcome.acked, ack: ack)
+            f.sndUna = ack
+            if seqLT(f.sndNxt, ack) {
+                // After a rewind, the guest acknowledged data sent before it: continue from there.
+                f.sndNxt = ack
+                host.tcpSetPeekOffset(f.handle, offset: 0)
+            }
+            f.retries = 0
+            f.rto = TCPTiming.initialRTO
+            f.dupAcks = 0
+            f.rtoDeadline = .zero
+            if f.sndUna != f.sndNxt { armRTO(&f, now: now) }
+        } else if tcp.acknowledgment == f.sndUna && payloadIsEmpty && !tcp.flags.contains(.fin) && f.inFlight > 0 && window == f.guestWindow {
+            f.dupAcks += 1
+            if f.dupAcks == 3 && !seqLT(f.sndUna, f.recover) { fastRetransmit(&f) }
+        } else if seqLT(f.sndMax, tcp.acknowledgment) {
+            // Acknowledges data never sent: answer with an ACK (RFC 9293 §3.10.7.4) and ignore the segment.
+            drop(.tcpBadAck)
+            markAckPending(i, &f)
+            return nil
+        }
+        if f.inFlight == 0 && f.retries > 0 {
+            // The guest answered a zero-window probe: it is alive, so the persist timer never gives up.
+            f.retries = 0
+            f.rto = TCPTiming.initialRTO
+            f.rtoDeadline = .zero
+        }
+        f.guestWindow = window
+        return outcome
+    }
+
+    /// The segment's data: trimmed to what is new, taken only in order (`rcvNxt`, or the end of this flow's
+    /// gathered data, which this segment continues), then gathered or written to the host socket; only what
+    /// the socket accepted is acknowledged. Returns whether the segment's FIN is now next in sequence and may
+    /// be taken, or nil when the flow was reset or the gather ended the segment.
+    func dataStep(_ i: Int, _ f: inout TCPFlow, tcp: TCPHeader, payload: UnsafeRawBufferPointer) -> Bool? {
+        let gathering = tcpEngine.sendBatch.flow == i
+        let expected = gathering ? tcpEngine.sendBatch.nextSequence : f.rcvNxt
+        var data = payload
+        var seq = tcp.sequence
+        var fin = tcp.flags.contains(.fin)
+        if data.isEmpty && !fin && seqLT(seq, f.rcvNxt) {
+            // A zero-window probe or keep-alive (SEG.SEQ = RCV.NXT-1): RFC 9293 §3.10.7.4 answers with an ACK.
+            markAckPending(i, &f)
+        }
+        guard !data.isEmpty || fin else { return false }
+        if seqLT(seq, f.rcvNxt) {
+            let skip = Int(f.rcvNxt &- seq)
+            if skip >= data.count + (fin ? 1 : 0) {
+                data = UnsafeRawBufferPointer(start: nil, count: 0)
+                fin = false
+                markAckPending(i, &f)  // duplicate: re-acknowledge
+            } else if skip >= data.count {
+                data = UnsafeRawBufferPointer(start: nil, count: 0)  // only the FIN is new
+            } else {
+                data = data.slice(skip ..< data.count)
+            }
+            seq = f.rcvNxt
+        }
+        if (!data.isEmpty || fin) && seq != expected {
+            drop(.tcpOutOfOrder)
+            markAckPending(i, &f)
+            return false
+        }
+        if !data.isEmpty && !f.guestFinReceived && !fin && (gathering || guestDataIsHeld(data)) {
+            guard gatherGuestData(i, &f, data) else { return nil }
+        } else if !data.isEmpty && !f.guestFinReceived {
+            switch host.tcpSend(f.handle, data) {
+            case .done(let n):
+                f.rcvNxt &+= UInt32(n)
+                f.writtenSinceMeasure += n
+                if n < data.count { fin = false; waitForSendSpace(i, &f) }
+            case .wouldBlock:
+                fin = false
+                waitForSendSpace(i, &f)
+            case .reset, .failed, .endOfStream:
+                resetFlow(i, &f)
+                return nil
+            }
+            markAckPending(i, &f)
+        }
+        return fin
+    }
+
+    /// The guest's FIN, in sequence: the host socket is shut for writing and the FIN acknowledged.
+    func finStep(_ i: Int, _ f: inout TCPFlow) {
+        guard !f.guestFinReceived else { return }
+        f.rcvNxt &+= 1
+        f.events.insert(.guestFin)
+        host.tcpShutdownWrite(f.handle)
+        markAckPending(i, &f)
+    }
+
     /// The window we offer is under one segment: watch the host socket's send space, by EPOLLOUT and by a 1 ms
     /// timer. EPOLLOUT alone is not enough: the kernel calls a socket writable long before it has an MSS of
     /// room by our measure (half of SO_SNDBUF minus SIOCOUTQ), and after it has said so once it sends no
@@ -469,11 +523,11 @@ extension Gateway {
     func waitForSendSpace(_ i: Int, _ f: inout TCPFlow) {
         guard !f.wantWritable else { return }
         f.wantWritable = true
-        host.tcpSetInterest(f.handle, tag: FlowTag(kind: .tcp, index: i), readable: f.state == .established, writable: true)
+        host.tcpSetInterest(f.handle, tag: FlowTag(kind: .tcp, index: i), readable: f.isEstablished, writable: true)
         if !f.inWindowWatch {
             f.inWindowWatch = true
-            if tcpWindowWatch.isEmpty { windowWatchDeadline = lastPollTime + .milliseconds(1) }
-            tcpWindowWatch.append(i)
+            if tcpEngine.windowWatch.isEmpty { tcpEngine.windowWatchDeadline = lastPollTime + .milliseconds(1) }
+            tcpEngine.windowWatch.append(i)
         }
     }
 
@@ -497,41 +551,46 @@ extension Gateway {
 
     /// The 1 ms pass over flows whose window is closed (see `waitForSendSpace`).
     func tcpWindowWatchPass(now: Instant) {
-        guard !tcpWindowWatch.isEmpty, now >= windowWatchDeadline else { return }
-        windowWatchPasses &+= 1
+        guard !tcpEngine.windowWatch.isEmpty, now >= tcpEngine.windowWatchDeadline else { return }
+        tcpEngine.windowWatchPasses &+= 1
         var kept = 0
-        for j in 0 ..< tcpWindowWatch.count {
-            let i = tcpWindowWatch[j]
-            guard var f = tcpFlows[i], f.inWindowWatch, f.windowWatchPass != windowWatchPasses else { continue }
-            f.windowWatchPass = windowWatchPasses
-            if f.state != .established || !f.wantWritable || sendWindowUpdateIfOpen(i, &f) {
+        for j in 0 ..< tcpEngine.windowWatch.count {
+            let i = tcpEngine.windowWatch[j]
+            guard var f = tcpEngine.flows[i], f.inWindowWatch, f.windowWatchPass != tcpEngine.windowWatchPasses else { continue }
+            f.windowWatchPass = tcpEngine.windowWatchPasses
+            if !f.isEstablished || !f.wantWritable || sendWindowUpdateIfOpen(i, &f) {
                 f.inWindowWatch = false
             } else {
-                tcpWindowWatch[kept] = i
+                tcpEngine.windowWatch[kept] = i
                 kept += 1
             }
-            tcpFlows[i] = f
+            tcpEngine.flows[i] = f
         }
-        tcpWindowWatch.removeLast(tcpWindowWatch.count - kept)
-        windowWatchDeadline = now + .milliseconds(1)
+        tcpEngine.windowWatch.removeLast(tcpEngine.windowWatch.count - kept)
+        tcpEngine.windowWatchDeadline = now + .milliseconds(1)
     }
 
     func markAckPending(_ i: Int, _ f: inout TCPFlow) {
         guard !f.ackPending else { return }
         f.ackPending = true
-        tcpAckList.append(i)
+        tcpEngine.ackList.append(i)
     }
 
-    /// Sends the ACKs owed to the guest. Call after a batch of guest frames: one ACK per flow per batch.
+    /// ACKs are owed to the guest (a runtime that busy-polls may let them wait for the host's reply, which
+    /// then carries them: see `flushPendingAcks`).
+    public var hasPendingAcks: Bool { !tcpEngine.ackList.isEmpty }
+
+    /// Sends the ACKs owed to the guest. Call after a batch of guest frames: one ACK per flow per batch. Data
+    /// for the guest that goes out before this carries the ACK instead (counted as `tcp_acks_folded`).
     public func flushPendingAcks() {
         flushGuestSends()  // the ACKs say what the sockets took
-        guard !tcpAckList.isEmpty else { return }
-        for i in tcpAckList {
-            guard var f = tcpFlows[i], f.ackPending else { continue }
+        guard !tcpEngine.ackList.isEmpty else { return }
+        for i in tcpEngine.ackList {
+            guard var f = tcpEngine.flows[i], f.ackPending else { continue }
             sendPendingAck(&f)
-            tcpFlows[i] = f
+            tcpEngine.flows[i] = f
         }
-        tcpAckList.removeAll(keepingCapacity: true)
+        tcpEngine.ackList.removeAll(keepingCapacity: true)
     }
 
     func sendPendingAck(_ f: inout TCPFlow) {
@@ -559,7 +618,7 @@ extension Gateway {
             space = measureSendSpace(&f)
         }
         f.lastAdvertised = UInt32(min(space, Int(UInt32.max)))
-        if space < f.windowUpdateThreshold && !f.guestFinReceived && f.state == .established { waitForSendSpace(f.slot, &f) }
+        if space < f.windowUpdateThreshold && !f.guestFinReceived && f.isEstablished { waitForSendSpace(f.slot, &f) }
         let scaled = space >> Int(f.ourWScale)
         return UInt16(min(scaled, 65535))
     }
@@ -569,7 +628,7 @@ extension Gateway {
     /// Peeks host data into segments while the guest's window (and the guest queue) has room; sends our FIN
     /// once the host side has closed and every byte before it is out.
     func pushHostData(_ i: Int, _ f: inout TCPFlow, now: Instant) {
-        guard f.state == .established else { return }
+        guard f.isEstablished else { return }
         while true {
             if f.hostEOF {
                 if f.sndNxt == f.finSeq {
@@ -617,6 +676,7 @@ extension Gateway {
                     advanceSent(&f, by: UInt32(chunk))
                     off += chunk
                 }
+                if f.ackPending { counters.count(.tcpAcksFolded) }
                 f.ackPending = false
                 armRTO(&f, now: now)
                 // A short peek may have stopped at a FIN or a reset that came with the data (no further edge
@@ -628,7 +688,7 @@ extension Gateway {
                     return
                 }
             case .endOfStream:
-                f.hostEOF = true
+                f.events.insert(.hostFin)
                 f.finSeq = f.sndNxt
             case .wouldBlock:
                 f.hostDataPending = false
@@ -645,24 +705,24 @@ extension Gateway {
     func blockOnQueue(_ i: Int, _ f: inout TCPFlow) {
         guard !f.queueBlocked else { return }
         f.queueBlocked = true
-        tcpQueueBlocked.append(i)
+        tcpEngine.queueBlocked.append(i)
     }
 
     /// Lets flows that were waiting for room in the guest queue continue. Call after draining the queue.
     public func resumeFlowsBlockedOnQueue(now: Instant) {
-        guard !tcpQueueBlocked.isEmpty else { return }
+        guard !tcpEngine.queueBlocked.isEmpty else { return }
         // Flows that block again are appended behind the ones still waiting; each waiting flow gets one turn.
-        let waiting = tcpQueueBlocked.count
+        let waiting = tcpEngine.queueBlocked.count
         var served = 0
         while served < waiting, toGuest.freeSpace > toGuest.capacity / 4 {
-            let i = tcpQueueBlocked[served]
+            let i = tcpEngine.queueBlocked[served]
             served += 1
-            guard var f = tcpFlows[i] else { continue }
+            guard var f = tcpEngine.flows[i] else { continue }
             f.queueBlocked = false
             pushHostData(i, &f, now: now)
-            if tcpFlows[i] != nil { tcpFlows[i] = f }
+            if tcpEngine.flows[i] != nil { tcpEngine.flows[i] = f }
         }
-        tcpQueueBlocked.removeFirst(served)
+        tcpEngine.queueBlocked.removeFirst(served)
     }
 
     @inline(__always) func advanceSent(_ f: inout TCPFlow, by n: UInt32) {
@@ -671,16 +731,16 @@ extension Gateway {
     }
 
     func tcpReadable(_ i: Int, now: Instant, peerClosing: Bool = true) {
-        guard var f = tcpFlows[i] else { return }
+        guard var f = tcpEngine.flows[i] else { return }
         f.lastActive = now
         f.hostDataPending = true
         if peerClosing { f.peerMayHaveClosed = true }
         pushHostData(i, &f, now: now)
-        if tcpFlows[i] != nil { tcpFlows[i] = f }
+        if tcpEngine.flows[i] != nil { tcpEngine.flows[i] = f }
     }
 
     func tcpWritable(_ i: Int, now: Instant) {
-        guard var f = tcpFlows[i] else { return }
+        guard var f = tcpEngine.flows[i] else { return }
         switch f.state {
         case .connecting:
             let err = host.tcpConnectError(f.handle)
@@ -693,7 +753,7 @@ extension Gateway {
                 return
             }
             sendSynAck(&f)
-            f.state = .synAckSent
+            f.events.insert(.synAckSent)
             f.rtoDeadline = .zero
             armRTO(&f, now: now)
             host.tcpSetInterest(f.handle, tag: FlowTag(kind: .tcp, index: i), readable: false, writable: false)
@@ -704,7 +764,7 @@ extension Gateway {
             // until then stay armed (and watched by the 1 ms timer).
             sendWindowUpdateIfOpen(i, &f)
         }
-        tcpFlows[i] = f
+        tcpEngine.flows[i] = f
     }
 
     /// Our SYN-ACK to the guest's SYN: window scale only when the guest offered it (RFC 7323 §2.2).
@@ -851,10 +911,10 @@ extension Gateway {
 
     /// RTO, window probes and idle timeouts. Runs when the earliest deadline has passed.
     func tcpTimers(now: Instant) {
-        guard now >= nextTCPDeadline else { return }
+        guard now >= tcpEngine.nextDeadline else { return }
         var next = now + .seconds(1)
-        for i in tcpFlows.activeIndices {
-            guard var f = tcpFlows[i] else { continue }
+        for i in tcpEngine.flows.activeIndices {
+            guard var f = tcpEngine.flows[i] else { continue }
             let idle = now - f.lastActive
             let limit: Instant.Duration
             switch f.state {
@@ -883,9 +943,9 @@ extension Gateway {
                 case .established:
                     if f.inFlight > 0 {
                         retransmit(&f, now: now)
-                        tcpFlows[i] = f
+                        tcpEngine.flows[i] = f
                         pushHostData(i, &f, now: now)
-                        guard tcpFlows[i] != nil else { continue }
+                        guard tcpEngine.flows[i] != nil else { continue }
                     } else {
                         // Zero-window probe (RFC 9293 §3.8.6.1): an ACK below the window makes the guest restate it.
                         emitSegment(&f, flags: .ack, sequence: f.sndUna &- 1, payload: nil)
@@ -895,11 +955,11 @@ extension Gateway {
                 f.rtoDeadline = now + f.rto
             }
             if f.rtoDeadline != .zero && f.rtoDeadline < next { next = f.rtoDeadline }
-            tcpFlows[i] = f
+            tcpEngine.flows[i] = f
         }
-        nextTCPDeadline = next
+        tcpEngine.nextDeadline = next
     }
 
     /// Wakes the timers early (a new deadline may be sooner than the scheduled scan).
-    func noteTCPDeadline(_ d: Instant) { if d < nextTCPDeadline { nextTCPDeadline = d } }
+    func noteTCPDeadline(_ d: Instant) { if d < tcpEngine.nextDeadline { tcpEngine.nextDeadline = d } }
 }

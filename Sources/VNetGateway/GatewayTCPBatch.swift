@@ -57,11 +57,11 @@ extension Gateway {
     /// passed as held (`handleGuestFrame(_:now:checksumPartial:held:)`), and before `flushPendingAcks`.
     public func flushGuestSends() {
         flushGuestDatagrams()
-        let i = guestSendBatch.flow
+        let i = tcpEngine.sendBatch.flow
         guard i >= 0 else { return }
-        guard var f = tcpFlows[i] else { return guestSendBatch.reset() }
+        guard var f = tcpEngine.flows[i] else { return tcpEngine.sendBatch.reset() }
         sendGuestBatch(i, &f)
-        if tcpFlows[i] != nil { tcpFlows[i] = f }
+        if tcpEngine.flows[i] != nil { tcpEngine.flows[i] = f }
     }
 
     /// True when `data` lies inside the frame being handled and that frame is held until the next flush.
@@ -70,39 +70,39 @@ extension Gateway {
         return start >= base && start + data.count <= base + heldGuestFrame.count
     }
 
-    /// Adds in-order data of flow `i` (at `guestSendBatch.nextSequence`, or at `rcvNxt` for a new batch).
+    /// Adds in-order data of flow `i` (at `tcpEngine.sendBatch.nextSequence`, or at `rcvNxt` for a new batch).
     /// A batch of another flow is sent first. Returns false when the flow was reset by a failed send.
     func gatherGuestData(_ i: Int, _ f: inout TCPFlow, _ data: UnsafeRawBufferPointer) -> Bool {
-        if guestSendBatch.flow != i {
+        if tcpEngine.sendBatch.flow != i {
             flushGuestSends()
-            guestSendBatch.flow = i
-            guestSendBatch.handle = f.handle
-            guestSendBatch.nextSequence = f.rcvNxt
+            tcpEngine.sendBatch.flow = i
+            tcpEngine.sendBatch.handle = f.handle
+            tcpEngine.sendBatch.nextSequence = f.rcvNxt
         }
-        guestSendBatch.parts[guestSendBatch.count] = data
-        guestSendBatch.count += 1
-        guestSendBatch.bytes += data.count
-        guestSendBatch.nextSequence &+= UInt32(data.count)
+        tcpEngine.sendBatch.parts[tcpEngine.sendBatch.count] = data
+        tcpEngine.sendBatch.count += 1
+        tcpEngine.sendBatch.bytes += data.count
+        tcpEngine.sendBatch.nextSequence &+= UInt32(data.count)
         markAckPending(i, &f)
-        if guestSendBatch.isFull {
+        if tcpEngine.sendBatch.isFull {
             sendGuestBatch(i, &f)
-            return tcpFlows[i] != nil
+            return tcpEngine.flows[i] != nil
         }
         return true
     }
 
     /// One gather send of flow `i`'s batch; `rcvNxt` advances by what the socket took.
     func sendGuestBatch(_ i: Int, _ f: inout TCPFlow) {
-        defer { guestSendBatch.reset() }
-        guard guestSendBatch.flow == i, guestSendBatch.count > 0, f.handle == guestSendBatch.handle,
-              f.state == .established, !f.guestFinReceived else { return }
-        let parts = UnsafeBufferPointer(rebasing: guestSendBatch.parts[0 ..< guestSendBatch.count])
+        defer { tcpEngine.sendBatch.reset() }
+        guard tcpEngine.sendBatch.flow == i, tcpEngine.sendBatch.count > 0, f.handle == tcpEngine.sendBatch.handle,
+              f.isEstablished, !f.guestFinReceived else { return }
+        let parts = UnsafeBufferPointer(rebasing: tcpEngine.sendBatch.parts[0 ..< tcpEngine.sendBatch.count])
         if parts.count > 1 { counters.count(.tcpGatheredSends) }
         switch host.tcpSendGather(f.handle, parts) {
         case .done(let n):
             f.rcvNxt &+= UInt32(n)
             f.writtenSinceMeasure += n
-            if n < guestSendBatch.bytes { waitForSendSpace(i, &f) }
+            if n < tcpEngine.sendBatch.bytes { waitForSendSpace(i, &f) }
         case .wouldBlock:
             waitForSendSpace(i, &f)
         case .reset, .failed, .endOfStream:

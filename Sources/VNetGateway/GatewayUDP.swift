@@ -52,11 +52,11 @@ extension Gateway {
     /// Guest UDP of either family that is not DHCP or TFTP: hostfwd replies, the DNS forwarder, NAT.
     func handleUDPFlow(_ payload: UnsafeRawBufferPointer, ip: GuestPacket, udp: UDPHeader, mac: MACAddress, now: Instant) {
         let key = UDPFlowKey(guestAddress: ip.source, guestPort: udp.sourcePort, destination: ip.destination, destinationPort: udp.destinationPort)
-        let existing = udpFlows.lookup(key)
-        if let i = existing, let to = udpFlows[i]?.replyTo {
+        let existing = udpEngine.flows.lookup(key)
+        if let i = existing, let to = udpEngine.flows[i]?.replyTo {
             // A reply to a hostfwd client: out through the forward's own socket.
-            udpFlows[i]!.lastActive = now
-            if !host.sendUDP(udpFlows[i]!.handle, payload, to: to.0, port: to.1) { drop(.hostSendFailed) }
+            udpEngine.flows[i]!.lastActive = now
+            if !host.sendUDP(udpEngine.flows[i]!.handle, payload, to: to.0, port: to.1) { drop(.hostSendFailed) }
             return
         }
         // libslirp's restrict=on: only DHCP (and TFTP) reach the gateway; nothing is NAT'd, not even DNS.
@@ -127,22 +127,22 @@ extension Gateway {
                 hostAddress = d
                 hostPort = udp.destinationPort
             }
-            guard udpFlows.count < udpFlows.capacity else { return drop(.udpFlowTableFull) }
-            guard udpFlows.count(forGuest: key.guestAddress) < config.guestUDPFlowCapacity else { return drop(.udpGuestFlowsFull) }
-            guard !dns || dnsFlowCount < config.dnsFlowCapacity else { return drop(.dnsFlowTableFull) }
-            let tagIndex = udpFlows.nextFreeIndex!
+            guard udpEngine.flows.count < udpEngine.flows.capacity else { return drop(.udpFlowTableFull) }
+            guard udpEngine.flows.count(forGuest: key.guestAddress) < config.guestUDPFlowCapacity else { return drop(.udpGuestFlowsFull) }
+            guard !dns || dnsForwarder.flowCount < config.dnsFlowCapacity else { return drop(.dnsFlowTableFull) }
+            let tagIndex = udpEngine.flows.nextFreeIndex!
             guard let handle = host.openUDP(to: hostAddress, port: hostPort, tag: FlowTag(kind: .udp, index: tagIndex)) else {
                 return drop(.hostSocketFailed)
             }
-            index = udpFlows.insert(key, UDPFlow(key: key, handle: handle, guestMAC: mac, hostDestination: hostAddress,
+            index = udpEngine.flows.insert(key, UDPFlow(key: key, handle: handle, guestMAC: mac, hostDestination: hostAddress,
                                                  lastActive: now, ttl: 64, isDNS: dns))
-            if dns { dnsFlowCount += 1 }
+            if dns { dnsForwarder.flowCount += 1 }
             counters.count(.udpFlowsOpened)
         } else if dns {
             counters.count(.dnsQueries)
         }
         let i = index!
-        var flow = udpFlows[i]!
+        var flow = udpEngine.flows[i]!
         flow.lastActive = now
         flow.guestMAC = mac
         if flow.ttl != ip.hopLimit {
@@ -151,7 +151,7 @@ extension Gateway {
             flow.ttl = ip.hopLimit
         }
         if flow.isDNS && flow.queryPendingSince == .zero { flow.queryPendingSince = now }
-        udpFlows[i] = flow
+        udpEngine.flows[i] = flow
         if flow.isDNS {
             if !host.sendUDP(flow.handle, payload) { drop(.hostSendFailed) }
         } else {
@@ -160,17 +160,12 @@ extension Gateway {
     }
 
     /// The upstream new DNS flows use: the first one, or the next after one stopped answering.
-    var currentDNSUpstream: (IPAddress, UInt16)? {
-        dnsUpstreams.isEmpty ? nil : dnsUpstreams[dnsUpstreamIndex % dnsUpstreams.count]
-    }
+    var currentDNSUpstream: (IPAddress, UInt16)? { dnsForwarder.upstreams.current.map { ($0.address, $0.port) } }
 
     /// The upstream of `flow` failed (ICMP error, or no answer within `dnsFailoverTimeout`): later queries
     /// go to the next resolver, and the flow is closed so the guest's retry opens a flow to it.
     func failOverDNS(_ flow: UDPFlow) {
-        if dnsUpstreams.count > 1, let cur = currentDNSUpstream, cur.0 == flow.hostDestination {
-            dnsUpstreamIndex = (dnsUpstreamIndex + 1) % dnsUpstreams.count
-            counters.count(.dnsFailovers)
-        }
+        if dnsForwarder.upstreams.failed(flow.hostDestination) { counters.count(.dnsFailovers) }
         host.close(flow.handle)
         forgetUDPFlow(flow)
     }
@@ -178,9 +173,9 @@ extension Gateway {
     /// Frees a flow's slot (its socket is closed or shared), keeping the DNS flow count.
     func forgetUDPFlow(_ f: UDPFlow) {
         // Its socket is closed (or shared) by now, and its fd may be reused: gathered datagrams are dropped.
-        if let i = udpFlows.lookup(f.key), udpSendBatch.flow == i { udpSendBatch.reset() }
-        if f.isDNS { dnsFlowCount -= 1 }
-        udpFlows.remove(f.key)
+        if let i = udpEngine.flows.lookup(f.key), udpEngine.sendBatch.flow == i { udpEngine.sendBatch.reset() }
+        if f.isDNS { dnsForwarder.flowCount -= 1 }
+        udpEngine.flows.remove(f.key)
     }
 
     /// A query for a name in `table` (`localDNS`, then the lease names): answered here (true), never forwarded.
@@ -207,7 +202,7 @@ extension Gateway {
 
     /// Drains a readable UDP flow socket (at most `budget` datagrams, so one flow cannot starve the rest).
     func udpReadable(_ i: Int, now: Instant, budget: Int = 64) {
-        guard var flow = udpFlows[i] else { return }
+        guard var flow = udpEngine.flows[i] else { return }
         for _ in 0 ..< budget {
             switch host.receiveUDP(flow.handle, into: scratch.slice(8 ..< scratch.count)) {
             case .datagram(let n):
@@ -241,11 +236,11 @@ extension Gateway {
             case .ignored, .echoReply:
                 drop(.hostDatagramDropped)
             case .wouldBlock, .failed:
-                udpFlows[i] = flow
+                udpEngine.flows[i] = flow
                 return
             }
         }
-        udpFlows[i] = flow
+        udpEngine.flows[i] = flow
     }
 
     /// ICMP error to the guest quoting its packet (RFC 792): the original IPv4 header plus the first 8 bytes of
@@ -279,12 +274,12 @@ extension Gateway {
         guard let mac = guestMAC(for: guest) else { return drop(.forwardNoGuestMAC) }
         let facing = forwardFacingAddress(client: client, guest: guest)
         let key = UDPFlowKey(guestAddress: guest, guestPort: guestPort, destination: facing, destinationPort: clientPort)
-        if let i = udpFlows.lookup(key) {
-            udpFlows[i]!.lastActive = now
-            udpFlows[i]!.replyTo = (client, clientPort)
+        if let i = udpEngine.flows.lookup(key) {
+            udpEngine.flows[i]!.lastActive = now
+            udpEngine.flows[i]!.replyTo = (client, clientPort)
         } else {
-            guard udpFlows.count(forGuest: guest) < config.guestUDPFlowCapacity else { return drop(.udpGuestFlowsFull) }
-            guard udpFlows.insert(key, UDPFlow(key: key, handle: listener, guestMAC: mac, hostDestination: client, lastActive: now,
+            guard udpEngine.flows.count(forGuest: guest) < config.guestUDPFlowCapacity else { return drop(.udpGuestFlowsFull) }
+            guard udpEngine.flows.insert(key, UDPFlow(key: key, handle: listener, guestMAC: mac, hostDestination: client, lastActive: now,
                                                ttl: 64, isDNS: false, replyTo: (client, clientPort))) != nil else {
                 return drop(.udpFlowTableFull)
             }
@@ -297,8 +292,8 @@ extension Gateway {
     public var forwardReceiveBuffer: UnsafeMutableRawBufferPointer { scratch.slice(8 ..< scratch.count) }
 
     func sweepUDP(now: Instant) {
-        for i in udpFlows.activeIndices {
-            guard let f = udpFlows[i] else { continue }
+        for i in udpEngine.flows.activeIndices {
+            guard let f = udpEngine.flows[i] else { continue }
             if f.isDNS && f.queryPendingSince != .zero && now - f.queryPendingSince >= config.dnsFailoverTimeout {
                 failOverDNS(f)
                 continue
@@ -320,9 +315,8 @@ extension Gateway {
 
     public func replaceDNSUpstreams(_ upstreams: [(IPAddress, UInt16)]) {
         setDNSUpstreams(upstreams)
-        dnsUpstreamIndex = 0
-        for i in udpFlows.activeIndices {
-            guard let f = udpFlows[i], f.isDNS, f.replyTo == nil else { continue }
+        for i in udpEngine.flows.activeIndices {
+            guard let f = udpEngine.flows[i], f.isDNS, f.replyTo == nil else { continue }
             host.close(f.handle)
             forgetUDPFlow(f)
         }

@@ -46,10 +46,10 @@ struct GuestDatagramBatch {
 extension Gateway {
     /// Sends the gathered datagrams, if any (called from `flushGuestSends`).
     func flushGuestDatagrams() {
-        guard udpSendBatch.count > 0 else { return udpSendBatch.reset() }
-        defer { udpSendBatch.reset() }
-        let b = udpSendBatch
-        guard let flow = udpFlows[b.flow], flow.handle == b.handle else { return }
+        guard udpEngine.sendBatch.count > 0 else { return udpEngine.sendBatch.reset() }
+        defer { udpEngine.sendBatch.reset() }
+        let b = udpEngine.sendBatch
+        guard let flow = udpEngine.flows[b.flow], flow.handle == b.handle else { return }
         if b.count > 1 { counters.count(.udpBatchedSends) }
         let sent = host.sendUDPSegments(b.handle, UnsafeRawBufferPointer(rebasing: b.storage[0 ..< b.bytes]), segmentSize: b.segmentSize)
         for _ in sent ..< b.count { drop(.hostSendFailed) }
@@ -61,12 +61,12 @@ extension Gateway {
             if !host.sendUDP(handle, payload) { drop(.hostSendFailed) }
             return
         }
-        var b = udpSendBatch
+        var b = udpEngine.sendBatch
         let joins = b.flow == i && b.handle == handle && !b.closed && payload.count <= b.segmentSize
             && b.count < GuestDatagramBatch.capacity && b.bytes + payload.count <= GuestDatagramBatch.byteLimit
         if !joins {
             flushGuestDatagrams()
-            b = udpSendBatch
+            b = udpEngine.sendBatch
             b.flow = i
             b.handle = handle
             b.segmentSize = payload.count
@@ -75,11 +75,11 @@ extension Gateway {
         b.bytes += payload.count
         b.count += 1
         if payload.count < b.segmentSize { b.closed = true }
-        udpSendBatch = b
+        udpEngine.sendBatch = b
     }
 
     /// A datagram batch of flow `i` goes out before anything that changes how its socket sends.
     func flushGuestDatagrams(of i: Int) {
-        if udpSendBatch.flow == i { flushGuestDatagrams() }
+        if udpEngine.sendBatch.flow == i { flushGuestDatagrams() }
     }
 }

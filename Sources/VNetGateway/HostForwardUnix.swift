@@ -4,6 +4,7 @@
 // guest side never holds one), must be absolute and fit a sockaddr_un (107 bytes), and holds no NUL or comma
 // (a comma would end QEMU's option). Opening the socket is the runtime's (UserNetUnixForwards.swift).
 
+import VNetServices
 import VNetWire
 
 extension UserNetOptions {

@@ -2,6 +2,7 @@
 // key=value pairs, a literal comma written as ",,"). Every option libslirp knows is recognised; the ones vnet
 // does not implement yet are refused by name, so nothing is silently ignored.
 
+import VNetServices
 import VNetWire
 
 public struct UserNetOptionError: Error, Equatable, CustomStringConvertible, Sendable {
@@ -326,12 +327,13 @@ public enum UserNetOptions {
             throw UserNetOptionError("option 'dhcpstart': the DHCP pool overlaps the host or dns address")
         }
         for f in c.hostForwards {
-            if let g = f.guestAddress.v4 {
+            guard let guest = f.guestAddress else { throw UserNetOptionError("option 'hostfwd': \(f) has no guest address") }
+            if let g = guest.v4 {
                 guard n.contains(g), g != n.address, g != n.broadcast, g != c.gatewayAddress, g != c.dnsAddress else {
                     throw UserNetOptionError("option 'hostfwd': guest address \(g) is not a guest address in \(n)")
                 }
             } else {
-                let g = f.guestAddress.v6
+                let g = guest.v6
                 guard c.ipv6Enabled else { throw UserNetOptionError("option 'hostfwd': guest address \(g) needs IPv6 (ipv6=off)") }
                 guard c.ipv6Prefix.contains(g), !c.isVirtualAddress6(g), g != c.ipv6Prefix.address else {
                     throw UserNetOptionError("option 'hostfwd': guest address \(g) is not a guest address in \(c.ipv6Prefix)")

@@ -35,6 +35,10 @@ public final class EventLoop {
     public let epoll: Epoll
     let signalFD: Int32
     public private(set) var running = true
+    /// Opt-in busy polling (`--busy-poll USEC`): how long a turn with events keeps polling before sleeping.
+    public var busyPollNanoseconds: UInt64 = 0
+    /// Polls that caught an event before the loop slept.
+    public private(set) var busyPollCatches: UInt64 = 0
     /// The signal that stopped the loop, 0 when something else did.
     public private(set) var stopSignal: Int32 = 0
     /// Told of SIGHUP and SIGUSR1 (and, with `.stopOnly`, of nothing: every signal stops).
@@ -75,7 +79,14 @@ public final class EventLoop {
     /// Runs turns until stopped. `turn(now)` runs the owner's timers and returns the monotonic nanosecond by
     /// which the loop must come back (nil: no timer); `dispatch(kind, index, events, now)` handles a ready fd
     /// of the owner's kinds; `afterEvents()` runs after every wait.
-    public func run(turn: (UInt64) -> UInt64?, dispatch: (EventKind, Int, UInt32, UInt64) -> Void, afterEvents: () -> Void = {}) throws {
+    ///
+    /// With `busyPollNanoseconds` set (opt-in), a turn that had events is followed by non-blocking waits for
+    /// up to that long before the loop sleeps: the next frame of a request/response exchange usually arrives
+    /// within a round trip, and catching it without a wake-up trades CPU for latency. `beforeSleep` runs each
+    /// time the loop is about to block (the owner sends what it let wait for the poll, such as ACKs).
+    public func run(turn: (UInt64) -> UInt64?, dispatch: (EventKind, Int, UInt32, UInt64) -> Void, afterEvents: () -> Void = {},
+                    beforeSleep: () -> Void = {}) throws {
+        var hadEvents = false
         while running {
             let now = Sys.monotonicNanoseconds()
             var timeout: Int32 = 1000
@@ -83,14 +94,26 @@ public final class EventLoop {
                 timeout = deadline <= now ? 0 : Int32(min(1000, (deadline - now) / 1_000_000))
             }
             guard running else { break }
-            try epoll.wait(timeoutMilliseconds: max(timeout, 1)) { tag, events in
+            var count = 0
+            let handle: (UInt64, UInt32) -> Void = { tag, events in
+                count += 1
                 guard let (kind, index) = EventKind.of(tag) else { return }
                 switch kind {
-                case .signal: readSignals()
-                case .stopWatch: running = false
+                case .signal: self.readSignals()
+                case .stopWatch: self.running = false
                 default: dispatch(kind, index, events, Sys.monotonicNanoseconds())
                 }
             }
+            if hadEvents && busyPollNanoseconds > 0 {
+                let end = now &+ busyPollNanoseconds
+                repeat { try epoll.wait(timeoutMilliseconds: 0, handle) } while count == 0 && running && Sys.monotonicNanoseconds() < end
+                if count > 0 { busyPollCatches &+= 1 }
+            }
+            if count == 0 && running {
+                beforeSleep()
+                try epoll.wait(timeoutMilliseconds: max(timeout, 1), handle)
+            }
+            hadEvents = count > 0
             afterEvents()
         }
     }

@@ -19,6 +19,13 @@ public struct SyscallError: Error, CustomStringConvertible, Sendable {
     public var description: String { "\(call): \(String(cString: strerror(errno)))" }
 }
 
+/// A failure of the host layer that is not one call's errno (a path that is not a socket, a namespace that
+/// cannot be entered): its description is the whole message.
+public struct HostError: Error, CustomStringConvertible, Sendable {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}
+
 @inline(__always) func retryEINTR<T: BinaryInteger>(_ body: () -> T) -> T {
     while true {
         let r = body()
@@ -211,4 +218,58 @@ extension Sys {
     }
 
     public static func errnoString(_ e: Int32) -> String { String(cString: strerror(e)) }
+
+    /// A non-blocking, close-on-exec eventfd (a wake-up counter for another thread).
+    public static func eventFD() throws(SyscallError) -> Int32 {
+        let e = vnet_eventfd()
+        guard e >= 0 else { throw SyscallError("eventfd", errno) }
+        return e
+    }
+
+    /// Adds one to an eventfd's counter (wakes whoever polls it).
+    public static func signalEvent(_ fd: Int32) {
+        var one: UInt64 = 1
+        _ = withUnsafeBytes(of: &one) { b in retryEINTR { Glibc.write(fd, b.baseAddress, 8) } }
+    }
+
+    /// Reads and clears an eventfd's counter.
+    public static func clearEvent(_ fd: Int32) {
+        var counter: UInt64 = 0
+        _ = withUnsafeMutableBytes(of: &counter) { b in retryEINTR { Glibc.read(fd, b.baseAddress, 8) } }
+    }
+
+    /// A connected pair of unix sockets of `type`, both close-on-exec; the first non-blocking when asked.
+    public static func socketPair(_ type: Int32, nonBlockingFirst: Bool = false) throws(SyscallError) -> (Int32, Int32) {
+        var fds: [Int32] = [-1, -1]
+        guard socketpair(AF_UNIX, type | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0 else { throw SyscallError("socketpair", errno) }
+        if nonBlockingFirst {
+            let flags = fcntl(fds[0], F_GETFL)
+            guard flags >= 0, fcntl(fds[0], F_SETFL, flags | O_NONBLOCK) == 0 else {
+                let e = errno
+                Glibc.close(fds[0]); Glibc.close(fds[1])
+                throw SyscallError("fcntl(O_NONBLOCK)", e)
+            }
+        }
+        return (fds[0], fds[1])
+    }
+
+    /// An fd handed over by an embedder: made non-blocking and close-on-exec.
+    public static func adopt(_ fd: Int32) throws(SyscallError) {
+        let flags = fcntl(fd, F_GETFL)
+        guard flags >= 0, fcntl(fd, F_SETFL, flags | O_NONBLOCK) >= 0 else { throw SyscallError("fcntl(\(fd))", errno) }
+        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+    }
+}
+
+extension Sys {
+    /// Socket buffer sizes; the FORCE options pass net.core.[rw]mem_max when permitted (root or
+    /// CAP_NET_ADMIN), the plain ones otherwise.
+    public static func setBufferSizes(_ fd: Int32, send: Int32, receive: Int32) {
+        for (option, force, size) in [(SO_SNDBUF, SO_SNDBUFFORCE, send), (SO_RCVBUF, SO_RCVBUFFORCE, receive)] {
+            var v = size
+            if setsockopt(fd, SOL_SOCKET, force, &v, socklen_t(4)) != 0 {
+                _ = setsockopt(fd, SOL_SOCKET, option, &v, socklen_t(4))
+            }
+        }
+    }
 }

@@ -12,6 +12,7 @@
 // gone (a run that was killed) is undone before a new setup; one whose pid is alive means the network is
 // running, and a second start is refused, so running it twice changes nothing more.
 
+import VNetServices
 import VNetWire
 #if canImport(Glibc)
 import Glibc
@@ -24,12 +25,12 @@ public struct KernelNatConfig: Sendable {
     public var gateway: IPv4Address
     public var dhcpStart: IPv4Address
     public var dhcpCount: Int
-    public var portMaps: [NftPortMap]
+    public var portMaps: [HostForward]
     public var stateDirectory: String
     public var ipForwardPath = "/proc/sys/net/ipv4/ip_forward"
 
     public init(name: String, bridge: String, network: IPv4Network, gateway: IPv4Address, dhcpStart: IPv4Address, dhcpCount: Int,
-                portMaps: [NftPortMap], stateDirectory: String) {
+                portMaps: [HostForward], stateDirectory: String) {
         self.name = name
         self.bridge = bridge
         self.network = network

@@ -7,13 +7,11 @@
 // (255.255.255.255:68 out of the bridge), so no ARP entry has to be forced; a client that already has its
 // address (renewal) gets a unicast reply.
 //
-// DNS: a socket on GATEWAY:53 forwards each query to one upstream server through one connected socket,
-// with the query's id replaced by a fresh one; the answer gets the client's id back and goes to the client.
-// At most `pendingCapacity` queries are outstanding; each is forgotten after `queryTimeout`. A query or answer
-// shorter than a DNS header, or an answer nobody asked for, is dropped and counted.
+// DNS: the forwarder at GATEWAY:53 (KernelNatDNS.swift): UDP and TCP, every upstream given, either family,
+// with the same failover as the user-mode gateway's.
 //
-// The sockets are served on the one `EventLoop` (VNetHost), under the registry's `dhcpSocket`, `dnsSocket` and
-// `dnsUpstream` kinds, beside whatever else the caller registered (the control socket); buffers are allocated
+// The sockets are served on the one `EventLoop` (VNetHost), under the registry's `dhcpSocket` kind and the
+// forwarder's kinds, beside whatever else the caller registered (the control socket); buffers are allocated
 // once.
 
 import CVNetShim
@@ -32,32 +30,31 @@ public final class KernelNatServices {
         public var dnsForwarded = 0
         public var dnsAnswered = 0
         public var dnsDropped = 0
+        public var dnsFailovers = 0
+        public var dnsTCPRelayed = 0
+        public var dnsTCPRefused = 0
     }
-
-    struct Pending {
-        var client: SocketAddress
-        var clientID: UInt16
-        var deadline: UInt64
-    }
-
-    public static let pendingCapacity = 1024
-    static let queryTimeoutNanoseconds: UInt64 = 10_000_000_000
 
     var dhcp: DHCPServer
     let bridge: String
     let dhcpSocket: Int32
-    let dnsSocket: Int32?
-    let upstreamSocket: Int32?
-    var pending: [UInt16: Pending] = [:]
-    var nextID: UInt16 = UInt16(truncatingIfNeeded: getpid())
-    public private(set) var counters = Counters()
+    let dns: KernelNatDNS?
+    var serviceCounters = Counters()
+    public var counters: Counters {
+        var c = serviceCounters
+        if let d = dns?.counters {
+            c.dnsForwarded = d.forwarded; c.dnsAnswered = d.answered; c.dnsDropped = d.dropped
+            c.dnsFailovers = d.failovers; c.dnsTCPRelayed = d.tcpRelayed; c.dnsTCPRefused = d.tcpRefused
+        }
+        return c
+    }
     /// Called for every DHCP ACK that binds an address (for the control socket's LEASE_GRANTED event).
     public var onLease: ((IPv4Address, MACAddress) -> Void)?
     let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 8)
     let replyBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1500, alignment: 8)
 
-    /// `dnsUpstream` nil: no DNS service (the DHCP replies still name the gateway).
-    public init(bridge: String, dhcpConfig: DHCPConfig, gateway: IPv4Address, dnsUpstream: (IPv4Address, UInt16)?) throws {
+    /// `dnsUpstreams` empty: no DNS service (the DHCP replies still name the gateway).
+    public init(bridge: String, dhcpConfig: DHCPConfig, gateway: IPv4Address, dnsUpstreams: [(IPAddress, UInt16)]) throws {
         self.bridge = bridge
         dhcp = DHCPServer(config: dhcpConfig)
         dhcpSocket = try Sys.socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
@@ -67,25 +64,11 @@ public final class KernelNatServices {
         do { try Sys.bind(dhcpSocket, SocketAddress(ipv4: 0, port: 67)) } catch let e as SyscallError {
             throw KernelError("listen for DHCP on \(bridge) (port 67)", errno: e.errno)
         }
-        if let (addr, port) = dnsUpstream {
-            let s = try Sys.socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
-            do { try Sys.bind(s, SocketAddress(ipv4: gateway.rawValue, port: 53)) } catch let e as SyscallError {
-                throw KernelError("listen for DNS on \(gateway):53", errno: e.errno)
-            }
-            dnsSocket = s
-            let u = try Sys.socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
-            _ = try Sys.connect(u, SocketAddress(ipv4: addr.rawValue, port: port))
-            upstreamSocket = u
-        } else {
-            dnsSocket = nil
-            upstreamSocket = nil
-        }
+        dns = dnsUpstreams.isEmpty ? nil : try KernelNatDNS(gateway: gateway, upstreams: dnsUpstreams)
     }
 
     deinit {
         Sys.close(dhcpSocket)
-        if let s = dnsSocket { Sys.close(s) }
-        if let s = upstreamSocket { Sys.close(s) }
         buffer.deallocate()
         replyBuffer.deallocate()
     }
@@ -99,18 +82,16 @@ public final class KernelNatServices {
     /// control socket's) go to `other`.
     public func run(on loop: EventLoop, other: (EventKind, Int, UInt32) -> Void = { _, _, _ in }) throws -> Int32 {
         try loop.add(dhcpSocket, events: Epoll.readable, kind: .dhcpSocket)
-        if let d = dnsSocket, let u = upstreamSocket {
-            try loop.add(d, events: Epoll.readable, kind: .dnsSocket)
-            try loop.add(u, events: Epoll.readable, kind: .dnsUpstream)
-        }
-        try loop.run(turn: { _ in
-            expirePending()
-            return nil
-        }, dispatch: { kind, index, events, _ in
+        try dns?.register(on: loop)
+        try loop.run(turn: { now in
+            dns?.expire(now: now)
+            return dns == nil ? nil : now + 1_000_000_000
+        }, dispatch: { kind, index, events, now in
             switch kind {
             case .dhcpSocket: serveDHCP()
-            case .dnsSocket: forwardQueries()
-            case .dnsUpstream: returnAnswers()
+            case .dnsSocket: if index == 0 { dns?.forwardQueries(now: now) } else { dns?.acceptClients(now: now) }
+            case .dnsUpstream: dns?.returnAnswers(from: index)
+            case .dnsRelay: dns?.relayEvent(index, events: events, now: now)
             default: other(kind, index, events)
             }
         })
@@ -124,63 +105,22 @@ public final class KernelNatServices {
         var from = SocketAddress()
         while case .done(let n) = Sys.receiveFrom(dhcpSocket, into: buffer, from: &from) {
             guard n <= buffer.count, let m = try? DHCPMessage.parse(UnsafeRawBufferPointer(rebasing: buffer[0 ..< n])) else {
-                counters.dhcpDropped += 1
+                serviceCounters.dhcpDropped += 1
                 continue
             }
             let now = Instant(nanoseconds: Sys.monotonicNanoseconds())
             guard case .reply(let reply) = dhcp.handle(m, now: now, into: replyBuffer) else {
-                counters.dhcpDropped += 1
+                serviceCounters.dhcpDropped += 1
                 continue
             }
             let unicast = !reply.broadcast && !m.clientAddress.isUnspecified
             let to = SocketAddress(ipv4: unicast ? m.clientAddress.rawValue : 0xFFFF_FFFF, port: DHCPMessage.clientPort)
             if reply.type == .ack, !reply.yourAddress.isUnspecified { onLease?(reply.yourAddress, m.clientMAC) }
             if case .done = Sys.sendTo(dhcpSocket, UnsafeRawBufferPointer(rebasing: replyBuffer[0 ..< reply.length]), to) {
-                counters.dhcpReplies += 1
+                serviceCounters.dhcpReplies += 1
             } else {
-                counters.dhcpDropped += 1
+                serviceCounters.dhcpDropped += 1
             }
         }
-    }
-
-    func forwardQueries() {
-        guard let d = dnsSocket, let u = upstreamSocket else { return }
-        var from = SocketAddress()
-        while case .done(let n) = Sys.receiveFrom(d, into: buffer, from: &from) {
-            guard n >= 12, n <= buffer.count, pending.count < Self.pendingCapacity else { counters.dnsDropped += 1; continue }
-            var id = nextID
-            while pending[id] != nil { id &+= 1 }
-            nextID = id &+ 1
-            let clientID = UInt16(buffer[0]) << 8 | UInt16(buffer[1])
-            buffer[0] = UInt8(id >> 8); buffer[1] = UInt8(id & 0xFF)
-            pending[id] = Pending(client: from, clientID: clientID, deadline: Sys.monotonicNanoseconds() + Self.queryTimeoutNanoseconds)
-            if case .done = Sys.send(u, UnsafeRawBufferPointer(rebasing: buffer[0 ..< n])) {
-                counters.dnsForwarded += 1
-            } else {
-                pending[id] = nil
-                counters.dnsDropped += 1
-            }
-        }
-    }
-
-    func returnAnswers() {
-        guard let d = dnsSocket, let u = upstreamSocket else { return }
-        while case .done(let n) = Sys.receive(u, into: buffer) {
-            guard n >= 12, n <= buffer.count else { counters.dnsDropped += 1; continue }
-            let id = UInt16(buffer[0]) << 8 | UInt16(buffer[1])
-            guard let p = pending.removeValue(forKey: id) else { counters.dnsDropped += 1; continue }
-            buffer[0] = UInt8(p.clientID >> 8); buffer[1] = UInt8(p.clientID & 0xFF)
-            if case .done = Sys.sendTo(d, UnsafeRawBufferPointer(rebasing: buffer[0 ..< n]), p.client) {
-                counters.dnsAnswered += 1
-            } else {
-                counters.dnsDropped += 1
-            }
-        }
-    }
-
-    func expirePending() {
-        guard !pending.isEmpty else { return }
-        let now = Sys.monotonicNanoseconds()
-        for (id, p) in pending where p.deadline <= now { pending[id] = nil }
     }
 }

@@ -10,47 +10,29 @@
 // itself to one of its own addresses).
 
 import CVNetShim
+import VNetServices
 import VNetWire
 #if canImport(Glibc)
 import Glibc
 #endif
 
-public struct NftPortMap: Equatable, Sendable, CustomStringConvertible {
-    public enum Proto: String, Sendable { case tcp, udp }
-    public var proto: Proto
-    /// nil: every host address.
-    public var hostAddress: IPv4Address?
-    public var hostPort: UInt16
-    public var guestAddress: IPv4Address
-    public var guestPort: UInt16
-
-    public init(proto: Proto, hostAddress: IPv4Address?, hostPort: UInt16, guestAddress: IPv4Address, guestPort: UInt16) {
-        self.proto = proto
-        self.hostAddress = hostAddress
-        self.hostPort = hostPort
-        self.guestAddress = guestAddress
-        self.guestPort = guestPort
-    }
-
-    public var description: String {
-        "\(proto.rawValue) \(hostAddress?.description ?? "0.0.0.0"):\(hostPort) -> \(guestAddress):\(guestPort)"
-    }
-
+/// Kernel NAT's port maps are `HostForward`s (VNetServices) rendered as DNAT rules: IPv4 only, an address target.
+extension HostForward {
     /// QEMU's hostfwd syntax: `[tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport`; an empty guest address
     /// is `defaultGuest`.
-    public static func parse(_ text: String, defaultGuest: IPv4Address) throws -> NftPortMap {
+    public static func parseKernelPortMap(_ text: String, defaultGuest: IPv4Address) throws -> HostForward {
         func bad(_ why: String) -> KernelModeError { KernelModeError("port map '\(text)': \(why)") }
         let halves = text.split(separator: "-", omittingEmptySubsequences: false)
         guard halves.count == 2 else { throw bad("expected [tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport") }
         let h = halves[0].split(separator: ":", omittingEmptySubsequences: false)
         let g = halves[1].split(separator: ":", omittingEmptySubsequences: false)
         guard h.count == 3, g.count == 2 else { throw bad("expected [tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport") }
-        let proto: Proto? = h[0].isEmpty ? .tcp : Proto(rawValue: String(h[0]))
+        let proto: ForwardProtocol? = h[0].isEmpty ? .tcp : ForwardProtocol(rawValue: String(h[0]))
         guard let proto else { throw bad("protocol must be tcp or udp") }
-        var hostAddress: IPv4Address? = nil
+        var hostAddress = IPv4Address(0, 0, 0, 0)
         if !h[1].isEmpty {
             guard let a = IPv4Address(h[1]) else { throw bad("'\(h[1])' is not an IPv4 address") }
-            hostAddress = a.isUnspecified ? nil : a
+            hostAddress = a
         }
         guard let hp = UInt16(h[2]), hp > 0 else { throw bad("bad host port '\(h[2])'") }
         var guest = defaultGuest
@@ -59,15 +41,20 @@ public struct NftPortMap: Equatable, Sendable, CustomStringConvertible {
             guest = a
         }
         guard let gp = UInt16(g[1]), gp > 0 else { throw bad("bad guest port '\(g[1])'") }
-        return NftPortMap(proto: proto, hostAddress: hostAddress, hostPort: hp, guestAddress: guest, guestPort: gp)
+        return HostForward(proto: proto, hostAddress: hostAddress, hostPort: hp, guestAddress: guest, guestPort: gp)
     }
 }
 
 public enum NftRuleset {
     public static func tableName(_ networkName: String) -> String { "vnet-" + networkName }
 
-    /// The whole ruleset for a NAT network on `bridge` covering `network`.
-    public static func render(networkName: String, bridge: String, network: IPv4Network, portMaps: [NftPortMap]) -> String {
+    /// The whole ruleset for a NAT network on `bridge` covering `network`. Port maps with an IPv6 or host-name
+    /// target, or an IPv6 host address, have no IPv4 DNAT rule and are left out (the parser makes none).
+    public static func render(networkName: String, bridge: String, network: IPv4Network, portMaps: [HostForward]) -> String {
+        let portMaps = portMaps.compactMap { m -> (proto: ForwardProtocol, hostAddress: IPv4Address?, hostPort: UInt16, guestAddress: IPv4Address, guestPort: UInt16)? in
+            guard let host = m.hostAddress.v4, let guest = m.guestAddress?.v4 else { return nil }
+            return (m.proto, host.isUnspecified ? nil : host, m.hostPort, guest, m.guestPort)
+        }
         let t = tableName(networkName)
         var s = "table ip \(t) {\n}\ndelete table ip \(t)\n"
         s += "table ip \(t) {\n"

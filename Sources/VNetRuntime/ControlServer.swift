@@ -64,14 +64,14 @@ public final class ControlServer {
         self.clientTag = clientTag
         self.listenerTag = listenerTag
         dispatcher = ControlDispatcher(target: target)
-        listenFD = try UserNetRuntime.listenUnix(path: path)
+        listenFD = try Sys.listenUnix(path: path)
         try epoll.add(listenFD, events: Epoll.readable, tag: listenerTag)   // on failure, deinit closes and unlinks
     }
 
     deinit {
         for c in clients { if let c { Sys.close(c.fd) } }
         Sys.close(listenFD)
-        unlink(path)
+        Sys.unlink(path)
         readBuffer.deallocate()
     }
 

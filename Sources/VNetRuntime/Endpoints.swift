@@ -41,7 +41,7 @@ enum Endpoints {
 
     /// A unix datagram socket for `-netdev dgram` (or vfkit) peers, with room for bursts of frames.
     static func bindDatagram(unixPath path: String, flag: String) throws -> Int32 {
-        try UserNetRuntime.removeStaleSocket(path)
+        try Sys.removeStaleSocket(path)
         guard let a = SocketAddress(unixPath: path) else { throw RuntimeError("\(flag): unix path too long") }
         let fd = try Sys.socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
         do { try Sys.bindPrivate(fd, a) } catch {

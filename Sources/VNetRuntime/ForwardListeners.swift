@@ -20,28 +20,11 @@ import CVNetShim
 import VNetBuffers
 import VNetGateway
 import VNetHost
+import VNetServices
 import VNetWire
 #if canImport(Glibc)
 import Glibc
 #endif
-
-/// What a host listener needs of a forward rule.
-protocol ForwardRule {
-    var proto: ForwardProtocol { get }
-    var hostAddress: IPAddress { get }
-    var hostPort: UInt16 { get }
-    var guestPort: UInt16 { get }
-    /// A unix-socket host end instead of an address and port.
-    var unixPath: String? { get }
-    var unixMode: UInt32 { get }
-}
-
-extension ForwardRule {
-    var unixMode: UInt32 { 0o600 }
-}
-
-extension HostForward: ForwardRule {}
-extension PortMap: ForwardRule {}
 
 extension SocketAddress {
     /// The address and port of an IPv4 or IPv6 socket address (an IPv4-mapped IPv6 address as IPv4).
@@ -55,9 +38,9 @@ extension SocketAddress {
     }
 }
 
-final class ForwardListeners<Rule: ForwardRule> {
+final class ForwardListeners {
     struct Entry {
-        var rule: Rule
+        var rule: HostForward
         var fd: Int32
         /// The address actually bound (port 0 becomes the kernel's choice).
         var bound: String
@@ -81,7 +64,7 @@ final class ForwardListeners<Rule: ForwardRule> {
 
     /// Binds the rule's socket (an address of 0.0.0.0 or :: binds every address of that family, as in QEMU;
     /// `[::]` is IPv6 only, so an IPv4 rule for the same port can sit beside it) and returns its slot.
-    func open(_ rule: Rule) throws -> Int {
+    func open(_ rule: HostForward) throws -> Int {
         let slot = entries.firstIndex(where: { $0 == nil }) ?? entries.count
         if let path = rule.unixPath { return try openUnix(rule, path: path, slot: slot) }
         let tcp = rule.proto == .tcp
@@ -103,14 +86,14 @@ final class ForwardListeners<Rule: ForwardRule> {
         return slot
     }
 
-    func openUnix(_ rule: Rule, path: String, slot: Int) throws -> Int {
-        let fd = try UserNetRuntime.listenUnix(path: path)
+    func openUnix(_ rule: HostForward, path: String, slot: Int) throws -> Int {
+        let fd = try Sys.listenUnix(path: path)
         do {
             if rule.unixMode != 0o600, chmod(path, mode_t(rule.unixMode)) != 0 { throw SyscallError("chmod", errno) }
             try epoll.add(fd, events: Epoll.readable, tag: EventKind.forwardTCP.tag(slot))
         } catch {
             Sys.close(fd)
-            unlink(path)
+            Sys.unlink(path)
             throw error
         }
         let entry = Entry(rule: rule, fd: fd, bound: "unix:\(path)")
@@ -120,7 +103,7 @@ final class ForwardListeners<Rule: ForwardRule> {
 
     /// Whether a listener in use already takes `rule`'s port: the same protocol, family and port, on the same
     /// address or where either side binds every address.
-    func clashes(with rule: Rule) -> Bool {
+    func clashes(with rule: HostForward) -> Bool {
         guard rule.unixPath == nil else { return entries.contains { $0?.rule.unixPath == rule.unixPath } }
         return rule.hostPort != 0 && entries.contains { e in
             guard let f = e?.rule, f.unixPath == nil else { return false }
@@ -132,7 +115,7 @@ final class ForwardListeners<Rule: ForwardRule> {
     /// Removes the socket files of the unix listeners (at exit).
     func removeSocketFiles() {
         guard mayUnlink else { return }
-        for case let e? in entries { if let p = e.rule.unixPath { unlink(p) } }
+        for case let e? in entries { if let p = e.rule.unixPath { Sys.unlink(p) } }
     }
 
     /// The address and port a unix client appears from (loopback, so the guest sees the gateway).
@@ -149,14 +132,14 @@ final class ForwardListeners<Rule: ForwardRule> {
         epoll.remove(e.fd)
         if e.rule.proto == .udp { gateway?.forgetForwardedUDP(listener: e.fd) }
         Sys.close(e.fd)
-        if let p = e.rule.unixPath, mayUnlink { unlink(p) }
+        if let p = e.rule.unixPath, mayUnlink { Sys.unlink(p) }
         entries[slot] = nil
         return e
     }
 
     /// Serves the listener in `slot`: connections and datagrams go to the guest address `target` gives for the
     /// rule now; with none (no VM holds the name), a connection is refused and `unresolved` told.
-    func accept(_ slot: Int, gateway: Gateway<RealHost>, now: UInt64, target: (Rule) -> IPAddress?, unresolved: (Rule) -> Void = { _ in }) {
+    func accept(_ slot: Int, gateway: Gateway<RealHost>, now: UInt64, target: (HostForward) -> IPAddress?, unresolved: (HostForward) -> Void = { _ in }) {
         guard let e = self[slot] else { return }
         let instant = Instant(nanoseconds: now)
         let to = target(e.rule)

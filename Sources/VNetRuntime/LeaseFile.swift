@@ -8,6 +8,7 @@
 // VMs still hold.
 
 import Foundation
+import VNetHost
 import VNetServices
 import VNetWire
 
@@ -45,26 +46,8 @@ enum LeaseFile {
             return e
         }
         let data = try JSONSerialization.data(withJSONObject: ["version": 1, "leases": list], options: [.prettyPrinted, .sortedKeys])
-        let dir = (path as NSString).deletingLastPathComponent
-        let tmp = (dir.isEmpty ? "." : dir) + "/." + (path as NSString).lastPathComponent + ".tmp\(getpid())"
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw FileError(description: "lease file \(tmp): \(String(cString: strerror(errno)))") }
-        let ok = data.withUnsafeBytes { b -> Bool in
-            var off = 0
-            while off < b.count {
-                let n = Foundation.write(fd, b.baseAddress! + off, b.count - off)
-                if n <= 0 { return false }
-                off += n
-            }
-            return fsync(fd) == 0
+        do throws(SyscallError) { try Sys.writeFileAtomically(path, [UInt8](data)) } catch {
+            throw FileError(description: "lease file \(path): \(Sys.errnoString(error.errno))")
         }
-        close(fd)
-        guard ok, rename(tmp, path) == 0 else {
-            let e = String(cString: strerror(errno))
-            unlink(tmp)
-            throw FileError(description: "lease file \(path): \(e)")
-        }
-        let d = open(dir.isEmpty ? "." : dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if d >= 0 { fsync(d); close(d) }
     }
 }

@@ -25,18 +25,7 @@ public enum ResolvConf {
 
     /// Reads a small text file without Foundation; nil if it cannot be opened.
     static func readFile(_ path: String, limit: Int = 1 << 20) -> String? {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { Glibc.close(fd) }
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 4096)
-        while bytes.count < limit {
-            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { break }
-            bytes += chunk[0 ..< n]
-        }
-        return String(decoding: bytes, as: UTF8.self)
+        Sys.readSmallFile(path, limit: limit).map { String(decoding: $0, as: UTF8.self) }
     }
 }
 

@@ -35,6 +35,8 @@ public struct RuntimeOptions: Sendable {
     public var nicModel: String? = nil
     /// `.tap` only: open it with IFF_VNET_HDR and checksum/TSO offload (on unless --no-tap-offload).
     public var tapOffload = true
+    /// `--busy-poll USEC`: keep polling that long after a turn with events before sleeping (0: off).
+    public var busyPollMicroseconds = 0
     /// `--control PATH`: the control socket (see ControlServer.swift).
     public var controlPath: String? = nil
     /// `--pcap FILE`: capture from the start; `pcapRotateBytes` renames a full file to FILE.1.

@@ -14,6 +14,7 @@
 // Nothing here touches a socket: `Slirp4netnsForwarder` opens and closes the listeners.
 
 import VNetGateway
+import VNetServices
 import VNetWire
 #if canImport(Glibc)
 import Glibc

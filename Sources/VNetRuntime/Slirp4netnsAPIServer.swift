@@ -10,6 +10,7 @@
 import Logging
 import VNetGateway
 import VNetHost
+import VNetServices
 import VNetWire
 #if canImport(Glibc)
 import Glibc
@@ -31,14 +32,14 @@ public final class Slirp4netnsAPIServer: Slirp4netnsForwarder {
         self.runtime = runtime
         self.path = path
         api = Slirp4netnsAPI(defaultGuestAddress: defaultGuestAddress, dhcpStart: runtime.options.gateway.dhcpStart)
-        listenFD = try UserNetRuntime.listenUnix(path: path)
+        listenFD = try Sys.listenUnix(path: path)
         try runtime.watch(listenFD) { [unowned self] in self.acceptClients() }
     }
 
     deinit {
         for c in clients { Sys.close(c.fd) }
         Sys.close(listenFD)
-        if !runtime.sandboxed { unlink(path) }
+        if !runtime.sandboxed { Sys.unlink(path) }
     }
 
     func acceptClients() {

@@ -31,9 +31,7 @@ public final class SwitchCommandQueue: @unchecked Sendable {
     private var closed = false
 
     init() throws {
-        let e = vnet_eventfd()
-        guard e >= 0 else { throw RuntimeError("eventfd: \(Sys.errnoString(errno))") }
-        fd = e
+        fd = try Sys.eventFD()
         pthread_mutex_init(&mutex, nil)
     }
 
@@ -49,14 +47,12 @@ public final class SwitchCommandQueue: @unchecked Sendable {
         guard !closed else { pthread_mutex_unlock(&mutex); return false }
         pending.append(command)
         pthread_mutex_unlock(&mutex)
-        var one: UInt64 = 1
-        _ = withUnsafeBytes(of: &one) { Glibc.write(fd, $0.baseAddress, 8) }
+        Sys.signalEvent(fd)
         return true
     }
 
     func take() -> [Command] {
-        var counter: UInt64 = 0
-        _ = withUnsafeMutableBytes(of: &counter) { Glibc.read(fd, $0.baseAddress, 8) }
+        Sys.clearEvent(fd)
         pthread_mutex_lock(&mutex)
         let work = pending
         pending = []
@@ -108,9 +104,7 @@ public struct SwitchPortSnapshot: Sendable {
 extension SwitchRuntime {
     /// Adds a port for an fd the caller owned (now the runtime's); returns the switch port.
     public func attach(fd: Int32, transport: FrameTransport, description: String) throws -> Int {
-        let flags = fcntl(fd, F_GETFL)
-        guard flags >= 0, fcntl(fd, F_SETFL, flags | O_NONBLOCK) >= 0 else { throw RuntimeError("attach: fd \(fd): \(Sys.errnoString(errno))") }
-        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        do { try Sys.adopt(fd) } catch { throw RuntimeError("attach: fd \(fd): \(Sys.errnoString(error.errno))") }
         let gp: GuestPort
         switch transport {
         case .datagram, .vfkit:

@@ -53,50 +53,10 @@ public struct SwitchPortSpec: Equatable, Sendable {
     }
 }
 
-/// A port map of `vnet nat`: host address:port to a VM chosen by address or by its lease host name.
-public struct PortMap: Equatable, Sendable, CustomStringConvertible {
-    public enum Target: Equatable, Sendable {
-        /// A guest address of either family (an IPv6 one is a VM's SLAAC address, say).
-        case address(IPAddress)
-        /// Whichever VM holds this lease host name (reached at its IPv4 lease address).
-        case hostName(String)
-    }
-    public var proto: ForwardProtocol
-    /// Either family; `[::]` binds every IPv6 address (IPv6 only), 0.0.0.0 every IPv4 one.
-    public var hostAddress: IPAddress
-    public var hostPort: UInt16
-    public var target: Target
-    public var guestPort: UInt16
-    /// `unix:PATH-VM:GUESTPORT`: the host end is a unix stream socket (mode 0600, TCP to the VM), see
-    /// SwitchUnixPortMaps.swift; hostAddress/hostPort are unused.
-    public var unixPath: String? = nil
-
-    public init(proto: ForwardProtocol, hostAddress: IPv4Address, hostPort: UInt16, target: Target, guestPort: UInt16) {
-        self.init(proto: proto, hostAddress: IPAddress(hostAddress), hostPort: hostPort, target: target, guestPort: guestPort)
-    }
-
-    public init(proto: ForwardProtocol, hostAddress: IPAddress, hostPort: UInt16, target: Target, guestPort: UInt16) {
-        self.proto = proto
-        self.hostAddress = hostAddress
-        self.hostPort = hostPort
-        self.target = target
-        self.guestPort = guestPort
-    }
-
-    public var targetDescription: String {
-        switch target {
-        case .address(let a): a.bracketed
-        case .hostName(let h): h
-        }
-    }
-
-    public var description: String {
-        if let p = unixPath { return "unix:\(p) -> tcp \(targetDescription):\(guestPort)" }
-        return "\(proto.rawValue) \(hostAddress.bracketed):\(hostPort) -> \(targetDescription):\(guestPort)"
-    }
-
+/// A port map of `vnet nat`: a `HostForward` whose target is a VM chosen by address or by its lease host name.
+extension HostForward {
     /// Parses `[tcp|udp]:[HOSTADDR]:HOSTPORT-VM:GUESTPORT`, VM being an address or a lease host name.
-    public static func parse(_ text: String) -> Result<PortMap, SwitchOptionError> {
+    public static func parsePortMap(_ text: String) -> Result<HostForward, SwitchOptionError> {
         let bad = SwitchOptionError("port map '\(text)': expected [tcp|udp]:[HOSTADDR]:HOSTPORT-VM:GUESTPORT (VM: an address or a host name; IPv6 in brackets)")
         if text.hasPrefix("unix:") { return parseUnix(text) }
         guard let d = UserNetOptions.sideSeparator(text) else { return .failure(bad) }
@@ -112,7 +72,7 @@ public struct PortMap: Equatable, Sendable, CustomStringConvertible {
         // As hostfwd: an empty host address is every IPv4 address.
         let (proto, hostAddress, hostPortText) = (parsedLeft.0, parsedLeft.1 ?? IPAddress(IPv4Address(0, 0, 0, 0)), parsedLeft.2)
         guard let hp = UInt16(hostPortText), hp > 0 else { return .failure(bad) }
-        let target: Target
+        let target: ForwardTarget
         let gp: UInt16
         if right.hasPrefix("[") {
             guard let (a, portText) = try? UserNetOptions.splitAddressPort("port map", right), let addr = a,
@@ -130,7 +90,7 @@ public struct PortMap: Equatable, Sendable, CustomStringConvertible {
                 target = .hostName(n)
             }
         }
-        return .success(PortMap(proto: proto, hostAddress: hostAddress, hostPort: hp, target: target, guestPort: gp))
+        return .success(HostForward(proto: proto, hostAddress: hostAddress, hostPort: hp, target: target, guestPort: gp))
     }
 }
 
@@ -149,10 +109,12 @@ public struct SwitchOptions: Sendable {
     /// `.tap` ports: open them with IFF_VNET_HDR and checksum/TSO offload (on unless --no-tap-offload). The
     /// switch finishes offloaded frames in software for ports without offload.
     public var tapOffload = true
+    /// `--busy-poll USEC`: keep polling that long after a turn with events before sleeping (0: off).
+    public var busyPollMicroseconds = 0
     /// `vnet nat`: the built-in gateway (DHCP, DNS, NAT) on the segment, and where it sits.
     public var gateway: GatewayConfig? = nil
     public var gatewayVLAN: UInt16 = VLANPolicy.defaultVLAN
-    public var portMaps: [PortMap] = []
+    public var portMaps: [HostForward] = []
     /// Static records the gateway's DNS answers (`--dns-record`), before lease names.
     public var dnsRecords: [(name: String, type: LocalDNSType, value: String)] = []
     /// Extra names the gateway's DNS answers (beside lease host names, which they override).

@@ -83,7 +83,7 @@ public final class SwitchRuntime {
     var hubs: [Hub] = []
     var groups: [MulticastGroup] = []
     /// Port maps with their listening sockets.
-    let portMaps: ForwardListeners<PortMap>
+    let portMaps: ForwardListeners
     /// Work posted from other threads (the library API), run on the loop's thread.
     public let commands: SwitchCommandQueue
     /// Told about lease changes on the loop's thread (the library's lease events).
@@ -119,7 +119,7 @@ public final class SwitchRuntime {
         var tapFDs: [Int: Int32] = [:]
         for (i, spec) in options.ports.enumerated() {
             if case .tap(let ns, let name) = spec.endpoint {
-                tapFDs[i] = try UserNetRuntime.openTapInNamespace(netns: ns, name: name, mtu: options.mtu, offload: options.tapOffload)
+                tapFDs[i] = try Sys.openTap(inNamespace: ns, name: name, mtu: options.mtu, offload: options.tapOffload)
             }
         }
         loop = try EventLoop(signals: !options.handleSignals ? .none : options.stopSignalsElsewhere ? .auxiliary : .all)
@@ -175,7 +175,7 @@ public final class SwitchRuntime {
     }
 
     deinit {
-        for p in pathsToRemove { unlink(p) }
+        for p in pathsToRemove { Sys.unlink(p) }
         for case let l? in links where l.hub == nil && l.port.fd >= 0 { Sys.close(l.port.fd) }
         for case let l? in links { if case .transport(let t) = l.port.kind { t.close() } }
         for l in listeners { Sys.close(l.fd) }
@@ -189,7 +189,7 @@ public final class SwitchRuntime {
         let mtu = options.mtu
         switch spec.endpoint {
         case .unixListen(let path):
-            let fd = try UserNetRuntime.listenUnix(path: path)
+            let fd = try Sys.listenUnix(path: path)
             pathsToRemove.append(path)
             try addListener(fd, spec)
         case .tcpListen(let h, let p):
@@ -309,12 +309,12 @@ public final class SwitchRuntime {
         let rfd = try Sys.socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
         try Sys.setOption(rfd, SOL_SOCKET, SO_REUSEADDR, 1)
         try Sys.bind(rfd, SocketAddress(ipv4: g.rawValue, port: port))
-        guard vnet_mcast_join(rfd, g.rawValue.bigEndian, l.rawValue.bigEndian) == 0 else {
-            throw RuntimeError("--mcast \(group): joining the group on \(localAddress): \(Sys.errnoString(errno))")
+        do { try Sys.joinMulticast(rfd, group: g.rawValue, local: l.rawValue) } catch {
+            throw RuntimeError("--mcast \(group): joining the group on \(localAddress): \(Sys.errnoString(error.errno))")
         }
         let sfd = try Sys.socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
-        guard vnet_mcast_sender(sfd, l.rawValue.bigEndian) == 0 else {
-            throw RuntimeError("--mcast \(group): sending socket on \(localAddress): \(Sys.errnoString(errno))")
+        do { try Sys.sendMulticast(sfd, from: l.rawValue) } catch {
+            throw RuntimeError("--mcast \(group): sending socket on \(localAddress): \(Sys.errnoString(error.errno))")
         }
         try Sys.bind(sfd, SocketAddress(ipv4: l.rawValue, port: 0))
         let own = Sys.localAddress(sfd)?.ipv4?.port ?? 0
@@ -331,7 +331,7 @@ public final class SwitchRuntime {
     }
 
     /// Opens a port map's listening socket; returns its slot (an epoll tag, and the handle to remove it by).
-    public func addPortMap(_ m: PortMap) throws -> Int {
+    public func addPortMap(_ m: HostForward) throws -> Int {
         guard gateway != nil else { throw RuntimeError("port maps need the gateway") }
         do { return try portMaps.open(m) } catch { throw RuntimeError("port map \(m): \(error)") }
     }
@@ -341,12 +341,12 @@ public final class SwitchRuntime {
     public func removePortMap(slot i: Int) -> Bool { portMaps.close(i, gateway: gateway) != nil }
 
     /// The port maps in use: slot, rule and the address actually bound.
-    public var activePortMaps: [(slot: Int, map: PortMap, bound: String)] {
+    public var activePortMaps: [(slot: Int, map: HostForward, bound: String)] {
         portMaps.active.map { ($0.slot, $0.entry.rule, $0.entry.bound) }
     }
 
     /// The VM a port map points at now: its address, or its lease host name's current address.
-    func resolve(_ target: PortMap.Target, now: Instant) -> IPAddress? {
+    func resolve(_ target: ForwardTarget, now: Instant) -> IPAddress? {
         switch target {
         case .address(let a): return a
         case .hostName(let n):
@@ -448,12 +448,6 @@ public final class SwitchRuntime {
         return lines
     }
 
-    func writeStdout(_ s: String) {
-        var line = s
-        line.append("\n")
-        line.withUTF8 { b in _ = Glibc.write(1, b.baseAddress, b.count) }
-    }
-
     public func run(extraStartupLines extra: [String] = []) throws {
         var sandboxLines: [String] = []
         if options.sandbox {
@@ -463,8 +457,8 @@ public final class SwitchRuntime {
         }
         startupLines = describeStartup() + sandboxLines + extra
         if options.announce {
-            for l in startupLines { writeStdout(l) }
-            writeStdout("vnet: ready")
+            for l in startupLines { Sys.writeLine(1, l) }
+            Sys.writeLine(1, "vnet: ready")
         }
         publishLeaseNames(now: Instant(nanoseconds: Sys.monotonicNanoseconds()))
         loop.onSignal = { [unowned self] sig in
@@ -477,6 +471,8 @@ public final class SwitchRuntime {
             default: break
             }
         }
+        loop.busyPollNanoseconds = UInt64(options.busyPollMicroseconds) * 1000
+        var ackWait = AckWait()
         try loop.run(turn: { now in
             let instant = Instant(nanoseconds: now)
             var deadline = now + 1_000_000_000
@@ -503,8 +499,13 @@ public final class SwitchRuntime {
         }, dispatch: { kind, index, events, now in
             dispatch(kind, index, events: events, now: now)
         }, afterEvents: {
+            if let gw = gateway, loop.busyPollNanoseconds > 0 { ackWait.afterTurn(gw) }
             pump(now: Sys.monotonicNanoseconds())
             pcap?.flush()
+        }, beforeSleep: {
+            guard let gw = gateway, loop.busyPollNanoseconds > 0, gw.hasPendingAcks else { return }
+            gw.flushPendingAcks()
+            pump(now: Sys.monotonicNanoseconds())
         })
         logger.info("stopping")
         control = nil
@@ -514,7 +515,7 @@ public final class SwitchRuntime {
             try? LeaseFile.write(gw.dhcp.leases(now: Instant(nanoseconds: Sys.monotonicNanoseconds())), path: path)
         }
         commands.close { $0(self) }
-        for p in pathsToRemove { unlink(p) }   // the socket files go with the loop, not with the object
+        for p in pathsToRemove { Sys.unlink(p) }   // the socket files go with the loop, not with the object
         portMaps.removeSocketFiles()
         pathsToRemove = []
         if options.announce { printCounters() }
@@ -570,7 +571,7 @@ public final class SwitchRuntime {
     func flushGatewaySends() {
         guard let gw = gateway else { return }
         gw.flushGuestSends()
-        gw.flushPendingAcks()
+        if loop.busyPollNanoseconds == 0 { gw.flushPendingAcks() }
     }
 
     func readLink(_ i: Int, now: UInt64) {

@@ -6,19 +6,20 @@
 
 import VNetGateway
 import VNetHost
+import VNetServices
 import VNetWire
 #if canImport(Glibc)
 import Glibc
 #endif
 
-extension PortMap {
-    static func parseUnix(_ text: String) -> Result<PortMap, SwitchOptionError> {
+extension HostForward {
+    static func parseUnix(_ text: String) -> Result<HostForward, SwitchOptionError> {
         let bad = SwitchOptionError("port map '\(text)': expected unix:PATH-VM:GUESTPORT (PATH absolute; VM: an address or a host name)")
         let body = text.dropFirst(5)
         guard let dash = body.lastIndex(of: "-") else { return .failure(bad) }
         let path = String(body[..<dash])
         do { try UserNetOptions.checkUnixForwardPath(path) } catch { return .failure(SwitchOptionError("port map '\(text)': \(error.message)")) }
-        guard case .success(var m) = parse("tcp::1-" + body[body.index(after: dash)...]) else { return .failure(bad) }
+        guard case .success(var m) = parsePortMap("tcp::1-" + body[body.index(after: dash)...]) else { return .failure(bad) }
         m.hostPort = 0
         m.unixPath = path
         return .success(m)

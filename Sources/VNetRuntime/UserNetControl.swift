@@ -12,6 +12,7 @@ import CVNetShim
 import VNetBuffers
 import VNetGateway
 import VNetHost
+import VNetServices
 import VNetWire
 #if canImport(Glibc)
 import Glibc
@@ -144,10 +145,10 @@ extension UserNetRuntime: ControlTarget {
             let src = f.rule.hostAddress.isUnspecified ? "*" : f.rule.hostAddress.description
             let boundPort = f.bound.split(separator: ":").last.map(String.init) ?? String(f.rule.hostPort)
             let label = "  \(f.rule.proto.rawValue.uppercased())[HOST_FORWARD]"
-            lines.append(UserNetRuntime.usernetRow(label, fd: f.fd, source: src, sourcePort: boundPort, destination: f.rule.guestAddress.description,
+            lines.append(UserNetRuntime.usernetRow(label, fd: f.fd, source: src, sourcePort: boundPort, destination: f.rule.target.plainDescription,
                                                    destinationPort: String(f.rule.guestPort), recvQ: 0, sendQ: 0))
             rows.append(["protocol": f.rule.proto.rawValue, "state": "HOST_FORWARD", "fd": Int(f.fd), "host_address": src,
-                         "host_port": Int(boundPort) ?? Int(f.rule.hostPort), "guest_address": f.rule.guestAddress.description,
+                         "host_port": Int(boundPort) ?? Int(f.rule.hostPort), "guest_address": f.rule.target.plainDescription,
                          "guest_port": Int(f.rule.guestPort), "recv_q": 0, "send_q": 0])
         }
         for f in gateway.flows(now: Instant(nanoseconds: Sys.monotonicNanoseconds())) {
@@ -220,12 +221,12 @@ extension UserNetRuntime: ControlTarget {
     }
 
     func forwardDescription(_ f: ActiveForward) -> String {
-        "\(f.rule.proto.rawValue) \(f.bound) -> \(f.rule.guestAddress.bracketed):\(f.rule.guestPort)"
+        "\(f.rule.proto.rawValue) \(f.bound) -> \(f.rule.targetDescription):\(f.rule.guestPort)"
     }
 
     func forwardValue(_ f: ActiveForward) -> [String: Any] {
         ["protocol": f.rule.proto.rawValue, "host_address": f.rule.hostAddress.description, "host_port": Int(f.rule.hostPort),
-         "bound": f.bound, "guest_address": f.rule.guestAddress.description, "guest_port": Int(f.rule.guestPort)]
+         "bound": f.bound, "guest_address": f.rule.target.plainDescription, "guest_port": Int(f.rule.guestPort)]
             .merging(f.rule.unixPath.map { ["unix_path": $0] } ?? [:]) { a, _ in a }
     }
 

@@ -15,6 +15,7 @@ import VNetBuffers
 import VNetGateway
 import VNetHost
 import VNetTransport
+import VNetServices
 import VNetWire
 #if canImport(Glibc)
 import Glibc
@@ -35,7 +36,7 @@ public final class UserNetRuntime {
     let port: GuestPort
     let resolvWatcher: ResolvConfWatcher?
     /// hostfwd rules with their listening sockets.
-    let forwards: ForwardListeners<HostForward>
+    let forwards: ForwardListeners
     var control: ControlServer?
     var pcap: PcapWriter?
     var metricsEndpoint: MetricsEndpoint?
@@ -67,7 +68,7 @@ public final class UserNetRuntime {
             if let open = options.openTap {
                 (tapFD, tapOffload) = try open()
             } else {
-                tapFD = try UserNetRuntime.openTapInNamespace(netns: netns, name: name, mtu: options.gateway.mtu, offload: options.tapOffload)
+                tapFD = try Sys.openTap(inNamespace: netns, name: name, mtu: options.gateway.mtu, offload: options.tapOffload)
             }
         }
         var gatewayConfig = options.gateway
@@ -95,7 +96,7 @@ public final class UserNetRuntime {
         let epoll = loop.epoll
         switch options.transport {
         case .unixListen(let path):
-            let fd = try UserNetRuntime.listenUnix(path: path)
+            let fd = try Sys.listenUnix(path: path)
             socketPathToRemove = path
             port = GuestPort(kind: .streamListener(listenFD: fd), epoll: epoll, mtu: mtu, logger: logger)
             try epoll.add(fd, events: Epoll.readable, tag: EventKind.portListener.tag())
@@ -170,7 +171,7 @@ public final class UserNetRuntime {
                                           checksumPartial: offload?.flags.contains(.needsChecksum) ?? false, held: t.holdsFrames)
         }, endBatch: { [unowned self] in
             self.gateway.flushGuestSends()
-            self.gateway.flushPendingAcks()
+            if self.loop.busyPollNanoseconds == 0 { self.gateway.flushPendingAcks() }
         }, peerNews: { [unowned self] connected, peer, reason in
             self.port.stateObserver?(connected, connected ? peer : reason)
             if !connected { self.port.disconnectHandler?() }
@@ -181,7 +182,7 @@ public final class UserNetRuntime {
     deinit {
         if case .transport(let t) = port.kind { t.close() }
         // In the sandbox unlink is not allowed: the file stays, and the next start removes it as stale.
-        if let p = socketPathToRemove, !sandboxed { unlink(p) }
+        if let p = socketPathToRemove, !sandboxed { Sys.unlink(p) }
         forwards.removeSocketFiles()
     }
 
@@ -216,7 +217,7 @@ public final class UserNetRuntime {
         return lines
     }
 
-    typealias ActiveForward = ForwardListeners<HostForward>.Entry
+    typealias ActiveForward = ForwardListeners.Entry
 
     /// Binds every hostfwd listener (an address of 0.0.0.0 binds all, as in QEMU).
     func openForwards() throws {
@@ -232,57 +233,6 @@ public final class UserNetRuntime {
     }
 
     // MARK: Set-up helpers
-
-    /// Removes a leftover unix socket at `path` if nothing listens on it; refuses to touch anything else.
-    static func removeStaleSocket(_ path: String) throws {
-        var st = stat()
-        guard lstat(path, &st) == 0 else { return }
-        guard (st.st_mode & S_IFMT) == S_IFSOCK else { throw RuntimeError("\(path) exists and is not a socket") }
-        if let a = SocketAddress(unixPath: path), let probe = try? Sys.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0) {
-            defer { Sys.close(probe) }
-            if (try? Sys.connect(probe, a)) != nil { throw RuntimeError("\(path) is in use by another process") }
-        }
-        unlink(path)
-    }
-
-    static func listenUnix(path: String) throws -> Int32 {
-        guard let a = SocketAddress(unixPath: path) else { throw RuntimeError("socket path too long: \(path)") }
-        try removeStaleSocket(path)
-        let fd = try Sys.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        do {
-            try Sys.bindPrivate(fd, a)
-            try Sys.listen(fd)
-        } catch {
-            Sys.close(fd)
-            throw error
-        }
-        return fd
-    }
-
-    /// Creates (or attaches) the TAP `name` inside the network namespace at `netns` (a path, or a PID),
-    /// brings it up with `mtu`, and returns to the original namespace. The fd keeps working from here.
-    /// With `offload`, the TAP carries a virtio-net header per frame (IFF_VNET_HDR) and the kernel may hand
-    /// over partial checksums and 64 KiB TCP super-segments, and take them from us: the kernel side of the link
-    /// then costs one frame per 64 KiB instead of one per MSS, as with QEMU's vnet_hdr=on.
-    static func openTapInNamespace(netns: String, name: String, mtu: Int, offload: Bool) throws -> Int32 {
-        guard !name.isEmpty, name.utf8.count < 16 else { throw RuntimeError("--tap: interface name must be 1-15 bytes") }
-        let nsPath = netns.allSatisfy(\.isNumber) ? "/proc/\(netns)/ns/net" : netns
-        let target = open(nsPath, O_RDONLY | O_CLOEXEC)
-        guard target >= 0 else { throw RuntimeError("--netns: cannot open \(nsPath): \(Sys.errnoString(errno))") }
-        defer { Glibc.close(target) }
-        let original = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC)
-        guard original >= 0 else { throw RuntimeError("cannot open own netns: \(Sys.errnoString(errno))") }
-        defer { Glibc.close(original) }
-        guard vnet_setns_net(target) == 0 else { throw RuntimeError("setns(\(nsPath)): \(Sys.errnoString(errno))") }
-        let fd = vnet_tap_open(name, offload ? Int32(IFF_VNET_HDR) : 0)
-        let offloaded = fd >= 0 && offload ? vnet_tap_enable_offload(fd) : 0
-        let up = fd >= 0 ? vnet_link_up(name, Int32(mtu)) : 0
-        guard vnet_setns_net(original) == 0 else { fatalError("cannot return to the original network namespace") }
-        guard fd >= 0 else { throw RuntimeError("--tap \(name): \(Sys.errnoString(-fd))") }
-        guard up == 0 else { Glibc.close(fd); throw RuntimeError("--tap \(name): bringing it up: \(Sys.errnoString(-up))") }
-        guard offloaded == 0 else { Glibc.close(fd); throw RuntimeError("--tap \(name): TUNSETOFFLOAD: \(Sys.errnoString(-offloaded)) (try --no-tap-offload)") }
-        return fd
-    }
 
     // MARK: Loop
 
@@ -325,18 +275,12 @@ public final class UserNetRuntime {
         return lines
     }
 
-    func writeStdout(_ s: String) {
-        var line = s
-        line.append("\n")
-        line.withUTF8 { b in _ = Glibc.write(announceFD, b.baseAddress, b.count) }
-    }
-
     /// Prints the start-up lines (plus `extra`), then `vnet: ready`, then serves until a signal stops it.
     public func run(extraStartupLines extra: [String] = []) throws {
         let sandboxLines = options.sandbox ? try enterSandbox() : []
         startupLines = describeStartup() + sandboxLines + extra
-        for l in startupLines { writeStdout(l) }
-        writeStdout("vnet: ready")
+        for l in startupLines { Sys.writeLine(announceFD, l) }
+        Sys.writeLine(announceFD, "vnet: ready")
         loop.onSignal = { [unowned self] sig in
             switch sig {
             case SIGHUP:
@@ -347,6 +291,8 @@ public final class UserNetRuntime {
             default: break
             }
         }
+        loop.busyPollNanoseconds = UInt64(options.busyPollMicroseconds) * 1000
+        var ackWait = AckWait()
         try loop.run(turn: { now in
             gateway.poll(now: Instant(nanoseconds: now))
             if let w = resolvWatcher, let servers = w.poll(nowNanoseconds: now) { applyResolvers(servers) }
@@ -357,8 +303,13 @@ public final class UserNetRuntime {
         }, dispatch: { kind, index, events, now in
             dispatch(kind, index, events: events, now: now)
         }, afterEvents: {
+            if loop.busyPollNanoseconds > 0 { ackWait.afterTurn(gateway) }
             flushToGuest()
             pcap?.flush()
+        }, beforeSleep: {
+            guard loop.busyPollNanoseconds > 0, gateway.hasPendingAcks else { return }
+            gateway.flushPendingAcks()
+            flushToGuest()
         })
         logger.info("stopping")
         printCounters()
@@ -419,7 +370,7 @@ public final class UserNetRuntime {
                     self.gateway.handleGuestFrame(frame, now: instant, checksumPartial: offload?.flags.contains(.needsChecksum) ?? false, held: held)
                 }
                 gateway.flushGuestSends()
-                gateway.flushPendingAcks()
+                if loop.busyPollNanoseconds == 0 { gateway.flushPendingAcks() }
             }
             if events & Epoll.writable != 0 { flushToGuest() }
         case .transport:
@@ -445,7 +396,7 @@ public final class UserNetRuntime {
             ("port_desync_resets", p.desyncResets), ("port_connections", p.connections),
             ("port_rejected_connections", p.rejectedConnections), ("drop_port_send_errors", p.sendErrors),
             ("drop_tx_queue_refused", gateway.toGuest.refused), ("hostfwd_accept_pauses", forwards.acceptPauses), ("accept_pauses", epoll.listenerPauses), ("udp_gso_fallbacks", UInt64(host.udpSegmentationFallbacks)),
-            ("drop_control_clients_full", control?.rejectedClients ?? 0),
+            ("drop_control_clients_full", control?.rejectedClients ?? 0), ("busy_poll_catches", loop.busyPollCatches),
         ]
         lines += portLines.filter { $0.1 > 0 }.map { "\($0.0) \($0.1)" }
         if case .transport(let t) = port.kind { lines += t.extraCounters.map { "port_\($0.0) \($0.1)" } }

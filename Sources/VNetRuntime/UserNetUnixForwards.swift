@@ -4,6 +4,7 @@
 
 import VNetGateway
 import VNetHost
+import VNetServices
 import VNetWire
 #if canImport(Glibc)
 import Glibc

@@ -57,7 +57,7 @@ struct LimitTests {
 
 /// Half-open flows counted the slow way, to check the running count.
 func halfOpenByScan<H: HostIO>(_ g: Gateway<H>) -> Int {
-    g.tcpFlows.activeIndices.filter { g.tcpFlows[$0]!.state != .established }.count
+    g.tcpEngine.flows.activeIndices.filter { g.tcpEngine.flows[$0]!.state != .established }.count
 }
 
 @Suite("Limits: DNS flows and reassembly")

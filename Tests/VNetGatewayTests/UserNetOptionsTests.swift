@@ -2,6 +2,7 @@
 
 import Testing
 @testable import VNetGateway
+import VNetServices
 import VNetWire
 
 /// The error message parse() throws for `text`, or nil when it parses.

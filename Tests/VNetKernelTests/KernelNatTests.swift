@@ -2,6 +2,7 @@
 
 import Testing
 import VNetKernel
+import VNetServices
 import VNetWire
 
 @Suite("kernel NAT")
@@ -10,19 +11,19 @@ struct KernelNatTests {
 
     @Test("port maps take QEMU's hostfwd syntax")
     func portMaps() throws {
-        #expect(try NftPortMap.parse("tcp::8080-:80", defaultGuest: guest) == NftPortMap(proto: .tcp, hostAddress: nil, hostPort: 8080, guestAddress: guest, guestPort: 80))
-        #expect(try NftPortMap.parse("udp:192.0.2.1:53-10.0.3.20:5353", defaultGuest: guest)
-            == NftPortMap(proto: .udp, hostAddress: IPv4Address(192, 0, 2, 1), hostPort: 53, guestAddress: IPv4Address(10, 0, 3, 20), guestPort: 5353))
-        #expect(try NftPortMap.parse(":0.0.0.0:2222-:22", defaultGuest: guest).hostAddress == nil)
+        #expect(try HostForward.parseKernelPortMap("tcp::8080-:80", defaultGuest: guest) == HostForward(proto: .tcp, hostAddress: IPv4Address(0, 0, 0, 0), hostPort: 8080, guestAddress: guest, guestPort: 80))
+        #expect(try HostForward.parseKernelPortMap("udp:192.0.2.1:53-10.0.3.20:5353", defaultGuest: guest)
+            == HostForward(proto: .udp, hostAddress: IPv4Address(192, 0, 2, 1), hostPort: 53, guestAddress: IPv4Address(10, 0, 3, 20), guestPort: 5353))
+        #expect(try HostForward.parseKernelPortMap(":0.0.0.0:2222-:22", defaultGuest: guest).hostAddress.v4?.isUnspecified == true)
         for bad in ["tcp:8080-:80", "sctp::1-:2", "tcp::0-:80", "tcp::80-:70000", "tcp::80", "tcp:1.2.3:80-:80", "tcp::80-x:80"] {
-            #expect(throws: KernelModeError.self) { _ = try NftPortMap.parse(bad, defaultGuest: guest) }
+            #expect(throws: KernelModeError.self) { _ = try HostForward.parseKernelPortMap(bad, defaultGuest: guest) }
         }
     }
 
     @Test("the ruleset replaces its own table atomically and holds masquerade and both DNAT hooks")
     func ruleset() {
-        let maps = [NftPortMap(proto: .tcp, hostAddress: nil, hostPort: 8080, guestAddress: guest, guestPort: 80),
-                    NftPortMap(proto: .udp, hostAddress: IPv4Address(192, 0, 2, 1), hostPort: 5353, guestAddress: guest, guestPort: 53)]
+        let maps = [HostForward(proto: .tcp, hostAddress: IPv4Address(0, 0, 0, 0), hostPort: 8080, guestAddress: guest, guestPort: 80),
+                    HostForward(proto: .udp, hostAddress: IPv4Address(192, 0, 2, 1), hostPort: 5353, guestAddress: guest, guestPort: 53)]
         let text = NftRuleset.render(networkName: "lab", bridge: "vnet-lab", network: IPv4Network(address: IPv4Address(10, 0, 3, 0), prefixLength: 24), portMaps: maps)
         #expect(text.hasPrefix("table ip vnet-lab {\n}\ndelete table ip vnet-lab\ntable ip vnet-lab {\n"))
         #expect(text.contains("ip saddr 10.0.3.0/24 ip daddr != 10.0.3.0/24 masquerade"))

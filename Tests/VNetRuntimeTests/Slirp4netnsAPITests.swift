@@ -3,6 +3,7 @@
 
 import Testing
 import VNetGateway
+import VNetServices
 import VNetWire
 @testable import VNetRuntime
 
@@ -133,11 +134,11 @@ func newAPI() -> Slirp4netnsAPI {
 }
 
 @Test func portMapWithUnixHostEnd() throws {
-    let m = try PortMap.parse("unix:/run/vm-docker.sock-web:2375").get()
+    let m = try HostForward.parsePortMap("unix:/run/vm-docker.sock-web:2375").get()
     #expect(m.unixPath == "/run/vm-docker.sock" && m.proto == .tcp && m.target == .hostName("web") && m.guestPort == 2375)
     #expect(m.description == "unix:/run/vm-docker.sock -> tcp web:2375")
-    let a = try PortMap.parse("unix:/x.sock-192.168.122.5:22").get()
+    let a = try HostForward.parsePortMap("unix:/x.sock-192.168.122.5:22").get()
     #expect(a.target == .address(IPAddress(IPv4Address(192, 168, 122, 5))))
-    if case .success = PortMap.parse("unix:rel.sock-web:22") { Issue.record("a relative path was accepted") }
-    if case .success = PortMap.parse("unix:/x.sock-web") { Issue.record("no guest port was accepted") }
+    if case .success = HostForward.parsePortMap("unix:rel.sock-web:22") { Issue.record("a relative path was accepted") }
+    if case .success = HostForward.parsePortMap("unix:/x.sock-web") { Issue.record("no guest port was accepted") }
 }

@@ -109,6 +109,10 @@ class Handler(socketserver.BaseRequestHandler):
                 h.update(chunk)
                 left -= len(chunk)
             s.sendall(h.hexdigest().encode())
+        elif kind == b"E":
+            # `size` request/response rounds of 64 bytes: each request comes back as its reply.
+            for _ in range(size):
+                s.sendall(recv_exact(s, 64))
         elif kind == b"R":
             h = hashlib.sha256()
             left = size
@@ -125,6 +129,20 @@ class Server(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     daemon_threads = True
     request_queue_size = 512
+
+
+def pingpong(host, port, rounds):
+    """`rounds` 64-byte requests, each waiting for its echo (a request/response exchange)."""
+    s = connect_retrying(host, port)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    s.sendall(b"E" + struct.pack("!Q", rounds))
+    for i in range(rounds):
+        req = bytes((i + j) & 0xFF for j in range(64))
+        s.sendall(req)
+        if recv_exact(s, 64) != req:
+            raise SystemExit(f"round {i}: wrong reply")
+    s.close()
+    print(f"ROUNDS {rounds} OK", flush=True)
 
 
 def get(host, port, size):
@@ -190,6 +208,8 @@ def main(argv):
         srv.serve_forever()
     elif cmd == "get":
         print(get(argv[2], int(argv[3]), int(argv[4])))
+    elif cmd == "pingpong":
+        pingpong(argv[2], int(argv[3]), int(argv[4]))
     elif cmd == "put":
         print(put(argv[2], int(argv[3]), int(argv[4])))
     elif cmd == "parallel":

@@ -50,6 +50,27 @@ while True:
     s.sendto(hdr + question + b"\\xc0\\x0c\\x00\\x01\\x00\\x01\\x00\\x00\\x00\\x3c\\x00\\x04" + bytes([203, 0, 113, 7]), peer)
 """
 
+# The same answers over UDP and TCP (two-byte length prefix), for the forwarder's TCP relay.
+DNS_UDP_TCP = """
+import socket, struct, sys, threading
+def answer(q):
+    i = 12
+    while q[i]: i += q[i] + 1
+    hdr = q[:2] + b"\\x81\\x80" + b"\\x00\\x01\\x00\\x01\\x00\\x00\\x00\\x00"
+    return hdr + q[12:i + 5] + b"\\xc0\\x0c\\x00\\x01\\x00\\x01\\x00\\x00\\x00\\x3c\\x00\\x04" + bytes([203, 0, 113, 8])
+def tcp():
+    t = socket.socket(); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); t.bind((sys.argv[1], int(sys.argv[2]))); t.listen(8)
+    while True:
+        c, _ = t.accept()
+        n = struct.unpack("!H", c.recv(2, socket.MSG_WAITALL))[0]
+        a = answer(c.recv(n, socket.MSG_WAITALL)); c.sendall(struct.pack("!H", len(a)) + a); c.close()
+threading.Thread(target=tcp, daemon=True).start()
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1], int(sys.argv[2]))); print("LISTENING", flush=True)
+while True:
+    q, peer = s.recvfrom(4096)
+    if len(q) >= 12: s.sendto(answer(q), peer)
+"""
+
 CONNECT = """
 import socket, sys
 c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10); print(c.recv(100).decode().strip())
@@ -323,6 +344,41 @@ def test_kernel_nat_lease_masquerade_dnat_dns_and_clean_exit(nat):
     assert in_ns(nat.router, "ip", "link", "show", "vnet-t1", check=False).returncode != 0
     assert in_ns(nat.router, "cat", "/proc/sys/net/ipv4/ip_forward").stdout.strip() == "0"
     assert not list(nat.state.glob("nat-t1*"))
+
+
+def test_kernel_nat_dns_fails_over_and_serves_tcp(namespaces, workdir, log_dir):
+    """Two nameservers from resolv.conf, the first a dead address: a query times out once, the forwarder moves to
+    the second (dns_failovers), and queries over UDP and over TCP are answered from it."""
+    router, outside, guest = namespaces("r"), namespaces("o"), namespaces("g")
+    in_ns(router, "ip", "link", "add", "up0", "type", "veth", "peer", "name", "eth0", "netns", outside)
+    in_ns(router, "ip", "addr", "add", "198.51.100.1/24", "dev", "up0")
+    in_ns(router, "ip", "link", "set", "up0", "up")
+    in_ns(outside, "ip", "addr", "add", "198.51.100.2/24", "dev", "eth0")
+    in_ns(outside, "ip", "link", "set", "eth0", "up")
+    resolv = Path(workdir) / "resolv.conf"
+    resolv.write_text("nameserver 198.51.100.9\nnameserver 198.51.100.2\n")
+    server = Background(outside, [sys.executable, "-c", DNS_UDP_TCP, "198.51.100.2", 53], log_dir, "dns-udp-tcp")
+    try:
+        server.out.wait_for("LISTENING", 15)
+        args = ["netns", "exec", router, rig.vnet_binary(), "nat", "--kernel", "--name", "t3", "--network", "10.0.5.0/24",
+                "--resolv-conf", resolv, "--state-dir", Path(workdir) / "state3", "--control", Path(workdir) / "knat3.ctl"]
+        with rig.VnetProcess(args, binary=shutil.which("ip"), log_dir=log_dir, name="vnet-nat-dns") as v:
+            assert "via 198.51.100.9:53, 198.51.100.2:53 (UDP and TCP)" in v.stdout.text, v.stdout.text
+            in_ns(router, "ip", "link", "add", "g0", "type", "veth", "peer", "name", "eth0", "netns", guest)
+            assert vnet(router, "bridge", "addif", "vnet-t3", "g0").returncode == 0
+            in_ns(guest, "ip", "addr", "add", "10.0.5.50/24", "dev", "eth0")
+            in_ns(guest, "ip", "link", "set", "eth0", "up")
+            # The first try goes to the dead server and times out (dig says so); the retry is answered.
+            r = in_ns(guest, "dig", "+short", "+time=3", "+tries=3", "@10.0.5.1", "first.test", check=False)
+            assert r.stdout.strip().splitlines()[-1] == "203.0.113.8", r.stdout + r.stderr
+            r = in_ns(guest, "dig", "+short", "+tcp", "+time=3", "+tries=2", "@10.0.5.1", "second.test", check=False)
+            assert r.stdout.strip() == "203.0.113.8", r.stdout + r.stderr
+            stats = subprocess.run([str(rig.vnet_binary()), "ctl", str(Path(workdir) / "knat3.ctl"), "stats"], capture_output=True, text=True, timeout=20)
+            assert re.search(r"^dns_failovers 1$", stats.stdout, re.M), stats.stdout
+            assert re.search(r"^dns_tcp_relayed [1-9]", stats.stdout, re.M) and re.search(r"^dns_answered [1-9]", stats.stdout, re.M), stats.stdout
+            assert v.stop() == 0, v.describe()
+    finally:
+        server.stop()
 
 
 def test_kernel_nat_killed_run_is_undone(namespaces, workdir, log_dir):

@@ -6,6 +6,7 @@ import Foundation
 import FuzzSupport
 import VNetGateway
 import VNetRuntime
+import VNetServices
 import VNetWire
 
 final class FuzzForwarder: Slirp4netnsForwarder {
