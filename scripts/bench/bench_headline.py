@@ -86,9 +86,11 @@ def provenance_lines(raw: dict, json_name: str) -> list[str]:
     lines = [f"- raw figures, every repetition: [{json_name}]({json_name})"]
     if p:
         dirty = " **with uncommitted changes**" if p.get("dirty") else " (clean tree)"
+        lines.append(f"- commit: `{p.get('commit')}`{dirty}; vnet built by the tool: `{p.get('build_command')}`")
+        lines.append(f"- command: `{p.get('command_line')}`")
+        if p.get("vnet_args"):
+            lines.append(f"- **every vnet ran with `{' '.join(p['vnet_args'])}`** (both vnet columns)")
         lines += [
-            f"- commit: `{p.get('commit')}`{dirty}; vnet built by the tool: `{p.get('build_command')}`",
-            f"- command: `{p.get('command_line')}`",
             f"- date: {p.get('started')} to {p.get('ended')}",
             f"- machine: {m.get('nproc')} CPUs, {m.get('cpu')}, {m.get('mem_gib')} GiB, Linux {m.get('kernel')}",
             "- load average (1, 5, 15 min): " + ", ".join(f"{x:.2f}" for x in p.get("loadavg_start", []))
