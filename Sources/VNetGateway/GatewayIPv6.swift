@@ -304,7 +304,7 @@ extension Gateway {
     /// ICMPv6 error to the guest quoting its packet: the IPv6 header and the first 8 bytes of its payload.
     func sendICMPv6Error(type: UInt8, code: UInt8, from source: IPv6Address, to mac: MACAddress, guest: IPv6Address,
                          destination: IPv6Address, quotedNextHeader: UInt8, quotedPayloadLength: Int, hopLimit: UInt8,
-                         quotedWords: (UInt16, UInt16, UInt16, UInt16)) {
+                         quotedWords: (UInt16, UInt16, UInt16, UInt16), restOfHeader: UInt32 = 0) {
         let messageLength = 8 + 40 + 8
         counters.count(.icmpErrorsToGuest)
         emitIPv6(to: mac, source: source, destination: guest, nextHeader: IPProtocol.icmpv6.rawValue, l4Length: messageLength) { out in
@@ -313,7 +313,7 @@ extension Gateway {
                        destination: destination).emit(into: quoted.slice(0 ..< 40))
             let w = quoted.slice(40 ..< 48)
             w.put16(0, quotedWords.0); w.put16(2, quotedWords.1); w.put16(4, quotedWords.2); w.put16(6, quotedWords.3)
-            ICMPv6Header(type: type, code: code).emit(into: out, messageLength: messageLength, source: source, destination: guest)
+            ICMPv6Header(type: type, code: code, restOfHeader: restOfHeader).emit(into: out, messageLength: messageLength, source: source, destination: guest)
         }
     }
 }

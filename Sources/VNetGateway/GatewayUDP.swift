@@ -247,7 +247,7 @@ extension Gateway {
     /// its payload, given as four 16-bit words (ports and length for UDP, type/code, id and sequence for echo).
     func sendICMPError(type: UInt8, code: UInt8, from source: IPv4Address, to mac: MACAddress, guest: IPv4Address,
                        destination: IPv4Address, quotedProtocol: IPProtocol, quotedTotalLength: Int, ttl: UInt8,
-                       quotedWords: (UInt16, UInt16, UInt16, UInt16)) {
+                       quotedWords: (UInt16, UInt16, UInt16, UInt16), restOfHeader: UInt32 = 0) {
         let messageLength = 8 + 20 + 8
         counters.count(.icmpErrorsToGuest)
         emitIPv4(to: mac, source: source, destination: guest, protocolNumber: .icmp, l4Length: messageLength) { out in
@@ -256,7 +256,7 @@ extension Gateway {
                        source: guest, destination: destination).emit(into: quoted.slice(0 ..< 20))
             let w = quoted.slice(20 ..< 28)
             w.put16(0, quotedWords.0); w.put16(2, quotedWords.1); w.put16(4, quotedWords.2); w.put16(6, quotedWords.3)
-            ICMPv4Header(type: type, code: code).emit(into: out, messageLength: messageLength)
+            ICMPv4Header(type: type, code: code, restOfHeader: restOfHeader).emit(into: out, messageLength: messageLength)
         }
     }
 

@@ -108,10 +108,11 @@ public final class PortContext {
     let deliverFrame: (UnsafeRawBufferPointer, VirtioNetHeader?) -> Void
     let endBatch: () -> Void
     let peerNews: (_ connected: Bool, _ peer: String, _ reason: String) -> Void
+    let tooBig: (UnsafeRawBufferPointer, Int) -> Void
 
     init(queue: FrameQueue, mtu: Int, logger: Logger, epoll: Epoll, slot: Int,
          deliver: @escaping (UnsafeRawBufferPointer, VirtioNetHeader?) -> Void, endBatch: @escaping () -> Void,
-         peerNews: @escaping (Bool, String, String) -> Void) {
+         peerNews: @escaping (Bool, String, String) -> Void, tooBig: @escaping (UnsafeRawBufferPointer, Int) -> Void = { _, _ in }) {
         self.queue = queue
         self.mtu = mtu
         self.logger = logger
@@ -120,6 +121,7 @@ public final class PortContext {
         self.deliverFrame = deliver
         self.endBatch = endBatch
         self.peerNews = peerNews
+        self.tooBig = tooBig
     }
 
     /// Tokens are the transport's own numbering of its fds, 0 ..< `maximumTokens`.
@@ -148,6 +150,10 @@ public final class PortContext {
 
     /// The far end arrived (`peer` says who).
     public func peerConnected(_ peer: String) { peerNews(true, peer, "connected") }
+
+    /// A queued frame does not fit the port's path (IP MTU `mtu`, DF set) and is dropped: the gateway, where
+    /// there is one, answers its sender with ICMP "fragmentation needed" / "packet too big" (GatewayPathMTU.swift).
+    public func frameTooBig(_ frame: UnsafeRawBufferPointer, mtu: Int) { tooBig(frame, mtu) }
 
     /// The far end went away: its guests' flows end and its MACs are forgotten.
     public func peerLeft(_ peer: String, reason: String) { peerNews(false, peer, reason) }

@@ -250,7 +250,7 @@ public final class SwitchRuntime {
         }, endBatch: { [unowned self] in self.flushGatewaySends() }, peerNews: { [unowned self] connected, peer, reason in
             if !connected || self.fabric.macs(of: l.switchPort).count > 0 { self.guestsDeparted(l, reason: reason) }
             self.publishPort(i, connected: connected, description: "\(l.description) peer \(peer)", reason: reason)
-        })
+        }, tooBig: { [unowned self] frame, mtu in self.gateway?.answerFrameTooBig(frame, mtu: mtu) })
         do { try t.start(context) } catch {
             removeLink(i, reason: "failed to start")
             throw error

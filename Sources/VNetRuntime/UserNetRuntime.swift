@@ -175,7 +175,7 @@ public final class UserNetRuntime {
         }, peerNews: { [unowned self] connected, peer, reason in
             self.port.stateObserver?(connected, connected ? peer : reason)
             if !connected { self.port.disconnectHandler?() }
-        })
+        }, tooBig: { [unowned self] frame, mtu in self.gateway.answerFrameTooBig(frame, mtu: mtu) })
         try t.start(context)
     }
 

@@ -643,6 +643,7 @@ public final class VxlanPort: PortTransport {
                 // closed: discard
             } else if frame.count > underlayFrameLimit {
                 table.counters.dropTooBigForUnderlay &+= 1
+                context?.frameTooBig(frame, mtu: underlayFrameLimit - 14)
             } else if !send(frame, now: now) {
                 return true   // a socket is full: EPOLLOUT brings us back
             }
