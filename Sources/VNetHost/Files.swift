@@ -68,7 +68,7 @@ extension Sys {
     public static func writeLine(_ fd: Int32, _ text: String) {
         var line = text
         line.append("\n")
-        line.withUTF8 { writeAll(fd, UnsafeRawBufferPointer($0)) }
+        _ = line.withUTF8 { writeAll(fd, UnsafeRawBufferPointer($0)) }
     }
 
     public static func unlink(_ path: String) { _ = Glibc.unlink(path) }

@@ -141,6 +141,12 @@ public final class PortContext {
 
     public func unregister(_ fd: Int32) { epoll.remove(fd) }
 
+    /// A listener registered under `token` whose accept failed with `error`: when fds ran out, it leaves the set
+    /// for a while instead of waking the loop again at once (the loop's accept pause, as for every listener).
+    public func pauseListenerIfShort(_ fd: Int32, error: Int32, token: Int) {
+        _ = epoll.pauseListenerIfShort(fd, error: error, tag: PortContext.tag(slot: slot, token: token))
+    }
+
     /// One received frame (a plain wire frame: `offload` nil).
     @inline(__always)
     public func deliver(_ frame: UnsafeRawBufferPointer, offload: VirtioNetHeader?) { deliverFrame(frame, offload) }

@@ -182,7 +182,10 @@ final class VhostUserPort: PortTransport {
     func accept() {
         while true {
             let c: Int32
-            do throws(SyscallError) { c = try Sys.accept(listenFD) } catch { return }
+            do throws(SyscallError) { c = try Sys.accept(listenFD) } catch {
+                context.pauseListenerIfShort(listenFD, error: error.errno, token: VhostUserPort.listenerToken)
+                return
+            }
             if connectionFD >= 0 {
                 counters.rejectedConnections &+= 1
                 logger.warning("vhost-user: rejected a second connection: one QEMU is already attached")
