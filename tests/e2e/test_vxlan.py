@@ -551,6 +551,54 @@ def test_frames_too_big_for_the_underlay_are_dropped_and_counted(workdir, log_di
             rig.wait_for(counted, 10, interval=0.1, message=lambda: f"counters {c}")
 
 
+# A guest's UDP socket with DF forced (IP_PMTUDISC_DO) sends 1472-byte datagrams (1500-byte packets) until the
+# kernel refuses one with EMSGSIZE, which it does only once an ICMP "fragmentation needed" has lowered the path
+# MTU; then it prints that MTU. Bounded by a deadline; every send before that is a real packet on the wire.
+PMTU_PROBE = """
+import errno, socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IP, 10, 2)   # IP_MTU_DISCOVER = IP_PMTUDISC_DO
+s.connect((sys.argv[1], 9))
+deadline = time.monotonic() + 10
+while time.monotonic() < deadline:
+    try:
+        s.send(b"x" * 1472)
+    except OSError as e:
+        if e.errno == errno.EMSGSIZE:
+            print("MTU", s.getsockopt(socket.IPPROTO_IP, 14))   # IP_MTU
+            sys.exit(0)
+        raise
+    time.sleep(0.05)
+print("no EMSGSIZE: the path MTU was never lowered")
+sys.exit(1)
+"""
+
+
+def test_a_guest_frame_too_big_for_the_underlay_gets_fragmentation_needed(workdir, log_dir, tun_available):
+    """`vnet nat --mtu 1500` over a 1500-byte underlay: a guest's full-size DF packet to a host across the tunnel
+    cannot be carried. The uplink drops and counts it, and the gateway answers "fragmentation needed" with the
+    next-hop MTU (1450), which the guest's own kernel takes: its socket then refuses 1500-byte sends and reports
+    a path MTU of 1450. Packets that fit still cross."""
+    d = Path(workdir)
+    with Namespaces("pa", "pb", "pg") as (na, nb, ng):
+        _, vb = veth(na, nb, "198.18.6.1", "198.18.6.2", 24)
+        in_ns(nb, "ip", "link", "add", "vx0", "type", "vxlan", "id", 6, "local", "198.18.6.2", "remote", "198.18.6.1",
+              "dstport", 4789, "dev", vb, check=True)
+        in_ns(nb, "ip", "addr", "add", "10.88.0.200/24", "dev", "vx0", check=True)
+        in_ns(nb, "ip", "link", "set", "vx0", "up", check=True)
+        args = ["nat", "--tap", f"tap0,netns=/run/netns/{ng}", "--mtu", "1500", "--vxlan", "6,local=198.18.6.1,remote=198.18.6.2",
+                "--network", "10.88.0.0/24", "--ipv6-prefix", "off", "--leases-file", d / "pmtu.leases"]
+        with rig.DnsServer({}) as dns, vnet_in(na, [*args, "--dns-upstream", dns.address], log_dir, "vnet-pmtu") as vnet:
+            lease = udhcpc(ng, "tap0", workdir)
+            assert lease.mtu == "1500", lease
+            wait_ping(ng, "10.88.0.200")   # ARP and small packets cross the tunnel both ways
+            probe = in_ns(ng, sys.executable, "-c", PMTU_PROBE, "10.88.0.200", timeout=30)
+            assert probe.returncode == 0 and probe.stdout.split() == ["MTU", "1450"], probe.stdout + probe.stderr
+            assert "mtu 1450" in in_ns(ng, "ip", "route", "get", "10.88.0.200").stdout
+            assert uplink_counters(vnet).get("vxlan_drop_too_big_for_underlay", 0) >= 1
+            wait_ping(ng, "10.88.0.200")
+
+
 def test_two_vnis_share_one_local_port(workdir, log_dir):
     """Two uplinks (VNI 1 and 2) on one local ADDR:PORT, as Linux and OVS serve many VNIs on 4789: each datagram
     goes to the uplink of its VNI, trusted by that uplink's remotes only; an unknown VNI is counted."""
