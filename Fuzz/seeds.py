@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Builds the fuzz seed corpora (Fuzz/Corpus/<Target>/) from the pcaps of real QEMU guest traffic in
-../shared/corpus (libslirp's fuzzing seeds). Standard library only; run from anywhere:
+"""Builds the fuzz seed corpora (Fuzz/Corpus/<Target>/) from a directory of pcaps of real QEMU guest traffic
+(Ethernet or Linux cooked captures; libslirp's fuzzing seeds, fuzzing/IN in its repository, are such captures).
+Standard library only; run from anywhere:
 
-    python3 Fuzz/seeds.py [PCAP_DIR]
+    python3 Fuzz/seeds.py PCAP_DIR
 
 Each target gets inputs in its own format (see the target's header comment): whole frames, IPv4 packets as
 records, ICMP/UDP/DHCP/DNS payloads, TCP segments as records, a QEMU stream per capture, and a record sequence
@@ -17,7 +18,6 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_PCAPS = Path("/work/shared/corpus/libslirp-captures")
 GUEST_MAC = bytes.fromhex("525400123456")
 GW_MAC = bytes.fromhex("52550a000202")
 
@@ -101,7 +101,9 @@ def fast_path_seeds() -> list[bytes]:
 
 
 def main() -> None:
-    pcaps = Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_PCAPS
+    if len(sys.argv) != 2 or not Path(sys.argv[1]).is_dir():
+        sys.exit("usage: python3 Fuzz/seeds.py PCAP_DIR (a directory of pcaps of QEMU guest traffic)")
+    pcaps = Path(sys.argv[1])
     for pcap in sorted(pcaps.glob("*.pcap")):
         fs = frames(pcap)
         stream, gateway, fragments, tcp, ipv6 = b"", b"", b"", b"", b""
