@@ -28,6 +28,13 @@
 //     negotiate is finished here first: a super-segment for a guest without GUEST_TSO4/6 is cut by
 //     `SoftwareOffload.segment`, a partial checksum for one without GUEST_CSUM completed. With no buffer left,
 //     the port asks for a kick (avail_event) and leaves the rest queued; the kick brings the runtime back;
+//   - lost kicks and interrupts: a guest under QEMU's TCG before 8.1 with one vCPU runs without memory barriers,
+//     so the EVENT_IDX handshake can lose a kick (the guest added TX or RX buffers and did not kick) or an
+//     interrupt (it asked for one after we looked) and the ring would wait for good (SplitVirtqueue.swift). So
+//     `tick` looks at the rings again `recheckDelay` after any of them moved (used entries published, a new
+//     kick requested), and again while they keep moving: buffers found are taken (`vhost_late_kicks`), an
+//     interrupt the guest asks for is sent (`vhost_late_calls`); the runtime's flush in the same turn takes new
+//     RX buffers. An idle ring costs nothing;
 //   - hostile rings: any ring error (a loop, a buffer outside memory, an avail jump) stops that ring, counted
 //     and logged; QEMU's next SET_VRING_* restarts it. Nothing is read or written outside the mapped regions.
 // QEMU going away (EOF) ends the session: fds closed, memory unmapped, `context.peerLeft` (its flows end).
@@ -98,6 +105,16 @@ final class VhostUserPort: PortTransport {
     var rxDropped: UInt64 = 0
     var softwareSegmented: UInt64 = 0
     var calls: UInt64 = 0
+    var lateKicks: UInt64 = 0
+    var lateCalls: UInt64 = 0
+    /// transmit() stopped early and kicked itself: chains wait for that kick, not for a lost one.
+    var selfKicked = false
+    /// The rings' used indices and requested kicks when the last recheck was set (`tick`), and when it is due
+    /// (0: none).
+    var ringMark: UInt64 = 0
+    var recheckAt: UInt64 = 0
+    /// How long after the rings moved `tick` looks again: far longer than a guest's store takes to show.
+    static let recheckDelay: UInt64 = 1_000_000
 
     // Preallocated: the control message being read, the fds that came with it, a TX frame, RX scratch.
     let message = UnsafeMutableRawBufferPointer.allocate(byteCount: VhostUserMessage.headerLength + VhostUserMessage.maximumPayload, alignment: 16)
@@ -145,7 +162,7 @@ final class VhostUserPort: PortTransport {
     var extraCounters: [(String, UInt64)] {
         [("vhost_protocol_errors", protocolErrors), ("vhost_ring_errors", ringErrors), ("vhost_unsupported_requests", unsupportedRequests),
          ("vhost_rx_waits", rxWaits), ("vhost_rx_dropped", rxDropped), ("vhost_software_segmented", softwareSegmented),
-         ("vhost_calls", calls)].filter { $0.1 > 0 }
+         ("vhost_calls", calls), ("vhost_late_kicks", lateKicks), ("vhost_late_calls", lateCalls)].filter { $0.1 > 0 }
     }
 
     func start(_ context: PortContext) throws {
@@ -171,7 +188,7 @@ final class VhostUserPort: PortTransport {
         case VhostUserPort.kickToken, VhostUserPort.kickToken + 1:
             let i = token - VhostUserPort.kickToken
             drainEventFD(rings[i].kickFD)
-            if i == 1 { transmit() }
+            if i == 1 { selfKicked = false; transmit() }
             // A receive kick: the guest added buffers; the runtime flushes its queue after this batch.
         default: break
         }
@@ -493,10 +510,49 @@ final class VhostUserPort: PortTransport {
     }
 
     func call(_ i: Int) {
-        guard rings[i].queue.needsNotification(), rings[i].callFD >= 0 else { return }
+        guard rings[i].queue.needsNotification() else { return }
+        signal(i)
+    }
+
+    func signal(_ i: Int) {
+        guard rings[i].callFD >= 0 else { return }
         var one: UInt64 = 1
         _ = Glibc.write(rings[i].callFD, &one, 8)
         calls &+= 1
+    }
+
+    // MARK: Lost kicks and interrupts
+
+    func tick(now: UInt64) -> UInt64? {
+        guard connectionFD >= 0 else { recheckAt = 0; return nil }
+        if recheckAt != 0 && now >= recheckAt {
+            recheckAt = 0
+            recheckRings()
+        }
+        let mark = currentRingMark
+        if recheckAt == 0 && mark != ringMark {
+            ringMark = mark
+            recheckAt = now + VhostUserPort.recheckDelay
+        }
+        return recheckAt == 0 ? nil : recheckAt
+    }
+
+    /// Changes whenever a ring publishes used entries or asks for a kick at a new place.
+    var currentRingMark: UInt64 {
+        let rx = rings[0].queue, tx = rings[1].queue
+        return UInt64(rx.usedIndex) | UInt64(rx.requestedKick) << 16 | UInt64(tx.usedIndex) << 32 | UInt64(tx.requestedKick) << 48
+    }
+
+    /// TX buffers the guest added without a kick are taken; an interrupt it asks for and did not get is sent.
+    func recheckRings() {
+        if running(1), let n = try? rings[1].queue.pending(), n > 0 {
+            if !selfKicked { lateKicks &+= 1 }
+            transmit()
+        }
+        for i in rings.indices where running(i) && rings[i].queue.notificationMissed() {
+            lateCalls &+= 1
+            signal(i)
+        }
     }
 
     func ringFailed(_ i: Int, _ error: VirtqueueError) {
@@ -550,6 +606,7 @@ final class VhostUserPort: PortTransport {
                 // Enough for one turn: come back through the loop (a kick to ourselves) so others get a turn.
                 var one: UInt64 = 1
                 _ = Glibc.write(rings[1].kickFD, &one, 8)
+                selfKicked = true
                 break
             }
         }

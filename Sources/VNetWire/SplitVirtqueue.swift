@@ -21,6 +21,14 @@
 // `needsNotification` (after a full fence) says whether the driver asked for an interrupt: with EVENT_IDX,
 // vring_need_event(used_event, new, old); without, unless avail.flags has NO_INTERRUPT. `requestKicks` writes
 // avail_event (EVENT_IDX) so the driver kicks for its next buffer. No allocation after `init`.
+//
+// Both suppressions are a handshake (the device stores, fences, then loads what the driver stored, and the
+// driver does the same the other way) that holds only if the driver's fence is a real one. QEMU before 8.1 under
+// TCG with one vCPU drops the guest's barriers, so a guest may decide on a stale avail_event or used.idx while
+// vnet saw its stale avail.idx or used_event: the kick or the interrupt is lost and the ring waits for good.
+// What the guest stored becomes visible moments later, so the port looks again a little after each change
+// (VhostUserPort.tick): `pending` finds the buffers whose kick was lost, `notificationMissed` the interrupt
+// the driver asked for after `needsNotification` looked.
 
 import Synchronization
 
@@ -122,8 +130,13 @@ public final class SplitVirtqueue {
     var used: UnsafeMutableRawPointer?
     public var lastAvailable: UInt16 = 0
     public var usedIndex: UInt16 = 0
-    /// used.idx as last published (the "old" of vring_need_event).
+    /// used.idx as last checked by `needsNotification` (the "old" of vring_need_event).
     var lastPublished: UInt16 = 0
+    /// used.idx as the driver sees it (`publishUsed`), and as it was at the last notification decided.
+    var publishedIndex: UInt16 = 0
+    var lastNotified: UInt16 = 0
+    /// What `requestKicks` last wrote to avail_event.
+    public private(set) var requestedKick: UInt16 = 0
     public var eventIndex = false
     public var indirectAllowed = true
 
@@ -244,6 +257,7 @@ public final class SplitVirtqueue {
         guard let u = used else { return }
         atomicMemoryFence(ordering: .releasing)
         u.storeBytes(of: usedIndex, toByteOffset: 2, as: UInt16.self)
+        publishedIndex = usedIndex
     }
 
     /// Whether the driver wants an interrupt for what was published since the last call.
@@ -252,11 +266,36 @@ public final class SplitVirtqueue {
         atomicMemoryFence(ordering: .sequentiallyConsistent)
         let old = lastPublished
         lastPublished = usedIndex
+        let wanted: Bool
         if eventIndex {
             let event = a.loadUnaligned(fromByteOffset: 4 + 2 * size, as: UInt16.self)
-            return SplitVirtqueue.needEvent(event: event, new: usedIndex, old: old)
+            wanted = SplitVirtqueue.needEvent(event: event, new: usedIndex, old: old)
+        } else {
+            wanted = a.loadUnaligned(fromByteOffset: 0, as: UInt16.self) & SplitVirtqueue.availableNoInterrupt == 0
         }
-        return a.loadUnaligned(fromByteOffset: 0, as: UInt16.self) & SplitVirtqueue.availableNoInterrupt == 0
+        if wanted { lastNotified = usedIndex }
+        return wanted
+    }
+
+    /// Whether the driver asks now for an interrupt it did not get: with EVENT_IDX its used_event lies in
+    /// (last notified, published] (it wrote it after `needsNotification` looked, and may have missed the
+    /// entries); without, it takes interrupts again and entries went out since the last one. True counts as
+    /// notified. A driver that meanwhile saw the entries itself gets one spurious interrupt at most.
+    public func notificationMissed() -> Bool {
+        guard let a = available, publishedIndex != lastNotified else { return false }
+        atomicMemoryFence(ordering: .sequentiallyConsistent)
+        let wanted: Bool
+        if eventIndex {
+            let event = a.loadUnaligned(fromByteOffset: 4 + 2 * size, as: UInt16.self)
+            wanted = SplitVirtqueue.needEvent(event: event, new: publishedIndex, old: lastNotified)
+        } else {
+            wanted = a.loadUnaligned(fromByteOffset: 0, as: UInt16.self) & SplitVirtqueue.availableNoInterrupt == 0
+        }
+        if wanted {
+            lastNotified = publishedIndex
+            lastPublished = publishedIndex
+        }
+        return wanted
     }
 
     /// vring_need_event: whether `event` lies in (old, new].
@@ -269,7 +308,8 @@ public final class SplitVirtqueue {
     /// `ahead`: chains already available but not taken (a receiver waiting for more than it has).
     public func requestKicks(ahead: Int = 0) {
         guard eventIndex, let u = used else { return }
-        u.storeBytes(of: lastAvailable &+ UInt16(truncatingIfNeeded: ahead), toByteOffset: 4 + 8 * size, as: UInt16.self)
+        requestedKick = lastAvailable &+ UInt16(truncatingIfNeeded: ahead)
+        u.storeBytes(of: requestedKick, toByteOffset: 4 + 8 * size, as: UInt16.self)
         atomicMemoryFence(ordering: .sequentiallyConsistent)
     }
 
@@ -279,6 +319,9 @@ public final class SplitVirtqueue {
         lastAvailable = base
         usedIndex = base
         lastPublished = base
+        publishedIndex = base
+        lastNotified = base
+        requestedKick = base
     }
 }
 
