@@ -32,9 +32,9 @@
 //     so the EVENT_IDX handshake can lose a kick (the guest added TX or RX buffers and did not kick) or an
 //     interrupt (it asked for one after we looked) and the ring would wait for good (SplitVirtqueue.swift). So
 //     `tick` looks at the rings again `recheckDelay` after any of them moved (used entries published, a new
-//     kick requested), and again while they keep moving: buffers found are taken (`vhost_late_kicks`), an
-//     interrupt the guest asks for is sent (`vhost_late_calls`); the runtime's flush in the same turn takes new
-//     RX buffers. An idle ring costs nothing;
+//     kick requested), and again while they keep moving: buffers found are taken (`vhost_late_kicks` when no
+//     kick was waiting for them), an interrupt the guest asks for is sent (`vhost_late_calls`); the runtime's
+//     flush in the same turn takes new RX buffers. An idle ring costs nothing;
 //   - hostile rings: any ring error (a loop, a buffer outside memory, an avail jump) stops that ring, counted
 //     and logged; QEMU's next SET_VRING_* restarts it. Nothing is read or written outside the mapped regions.
 // QEMU going away (EOF) ends the session: fds closed, memory unmapped, `context.peerLeft` (its flows end).
@@ -107,8 +107,6 @@ final class VhostUserPort: PortTransport {
     var calls: UInt64 = 0
     var lateKicks: UInt64 = 0
     var lateCalls: UInt64 = 0
-    /// transmit() stopped early and kicked itself: chains wait for that kick, not for a lost one.
-    var selfKicked = false
     /// The rings' used indices and requested kicks when the last recheck was set (`tick`), and when it is due
     /// (0: none).
     var ringMark: UInt64 = 0
@@ -188,7 +186,7 @@ final class VhostUserPort: PortTransport {
         case VhostUserPort.kickToken, VhostUserPort.kickToken + 1:
             let i = token - VhostUserPort.kickToken
             drainEventFD(rings[i].kickFD)
-            if i == 1 { selfKicked = false; transmit() }
+            if i == 1 { transmit() }
             // A receive kick: the guest added buffers; the runtime flushes its queue after this batch.
         default: break
         }
@@ -503,10 +501,12 @@ final class VhostUserPort: PortTransport {
         for (p, n) in list { munmap(p, n) }
     }
 
-    func drainEventFD(_ fd: Int32) {
-        guard fd >= 0 else { return }
+    /// Reads an eventfd's counter; true when it was not zero (a kick was waiting).
+    @discardableResult
+    func drainEventFD(_ fd: Int32) -> Bool {
+        guard fd >= 0 else { return false }
         var v: UInt64 = 0
-        _ = Glibc.read(fd, &v, 8)
+        return Glibc.read(fd, &v, 8) == 8 && v > 0
     }
 
     func call(_ i: Int) {
@@ -546,7 +546,8 @@ final class VhostUserPort: PortTransport {
     /// TX buffers the guest added without a kick are taken; an interrupt it asks for and did not get is sent.
     func recheckRings() {
         if running(1), let n = try? rings[1].queue.pending(), n > 0 {
-            if !selfKicked { lateKicks &+= 1 }
+            // With a kick waiting (the guest's, or transmit's own after a long turn) they are simply early.
+            if !drainEventFD(rings[1].kickFD) { lateKicks &+= 1 }
             transmit()
         }
         for i in rings.indices where running(i) && rings[i].queue.notificationMissed() {
@@ -606,7 +607,6 @@ final class VhostUserPort: PortTransport {
                 // Enough for one turn: come back through the loop (a kick to ourselves) so others get a turn.
                 var one: UInt64 = 1
                 _ = Glibc.write(rings[1].kickFD, &one, 8)
-                selfKicked = true
                 break
             }
         }

@@ -150,6 +150,15 @@ final class VhostRingRig {
         #expect(rig.delivered == 3)
         #expect(rig.usedIndex(1) == 3)
         #expect(rig.port.lateKicks == 1)
+        // Buffers whose kick is waiting in the eventfd when the look comes are early, not late.
+        rig.offerTransmit()
+        rig.kickTransmit()
+        rig.offerTransmit()
+        var one: UInt64 = 1
+        _ = Glibc.write(rig.port.rings[1].kickFD, &one, 8)
+        rig.runTicks(from: Self.t0 + 100_000_000)
+        #expect(rig.delivered == 5)
+        #expect(rig.port.lateKicks == 1)
         // All taken, nothing moves: the timer stops.
         #expect(rig.port.tick(now: Self.t0 + 1_000_000_000) == nil)
     }
