@@ -32,9 +32,12 @@
 //     so the EVENT_IDX handshake can lose a kick (the guest added TX or RX buffers and did not kick) or an
 //     interrupt (it asked for one after we looked) and the ring would wait for good (SplitVirtqueue.swift). So
 //     `tick` looks at the rings again `recheckDelay` after any of them moved (used entries published, a new
-//     kick requested), and again while they keep moving: buffers found are taken (`vhost_late_kicks` when no
-//     kick was waiting for them), an interrupt the guest asks for is sent (`vhost_late_calls`); the runtime's
-//     flush in the same turn takes new RX buffers. An idle ring costs nothing;
+//     kick requested), and again while they keep moving. TX buffers with their kick waiting are taken at once;
+//     without one, a kick may be on its way (the guest stores avail.idx before it kicks): if the next look
+//     finds them still there, no kick came and they are taken (`vhost_late_kicks`). Likewise an interrupt the
+//     guest asks for that it did not get is sent when the next look finds the same request (`vhost_late_calls`;
+//     a guest at work moves it on). The runtime's flush in the same turn takes new RX buffers. An idle ring
+//     costs nothing;
 //   - hostile rings: any ring error (a loop, a buffer outside memory, an avail jump) stops that ring, counted
 //     and logged; QEMU's next SET_VRING_* restarts it. Nothing is read or written outside the mapped regions.
 // QEMU going away (EOF) ends the session: fds closed, memory unmapped, `context.peerLeft` (its flows end).
@@ -111,6 +114,10 @@ final class VhostUserPort: PortTransport {
     /// (0: none).
     var ringMark: UInt64 = 0
     var recheckAt: UInt64 = 0
+    /// TX: the next avail entry when a look found buffers and no kick (-1: none). Per ring: the unanswered
+    /// interrupt request a look found (-1: none).
+    var kicklessAt = -1
+    var unanswered = [-1, -1]
     /// How long after the rings moved `tick` looks again: far longer than a guest's store takes to show.
     static let recheckDelay: UInt64 = 1_000_000
 
@@ -524,13 +531,14 @@ final class VhostUserPort: PortTransport {
     // MARK: Lost kicks and interrupts
 
     func tick(now: UInt64) -> UInt64? {
-        guard connectionFD >= 0 else { recheckAt = 0; return nil }
+        guard connectionFD >= 0 else { recheckAt = 0; kicklessAt = -1; return nil }
+        var again = false
         if recheckAt != 0 && now >= recheckAt {
             recheckAt = 0
-            recheckRings()
+            again = recheckRings()
         }
         let mark = currentRingMark
-        if recheckAt == 0 && mark != ringMark {
+        if recheckAt == 0 && (mark != ringMark || again) {
             ringMark = mark
             recheckAt = now + VhostUserPort.recheckDelay
         }
@@ -543,17 +551,39 @@ final class VhostUserPort: PortTransport {
         return UInt64(rx.usedIndex) | UInt64(rx.requestedKick) << 16 | UInt64(tx.usedIndex) << 32 | UInt64(tx.requestedKick) << 48
     }
 
-    /// TX buffers the guest added without a kick are taken; an interrupt it asks for and did not get is sent.
-    func recheckRings() {
+    /// TX buffers the guest added without a kick are taken; an interrupt it asks for and did not get is sent,
+    /// each once a second look finds it unchanged. Returns true when that second look is needed.
+    func recheckRings() -> Bool {
+        var again = false
         if running(1), let n = try? rings[1].queue.pending(), n > 0 {
-            // With a kick waiting (the guest's, or transmit's own after a long turn) they are simply early.
-            if !drainEventFD(rings[1].kickFD) { lateKicks &+= 1 }
-            transmit()
+            let at = Int(rings[1].queue.lastAvailable)
+            if drainEventFD(rings[1].kickFD) {
+                kicklessAt = -1   // their kick (or transmit's own after a long turn) is here
+                transmit()
+            } else if kicklessAt == at {
+                kicklessAt = -1
+                lateKicks &+= 1
+                transmit()
+            } else {
+                kicklessAt = at
+                again = true
+            }
+        } else {
+            kicklessAt = -1
         }
-        for i in rings.indices where running(i) && rings[i].queue.notificationMissed() {
-            lateCalls &+= 1
-            signal(i)
+        for i in rings.indices {
+            guard running(i), let request = rings[i].queue.unansweredRequest() else { unanswered[i] = -1; continue }
+            if unanswered[i] == Int(request) {
+                unanswered[i] = -1
+                rings[i].queue.markNotified()
+                lateCalls &+= 1
+                signal(i)
+            } else {
+                unanswered[i] = Int(request)
+                again = true
+            }
         }
+        return again
     }
 
     func ringFailed(_ i: Int, _ error: VirtqueueError) {

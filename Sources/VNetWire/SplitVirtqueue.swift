@@ -27,7 +27,7 @@
 // TCG with one vCPU drops the guest's barriers, so a guest may decide on a stale avail_event or used.idx while
 // vnet saw its stale avail.idx or used_event: the kick or the interrupt is lost and the ring waits for good.
 // What the guest stored becomes visible moments later, so the port looks again a little after each change
-// (VhostUserPort.tick): `pending` finds the buffers whose kick was lost, `notificationMissed` the interrupt
+// (VhostUserPort.tick): `pending` finds the buffers whose kick was lost, `unansweredRequest` the interrupt
 // the driver asked for after `needsNotification` looked.
 
 import Synchronization
@@ -277,25 +277,25 @@ public final class SplitVirtqueue {
         return wanted
     }
 
-    /// Whether the driver asks now for an interrupt it did not get: with EVENT_IDX its used_event lies in
-    /// (last notified, published] (it wrote it after `needsNotification` looked, and may have missed the
-    /// entries); without, it takes interrupts again and entries went out since the last one. True counts as
-    /// notified. A driver that meanwhile saw the entries itself gets one spurious interrupt at most.
-    public func notificationMissed() -> Bool {
-        guard let a = available, publishedIndex != lastNotified else { return false }
+    /// What the driver wrote that asks now for an interrupt it did not get, or nil: with EVENT_IDX a used_event
+    /// in (last notified, published] (written after `needsNotification` looked: the driver may have missed
+    /// the entries), without it avail.flags with interrupts on while entries went out since the last one. The
+    /// caller decides (a driver still at work moves it on) and says `markNotified` when it sends one.
+    public func unansweredRequest() -> UInt16? {
+        guard let a = available, publishedIndex != lastNotified else { return nil }
         atomicMemoryFence(ordering: .sequentiallyConsistent)
-        let wanted: Bool
         if eventIndex {
             let event = a.loadUnaligned(fromByteOffset: 4 + 2 * size, as: UInt16.self)
-            wanted = SplitVirtqueue.needEvent(event: event, new: publishedIndex, old: lastNotified)
-        } else {
-            wanted = a.loadUnaligned(fromByteOffset: 0, as: UInt16.self) & SplitVirtqueue.availableNoInterrupt == 0
+            return SplitVirtqueue.needEvent(event: event, new: publishedIndex, old: lastNotified) ? event : nil
         }
-        if wanted {
-            lastNotified = publishedIndex
-            lastPublished = publishedIndex
-        }
-        return wanted
+        let flags = a.loadUnaligned(fromByteOffset: 0, as: UInt16.self)
+        return flags & SplitVirtqueue.availableNoInterrupt == 0 ? flags : nil
+    }
+
+    /// Counts what was published as notified (the caller signals the driver).
+    public func markNotified() {
+        lastNotified = publishedIndex
+        lastPublished = publishedIndex
     }
 
     /// vring_need_event: whether `event` lies in (old, new].
