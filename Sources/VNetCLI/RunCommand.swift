@@ -8,7 +8,7 @@
 // Every `vnet user` option applies (QEMU's option string, --control, --pcap, --metrics, …) except the
 // transport flags: the transport is always this private socket, or with `--vhost-user PATH` a vhost-user socket
 // at PATH: then vnet appends the chardev (reconnect=1), `-netdev vhost-user`, the virtio-net-pci device
-// (vectors=0 when the command does not ask for KVM) and a shared memfd of -m's size as NUMA node 0
+// (vectors=0 when the command does not ask for KVM and its QEMU is older than 8.0) and a shared memfd of -m's size as NUMA node 0
 // (`VhostUserRunPlan`), refusing a command that places guest memory itself or has another NIC model.
 
 import ArgumentParser
@@ -126,7 +126,7 @@ struct RunCommand: ParsableCommand {
         let pidfd = Sys.spawn(argv, pid: &pid)
         guard pidfd >= 0 else { throw RuntimeFailure("cannot start \(qemu[0]): \(String(cString: strerror(-pidfd)))") }
         try runtime.stopWhenReadable(pidfd)
-        try runtime.run(extraStartupLines: lines + ["vnet: started \(qemu[0]) (pid \(pid)) with -netdev vhost-user,id=\(id) on \(socket), memfd \(plan.memory)\(plan.noMSIX ? ", vectors=0 (no KVM)" : "")"])
+        try runtime.run(extraStartupLines: lines + ["vnet: started \(qemu[0]) (pid \(pid)) with -netdev vhost-user,id=\(id) on \(socket), memfd \(plan.memory)\(plan.noMSIX ? ", vectors=0 (no KVM, QEMU before 8.0)" : "")"])
         let status = Sys.childStatus(pid) ?? Sys.terminateChild(pid)
         let code = max(status, 0)
         Sys.close(pidfd)
@@ -214,9 +214,9 @@ struct VhostUserRunPlan {
             }
             i += 1
         }
-        // QEMU 7.2 crashes in vhost_net_start -> msix_set_vector_notifiers with vhost-user and MSI-X when there is no
-        // KVM irqfd (TCG): INTx (vectors=0) avoids that path (VhostUserQEMU in VhostUserPort.swift).
-        noMSIX = VhostUserQEMU.needsNoMSIX(kvm: kvm)
+        // QEMU before 8.0 crashes in vhost_net_start -> msix_set_vector_notifiers with vhost-user and MSI-X when
+        // there is no KVM irqfd (TCG): INTx (vectors=0) avoids that path (VhostUserQEMU in VhostUserPort.swift).
+        noMSIX = VhostUserQEMU.needsNoMSIX(kvm: kvm, version: kvm ? nil : VhostUserQEMU.version(of: qemu[0]))
     }
 
     /// -m's size (`512`, `512M`, `1G`, `size=1G,slots=2,maxmem=4G`) as a QEMU size string; a bare number is MiB.

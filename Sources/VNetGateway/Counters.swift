@@ -162,6 +162,9 @@ public enum ServedCounter: Int, CaseIterable, Sendable {
     case tcpGatheredSends, udpBatchedSends
     /// ACKs owed to the guest that a data segment carried instead of a segment of their own.
     case tcpAcksFolded
+    /// Guest data segments (or their tails) the host socket did not take: not acknowledged, the guest sends
+    /// them again. Each leaves a gap that the segments behind it fall into (drop_tcp_out_of_order).
+    case tcpSendsRefused
 
     public var name: String {
         switch self {
@@ -203,6 +206,7 @@ public enum ServedCounter: Int, CaseIterable, Sendable {
         case .tcpGatheredSends: "tcp_gathered_sends"
         case .udpBatchedSends: "udp_batched_sends"
         case .tcpAcksFolded: "tcp_acks_folded"
+        case .tcpSendsRefused: "tcp_sends_refused"
         }
     }
 }

@@ -494,9 +494,10 @@ extension Gateway {
             case .done(let n):
                 f.rcvNxt &+= UInt32(n)
                 f.writtenSinceMeasure += n
-                if n < data.count { fin = false; waitForSendSpace(i, &f) }
+                if n < data.count { fin = false; counters.count(.tcpSendsRefused); waitForSendSpace(i, &f) }
             case .wouldBlock:
                 fin = false
+                counters.count(.tcpSendsRefused)
                 waitForSendSpace(i, &f)
             case .reset, .failed, .endOfStream:
                 resetFlow(i, &f)

@@ -102,8 +102,9 @@ extension Gateway {
         case .done(let n):
             f.rcvNxt &+= UInt32(n)
             f.writtenSinceMeasure += n
-            if n < tcpEngine.sendBatch.bytes { waitForSendSpace(i, &f) }
+            if n < tcpEngine.sendBatch.bytes { counters.count(.tcpSendsRefused); waitForSendSpace(i, &f) }
         case .wouldBlock:
+            counters.count(.tcpSendsRefused)
             waitForSendSpace(i, &f)
         case .reset, .failed, .endOfStream:
             resetFlow(i, &f)

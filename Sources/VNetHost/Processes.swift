@@ -22,6 +22,20 @@ extension Sys {
         return cArgs.withUnsafeMutableBufferPointer { vnet_spawn_process($0.baseAddress!, &pid) }
     }
 
+    /// The first line `argv` prints on stdout (at most 255 bytes, stderr discarded), waiting for it to exit; nil
+    /// when it cannot be started or prints nothing. For short control-plane probes such as `qemu --version`.
+    public static func firstOutputLine(of argv: [String]) -> String? {
+        let quoted = argv.map { "'" + String($0.flatMap { $0 == "'" ? Array("'\\''") : [$0] }) + "'" }
+        guard let pipe = popen(quoted.joined(separator: " ") + " 2>/dev/null", "r") else { return nil }
+        defer { pclose(pipe) }
+        var line = [CChar](repeating: 0, count: 256)
+        guard fgets(&line, Int32(line.count), pipe) != nil else { return nil }
+        var rest = [CChar](repeating: 0, count: 256)
+        while fgets(&rest, Int32(rest.count), pipe) != nil {}   // the rest, so the child never blocks on a full pipe
+        let bytes = line.prefix { $0 != 0 && $0 != 0x0A }.map { UInt8(bitPattern: $0) }
+        return bytes.isEmpty ? nil : String(decoding: bytes, as: UTF8.self)
+    }
+
     /// The child's exit status if it has exited (128 + signal when killed), nil while it runs, -1 when unknown.
     public static func childStatus(_ pid: Int32) -> Int? {
         var status: Int32 = 0

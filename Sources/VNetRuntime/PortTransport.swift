@@ -67,6 +67,8 @@ public protocol PortTransport: AnyObject {
     var counters: PortCounters { get }
     /// Counters of its own, `name value` (prefixed with the port's name by the runtime).
     var extraCounters: [(String, UInt64)] { get }
+    /// The far ends it reaches now (a VXLAN uplink's remotes), each a label of the metrics' `vnet_port_peer`.
+    var peers: [String] { get }
     /// Lines printed at start-up under the port's own (the QEMU arguments that reach it).
     var startupLines: [String] { get }
     /// Commands it serves on the control socket. Several ports may offer the same name: the runtime asks each
@@ -80,6 +82,7 @@ extension PortTransport {
     public var holdsFrames: Bool { false }
     public func tick(now: UInt64) -> UInt64? { nil }
     public var extraCounters: [(String, UInt64)] { [] }
+    public var peers: [String] { [] }
     public var startupLines: [String] { [] }
     public var controlCommands: [TransportCommand] { [] }
 }

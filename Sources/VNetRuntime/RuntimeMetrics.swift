@@ -22,6 +22,8 @@ public struct MetricsSnapshot {
     public var drops: [(String, UInt64)] = []
     /// Per port: (port name, counters, connected).
     public var ports: [(String, PortCounters, Bool)] = []
+    /// Per transport port (vhost-user, vxlan): its name, type, own counters and levels, and its peers.
+    public var transports: [(port: String, type: String, stats: [(String, UInt64)], peers: [String])] = []
     public var flows: [(String, Int)] = []
     public var flowsOpened: [(String, UInt64)] = []
     public var leases = 0
@@ -72,6 +74,8 @@ func printCounterBlock(_ lines: [String]) {
 public final class RuntimeMetrics {
     var counters: [String: (CoreMetrics.Counter, UInt64)] = [:]
     var gauges: [String: Gauge] = [:]
+    /// The `vnet_port_peer` series set to 1 at the last update: one that is gone is set to 0.
+    var peersShown: [String: [(String, String)]] = [:]
 
     public init() {}
 
@@ -108,6 +112,18 @@ public final class RuntimeMetrics {
             count("vnet_port_tx_errors_total", d, p.sendErrors)
             gauge("vnet_port_connected", d, connected ? 1 : 0)
         }
+        var peersNow: [String: [(String, String)]] = [:]
+        for t in s.transports {
+            // The transport's own lines of `stats` (counters and levels alike, so gauges), and its far ends.
+            for (name, v) in t.stats { gauge("vnet_port_transport_stat", [("port", t.port), ("transport", t.type), ("stat", name)], Int(clamping: v)) }
+            for peer in t.peers {
+                let d = [("port", t.port), ("transport", t.type), ("peer", peer)]
+                peersNow[key("vnet_port_peer", d)] = d
+                gauge("vnet_port_peer", d, 1)
+            }
+        }
+        for (k, d) in peersShown where peersNow[k] == nil { gauge("vnet_port_peer", d, 0) }
+        peersShown = peersNow
         for (proto, n) in s.flows { gauge("vnet_flows", [("protocol", proto)], n) }
         for (proto, n) in s.flowsOpened { count("vnet_flows_opened_total", [("protocol", proto)], n) }
         gauge("vnet_dhcp_leases", [], s.leases)

@@ -75,6 +75,13 @@ extension SwitchRuntime: ControlTarget {
 
     var now: Instant { Instant(nanoseconds: Sys.monotonicNanoseconds()) }
 
+    /// A port's name in `info` and `ports`: a transport's own line of its state now (a VXLAN uplink's remotes as
+    /// they are after `vxlan-remote-add`), else the name it got when it was added.
+    func liveName(_ i: Int, _ p: L2Switch.Port) -> String {
+        if let l = links[i], case .transport(let t) = l.port.kind { return t.description }
+        return p.name
+    }
+
     func switchInfo() -> ControlResult {
         var lines = [gateway.map { "nat: net=\($0.config.network),gateway=\($0.config.gatewayAddress),ports=\(fabric.portCount)" }
             ?? "switch: ports=\(fabric.portCount),max=\(options.maximumPorts)"]
@@ -82,8 +89,8 @@ extension SwitchRuntime: ControlTarget {
         for (i, p) in fabric.ports.enumerated() {
             guard let p else { continue }
             let connected = i == gatewaySwitchPort || (links[i]?.port.isConnected ?? false)
-            lines.append(" \\ port\(i): \(p.name) (\(p.policy)), \(connected ? "connected" : "disconnected")")
-            ports.append(["port": i, "name": p.name, "vlan": p.policy.description, "connected": connected])
+            lines.append(" \\ port\(i): \(liveName(i, p)) (\(p.policy)), \(connected ? "connected" : "disconnected")")
+            ports.append(["port": i, "name": liveName(i, p), "vlan": p.policy.description, "connected": connected])
         }
         return ControlResult(value: ["ports": ports], text: lines.joined(separator: "\n"))
     }
@@ -99,10 +106,10 @@ extension SwitchRuntime: ControlTarget {
                 if l.port.isStream { l.port.syncCounters() }
                 rxDrop &+= l.port.counters.droppedShort &+ l.port.counters.droppedOversize
             }
-            text.append("port\(i): \(p.name)  \(p.policy)")
+            text.append("port\(i): \(liveName(i, p))  \(p.policy)")
             text.append("        RX packets \(k.rxPackets)  bytes \(k.rxBytes) (\(UserNetRuntime.human(k.rxBytes)))  dropped \(rxDrop)")
             text.append("        TX packets \(k.txPackets)  bytes \(k.txBytes) (\(UserNetRuntime.human(k.txBytes)))  dropped \(k.txDrops)")
-            value.append(["port": i, "name": p.name, "vlan": p.policy.description,
+            value.append(["port": i, "name": liveName(i, p), "vlan": p.policy.description,
                           "rx_packets": Int(clamping: k.rxPackets), "rx_bytes": Int(clamping: k.rxBytes), "rx_dropped": Int(clamping: rxDrop),
                           "tx_packets": Int(clamping: k.txPackets), "tx_bytes": Int(clamping: k.txBytes), "tx_dropped": Int(clamping: k.txDrops)])
         }
@@ -195,6 +202,7 @@ extension SwitchRuntime: ControlTarget {
             }
             let connected = i == gatewaySwitchPort || (links[i]?.port.isConnected ?? false)
             m.ports.append(("port\(i)", c, connected))
+            if let l = links[i], case .transport(let t) = l.port.kind { m.transports.append(("port\(i)", t.typeName, t.extraCounters, t.peers)) }
         }
         let sc = fabric.counters
         m.drops = SwitchDropReason.allCases.map { ("switch_" + $0.name, sc[$0]) }

@@ -333,6 +333,7 @@ extension UserNetRuntime: ControlTarget {
                    ("port_send_error", p.sendErrors), ("tx_queue_refused", gateway.toGuest.refused)]
         s.addGateway(gateway, now: Instant(nanoseconds: Sys.monotonicNanoseconds()))
         s.ports = [(UserNetRuntime.portName, p, port.isConnected)]
+        if case .transport(let t) = port.kind { s.transports = [(UserNetRuntime.portName, t.typeName, t.extraCounters, t.peers)] }
         s.controlClients = control?.clientCount ?? 0
         s.pcapPackets = pcap?.packets ?? 0
         return s

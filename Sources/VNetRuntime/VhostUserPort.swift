@@ -154,12 +154,19 @@ final class VhostUserPort: PortTransport {
     var holdsFrames: Bool { true }
     var description: String { "vhost-user unix:\(path)" + (isConnected ? " (QEMU attached)" : " (waiting for QEMU)") }
 
+    /// The QEMU arguments, for the qemu-system-x86_64 in PATH: `vectors=0` only when that QEMU (before 8.0) runs
+    /// here without KVM.
     var startupLines: [String] {
         let kvm = VhostUserQEMU.kvmUsable
-        let args = VhostUserTransportFactory.qemuArguments(path: path, memory: "<same as -m>", noMSIX: VhostUserQEMU.needsNoMSIX(kvm: kvm))
+        let version = VhostUserQEMU.version(of: "qemu-system-x86_64")
+        let noMSIX = VhostUserQEMU.needsNoMSIX(kvm: kvm, version: version)
+        let args = VhostUserTransportFactory.qemuArguments(path: path, memory: "<same as -m>", noMSIX: noMSIX)
         var lines = ["vnet: start QEMU with: " + stride(from: 0, to: args.count, by: 2).map { "\(args[$0]) \(args[$0 + 1])" }.joined(separator: " ")]
-        if kvm {
-            lines.append("vnet: without KVM (-accel tcg) add vectors=0 to that -device: QEMU 7.2 crashes with vhost-user and MSI-X under TCG")
+        let found = version.map { "QEMU \($0.major).\($0.minor)" } ?? "no qemu-system-x86_64 in PATH"
+        if noMSIX {
+            lines.append("vnet: vectors=0 because \(found) without KVM crashes with vhost-user and MSI-X (fixed in QEMU 8.0)")
+        } else if kvm && version.map({ $0.major < 8 }) ?? true {
+            lines.append("vnet: without KVM (-accel tcg) add vectors=0 to that -device: QEMU before 8.0 crashes with vhost-user and MSI-X under TCG")
         }
         return lines
     }
@@ -786,13 +793,31 @@ extension VhostUserMessage {
 
 /// What the QEMU in use needs for vhost-user.
 public enum VhostUserQEMU {
-    /// Whether virtio-net-pci needs `vectors=0` (INTx instead of MSI-X) with vhost-user. QEMU 7.2 without KVM (TCG)
-    /// crashes in vhost_net_start -> msix_set_vector_notifiers once the guest driver starts the device: with no
-    /// irqfd, its MSI-X unmask path indexes a vector table that was never allocated. Current QEMU sources guard
-    /// that table (virtio_pci_one_vector_unmask touches it only when irqfd is in use), but the first release with
-    /// the guard was not pinned down, so every guest without KVM gets INTx, which costs nothing measurable under
-    /// TCG. With KVM, the irqfd path allocates the table and MSI-X works.
-    public static func needsNoMSIX(kvm: Bool) -> Bool { !kvm }
+    /// Whether virtio-net-pci needs `vectors=0` (INTx instead of MSI-X) with vhost-user. QEMU before 8.0 without
+    /// KVM (TCG) crashes in vhost_net_start -> msix_set_vector_notifiers once the guest driver starts the device:
+    /// with no irqfd, virtio_pci_set_guest_notifiers still installs the MSI-X vector notifiers (vhost-user turns
+    /// the guest notifier mask off), and the unmask path reads the irqfd table, which was never allocated. QEMU
+    /// 8.0.0 guards that call (only with irqfd, or with the notifier mask in use), in Cindy Lu's "virtio-pci: add
+    /// support for configure interrupt"; no 7.2.x stable release has it (Debian 12's 7.2.22 does not). With KVM
+    /// the table exists and MSI-X works. An unknown version counts as old.
+    public static func needsNoMSIX(kvm: Bool, version: (major: Int, minor: Int)?) -> Bool {
+        guard !kvm else { return false }
+        guard let version else { return true }
+        return version.major < 8
+    }
+
+    /// The version in `qemu-system-* --version`'s first line ("QEMU emulator version 7.2.22 (Debian …)").
+    public static func parseVersion(_ line: String) -> (major: Int, minor: Int)? {
+        guard let range = line.firstRange(of: "version ") else { return nil }
+        let numbers = line[range.upperBound...].prefix { $0.isNumber || $0 == "." }.split(separator: ".")
+        guard numbers.count >= 2, let major = Int(numbers[0]), let minor = Int(numbers[1]) else { return nil }
+        return (major, minor)
+    }
+
+    /// The version of the QEMU binary `binary` (a name looked up in PATH, or a path); nil when it cannot be run.
+    public static func version(of binary: String) -> (major: Int, minor: Int)? {
+        Sys.firstOutputLine(of: [binary, "--version"]).flatMap(parseVersion)
+    }
 
     /// Whether this host can run KVM guests (/dev/kvm readable and writable): the printed arguments assume the
     /// guest uses it when it can.

@@ -471,6 +471,7 @@ public final class VxlanPort: PortTransport {
     public var extraCounters: [(String, UInt64)] {
         table.counters.lines + [("vxlan_remotes", UInt64(table.remotes.count)), ("vxlan_learned_macs", UInt64(table.learned.count))]
     }
+    public var peers: [String] { table.remotes.map(\.description) }
     public var startupLines: [String] {
         ["vnet: vxlan vni \(uplink.vni) on \(uplink.local), remotes \(table.remotes.map(\.description).joined(separator: " "))"
          + (underlayMTU.map { ", underlay mtu \($0)" } ?? "") + (uplink.learning ? "" : ", learning off")]

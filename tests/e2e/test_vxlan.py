@@ -168,15 +168,18 @@ def linux_interop(family, workdir, log_dir, with_guest_socket):
             assert server.stdout.readline().strip() == "LISTENING"
             local = a_addr if family == 4 else f"[{a_addr}]"
             remote = b_addr if family == 4 else f"[{b_addr}]"
+            metrics_port = rig.free_tcp_port()   # on A's loopback (the port is free there: A is new)
             args = ["nat", "--vxlan", f"{VNI},local={local},remote={remote}", "--control", control, "--leases-file", leases,
-                    "--network", "10.88.0.0/24", "--ipv6-prefix", "off", "--log-level", "info"]
+                    "--network", "10.88.0.0/24", "--ipv6-prefix", "off", "--log-level", "info",
+                    "--metrics", f"127.0.0.1:{metrics_port}"]
             if with_guest_socket:
                 args += ["--socket", sock]
             with rig.DnsServer({}) as dns:
                 args += ["--dns-upstream", dns.address]
                 with vnet_in(ns_a, args, log_dir, f"vnet-nat{family}") as vnet:
                     yield SimpleNamespace(ns_a=ns_a, ns_b=ns_b, vb=vb, a_addr=a_addr, b_addr=b_addr, untrusted=b_untrusted,
-                                          vnet=vnet, control=str(control), sock=sock, server_port=server_port, family=family)
+                                          vnet=vnet, control=str(control), sock=sock, server_port=server_port, family=family,
+                                          metrics_port=metrics_port)
         finally:
             server.kill()
             server.wait()
@@ -279,7 +282,30 @@ def test_bad_datagrams_are_counted_and_traffic_carries_on(family, request):
     assert digest == sh(sys.executable, NETTOOL, "pattern-sha", 65536).stdout.strip()
 
 
+def scrape(env):
+    """The metrics endpoint of vnet in namespace A, parsed: {(name, frozenset(labels)): value}."""
+    try:
+        from prometheus_client.parser import text_string_to_metric_families
+    except ImportError:
+        pytest.fail("prometheus_client missing: pip install prometheus-client (scripts/test does)", pytrace=False)
+    text = in_ns(env.ns_a, sys.executable, "-c", "import sys, urllib.request; "
+                 f"sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:{env.metrics_port}/metrics', timeout=10).read().decode())",
+                 check=True).stdout
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for f in text_string_to_metric_families(text) for s in f.samples}
+
+
+def peer_metric(metrics, peer):
+    hits = [v for (name, labels), v in metrics.items()
+            if name == "vnet_port_peer" and ("transport", "vxlan") in labels and ("peer", peer) in labels]
+    return hits[0] if hits else None
+
+
 def test_remotes_and_fdb_over_the_control_socket(nat4, lease4):
+    m = scrape(nat4)
+    assert peer_metric(m, "198.18.0.2:4789") == 1, {k: v for k, v in m.items() if k[0] == "vnet_port_peer"}
+    assert any(name == "vnet_port_transport_stat" and ("stat", "vxlan_datagrams_in") in labels and v > 0
+               for (name, labels), v in m.items()), m
     out = ctl(nat4.control, "vxlan-remote-list", f"vni={VNI}")
     assert "198.18.0.2:4789" in out and "underlay mtu 1500" in out, out
     fdb = ctl(nat4.control, "vxlan-fdb-list", f"vni={VNI}")
@@ -289,8 +315,11 @@ def test_remotes_and_fdb_over_the_control_socket(nat4, lease4):
     ctl(nat4.control, "vxlan-fdb-remove", f"vni={VNI}", "mac=52:54:00:aa:bb:cc")
     ctl(nat4.control, "vxlan-remote-add", f"vni={VNI}", "remote=198.18.0.9:8472")
     assert "198.18.0.9:8472" in ctl(nat4.control, "vxlan-remote-list", f"vni={VNI}")
+    assert peer_metric(scrape(nat4), "198.18.0.9:8472") == 1
+    assert "remotes 198.18.0.2:4789,198.18.0.9:8472" in ctl(nat4.control, "ports")
     ctl(nat4.control, "vxlan-remote-remove", f"vni={VNI}", "remote=198.18.0.9:8472")
     assert "198.18.0.9" not in ctl(nat4.control, "vxlan-remote-list", f"vni={VNI}")
+    assert peer_metric(scrape(nat4), "198.18.0.9:8472") == 0
     wrong = sh(rig.vnet_binary(), "ctl", nat4.control, "vxlan-remote-list", "vni=43", check=False)
     assert wrong.returncode != 0 and "no port matches" in (wrong.stdout + wrong.stderr), wrong
     ports = ctl(nat4.control, "ports")
