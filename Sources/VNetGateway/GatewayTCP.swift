@@ -103,6 +103,9 @@ struct TCPFlow {
     var ackPending = false
     var wantWritable = false
     var lastAdvertised: UInt32 = 0
+    /// The furthest right edge of the window we advertised (the guest may send up to it even after the window
+    /// shrank): out-of-order data up to it is held (GatewayTCPReorder.swift).
+    var advertisedEdge: UInt32 = 0
     /// hostfwd: the guest answered our SYN with an ACK for an older connection; we reset it and sent the SYN again.
     var staleGuestStateReset = false
 
@@ -627,6 +630,7 @@ extension Gateway {
             space = measureSendSpace(&f)
         }
         f.lastAdvertised = UInt32(min(space, Int(UInt32.max)))
+        noteAdvertisedEdge(&f)
         if space < f.windowUpdateThreshold && !f.guestFinReceived && f.isEstablished { waitForSendSpace(f.slot, &f) }
         let scaled = space >> Int(f.ourWScale)
         return UInt16(min(scaled, 65535))

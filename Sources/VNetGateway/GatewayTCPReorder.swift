@@ -23,8 +23,9 @@
 // few dozen segments at most) let four flows reorder at their cap at once; when a cap is reached, further data
 // is dropped (`drop_tcp_out_of_order`) and the guest sends it again, as it did before this store existed.
 //
-// What is held and what is not: only bytes between the in-order point and the right edge of the window we
-// advertised (data beyond it is dropped, as is any when the guest's FIN was taken). A FIN, SYN or RST is never
+// What is held and what is not: only bytes between the in-order point and the furthest right edge of a window
+// we advertised (`advertisedEdge`; at least 64 KiB past `rcvNxt`); data beyond it is dropped, as is any once the
+// guest's FIN was taken. A FIN, SYN or RST is never
 // held: a FIN segment that arrives out of order leaves its data here and its FIN is dropped; the guest sends
 // the FIN again once its data is acknowledged (in order, it is then taken at once). SYN and RST never reach the
 // data step. Held data is never acknowledged (no SACK): the guest still sees a duplicate ACK for each batch,
@@ -291,9 +292,26 @@ final class TCPReorderStore {
 }
 
 extension TCPFlow {
-    /// The right edge of the window we advertised (as the RST check reads it: at least 64 KiB, which our
-    /// SYN-ACK may have offered before any scaled window was measured).
-    var receiveWindowEnd: UInt32 { rcvNxt &+ max(lastAdvertised, 65535) }
+    /// The largest window our scale can say (8 MiB): held data never lies further than this past `rcvNxt`, so
+    /// sequence comparisons stay far from 2^31.
+    static let largestWindow = UInt32(65535) << UInt32(TCPTiming.ourWindowScale)
+
+    /// The right edge of the window we advertised: the furthest one since (the guest may fill a window that
+    /// shrank since), and at least 64 KiB past `rcvNxt` (what our SYN-ACK may have offered, and the RST check's
+    /// reading).
+    var receiveWindowEnd: UInt32 {
+        let floor = rcvNxt &+ 65535
+        let ahead = advertisedEdge &- rcvNxt
+        return ahead > 65535 && ahead <= TCPFlow.largestWindow ? advertisedEdge : floor
+    }
+}
+
+extension Gateway {
+    /// Called with each window we advertise (`advertisedWindow`): moves `advertisedEdge` forward, never back.
+    @inline(__always) func noteAdvertisedEdge(_ f: inout TCPFlow) {
+        let edge = f.rcvNxt &+ min(f.lastAdvertised, UInt32(65535) << UInt32(f.ourWScale))
+        if seqLT(f.advertisedEdge, edge) || f.advertisedEdge &- f.rcvNxt > TCPFlow.largestWindow { f.advertisedEdge = edge }
+    }
 }
 
 extension Gateway {

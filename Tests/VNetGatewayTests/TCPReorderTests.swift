@@ -145,6 +145,31 @@ struct TCPReorderTests {
         #expect(try h.host.socket(c.handle).isOpen)
     }
 
+    @Test("the window: data up to the furthest edge we advertised is held after the window shrank, data beyond it is dropped")
+    func windowEdge() throws {
+        let h = TCPHarness(sendCapacity: 200_000)
+        var c = try h.connect()
+        let s = try h.host.socket(c.handle)
+        h.guestSends(&c, ack: c.ourSeq(0), pattern(1000))
+        h.flush()
+        let open = try h.oneSegment()
+        #expect(open.ack == c.guestSeq(1000) && Int(open.tcp.window) << 7 > 190_000, "the edge: about guest byte 200 000")
+        // The socket's room shrinks by more than what was written (a kernel counts its overhead too): the next
+        // measure offers less than the edge already offered.
+        s.sendCapacity = 150_000
+        for _ in 0 ..< 100 { h.guestSends(&c, ack: c.ourSeq(0), pattern(1000)) }
+        h.flush()
+        let shrunk = try h.oneSegment()
+        #expect(shrunk.ack == c.guestSeq(101_000) && Int(shrunk.tcp.window) << 7 <= 49_000)
+        let before = h.counters
+        h.send(h.frame(c, seq: c.guestSeq(180_000), ack: c.ourSeq(0), pattern(1000)))
+        #expect(h.held(c) == 1, "inside the window offered before it shrank")
+        #expect(dropDelta(before, h.counters) == [:])
+        h.send(h.frame(c, seq: c.guestSeq(201_000), ack: c.ourSeq(0), pattern(1000)))
+        #expect(h.held(c) == 1)
+        #expect(dropDelta(before, h.counters) == [.tcpOutOfOrder: 1], "beyond every window we offered")
+    }
+
     @Test("a flow that goes away releases what it holds: guest RST, idle expiry, the guest gone, a gateway reset")
     func releaseOnFlowEnd() throws {
         let h = TCPHarness()
