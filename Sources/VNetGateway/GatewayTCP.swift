@@ -463,7 +463,8 @@ extension Gateway {
 
     /// The segment's data: trimmed to what is new, taken only in order (`rcvNxt`, or the end of this flow's
     /// gathered data, which this segment continues), then gathered or written to the host socket; only what
-    /// the socket accepted is acknowledged. Returns whether the segment's FIN is now next in sequence and may
+    /// the socket accepted is acknowledged. Data ahead of that point is held (GatewayTCPReorder.swift) and
+    /// follows once the stream reaches it. Returns whether the segment's FIN is now next in sequence and may
     /// be taken, or nil when the flow was reset or the gather ended the segment.
     func dataStep(_ i: Int, _ f: inout TCPFlow, tcp: TCPHeader, payload: UnsafeRawBufferPointer) -> Bool? {
         let gathering = tcpEngine.sendBatch.flow == i
