@@ -81,7 +81,8 @@ def ipv6_seeds() -> list[bytes]:
 def fast_path_seeds() -> list[bytes]:
     """Hand-made FuzzFastPaths inputs (see its header for the records): a TCP connection whose data arrives in
     held frames of one read (the gather), the same through TAP offload frames with partial checksums and a
-    64 KiB super-segment, a burst of same-size UDP datagrams (GSO batching), and raw TAP reads."""
+    64 KiB super-segment, a burst of same-size UDP datagrams (GSO batching), raw TAP reads, and a connection
+    whose segments arrive out of order (held by the gateway until the hole fills)."""
     data = bytes((i * 7 + 3) & 0xFF for i in range(1000))
     syn, ack, psh, fin = b"\x02\x00", b"\x10\x00", b"\x18\x00", b"\x11\x00"
     connected = record(7, b"") + record(5 | (24 << 3), b"\xff")         # end the read; flow 0 connects (80 KiB space)
@@ -97,7 +98,12 @@ def fast_path_seeds() -> list[bytes]:
                  + struct.pack(">HHHH", 41000, 5000, 8 + 16, 0) + bytes(range(16)))
     vnet_header = bytes([1, 0, 0, 0, 0, 0, 34, 0, 6, 0])   # NEEDS_CSUM, unsegmented, csum_start 34, offset 6
     tap = record(1 | (1 << 3), vnet_header + udp_frame) + record(1, bytes(10) + udp_frame) + record(0 | (1 << 3), udp_frame)
-    return [gather, offload, udp, tap, gather + offload + udp]
+    # Reordered delivery (flags | 0x80: held back behind the next segment): the out-of-order store.
+    late = b"\x98\x00"
+    reorder = (record(2, syn) + connected + record(2, ack)
+               + b"".join(record(2, late + data) + record(2, psh + data[:700]) for _ in range(4))
+               + record(7, b"") + record(2, late + data) + record(2, psh + data) + record(7, b"") + record(2, fin) + record(7, b""))
+    return [gather, offload, udp, tap, gather + offload + udp, reorder]
 
 
 def main() -> None:

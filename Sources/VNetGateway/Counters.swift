@@ -163,8 +163,11 @@ public enum ServedCounter: Int, CaseIterable, Sendable {
     /// ACKs owed to the guest that a data segment carried instead of a segment of their own.
     case tcpAcksFolded
     /// Guest data segments (or their tails) the host socket did not take: not acknowledged, the guest sends
-    /// them again. Each leaves a gap that the segments behind it fall into (drop_tcp_out_of_order).
+    /// them again. Each leaves a gap that the segments behind it fall into (held: tcp_out_of_order_kept, or
+    /// dropped: drop_tcp_out_of_order).
     case tcpSendsRefused
+    /// Guest data segments that arrived ahead of a hole and were held until it filled (GatewayTCPReorder.swift).
+    case tcpOutOfOrderKept
 
     public var name: String {
         switch self {
@@ -207,6 +210,7 @@ public enum ServedCounter: Int, CaseIterable, Sendable {
         case .udpBatchedSends: "udp_batched_sends"
         case .tcpAcksFolded: "tcp_acks_folded"
         case .tcpSendsRefused: "tcp_sends_refused"
+        case .tcpOutOfOrderKept: "tcp_out_of_order_kept"
         }
     }
 }

@@ -86,7 +86,8 @@ public final class Gateway<Host: HostIO> {
         dhcp = DHCPServer(config: dhcpConfig)
         udpEngine = UDPEngine(capacity: config.udpFlowCapacity)
         icmpEngine = ICMPEngine(capacity: config.icmpFlowCapacity)
-        tcpEngine = TCPEngine(capacity: config.tcpFlowCapacity)
+        tcpEngine = TCPEngine(capacity: config.tcpFlowCapacity, reorderSlots: config.tcpReorderSlots,
+                              reorderSlotsPerFlow: config.tcpReorderSlotsPerFlow)
         reassembler = Reassembler(slotCount: max(1, config.fragmentSlots), timeout: config.fragmentTimeout)
         routerAdvertiser = RouterAdvertiser(Gateway.makeRouterAdvertisement(config))
         tcpPeekBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 256 * 1024, alignment: 16)

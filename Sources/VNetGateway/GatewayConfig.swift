@@ -50,6 +50,10 @@ public struct GatewayConfig: Sendable {
     public var tcpHalfOpenCapacity = 1024
     /// DNS flows open at once (one per guest source port, each with a host socket and queries in flight).
     public var dnsFlowCapacity = 256
+    /// Guest TCP data held out of order (GatewayTCPReorder.swift): slots of 2 KiB in all (allocated when the
+    /// gateway starts) and per flow. 0 slots: out-of-order segments are dropped.
+    public var tcpReorderSlots = 1024
+    public var tcpReorderSlotsPerFlow = 256
     /// IPv4 datagrams reassembled at once (64 KiB of memory each), and how long an unfinished one is kept.
     public var fragmentSlots = 16
     public var fragmentTimeout: Instant.Duration = .seconds(30)

@@ -15,7 +15,8 @@ import VNetBuffers
 import VNetServices
 import VNetWire
 
-/// TCP: the flows, the lists of flows waiting for something, the guest data gathered for one send, timers.
+/// TCP: the flows, the lists of flows waiting for something, the guest data gathered for one send, the guest
+/// data held out of order, timers.
 struct TCPEngine {
     var flows: FlowTable<TCPFlowKey, TCPFlow>
     /// Flows not yet established (capped by `config.tcpHalfOpenCapacity`).
@@ -31,9 +32,12 @@ struct TCPEngine {
     var nextDeadline: Instant = .zero
     /// Guest data of one flow gathered across held frames, sent with one gather send (GatewayTCPBatch.swift).
     var sendBatch = GuestSendBatch()
+    /// Guest data that arrived ahead of a hole, held until the hole fills (GatewayTCPReorder.swift).
+    let reorder: TCPReorderStore
 
-    init(capacity: Int) {
+    init(capacity: Int, reorderSlots: Int = 0, reorderSlotsPerFlow: Int = 0) {
         flows = FlowTable(capacity: capacity)
+        reorder = TCPReorderStore(slots: reorderSlots, perFlow: reorderSlotsPerFlow, flowCapacity: capacity)
         ackList = []
         ackList.reserveCapacity(capacity)
         windowWatch.reserveCapacity(capacity)
@@ -50,6 +54,7 @@ struct TCPEngine {
         windowWatchPasses = 0
         nextDeadline = .zero
         sendBatch.reset()
+        reorder.reset()
     }
 }
 

@@ -13,7 +13,10 @@
 // with the next in-order segments of the same read into one send: GatewayTCPBatch.swift); only what the
 // socket accepted is acknowledged, so the socket's send buffer is the buffer. The window we advertise is the socket's free send
 // space (scaled, RFC 7323); when it is short we arm EPOLLOUT and send a window update once it drains.
-// Out-of-order segments are dropped with a duplicate ACK (the guest retransmits); overlaps are trimmed.
+// A segment ahead of `rcvNxt` (a reordering uplink such as VXLAN delivers some) is copied into a bounded
+// store and answered with a duplicate ACK; once in-order data reaches it, it is sent on behind that data
+// (GatewayTCPReorder.swift). What the store cannot take (over its caps, outside our window) is dropped and
+// sent again by the guest. Overlaps with data already taken are trimmed.
 // Host -> guest: bytes stay in the kernel's receive queue. We peek (SO_PEEK_OFF continues after what was
 // sent) up to the guest's window and cut MSS-sized segments; the guest's ACK discards bytes from the queue.
 // Retransmission rewinds the peek offset to the acknowledged point. Timers: RTO with exponential backoff for
@@ -100,6 +103,9 @@ struct TCPFlow {
     var ackPending = false
     var wantWritable = false
     var lastAdvertised: UInt32 = 0
+    /// The furthest right edge of the window we advertised (the guest may send up to it even after the window
+    /// shrank): out-of-order data up to it is held (GatewayTCPReorder.swift).
+    var advertisedEdge: UInt32 = 0
     /// hostfwd: the guest answered our SYN with an ACK for an older connection; we reset it and sent the SYN again.
     var staleGuestStateReset = false
 
@@ -243,6 +249,7 @@ extension Gateway {
         if !f.isEstablished { tcpEngine.halfOpenCount -= 1 }
         // Its fd may be reused by the next flow in this slot: gathered data must not reach that one.
         if tcpEngine.sendBatch.flow == f.slot { tcpEngine.sendBatch.reset() }
+        tcpEngine.reorder.release(flow: f.slot)
         tcpEngine.flows.remove(f.key)
     }
 
@@ -456,7 +463,8 @@ extension Gateway {
 
     /// The segment's data: trimmed to what is new, taken only in order (`rcvNxt`, or the end of this flow's
     /// gathered data, which this segment continues), then gathered or written to the host socket; only what
-    /// the socket accepted is acknowledged. Returns whether the segment's FIN is now next in sequence and may
+    /// the socket accepted is acknowledged. Data ahead of that point is held (GatewayTCPReorder.swift) and
+    /// follows once the stream reaches it. Returns whether the segment's FIN is now next in sequence and may
     /// be taken, or nil when the flow was reset or the gather ended the segment.
     func dataStep(_ i: Int, _ f: inout TCPFlow, tcp: TCPHeader, payload: UnsafeRawBufferPointer) -> Bool? {
         let gathering = tcpEngine.sendBatch.flow == i
@@ -483,7 +491,8 @@ extension Gateway {
             seq = f.rcvNxt
         }
         if (!data.isEmpty || fin) && seq != expected {
-            drop(.tcpOutOfOrder)
+            // Ahead of a hole: the data is held until the hole fills (its FIN is not: GatewayTCPReorder.swift).
+            if data.isEmpty || f.guestFinReceived { drop(.tcpOutOfOrder) } else { keepOutOfOrder(i, &f, sequence: seq, data, after: expected) }
             markAckPending(i, &f)
             return false
         }
@@ -495,6 +504,8 @@ extension Gateway {
                 f.rcvNxt &+= UInt32(n)
                 f.writtenSinceMeasure += n
                 if n < data.count { fin = false; counters.count(.tcpSendsRefused); waitForSendSpace(i, &f) }
+                // Held data that this segment joined to the stream follows it (not past a FIN: finStep frees it).
+                else if !fin && !sendHeldContinuation(i, &f) { resetFlow(i, &f); return nil }
             case .wouldBlock:
                 fin = false
                 counters.count(.tcpSendsRefused)
@@ -513,6 +524,7 @@ extension Gateway {
         guard !f.guestFinReceived else { return }
         f.rcvNxt &+= 1
         f.events.insert(.guestFin)
+        tcpEngine.reorder.release(flow: i)  // nothing comes after the FIN
         host.tcpShutdownWrite(f.handle)
         markAckPending(i, &f)
     }
@@ -619,6 +631,7 @@ extension Gateway {
             space = measureSendSpace(&f)
         }
         f.lastAdvertised = UInt32(min(space, Int(UInt32.max)))
+        noteAdvertisedEdge(&f)
         if space < f.windowUpdateThreshold && !f.guestFinReceived && f.isEstablished { waitForSendSpace(f.slot, &f) }
         let scaled = space >> Int(f.ourWScale)
         return UInt16(min(scaled, 65535))

@@ -16,7 +16,8 @@
 //   - the batch is full (`GuestSendBatch.capacity` parts or `byteLimit` bytes).
 // Nothing is acknowledged before it was sent: `rcvNxt` moves at the flush, by what the socket took, and the
 // ACK the guest gets (flushPendingAcks, after the flush) says exactly that. What the socket refused is
-// dropped as before (the guest retransmits it once the window update comes). A flow freed while it has a
+// dropped as before (the guest retransmits it once the window update comes). Out-of-order data held for the
+// flow (GatewayTCPReorder.swift) that the batch reaches is sent right after it. A flow freed while it has a
 // batch (its fd may be reused by the next flow) drops the batch. Frames that are not held (TAP, datagram,
 // the switch, reassembled fragments) are sent at once, as before.
 
@@ -103,6 +104,8 @@ extension Gateway {
             f.rcvNxt &+= UInt32(n)
             f.writtenSinceMeasure += n
             if n < tcpEngine.sendBatch.bytes { counters.count(.tcpSendsRefused); waitForSendSpace(i, &f) }
+            // Held out-of-order data the batch joined to the stream follows it (GatewayTCPReorder.swift).
+            else if !sendHeldContinuation(i, &f) { resetFlow(i, &f) }
         case .wouldBlock:
             counters.count(.tcpSendsRefused)
             waitForSendSpace(i, &f)

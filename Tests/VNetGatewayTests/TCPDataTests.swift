@@ -1,5 +1,6 @@
 // Guest -> host data: written straight to the host socket and acknowledged only as far as the socket took
-// it; the advertised window is the socket's free send space. Out-of-order, duplicate and overlapping segments.
+// it; the advertised window is the socket's free send space. Out-of-order (more in TCPReorderTests), duplicate
+// and overlapping segments.
 
 import Testing
 @testable import VNetGateway
@@ -86,9 +87,9 @@ struct TCPDataTests {
         #expect(s.written == data)
     }
 
-    @Test("an out-of-order segment is dropped, not written, and answered with a duplicate ACK")
-    func outOfOrder() throws {
-        let h = TCPHarness()
+    @Test("an out-of-order segment is held, not written, and answered with a duplicate ACK; with no store it is dropped", arguments: [true, false])
+    func outOfOrder(store: Bool) throws {
+        let h = TCPHarness { if !store { $0.tcpReorderSlots = 0 } }
         var c = try h.connect()
         let s = try h.host.socket(c.handle)
         let data = pattern(300)
@@ -97,7 +98,8 @@ struct TCPDataTests {
         #expect(try h.oneSegment().ack == c.seq)
         let before = h.counters
         h.send(h.frame(c, seq: c.seq &+ 100, ack: c.ourSeq(0), Array(data[200 ..< 300])))
-        #expect(dropDelta(before, h.counters) == [.tcpOutOfOrder: 1])
+        #expect(dropDelta(before, h.counters) == (store ? [:] : [.tcpOutOfOrder: 1]))
+        #expect(h.counters[.tcpOutOfOrderKept] - before[.tcpOutOfOrderKept] == (store ? 1 : 0))
         h.flush()
         let dup = try h.oneSegment("duplicate ACK")
         #expect(dup.isPureAck && dup.ack == c.seq)

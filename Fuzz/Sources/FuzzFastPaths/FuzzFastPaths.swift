@@ -16,7 +16,9 @@
 //   1 a TAP read: a 10-byte virtio-net header, then the frame (ends the current read first); pick & 1: the
 //     IPv4 header checksum fixed and, with NEEDS_CSUM, the TCP/UDP checksum set to the pseudo-header sum
 //   2 a synced guest TCP segment on connection pick % 4: bytes[0] = flags, bytes[1] = seq skew (0: none), the
-//     rest payload; pick & 4: sent as a TAP offload frame (partial checksum, not held), else joins the read
+//     rest payload; pick & 4: sent as a TAP offload frame (partial checksum, not held), else joins the read;
+//     bytes[0] & 0x80: the segment is held back and delivered after the connection's next one (reordered
+//     delivery, as a VXLAN uplink does: the out-of-order store of GatewayTCPReorder.swift)
 //   3 a guest UDP datagram of flow pick % 4 (payload = bytes), joins the read (held)
 //   4 remote TCP bytes on flow pick % 4; 5 connect completion (refused if pick & 4) on flow pick % 4, with
 //     ((pick >> 3) + 1) * 16 KiB + bytes[0] * 64 of send space
@@ -172,6 +174,8 @@ public func fuzzFastPaths(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
     var now = startTime
     var read = PortRead()
     var conns = GuestConnections()
+    /// Per connection, a segment held back to be delivered after the next one (record 2, bytes[0] & 0x80).
+    var late = [[UInt8]?](repeating: nil, count: 4)
     var records = RecordReader(UnsafeRawBufferPointer(start: data, count: size))
     while let (selector, bytes) = records.next() {
         let pick = Int(selector >> 3)
@@ -195,6 +199,12 @@ public func fuzzFastPaths(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
             let k = pick % 4
             let offload = pick & 4 != 0
             let f = conns.segment(k, flags: bytes[0], skew: bytes[1], payload: bytes[2...], partial: offload)
+            if bytes[0] & 0x80 != 0 && !offload {
+                // Reordered: this one goes after the connection's next segment (one held back at a time).
+                if let earlier = late[k] { read.add(earlier, to: g, now: now) }
+                late[k] = f
+                break
+            }
             if offload {
                 read.end(g)
                 var header = [UInt8](repeating: 0, count: VirtioNetHeader.length)
@@ -205,6 +215,10 @@ public func fuzzFastPaths(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
                 tapRead(g, header + f, now: now)
             } else {
                 read.add(f, to: g, now: now)
+            }
+            if let held = late[k] {
+                read.add(held, to: g, now: now)
+                late[k] = nil
             }
         case 3:
             var udp = [UInt8](repeating: 0, count: 8) + bytes.prefix(1472)
@@ -248,7 +262,8 @@ let reportCounters: Bool = {
 
 func report(_ g: Gateway<FuzzHost>) {
     let c = g.counters
-    let served = [ServedCounter.tcpGatheredSends, .udpBatchedSends, .tcpFlowsOpened, .tcpSuperSegmentsToGuest, .framesFromGuest]
+    let served = [ServedCounter.tcpGatheredSends, .udpBatchedSends, .tcpFlowsOpened, .tcpSuperSegmentsToGuest, .tcpOutOfOrderKept,
+                  .framesFromGuest]
         .map { "\($0.name)=\(c[$0])" }
     let drops = DropReason.allCases.filter { c[$0] > 0 }.map { "\($0.name)=\(c[$0])" }
     print("fast paths: \(served.joined(separator: " ")); drops: \(drops.joined(separator: " "))")
