@@ -164,8 +164,11 @@ def test_e1000_and_rtl8139_on_vnet_nat(generic_guest_image, workdir, log_dir):
                 assert (driver_of(a), driver_of(b)) == ("e1000", "8139cp")
                 la, lb = a.dhcp(), b.dhcp()
                 assert la["ip"] != lb["ip"] and la["router"] == lb["router"], (la, lb)
-                assert "1 packets received" in a.check(f"ping -c 1 -W 5 {lb['ip']}", timeout=20)
-                assert "1 packets received" in b.check(f"ping -c 1 -W 5 {la['ip']}", timeout=20)
+                # Three echoes each way, at least one answered: rtl8139 (C+) and e1000 are emulated NICs that may
+                # lose a frame (see ping_gateway); TCP below checks the path byte for byte.
+                for g, peer in ((a, lb["ip"]), (b, la["ip"])):
+                    out = g.check(f"ping -c 3 -i 0.5 -W 5 {peer}", timeout=30)
+                    assert re.search(r"\b[123] packets received", out), out
                 for g in (a, b):
                     assert g.check(f"wget -q -O - http://{la['router']}:{http.port}/") == "hello from the host\n"
                 # TCP between the two models, both ways through vnet's switch.
