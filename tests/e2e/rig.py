@@ -631,6 +631,19 @@ def shlex_quote(s: str) -> str:
 # vnet itself
 
 
+def tshark(*args) -> str:
+    """Runs tshark (installed by scripts/test) and returns its stdout; a missing tshark, a non-zero exit or any
+    stderr line other than its warning about running as root fails the calling test."""
+    if shutil.which("tshark") is None:
+        raise RigError("tshark not found: apt-get install tshark (scripts/test installs it)")
+    r = subprocess.run(["tshark", *map(str, args)], capture_output=True, text=True, timeout=60)
+    complaints = [l for l in r.stderr.splitlines()
+                  if l.strip() and "Running as user" not in l and "could be dangerous" not in l]
+    if r.returncode != 0 or complaints:
+        raise RigError(f"tshark {args}: rc={r.returncode}\n{r.stderr}")
+    return r.stdout
+
+
 def vnet_binary() -> Path:
     return Path(os.environ.get("VNET_BIN") or REPO_ROOT / ".build" / "debug" / "vnet")
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import urllib.request
@@ -37,15 +36,7 @@ def ctl_json(net, *words):
     return json.loads(ctl(net, *words, json_out=True).stdout)["return"]
 
 
-def tshark(*args):
-    if shutil.which("tshark") is None:
-        pytest.fail("tshark not found: apt-get install tshark (scripts/test installs it)", pytrace=False)
-    r = subprocess.run(["tshark", *args], capture_output=True, text=True, timeout=60)
-    # tshark warns about running as root on stderr; anything else there is a real complaint.
-    complaints = [l for l in r.stderr.splitlines()
-                  if l.strip() and "Running as user" not in l and "could be dangerous" not in l]
-    assert r.returncode == 0 and not complaints, f"tshark {args}: rc={r.returncode}\n{r.stderr}"
-    return r.stdout
+tshark = rig.tshark
 
 
 class RawClient:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
 import subprocess
 import time
 import urllib.request
@@ -79,14 +78,7 @@ def boot(net, model, name=None, mac=MAC):
                      nic_model=model)
 
 
-def tshark(*args):
-    if shutil.which("tshark") is None:
-        pytest.fail("tshark not found: apt-get install tshark (scripts/test installs it)", pytrace=False)
-    r = subprocess.run(["tshark", *map(str, args)], capture_output=True, text=True, timeout=60)
-    complaints = [l for l in r.stderr.splitlines()
-                  if l.strip() and "Running as user" not in l and "could be dangerous" not in l]
-    assert r.returncode == 0 and not complaints, f"tshark {args}: rc={r.returncode}\n{r.stderr}"
-    return r.stdout
+tshark = rig.tshark
 
 
 def ping_gateway(net, g, model, count=3):
